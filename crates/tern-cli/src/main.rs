@@ -1,0 +1,38 @@
+//! `tern`: the Tern command line.
+//!
+//! Thin glue over the library crates: argument parsing, file IO and output formatting.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod module;
+
+/// Tern: over-the-air updates for modular microcontroller firmware.
+#[derive(Parser)]
+#[command(name = "tern", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect firmware module files (Particle, MCUboot, raw).
+    #[command(subcommand)]
+    Module(module::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Module(cmd) => module::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

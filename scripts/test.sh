@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the peer tools the oracle tests need, then runs every test.
+# Usage: bash scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash scripts/install-peers.sh
+export TERN_PEERS="$root/.peers"
+export TERN_ORACLE_DIR="$root/tests/oracle"
+export TERN_CORPUS="${TERN_CORPUS:-$root/../shared/corpus}"
+cargo test --workspace --release "$@"

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod key;
 mod module;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -21,12 +22,16 @@ enum Command {
     /// Inspect firmware module files (Particle, MCUboot, raw).
     #[command(subcommand)]
     Module(module::Command),
+    /// Generate and show ED25519 signing keys.
+    #[command(subcommand)]
+    Key(key::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
+        Command::Key(cmd) => key::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod hexfile;
 mod key;
 mod module;
+mod release;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]
@@ -25,6 +27,11 @@ enum Command {
     /// Generate and show ED25519 signing keys.
     #[command(subcommand)]
     Key(key::Command),
+    /// Build, inspect and verify signed release bundles.
+    #[command(subcommand)]
+    Release(release::Command),
+    /// Write modules or bundles as one Intel HEX file for manufacturing.
+    Hex(hexfile::Command),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
         Command::Key(cmd) => key::run(cmd),
+        Command::Release(cmd) => release::run(cmd),
+        Command::Hex(cmd) => hexfile::run(cmd),
     };
     match result {
         Ok(code) => code,

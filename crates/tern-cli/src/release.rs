@@ -1,0 +1,353 @@
+//! `tern release …`: build, inspect and verify signed release bundles.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Subcommand;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tern_image::bundle::{self, Bundle};
+use tern_image::manifest::build::Document;
+use tern_image::manifest::{key_id, Kind, Manifest, ModuleEntry};
+use tern_image::{Format, ModuleFunction, ModuleInfo};
+
+use crate::key;
+
+/// Commands on release bundles.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Sign a release manifest over module files and write them as one bundle.
+    ///
+    /// Module metadata (function, index, version, address, dependencies, platform) is
+    /// read from each file; the modules are listed in the order their dependencies
+    /// require (bootloader and radio stack first, system parts by index, then the
+    /// application), which is the order a device installs them in.
+    Build {
+        /// Signing key (PKCS#8 PEM, as written by `tern key generate` or imgtool).
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Output bundle file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Module files. `FILE@ADDRESS` places a module whose format carries no address.
+        #[arg(required = true)]
+        modules: Vec<String>,
+        /// Target platform id (default: the platform the modules declare).
+        #[arg(long)]
+        platform: Option<u16>,
+        /// Target product id (0: any product).
+        #[arg(long, default_value_t = 0)]
+        product_id: u32,
+        /// Anti-rollback counter: devices refuse releases whose counter is lower than
+        /// that of one they already accepted.
+        #[arg(long, default_value_t = 0)]
+        security_counter: u64,
+        /// A name for the release (at most 64 bytes).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Creation time in seconds since the Unix epoch (default: now). Fix it for
+        /// reproducible bundles.
+        #[arg(long)]
+        created: Option<u64>,
+    },
+    /// Show what a bundle contains. The signature is checked only with `--key`.
+    Inspect {
+        /// Bundle file.
+        file: PathBuf,
+        /// Public (or private) key to verify the signature with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle: manifest signature, every module's hash, every module's own
+    /// integrity data. Exits non-zero on any failure.
+    Verify {
+        /// Public (or private) key the release must be signed with.
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Bundle files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Build { key, output, modules, platform, product_id, security_counter, name, created } => {
+            let signing_key = key::load_signing_key(&key)?;
+            let mut loaded = modules.iter().map(|spec| load_module(spec)).collect::<anyhow::Result<Vec<_>>>()?;
+            order_for_install(&mut loaded);
+            let platform_id = match platform {
+                Some(p) => p,
+                None => common_platform(&loaded)?,
+            };
+            let created = created.unwrap_or_else(|| {
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+            });
+            let doc = Document {
+                kind: Kind::Release,
+                platform_id,
+                product_id,
+                security_counter,
+                created,
+                modules: loaded.iter().map(|m| m.entry).collect(),
+                name,
+            };
+            let signed = doc.sign(&signing_key).map_err(|e| anyhow!("cannot build the manifest: {e}"))?;
+            let bytes: Vec<&[u8]> = loaded.iter().map(|m| m.bytes.as_slice()).collect();
+            let bundle = bundle::write(&signed, &bytes).map_err(|e| anyhow!("cannot write the bundle: {e}"))?;
+            fs::write(&output, &bundle).with_context(|| format!("{}: cannot write", output.display()))?;
+            println!("{}: {} modules, {} bytes, platform {platform_id}", output.display(), loaded.len(), bundle.len());
+            for (i, m) in loaded.iter().enumerate() {
+                println!("  {}. {}  {}", i + 1, describe(&m.entry), m.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file, key, json } => {
+            let bytes = read(&file)?;
+            let parsed = Bundle::parse(&bytes).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let kid = parsed.key_id().map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let (manifest, verified) = match key {
+                Some(key) => {
+                    let key = key::load_verifying_key(&key)?;
+                    let v = parsed.verify(&[key]).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                    (v.manifest, true)
+                }
+                None => (parsed.unverified_manifest().map_err(|e| anyhow!("{}: {e}", file.display()))?, false),
+            };
+            if json {
+                println!("{}", manifest_json(&file, &manifest, &kid, verified));
+            } else {
+                print_manifest(&file, &manifest, &kid, verified);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { key, files } => {
+            let key = key::load_verifying_key(&key)?;
+            let mut failed = false;
+            for file in files {
+                match verify_one(&file, &key) {
+                    Ok(summary) => println!("{}: ok, {summary}", file.display()),
+                    Err(err) => {
+                        eprintln!("{}: {err}", file.display());
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+fn verify_one(file: &Path, key: &ed25519_dalek::VerifyingKey) -> anyhow::Result<String> {
+    let bytes = fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
+    let verified =
+        Bundle::parse(&bytes).and_then(|b| b.verify(std::slice::from_ref(key))).map_err(|e| anyhow!("{e}"))?;
+    for (i, (entry, module)) in verified.modules().enumerate() {
+        if let Some(info) = tern_image::inspect(module).info {
+            if info.integrity == tern_image::Integrity::Invalid {
+                bail!("module #{} ({}) fails its own integrity check", i + 1, describe(entry));
+            }
+        }
+    }
+    let m = &verified.manifest;
+    Ok(format!(
+        "{} modules, platform {}, security counter {}, signed by key {}",
+        m.module_count(),
+        m.platform_id,
+        m.security_counter,
+        hex::encode(key_id(key))
+    ))
+}
+
+/// A module file read from disk with its manifest entry.
+struct LoadedModule {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    info: ModuleInfo,
+    entry: ModuleEntry,
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{}: empty file", path.display());
+    }
+    Ok(bytes)
+}
+
+/// Parses `FILE` or `FILE@ADDRESS`.
+fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
+    let (path, address) = split_address(spec)?;
+    let bytes = read(&path)?;
+    let info = tern_image::inspect(&bytes)
+        .info
+        .ok_or_else(|| anyhow!("{}: not a module Tern can describe (unknown format)", path.display()))?;
+    if info.integrity == tern_image::Integrity::Invalid {
+        bail!("{}: the module fails its own integrity check; refusing to sign it", path.display());
+    }
+    let start_address = match (address, info.format) {
+        (Some(a), _) => a,
+        (None, Format::Raw) => bail!("{}: raw image without an address: write it as FILE@0xADDRESS", path.display()),
+        (None, _) => info.start_address,
+    };
+    let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{}: larger than 4 GiB", path.display()))?;
+    let entry = ModuleEntry {
+        function: info.function,
+        index: info.index,
+        version: info.version,
+        sha256: Sha256::digest(&bytes).into(),
+        size,
+        start_address,
+        dependencies: info.dependencies,
+        format: info.format,
+    };
+    Ok(LoadedModule { path, bytes, info, entry })
+}
+
+/// Splits `FILE@ADDRESS` (address decimal or 0x-hex). A path containing `@` without a
+/// valid address after the last `@` is taken whole (Particle file names often contain `@`).
+pub fn split_address(spec: &str) -> anyhow::Result<(PathBuf, Option<u32>)> {
+    if let Some((path, addr)) = spec.rsplit_once('@') {
+        if let Some(value) = parse_u32(addr) {
+            return Ok((PathBuf::from(path), Some(value)));
+        }
+        if addr.starts_with("0x") || addr.starts_with("0X") {
+            bail!("{spec}: bad address {addr:?}");
+        }
+    }
+    Ok((PathBuf::from(spec), None))
+}
+
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
+        None => None,
+    }
+}
+
+/// Where a module function goes in the install order when dependencies leave a choice.
+fn install_rank(function: ModuleFunction) -> u8 {
+    match function {
+        ModuleFunction::Bootloader => 0,
+        ModuleFunction::RadioStack => 1,
+        ModuleFunction::NcpFirmware => 2,
+        ModuleFunction::SystemPart => 3,
+        ModuleFunction::MonoFirmware => 4,
+        ModuleFunction::UserPart => 5,
+        ModuleFunction::Asset => 6,
+        _ => 7,
+    }
+}
+
+/// Orders modules so that every module comes after the modules in the set that it
+/// depends on (a stable topological sort with [`install_rank`] and index as tie-breaks).
+fn order_for_install(modules: &mut Vec<LoadedModule>) {
+    modules.sort_by_key(|m| (install_rank(m.info.function), m.info.index));
+    let mut ordered: Vec<LoadedModule> = Vec::with_capacity(modules.len());
+    let mut pending: Vec<LoadedModule> = std::mem::take(modules);
+    while !pending.is_empty() {
+        // The first pending module none of whose dependencies is still pending; with a
+        // dependency cycle, fall back to the first one so the loop always progresses.
+        let ready = pending
+            .iter()
+            .position(|m| {
+                !m.info.dependencies().any(|d| {
+                    pending
+                        .iter()
+                        .any(|p| p.info.function == d.function && p.info.index == d.index && !std::ptr::eq(p, m))
+                })
+            })
+            .unwrap_or(0);
+        ordered.push(pending.remove(ready));
+    }
+    *modules = ordered;
+}
+
+fn common_platform(modules: &[LoadedModule]) -> anyhow::Result<u16> {
+    let mut platform = None;
+    for m in modules {
+        if m.info.platform_id == 0 {
+            continue;
+        }
+        match platform {
+            None => platform = Some((m.info.platform_id, &m.path)),
+            Some((p, first)) if p != m.info.platform_id => bail!(
+                "{} is for platform {} but {} is for platform {p}; a release targets one platform",
+                m.path.display(),
+                m.info.platform_id,
+                first.display()
+            ),
+            Some(_) => {}
+        }
+    }
+    platform.map(|(p, _)| p).ok_or_else(|| anyhow!("no module declares a platform: pass --platform"))
+}
+
+fn describe(entry: &ModuleEntry) -> String {
+    format!(
+        "{} {} v{} @ {:#010x}, {} bytes",
+        entry.function.name(),
+        entry.index,
+        entry.version,
+        entry.start_address,
+        entry.size
+    )
+}
+
+fn print_manifest(file: &Path, m: &Manifest, kid: &[u8], verified: bool) {
+    println!("{}", file.display());
+    if !m.name().is_empty() {
+        println!("  name:             {}", m.name());
+    }
+    println!("  platform:         {}", m.platform_id);
+    println!("  product:          {}", if m.product_id == 0 { "any".to_string() } else { m.product_id.to_string() });
+    println!("  security counter: {}", m.security_counter);
+    println!("  created:          {} (Unix time)", m.created);
+    println!(
+        "  signed by key:    {}{}",
+        hex::encode(kid),
+        if verified { " (verified)" } else { " (signature NOT checked: pass --key)" }
+    );
+    println!("  modules, in install order:");
+    for (i, e) in m.modules().enumerate() {
+        println!("    {}. {}", i + 1, describe(e));
+        println!("       sha256 {}", hex::encode(e.sha256));
+        for d in e.dependencies() {
+            println!("       needs {} {} >= v{}", d.function.name(), d.index, d.version);
+        }
+    }
+}
+
+fn manifest_json(file: &Path, m: &Manifest, kid: &[u8], verified: bool) -> serde_json::Value {
+    json!({
+        "path": file.display().to_string(),
+        "kind": "release",
+        "name": m.name(),
+        "platform_id": m.platform_id,
+        "product_id": m.product_id,
+        "security_counter": m.security_counter,
+        "created": m.created,
+        "key_id": hex::encode(kid),
+        "signature_verified": verified,
+        "modules": m.modules().map(|e| json!({
+            "function_code": e.function.code(),
+            "function": e.function.name(),
+            "index": e.index,
+            "version": e.version,
+            "sha256": hex::encode(e.sha256),
+            "size": e.size,
+            "start_address": e.start_address,
+            "format": e.format.name(),
+            "dependencies": e.dependencies().map(|d| json!({
+                "function_code": d.function.code(), "index": d.index, "version": d.version
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

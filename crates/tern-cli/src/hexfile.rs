@@ -32,7 +32,8 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     // (label, address, bytes)
     let mut placed: Vec<(String, u32, Vec<u8>)> = Vec::new();
     for spec in &cmd.inputs {
-        let (path, address) = split_address(spec)?;
+        let (path, placement) = split_address(spec)?;
+        let address = placement.address;
         let bytes = fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         if bytes.is_empty() {
             bail!("{}: empty file", path.display());

@@ -118,7 +118,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     let v = parsed.verify(&[key]).map_err(|e| anyhow!("{}: {e}", file.display()))?;
                     (v.manifest, true)
                 }
-                None => (parsed.unverified_manifest().map_err(|e| anyhow!("{}: {e}", file.display()))?, false),
+                None => {
+                    let manifest = parsed.unverified_manifest().map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                    parsed.check_modules(&manifest).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                    (manifest, false)
+                }
             };
             if json {
                 println!("{}", manifest_json(&file, &manifest, &kid, verified));
@@ -181,22 +185,45 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Parses `FILE` or `FILE@ADDRESS`.
+/// Reads a module file given as `FILE[@ADDRESS[:FUNCTION:INDEX:VERSION]]`.
 fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
-    let (path, address) = split_address(spec)?;
+    let (path, placement) = split_address(spec)?;
     let bytes = read(&path)?;
-    let info = tern_image::inspect(&bytes)
-        .info
-        .ok_or_else(|| anyhow!("{}: not a module Tern can describe (unknown format)", path.display()))?;
+    let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{}: larger than 4 GiB", path.display()))?;
+    let info = match (tern_image::inspect(&bytes).info, placement.raw) {
+        (Some(info), None) if info.format != Format::Raw => info,
+        (Some(info), Some(_)) if info.format != Format::Raw => bail!(
+            "{}: this is a {} module that describes itself; drop the :FUNCTION:INDEX:VERSION",
+            path.display(),
+            info.format.name()
+        ),
+        (_, Some((function, index, version))) => ModuleInfo {
+            format: Format::Raw,
+            platform_id: 0,
+            function,
+            index,
+            version,
+            flags: 0,
+            header_offset: 0,
+            start_address: placement.address.unwrap_or_default(),
+            end_address: placement.address.unwrap_or_default().saturating_add(size),
+            dependencies: [None; tern_image::MAX_DEPENDENCIES],
+            sha256: None,
+            size,
+            product_id: None,
+            product_version: None,
+            crc_ok: None,
+            integrity: tern_image::Integrity::Unchecked,
+        },
+        (_, None) => bail!(
+            "{}: raw image (no module header): describe it as FILE@ADDRESS:FUNCTION:INDEX:VERSION",
+            path.display()
+        ),
+    };
     if info.integrity == tern_image::Integrity::Invalid {
         bail!("{}: the module fails its own integrity check; refusing to sign it", path.display());
     }
-    let start_address = match (address, info.format) {
-        (Some(a), _) => a,
-        (None, Format::Raw) => bail!("{}: raw image without an address: write it as FILE@0xADDRESS", path.display()),
-        (None, _) => info.start_address,
-    };
-    let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{}: larger than 4 GiB", path.display()))?;
+    let start_address = placement.address.unwrap_or(info.start_address);
     let entry = ModuleEntry {
         function: info.function,
         index: info.index,
@@ -210,18 +237,49 @@ fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
     Ok(LoadedModule { path, bytes, info, entry })
 }
 
-/// Splits `FILE@ADDRESS` (address decimal or 0x-hex). A path containing `@` without a
-/// valid address after the last `@` is taken whole (Particle file names often contain `@`).
-pub fn split_address(spec: &str) -> anyhow::Result<(PathBuf, Option<u32>)> {
-    if let Some((path, addr)) = spec.rsplit_once('@') {
-        if let Some(value) = parse_u32(addr) {
-            return Ok((PathBuf::from(path), Some(value)));
+/// Where a module file goes and, for raw images, what it is.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Flash address of the file's first byte, when given.
+    pub address: Option<u32>,
+    /// Function, index and version of a raw image, when given.
+    pub raw: Option<(ModuleFunction, u8, u32)>,
+}
+
+/// Parses `FILE`, `FILE@ADDRESS` or `FILE@ADDRESS:FUNCTION:INDEX:VERSION` (address decimal
+/// or 0x-hex; function a name such as `user_part` or a Device OS code). A path containing
+/// `@` with no valid placement after the last `@` is taken whole: Particle file names
+/// often contain `@`.
+pub fn split_address(spec: &str) -> anyhow::Result<(PathBuf, Placement)> {
+    if let Some((path, placement)) = spec.rsplit_once('@') {
+        let mut parts = placement.split(':');
+        if let Some(address) = parts.next().and_then(parse_u32) {
+            let rest: Vec<&str> = parts.collect();
+            let raw = match rest.as_slice() {
+                [] => None,
+                [function, index, version] => {
+                    let function = parse_function(function)
+                        .ok_or_else(|| anyhow!("{spec}: unknown module function {function:?}"))?;
+                    let index = index.parse().map_err(|_| anyhow!("{spec}: bad module index {index:?}"))?;
+                    let version = parse_u32(version).ok_or_else(|| anyhow!("{spec}: bad version {version:?}"))?;
+                    Some((function, index, version))
+                }
+                _ => bail!("{spec}: expected FILE@ADDRESS or FILE@ADDRESS:FUNCTION:INDEX:VERSION"),
+            };
+            return Ok((PathBuf::from(path), Placement { address: Some(address), raw }));
         }
-        if addr.starts_with("0x") || addr.starts_with("0X") {
-            bail!("{spec}: bad address {addr:?}");
+        if placement.starts_with("0x") || placement.starts_with("0X") {
+            bail!("{spec}: bad address in {placement:?}");
         }
     }
-    Ok((PathBuf::from(spec), None))
+    Ok((PathBuf::from(spec), Placement::default()))
+}
+
+fn parse_function(text: &str) -> Option<ModuleFunction> {
+    if let Ok(code) = text.parse::<u8>() {
+        return Some(ModuleFunction::from_code(code));
+    }
+    (0..=9u8).map(ModuleFunction::from_code).find(|f| f.name() == text)
 }
 
 fn parse_u32(text: &str) -> Option<u32> {

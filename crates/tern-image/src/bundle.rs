@@ -108,13 +108,9 @@ impl<'a> Bundle<'a> {
         Ok(SignedDocument::parse(self.signed_manifest).map_err(Error::Manifest)?.kid)
     }
 
-    /// Verifies the manifest against `trusted` keys and every module against its hash.
-    pub fn verify(&self, trusted: &[VerifyingKey]) -> Result<VerifiedBundle<'a>, Error> {
-        let doc = SignedDocument::parse(self.signed_manifest).map_err(Error::Manifest)?;
-        let manifest = doc.verify(trusted).map_err(Error::Manifest)?;
-        if manifest.kind != Kind::Release {
-            return Err(Error::NotARelease);
-        }
+    /// Checks that the module area holds exactly the modules `manifest` lists, each with
+    /// its SHA-256. Says nothing about who made the manifest: see [`Bundle::verify`].
+    pub fn check_modules(&self, manifest: &Manifest) -> Result<(), Error> {
         let mut rest = self.modules;
         for (index, entry) in manifest.modules().enumerate() {
             let size = entry.size as usize;
@@ -130,6 +126,17 @@ impl<'a> Bundle<'a> {
         if !rest.is_empty() {
             return Err(Error::TrailingBytes);
         }
+        Ok(())
+    }
+
+    /// Verifies the manifest against `trusted` keys and every module against its hash.
+    pub fn verify(&self, trusted: &[VerifyingKey]) -> Result<VerifiedBundle<'a>, Error> {
+        let doc = SignedDocument::parse(self.signed_manifest).map_err(Error::Manifest)?;
+        let manifest = doc.verify(trusted).map_err(Error::Manifest)?;
+        if manifest.kind != Kind::Release {
+            return Err(Error::NotARelease);
+        }
+        self.check_modules(&manifest)?;
         Ok(VerifiedBundle { manifest, modules: self.modules })
     }
 }

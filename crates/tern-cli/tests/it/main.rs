@@ -1,0 +1,5 @@
+//! Integration tests of the `tern` command (one binary; see STYLE.md).
+
+mod hex;
+mod release;
+mod support;

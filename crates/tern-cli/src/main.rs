@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod image;
 mod key;
 mod module;
 
@@ -25,6 +26,9 @@ enum Command {
     /// Generate and show ED25519 signing keys.
     #[command(subcommand)]
     Key(key::Command),
+    /// Sign, verify and inspect MCUboot images.
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
         Command::Key(cmd) => key::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,3 @@
+//! Integration tests of the `tern` command (one binary; see STYLE.md).
+
+mod mcuboot;

@@ -373,7 +373,7 @@ fn every_tampered_byte_is_detected() {
     let good = signed_image(|_| {});
     let key = key(1).verifying_key();
     for at in 0..good.len() {
-        for mask in [0x01, 0x80, 0xff] {
+        for mask in 1..=0xffu8 {
             let mut bad = good.clone();
             bad[at] ^= mask;
             let result = parse(&bad).and_then(|image| image.verify(Some(&key)));

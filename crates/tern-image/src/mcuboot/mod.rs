@@ -160,9 +160,11 @@ pub mod tlv {
 /// Why bytes could not be read or verified as an MCUboot image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// Fewer bytes than the 32-byte header.
+    /// Fewer bytes than the 32-byte header, and those there start like an image (an empty
+    /// input is too short).
     TooShort,
-    /// The header magic is not [`IMAGE_MAGIC`].
+    /// The bytes do not start with [`IMAGE_MAGIC`]: they are not an MCUboot image. Format
+    /// detection relies on this being the only error for non-MCUboot input.
     BadMagic,
     /// `ih_hdr_size` is smaller than the 32-byte header.
     BadHeaderSize(u16),
@@ -425,11 +427,12 @@ impl Layout {
         let size = u64::from(source.size());
         let mut raw = [0; HEADER_SIZE];
         if size < HEADER_SIZE as u64 {
-            return Err(if size >= 4 && read_u32(source, 0)? != IMAGE_MAGIC {
-                Error::BadMagic
-            } else {
-                Error::TooShort
-            });
+            // Too short to be an image: say "too short" only when what is there starts
+            // like one, so that format detection can treat `BadMagic` as "not MCUboot".
+            let seen = &mut raw[..(size as usize).min(4)];
+            source.read_at(0, seen)?;
+            let magic = IMAGE_MAGIC.to_le_bytes();
+            return Err(if *seen == magic[..seen.len()] { Error::TooShort } else { Error::BadMagic });
         }
         source.read_at(0, &mut raw)?;
         let header = Header::parse(&raw)?;

@@ -382,3 +382,70 @@ fn inspect_json(path: &Path, image: &mcuboot::Image<'_>) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_as_imgtool_reads_them() {
+        let cases: &[(&str, Result<u64, ()>)] = &[
+            ("0", Ok(0)),
+            ("512", Ok(512)),
+            ("0x200", Ok(0x200)),
+            ("0X1f", Ok(0x1f)),
+            ("0o17", Ok(0o17)),
+            ("0b101", Ok(5)),
+            ("", Err(())),
+            ("0x", Err(())),
+            ("12a", Err(())),
+            ("-1", Err(())),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_u64(text).map_err(|_| ()), *expected, "{text:?}");
+        }
+        assert!(parse_u16("0x10000").is_err());
+        assert!(parse_u32("0x100000000").is_err());
+    }
+
+    #[test]
+    fn dependency_lists() {
+        let v = |text: &str| text.parse::<Version>().expect("valid version");
+        let dep = |image_id, version: &str| ImageDependency { image_id, flags: 0, min_version: v(version) };
+        let cases: &[(&str, Option<Vec<ImageDependency>>)] = &[
+            ("(1, 1.2.3)", Some(vec![dep(1, "1.2.3")])),
+            ("(1,1.2.3+4),(2, 0.1)", Some(vec![dep(1, "1.2.3+4"), dep(2, "0.1")])),
+            (
+                " (0, 0) , (255, 255.255.65535+4294967295) ,",
+                Some(vec![dep(0, "0"), dep(255, "255.255.65535+4294967295")]),
+            ),
+            ("", None),
+            ("(1 1.0)", None),
+            ("(256, 1.0)", None),
+            ("(1, 1.0", None),
+            ("1, 1.0)", None),
+            ("(1, 01.0)", None),
+            ("(0,1),(1,1),(2,1),(3,1),(4,1),(5,1),(6,1),(7,1),(8,1)", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_dependencies(text).ok(), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn module_functions_by_name_or_code() {
+        let cases: &[(&str, Option<ModuleFunction>)] = &[
+            ("system_part", Some(ModuleFunction::SystemPart)),
+            ("monolithic", Some(ModuleFunction::MonoFirmware)),
+            ("ncp_firmware", Some(ModuleFunction::NcpFirmware)),
+            ("4", Some(ModuleFunction::SystemPart)),
+            ("0x05", Some(ModuleFunction::UserPart)),
+            ("42", Some(ModuleFunction::Other(42))),
+            ("256", None),
+            ("kernel", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_function(text).ok(), *expected, "{text:?}");
+        }
+    }
+}

@@ -503,6 +503,29 @@ impl From<ReadError> for Error {
 /// one, the way MCUboot reads a flash slot; nothing needs the whole image in memory. On a
 /// device, implement this over the flash driver (for example `embedded-storage`'s
 /// `ReadStorage`), with `size` the slot size.
+///
+/// ```
+/// use tern_image::mcuboot::{verify_source, ImageSource, ReadError};
+///
+/// /// A slot of some flash device (here simulated by an array).
+/// struct Slot<'a> { flash: &'a [u8; 1024], start: u32, size: u32 }
+///
+/// impl ImageSource for Slot<'_> {
+///     fn size(&self) -> u32 {
+///         self.size
+///     }
+///     fn read_at(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), ReadError> {
+///         let at = (self.start + offset) as usize;
+///         buf.copy_from_slice(self.flash.get(at..at + buf.len()).ok_or(ReadError)?);
+///         Ok(())
+///     }
+/// }
+///
+/// let flash = [0xff; 1024];
+/// let mut slot = Slot { flash: &flash, start: 512, size: 512 };
+/// // Erased flash holds no image.
+/// assert!(verify_source(&mut slot, None).is_err());
+/// ```
 pub trait ImageSource {
     /// The number of readable bytes. Reads are only made below this offset.
     fn size(&self) -> u32;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod hexfile;
+mod image;
 mod key;
 mod module;
 mod release;
@@ -32,6 +33,9 @@ enum Command {
     Release(release::Command),
     /// Write modules or bundles as one Intel HEX file for manufacturing.
     Hex(hexfile::Command),
+    /// Sign, verify and inspect MCUboot images.
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => key::run(cmd),
         Command::Release(cmd) => release::run(cmd),
         Command::Hex(cmd) => hexfile::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -49,6 +49,8 @@ mod combined;
 mod extension;
 pub mod prefix;
 mod read;
+#[cfg(test)]
+mod tests;
 
 use core::fmt;
 

@@ -170,6 +170,15 @@ impl Prefix {
 /// each for: a known platform, a known function (1–9), a known function in each dependency
 /// slot (0–9), a file exactly as long as the module, no unknown flag bits.
 pub fn confidence(bytes: &[u8], offset: usize) -> u8 {
+    // Most offsets of a scan fail on the addresses alone; check those before decoding all
+    // 24 bytes (the answer is the same, only cheaper).
+    let (Some(start), Some(end)) = (u32_le(bytes, offset), offset.checked_add(4).and_then(|at| u32_le(bytes, at)))
+    else {
+        return 0;
+    };
+    if end <= start || (bytes.len() as u64) < u64::from(end - start) + 4 {
+        return 0;
+    }
     let Some(prefix) = Prefix::read(bytes, offset) else { return 0 };
     let Some(module_len) = prefix.module_len() else { return 0 };
     let file_len = bytes.len() as u64;

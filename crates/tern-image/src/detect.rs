@@ -177,3 +177,84 @@ fn note_integrity(problems: &mut Problems, info: &ModuleInfo) {
         problems.push(Problem::IntegrityMismatch);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::particle::{CompressionError, Error as ParticleError};
+
+    /// A committed fuzz seed (crafted files, see `fuzz/corpus/particle`).
+    fn seed(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/particle").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// What `inspect` must conclude: format, and the kind of the first problem (if any).
+    fn check(name: &str, format: Format, first_problem: Option<fn(&Problem) -> bool>) {
+        let bytes = seed(name);
+        let inspection = inspect(&bytes);
+        assert_eq!(inspection.format, format, "{name}");
+        assert_eq!(inspection.size, bytes.len(), "{name}");
+        match first_problem {
+            None => assert!(inspection.is_valid(), "{name}: {:?}", inspection.problems),
+            Some(is_expected) => {
+                assert!(!inspection.is_valid(), "{name}");
+                let first = inspection.problems.iter().next().expect("a problem");
+                assert!(is_expected(first), "{name}: {first:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_are_detected_and_judged() {
+        type Case = (&'static str, Format, Option<fn(&Problem) -> bool>);
+        let cases: [Case; 12] = [
+            ("minimal.bin", Format::Particle, None),
+            ("vector-0x200.bin", Format::Particle, None),
+            ("scanned-0x20.bin", Format::Particle, None),
+            ("suffix-extensions.bin", Format::Particle, None),
+            ("combined.bin", Format::Particle, None),
+            ("empty.bin", Format::Raw, Some(|p| *p == Problem::Empty)),
+            ("crc-bad.bin", Format::Particle, Some(|p| matches!(p, Problem::CrcMismatch { .. }))),
+            ("padded.bin", Format::Particle, Some(|p| matches!(p, Problem::CrcMismatch { .. }))),
+            ("combined-missing-next.bin", Format::Particle, None),
+            (
+                "compressed-bad-method.bin",
+                Format::Particle,
+                Some(|p| *p == Problem::Compression(CompressionError::UnknownMethod(1))),
+            ),
+            (
+                "prefix-extensions-unterminated.bin",
+                Format::Particle,
+                Some(|p| matches!(p, Problem::Particle(ParticleError::UnterminatedPrefixExtensions { .. }))),
+            ),
+            (
+                "too-short-for-suffix.bin",
+                Format::Particle,
+                Some(|p| matches!(p, Problem::Particle(ParticleError::TooShort { .. }))),
+            ),
+        ];
+        for (name, format, problem) in cases {
+            check(name, format, problem);
+        }
+    }
+
+    #[test]
+    fn bytes_without_a_header_are_raw() {
+        for bytes in [&b"x"[..], &[0u8; 4096], b"not a firmware module, just text"] {
+            let inspection = inspect(bytes);
+            assert_eq!((inspection.format, inspection.info), (Format::Raw, None));
+            assert_eq!(inspection.problems.iter().collect::<Vec<_>>(), [&Problem::Unrecognised]);
+        }
+    }
+
+    #[test]
+    fn problems_keep_the_first_few() {
+        let mut problems = Problems::default();
+        assert!(problems.is_empty());
+        for _ in 0..MAX_PROBLEMS + 2 {
+            problems.push(Problem::Empty);
+        }
+        assert_eq!(problems.len(), MAX_PROBLEMS);
+    }
+}

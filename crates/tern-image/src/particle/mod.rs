@@ -29,7 +29,8 @@
 //! The prefix has no magic number. Each candidate offset gets a confidence score
 //! ([`prefix::confidence`], 0–7); the offsets tried are 0, 0x200, 0x184, 0xC0, 0x10C, then
 //! every multiple of 4 up to 8 KiB ([`prefix::locate`]). The first candidate scoring 7 wins,
-//! else the first with the highest score. A score of 0 everywhere means the bytes are not a
+//! else the first with the highest score. (P2 bootloaders have their prefix at 0x20, which
+//! the scan reaches.) A score of 0 everywhere means the bytes are not a
 //! Particle module ([`Error::NoPrefix`]): Particle's reader would go on to read garbage at
 //! offset 0, this parser rejects the false match instead.
 //!
@@ -267,8 +268,9 @@ pub fn parse(bytes: &[u8]) -> Result<Module<'_>, Error> {
         }
     }
 
-    let crc_at = bytes.len() - 4;
-    let stored_crc = u32::from_be_bytes(array_at(bytes, crc_at).ok_or(Error::TooShort { len: bytes.len() })?);
+    let too_short = Error::TooShort { len: bytes.len() };
+    let crc_at = bytes.len().checked_sub(4).ok_or(too_short)?;
+    let stored_crc = u32::from_be_bytes(array_at(bytes, crc_at).ok_or(too_short)?);
     let computed_crc = CRC32.checksum(bytes.get(..crc_at).unwrap_or(&[]));
     let crc_ok = stored_crc == computed_crc;
 

@@ -44,6 +44,10 @@
 //! NCP firmware) store a hash of something other than the bytes before it;
 //! [`Module::sha256_matches_contents`] checks it for those that follow the usual rule.
 //!
+//! Combined files (flag 0x04, several modules back to back) are read by [`parse`] as one
+//! module, the way Particle's reader reads them; [`split_combined`] reads their modules one
+//! by one.
+//!
 //! Parsing allocates nothing and never panics.
 
 mod combined;

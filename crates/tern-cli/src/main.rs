@@ -11,6 +11,7 @@ mod image;
 mod key;
 mod module;
 mod release;
+mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
+
+use crate::statement;
 use serde::Serialize;
 use tern_image::{inspect, Inspection, ModuleInfo};
 
@@ -27,11 +29,88 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a statement for each module: its SHA-256 and metadata, signed on its own, so
+    /// a server can compose updates from signed modules without holding the key.
+    ///
+    /// Writes `FILE.stmt` beside each module.
+    Sign {
+        /// Signing key (PKCS#8 PEM).
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Module files: `FILE`, `FILE@ADDRESS` or, for raw images,
+        /// `FILE@ADDRESS:FUNCTION:INDEX:VERSION`.
+        #[arg(required = true)]
+        modules: Vec<String>,
+        /// Platform id, for modules that do not declare one.
+        #[arg(long)]
+        platform: Option<u16>,
+        /// Product the statement is for (0: any product).
+        #[arg(long, default_value_t = 0)]
+        product_id: u32,
+        /// Anti-rollback counter.
+        #[arg(long, default_value_t = 0)]
+        security_counter: u64,
+        /// Creation time in seconds since the Unix epoch (default: now).
+        #[arg(long)]
+        created: Option<u64>,
+    },
+    /// Verify modules against their statements (`FILE.stmt` unless `--statement`).
+    Verify {
+        /// Public (or private) key the statements must be signed with.
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Module files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Statement file (only with a single module).
+        #[arg(long)]
+        statement: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
+        Command::Sign { key, modules, platform, product_id, security_counter, created } => {
+            let key = crate::key::load_signing_key(&key)?;
+            let config = statement::SignConfig { platform, product_id, security_counter, created };
+            for spec in &modules {
+                let (path, bytes) = statement::sign(spec, &key, &config)?;
+                let out = statement::default_path(&path);
+                std::fs::write(&out, bytes).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+                println!("{}: signed statement {}", path.display(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { key, files, statement: explicit } => {
+            if explicit.is_some() && files.len() != 1 {
+                anyhow::bail!("--statement goes with exactly one module file");
+            }
+            let key = crate::key::load_verifying_key(&key)?;
+            let mut failed = false;
+            for file in &files {
+                let stmt = explicit.clone().unwrap_or_else(|| statement::default_path(file));
+                match statement::verify(file, &stmt, &key) {
+                    Ok(doc) => {
+                        let m = doc.modules().next().expect("a verified statement lists exactly one module");
+                        println!(
+                            "{}: ok, {} {} v{}, platform {}, security counter {}",
+                            file.display(),
+                            m.function.name(),
+                            m.index,
+                            m.version,
+                            doc.platform_id,
+                            doc.security_counter
+                        );
+                    }
+                    Err(err) => {
+                        eprintln!("error: {err:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
     }
 }
 

@@ -45,9 +45,9 @@ pub fn sign(spec: &str, key: &SigningKey, config: &SignConfig) -> anyhow::Result
         (0, None) => bail!("{}: the module declares no platform: pass --platform", path.display()),
         (p, None) => p,
     };
-    let created = config.created.unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-    });
+    let created = config
+        .created
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default());
     let doc = Document {
         kind: Kind::ModuleStatement,
         platform_id,

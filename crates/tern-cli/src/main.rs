@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod hexfile;
+mod image;
 mod key;
 mod module;
 mod release;
+mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]
@@ -32,6 +34,9 @@ enum Command {
     Release(release::Command),
     /// Write modules or bundles as one Intel HEX file for manufacturing.
     Hex(hexfile::Command),
+    /// Sign, verify and inspect MCUboot images.
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => key::run(cmd),
         Command::Release(cmd) => release::run(cmd),
         Command::Hex(cmd) => hexfile::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -170,11 +170,15 @@ fn verify_one(file: &Path, key: &ed25519_dalek::VerifyingKey) -> anyhow::Result<
 }
 
 /// A module file read from disk with its manifest entry.
-struct LoadedModule {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    info: ModuleInfo,
-    entry: ModuleEntry,
+pub struct LoadedModule {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// What it says about itself (or what the command line said, for raw images).
+    pub info: ModuleInfo,
+    /// Its entry in a manifest or statement.
+    pub entry: ModuleEntry,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -186,7 +190,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Reads a module file given as `FILE[@ADDRESS[:FUNCTION:INDEX:VERSION]]`.
-fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
+pub fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
     let (path, placement) = split_address(spec)?;
     let bytes = read(&path)?;
     let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{}: larger than 4 GiB", path.display()))?;

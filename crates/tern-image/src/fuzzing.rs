@@ -26,6 +26,9 @@ pub fn inspect(data: &[u8]) {
 pub fn mcuboot(data: &[u8]) {
     if let Ok(image) = crate::mcuboot::parse(data) {
         let _ = image.module_info();
+        let _ = image.tlvs().count();
+        // The committed seeds are signed with this key, so the signature path is reached.
+        let _ = image.verify(Some(&fuzz_key()));
     }
 }
 

@@ -121,16 +121,25 @@ pub fn run_blocking(args: ServerArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let running = start(config).await?;
-        println!("tern server: data directory {}", running.data_dir.display());
-        println!("tern server: HTTP API on http://{} (OpenAPI at /api/openapi.json)", running.http);
-        println!("tern server: MQTT device gateway on mqtt://{}", running.mqtt);
+        say(format_args!("tern server: data directory {}", running.data_dir.display()));
+        say(format_args!("tern server: HTTP API on http://{} (OpenAPI at /api/openapi.json)", running.http));
+        say(format_args!("tern server: MQTT device gateway on mqtt://{}", running.mqtt));
         if let Some(token) = &running.created_admin_token {
             let path = running.data_dir.join(ADMIN_TOKEN_FILE);
-            println!("tern server: created the first admin token (saved to {}):", path.display());
-            println!("{token}");
+            say(format_args!("tern server: created the first admin token (saved to {}):", path.display()));
+            say(format_args!("{token}"));
         }
         wait_for_shutdown(running.http_task).await
     })
+}
+
+/// Prints a line on stdout; a closed stdout (a supervisor that stopped reading) must not
+/// bring the server down, so write errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 async fn wait_for_shutdown(http_task: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {

@@ -67,6 +67,8 @@ pub struct LinkStats {
     pub auth_failures: u64,
     /// Publishes or subscriptions refused by the access rules.
     pub acl_denied: u64,
+    /// Subscriptions granted.
+    pub subscriptions: u64,
     /// Connections closed for MQTT protocol errors.
     pub protocol_errors: u64,
     /// Messages received from devices.

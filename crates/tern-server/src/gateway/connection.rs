@@ -219,6 +219,7 @@ async fn run(
                             let qos = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
                             subscriptions.retain(|(existing, _)| *existing != filter.path);
                             subscriptions.push((filter.path, qos));
+                            counters.subscriptions.fetch_add(1, Ordering::Relaxed);
                             SubscribeReasonCode::Success(qos)
                         })
                         .collect();

@@ -1,0 +1,7 @@
+//! Integration tests of the Tern server: the real binary on loopback sockets.
+
+mod api;
+mod config;
+mod gateway;
+mod restart;
+mod support;

@@ -10,11 +10,14 @@
 //! - [`codec`]: deterministic CBOR encoding, versioned by [`PROTOCOL_VERSION`]; decoding
 //!   never panics and reports a [`DecodeError`].
 //! - [`topic`]: the topic layout `tern/v1/d/{device}/{up|down}/{kind}`.
+//! - [`attempt`]: the server side of one update attempt as a sans-IO state machine
+//!   (offer, pulled blocks, progress, result, confirmation by Describe, timeouts).
 //!
 //! The full wire reference, with every key, is `docs/protocol.md`.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod attempt;
 pub mod codec;
 pub mod list;
 pub mod message;
@@ -25,5 +28,7 @@ pub use list::List;
 pub use message::*;
 pub use topic::{is_valid_device_id, Topic};
 
+#[cfg(test)]
+mod attempt_tests;
 #[cfg(test)]
 mod tests;

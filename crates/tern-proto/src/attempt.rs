@@ -234,6 +234,36 @@ impl Attempt {
         attempt
     }
 
+    /// Rebuilds an attempt from what the server persisted ([`Attempt::state`],
+    /// [`Attempt::stats`], [`Attempt::sent_record`]) after a restart. Nothing is queued: the
+    /// offer goes out again when the device reconnects ([`Attempt::handle_connected`]).
+    /// The device's silence is counted from `now`.
+    pub fn resume(
+        id: AttemptId,
+        modules: List<OfferedModule, MAX_MODULES>,
+        config: TransferConfig,
+        state: AttemptState,
+        stats: TransferStats,
+        sent_record: &[u8],
+        now: u64,
+    ) -> Self {
+        let mut attempt = Attempt::new(id, modules, config, now);
+        attempt.poll_transmit();
+        attempt.poll_event();
+        attempt.stats = stats;
+        attempt.state = state;
+        attempt.next_offer = None;
+        let len = sent_record.len().min(attempt.sent.len());
+        attempt.sent[..len].copy_from_slice(&sent_record[..len]);
+        attempt
+    }
+
+    /// Which [`TRACK_UNIT`]s were sent at least once, one bit each: persist it with the
+    /// state so that re-sent bytes stay counted across server restarts.
+    pub fn sent_record(&self) -> &[u8] {
+        &self.sent
+    }
+
     /// The attempt id.
     pub fn id(&self) -> AttemptId {
         self.id

@@ -409,3 +409,30 @@ fn cancel_sends_one_cancel_and_ends_the_attempt() {
     assert_eq!(attempt.handle_block_request(&request, 2), Err(Ignored::Finished));
     assert_eq!(drain_events(&mut attempt), [AttemptState::Offered, AttemptState::Downloading, AttemptState::Cancelled]);
 }
+
+#[test]
+fn a_resumed_attempt_keeps_its_state_and_sent_record() {
+    let mut attempt = Attempt::new(ATTEMPT, offered(&[4096]), TransferConfig::default(), 0);
+    let first = BlockRequest { attempt: ATTEMPT, module: 0, offset: 0, length: 1024 };
+    attempt.handle_block_request(&first, 1).unwrap();
+    let mut resumed = Attempt::resume(
+        ATTEMPT,
+        *attempt.modules(),
+        *attempt.config(),
+        attempt.state(),
+        attempt.stats(),
+        attempt.sent_record(),
+        1_000_000,
+    );
+    assert_eq!(resumed.state(), AttemptState::Downloading);
+    assert_eq!(resumed.poll_transmit(), None, "nothing is sent until the device reconnects");
+    assert_eq!(resumed.poll_event(), None);
+    resumed.handle_connected(1_000_001);
+    assert_eq!(resumed.poll_transmit(), Some(Transmit::Offer));
+    resumed.handle_block_request(&first, 1_000_002).unwrap();
+    let second = BlockRequest { attempt: ATTEMPT, module: 0, offset: 1024, length: 1024 };
+    resumed.handle_block_request(&second, 1_000_003).unwrap();
+    assert_eq!(resumed.stats().bytes_sent, 3072);
+    assert_eq!(resumed.stats().bytes_resent, 1024, "the block sent before the restart counts as re-sent");
+    assert_eq!(resumed.poll_timeout(), Some(1_000_003 + TransferConfig::default().give_up_after_ms));
+}

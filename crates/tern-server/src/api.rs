@@ -30,7 +30,10 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::link::{DeviceLink, LinkError};
 use crate::platform;
-use crate::store::{DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, Store, StoreError};
+use crate::store::{
+    AttemptRecord, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlannedModule, Store, StoreError,
+};
+use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};
 
 /// The OpenAPI 3.1 document served at `/api/openapi.json`.
@@ -49,6 +52,8 @@ pub struct AppState {
     pub link: Arc<dyn DeviceLink>,
     /// Uplink counters.
     pub uplink: Arc<UplinkCounters>,
+    /// The update task.
+    pub updates: Updates,
     /// The configuration in force.
     pub config: Arc<Config>,
 }
@@ -113,6 +118,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", post(add_device).get(list_devices))
         .route("/api/devices/{id}", get(show_device))
         .route("/api/devices/{id}/commands", post(send_command))
+        .route(
+            "/api/devices/{id}/attempts",
+            post(start_attempt).layer(DefaultBodyLimit::max(max_upload.saturating_mul(4))),
+        )
+        .route("/api/attempts/{id}", get(show_attempt))
+        .route("/api/attempts/{id}/cancel", post(cancel_attempt))
         .route("/api/events", get(events))
         .route("/api/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -184,9 +195,21 @@ async fn upload_module(
         ));
     }
     let sha256 = state.blobs.put(&body).await?;
-    let record = ModuleRecord {
+    let record = module_record(sha256, query.filename.filter(|name| !name.is_empty()), &info);
+    if state.store.put_module(&record).await? {
+        state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
+        Ok((StatusCode::CREATED, Json(record)))
+    } else {
+        // Same bytes uploaded before: the catalog entry is the earlier one.
+        let existing = state.store.get_module(&record.sha256).await?.unwrap_or(record);
+        Ok((StatusCode::OK, Json(existing)))
+    }
+}
+
+fn module_record(sha256: String, filename: Option<String>, info: &tern_image::ModuleInfo) -> ModuleRecord {
+    ModuleRecord {
         sha256,
-        filename: query.filename.filter(|name| !name.is_empty()),
+        filename,
         format: info.format.name().to_owned(),
         platform_id: info.platform_id,
         function: info.function.code(),
@@ -207,14 +230,6 @@ async fn upload_module(
             .collect(),
         start_address: info.start_address,
         uploaded_at: now_millis(),
-    };
-    if state.store.put_module(&record).await? {
-        state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
-        Ok((StatusCode::CREATED, Json(record)))
-    } else {
-        // Same bytes uploaded before: the catalog entry is the earlier one.
-        let existing = state.store.get_module(&record.sha256).await?.unwrap_or(record);
-        Ok((StatusCode::OK, Json(existing)))
     }
 }
 
@@ -343,9 +358,14 @@ struct DeviceDetail {
     created_at: i64,
     /// What the device last described: the modules actually installed.
     inventory: Option<Inventory>,
+    /// Its most recent update attempts, newest first.
+    attempts: Vec<AttemptRecord>,
     /// Its most recent events, oldest first.
     history: Vec<Event>,
 }
+
+/// How many attempts `GET /api/devices/{id}` includes.
+const ATTEMPTS_SHOWN: u32 = 10;
 
 /// How many events `GET /api/devices/{id}` includes.
 const HISTORY_LEN: u32 = 50;
@@ -357,7 +377,9 @@ async fn show_device(State(state): State<AppState>, Path(id): Path<String>) -> A
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
     let history = state.store.recent_events(&id, HISTORY_LEN).await?;
+    let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
     Ok(Json(DeviceDetail {
+        attempts,
         summary: summary(&*state.link, &device.id, device.platform_id, device.last_seen, device.inventory.as_ref()),
         created_at: device.created_at,
         inventory: device.inventory,
@@ -467,4 +489,135 @@ async fn events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// `POST /api/devices/{id}/attempts`: the body is a release bundle (`tern release build`);
+/// its modules are offered to the device in manifest order.
+async fn start_attempt(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("bundle refused: {rejection}"))
+    })?;
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let bundle = tern_image::bundle::Bundle::parse(&body).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    // The server does not hold the signing keys: the device verifies the signature. The
+    // server checks everything it can without them, so that it never offers a bundle that
+    // is broken on its face.
+    let manifest = bundle.unverified_manifest().map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    if manifest.kind != tern_image::manifest::Kind::Release {
+        return Err(unprocessable("bad_bundle", "the bundle's signed document is not a release manifest"));
+    }
+    bundle.check_modules(&manifest).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    if manifest.platform_id != device.platform_id {
+        return Err(unprocessable(
+            "wrong_platform",
+            format!(
+                "the release is for platform {}, device {id} is platform {}",
+                manifest.platform_id, device.platform_id
+            ),
+        ));
+    }
+    if manifest.module_count() > tern_proto::MAX_MODULES {
+        return Err(unprocessable(
+            "too_many_modules",
+            format!("an offer carries at most {} modules", tern_proto::MAX_MODULES),
+        ));
+    }
+    if let Some(busy) = state.store.device_attempts(&id, 1).await?.into_iter().find(|a| !a.finished) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "attempt_in_progress",
+            format!("attempt {} for device {id} is still {}", busy.id, busy.state),
+        ));
+    }
+    let signed = state.blobs.put(bundle.signed_manifest).await?;
+    let mut plan = Vec::new();
+    let mut offset = 0usize;
+    let modules_area = &body[body.len() - manifest.modules().map(|m| m.size as usize).sum::<usize>()..];
+    for entry in manifest.modules() {
+        let bytes = &modules_area[offset..offset + entry.size as usize];
+        offset += entry.size as usize;
+        let sha256 = state.blobs.put(bytes).await?;
+        // Modules Tern can read also enter the catalog.
+        if let Some(info) = tern_image::inspect(bytes).info {
+            let record = module_record(sha256.clone(), None, &info);
+            if state.store.put_module(&record).await? {
+                state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
+            }
+        }
+        plan.push(PlannedModule {
+            sha256,
+            function: entry.function.code(),
+            function_name: entry.function.name().to_owned(),
+            index: entry.index,
+            version: entry.version,
+            size: entry.size,
+            start_address: entry.start_address,
+        });
+    }
+    let now = now_millis();
+    let mut record = AttemptRecord {
+        id: 0,
+        device: id.clone(),
+        state: "queued".into(),
+        reason: None,
+        reason_code: None,
+        bytes_total: plan.iter().map(|m| u64::from(m.size)).sum(),
+        air_bytes: estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer),
+        plan,
+        signed,
+        bytes_done: 0,
+        bytes_sent: 0,
+        bytes_resent: 0,
+        requests: 0,
+        offers_sent: 0,
+        sent_record: Vec::new(),
+        finished: false,
+        created_at: now,
+        updated_at: now,
+    };
+    record.id = state.store.create_attempt(&record).await?;
+    let data = json!({ "attempt": record.id, "modules": record.plan.len(), "air_bytes": record.air_bytes });
+    state.hub.publish(Some(&id), "attempt.created", data).await?;
+    state.updates.send(UpdateInput::Start(record.clone())).await;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn show_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+    let attempt = state.store.get_attempt(id).await?;
+    attempt.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no attempt {id}")))
+}
+
+async fn cancel_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+    let attempt = state
+        .store
+        .get_attempt(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no attempt {id}")))?;
+    if attempt.finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "finished",
+            format!("attempt {id} is already {}", attempt.state),
+        ));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    state.updates.send(UpdateInput::Cancel(id, reply)).await;
+    if !answer.await.unwrap_or(false) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_in_flight", format!("attempt {id} is not in flight")));
+    }
+    // The update task has stored the cancellation before answering.
+    let attempt = state.store.get_attempt(id).await?.unwrap_or(attempt);
+    Ok(Json(attempt))
 }

@@ -8,6 +8,8 @@
 //! | MQTT listen address | `127.0.0.1:1883` | `mqtt` | `TERN_MQTT` | `--mqtt` |
 //! | largest module upload (bytes) | 16 MiB | `max_module_size` | — | — |
 //! | largest MQTT packet (bytes) | 64 KiB | `max_mqtt_packet` | — | — |
+//! | offer re-sent after (ms) | 5000 | `offer_retry_ms` | — | — |
+//! | attempt times out after device silence (ms) | 900000 | `give_up_after_ms` | — | — |
 //!
 //! The file is the one named by `--config` or `TERN_CONFIG`, else `tern.toml` in the data
 //! directory if it exists. Unknown keys in the file are an error, so a typo is not silently
@@ -32,6 +34,8 @@ pub struct Config {
     pub max_module_size: usize,
     /// The largest MQTT packet accepted from a device, in bytes.
     pub max_mqtt_packet: usize,
+    /// Block transfer settings (window, block size, offer retry, give-up time).
+    pub transfer: tern_proto::attempt::TransferConfig,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             mqtt: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_module_size: 16 << 20,
             max_mqtt_packet: 64 << 10,
+            transfer: tern_proto::attempt::TransferConfig::default(),
         }
     }
 }
@@ -55,6 +60,8 @@ struct FileConfig {
     mqtt: Option<SocketAddr>,
     max_module_size: Option<usize>,
     max_mqtt_packet: Option<usize>,
+    offer_retry_ms: Option<u64>,
+    give_up_after_ms: Option<u64>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -104,6 +111,8 @@ impl Config {
         config.mqtt = file.mqtt.unwrap_or(config.mqtt);
         config.max_module_size = file.max_module_size.unwrap_or(config.max_module_size);
         config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
+        config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
+        config.transfer.give_up_after_ms = file.give_up_after_ms.unwrap_or(config.transfer.give_up_after_ms);
 
         config.data_dir = env_data.unwrap_or(config.data_dir);
         config.http = env_addr("TERN_HTTP")?.unwrap_or(config.http);

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod link;
 pub mod platform;
 pub mod store;
+pub mod updates;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -60,7 +61,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("{}: cannot open the database", data.display()))?,
     );
-    let blobs = Arc::new(FsBlobStore::new(data.join("blobs")));
+    let blobs: Arc<dyn blob::BlobStore> = Arc::new(FsBlobStore::new(data.join("blobs")));
     let created_admin_token = first_admin_token(&*store, data).await?;
 
     let hub = EventHub::new(store.clone());
@@ -69,14 +70,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (gateway, mqtt) = Gateway::start(config.mqtt, gateway_config, store.clone(), link_tx)
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", config.mqtt))?;
+    let link: Arc<dyn link::DeviceLink> = Arc::new(gateway);
+    let updates = updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer).await?;
     let uplink = Arc::new(uplink::UplinkCounters::default());
-    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone()));
+    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http = listener.local_addr()?;
-    let state = api::AppState { store, blobs, hub, link: Arc::new(gateway), uplink, config: Arc::new(config.clone()) };
+    let state = api::AppState { store, blobs, hub, link, uplink, updates, config: Arc::new(config.clone()) };
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Running { http, mqtt, data_dir: config.data_dir, created_admin_token, http_task })

@@ -208,6 +208,68 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
+/// One module of an attempt's plan, in install order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedModule {
+    /// SHA-256 of the module file (its blob address), hex.
+    pub sha256: String,
+    /// Numeric module function.
+    pub function: u8,
+    /// Function name.
+    pub function_name: String,
+    /// Module index.
+    pub index: u8,
+    /// Module version.
+    pub version: u32,
+    /// Size in bytes.
+    pub size: u32,
+    /// Flash address of its first byte.
+    pub start_address: u32,
+}
+
+/// An update attempt, as stored and shown by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt id (also the protocol's attempt id).
+    pub id: i64,
+    /// The device.
+    pub device: String,
+    /// `offered`, `downloading`, `verifying`, `staged`, `rebooting`, `confirmed`, `failed`,
+    /// `rolled_back`, `timed_out`, `cancelled`.
+    pub state: String,
+    /// Why it failed or was rolled back.
+    pub reason: Option<String>,
+    /// Numeric reason code.
+    pub reason_code: Option<u16>,
+    /// The modules, in install order.
+    pub plan: Vec<PlannedModule>,
+    /// Blob address of the signed release manifest.
+    pub signed: String,
+    /// Total bytes of the plan's modules.
+    pub bytes_total: u64,
+    /// Estimated bytes on the air for the whole transfer.
+    pub air_bytes: u64,
+    /// Bytes the device reported holding.
+    pub bytes_done: u64,
+    /// Block bytes sent.
+    pub bytes_sent: u64,
+    /// Of those, bytes sent more than once.
+    pub bytes_resent: u64,
+    /// Valid block requests received.
+    pub requests: u64,
+    /// Offers sent.
+    pub offers_sent: u32,
+    /// Which KiB units were sent (internal; not shown).
+    #[serde(skip)]
+    pub sent_record: Vec<u8>,
+    /// Whether the state is final.
+    pub finished: bool,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Last change, Unix milliseconds.
+    pub updated_at: i64,
+}
+
 /// Storage the server core needs; implemented by [`SqliteStore`].
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -244,6 +306,17 @@ pub trait Store: Send + Sync {
     async fn events_after(&self, after: i64, device: Option<&str>, limit: u32) -> StoreResult<Vec<Event>>;
     /// The `limit` most recent events of device `id`, oldest first.
     async fn recent_events(&self, device: &str, limit: u32) -> StoreResult<Vec<Event>>;
+
+    /// Stores a new attempt (its `id` is ignored) and returns its id.
+    async fn create_attempt(&self, attempt: &AttemptRecord) -> StoreResult<i64>;
+    /// Saves an attempt's state, reason and counters.
+    async fn update_attempt(&self, attempt: &AttemptRecord) -> StoreResult<()>;
+    /// The attempt `id`.
+    async fn get_attempt(&self, id: i64) -> StoreResult<Option<AttemptRecord>>;
+    /// The `limit` most recent attempts of `device`, newest first.
+    async fn device_attempts(&self, device: &str, limit: u32) -> StoreResult<Vec<AttemptRecord>>;
+    /// Every attempt not in a final state, oldest first.
+    async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>>;
 }
 
 /// The embedded default: one SQLite database file in WAL mode.
@@ -308,6 +381,37 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Event> {
         kind: row.try_get("kind")?,
         data: serde_json::from_str(row.try_get("data")?)?,
     })
+}
+
+fn attempt_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AttemptRecord> {
+    let reason_code: Option<i64> = row.try_get("reason_code")?;
+    let finished: i64 = row.try_get("finished")?;
+    let sent_record: Option<Vec<u8>> = row.try_get("sent_record")?;
+    Ok(AttemptRecord {
+        id: row.try_get("id")?,
+        device: row.try_get("device")?,
+        state: row.try_get("state")?,
+        reason: row.try_get("reason")?,
+        reason_code: reason_code.map(int).transpose()?,
+        plan: serde_json::from_str(row.try_get("plan")?)?,
+        signed: row.try_get("signed")?,
+        bytes_total: int(row.try_get("bytes_total")?)?,
+        air_bytes: int(row.try_get("air_bytes")?)?,
+        bytes_done: int(row.try_get("bytes_done")?)?,
+        bytes_sent: int(row.try_get("bytes_sent")?)?,
+        bytes_resent: int(row.try_get("bytes_resent")?)?,
+        requests: int(row.try_get("requests")?)?,
+        offers_sent: int(row.try_get("offers_sent")?)?,
+        sent_record: sent_record.unwrap_or_default(),
+        finished: finished != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Converts a counter for an INTEGER column (SQLite integers are signed 64-bit).
+fn db_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Narrows an integer column to its field's type; a value out of range means the database
@@ -474,5 +578,74 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO attempts (device, state, reason, reason_code, plan, signed, bytes_total, air_bytes, \
+             bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&a.device)
+        .bind(&a.state)
+        .bind(&a.reason)
+        .bind(a.reason_code.map(i64::from))
+        .bind(serde_json::to_string(&a.plan)?)
+        .bind(&a.signed)
+        .bind(db_int(a.bytes_total))
+        .bind(db_int(a.air_bytes))
+        .bind(db_int(a.bytes_done))
+        .bind(db_int(a.bytes_sent))
+        .bind(db_int(a.bytes_resent))
+        .bind(db_int(a.requests))
+        .bind(i64::from(a.offers_sent))
+        .bind(&a.sent_record)
+        .bind(i64::from(a.finished))
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn update_attempt(&self, a: &AttemptRecord) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE attempts SET state = ?, reason = ?, reason_code = ?, bytes_done = ?, bytes_sent = ?, \
+             bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&a.state)
+        .bind(&a.reason)
+        .bind(a.reason_code.map(i64::from))
+        .bind(db_int(a.bytes_done))
+        .bind(db_int(a.bytes_sent))
+        .bind(db_int(a.bytes_resent))
+        .bind(db_int(a.requests))
+        .bind(i64::from(a.offers_sent))
+        .bind(&a.sent_record)
+        .bind(i64::from(a.finished))
+        .bind(a.updated_at)
+        .bind(a.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_attempt(&self, id: i64) -> StoreResult<Option<AttemptRecord>> {
+        let row = sqlx::query("SELECT * FROM attempts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(attempt_from_row).transpose()
+    }
+
+    async fn device_attempts(&self, device: &str, limit: u32) -> StoreResult<Vec<AttemptRecord>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE device = ? ORDER BY id DESC LIMIT ?")
+            .bind(device)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE finished = 0 ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(attempt_from_row).collect()
     }
 }

@@ -16,6 +16,7 @@ use crate::auth::now_millis;
 use crate::events::EventHub;
 use crate::link::LinkEvent;
 use crate::store::{DependencyRecord, InstalledModuleRecord, Inventory, ResultRecord, Store, StoreError};
+use crate::updates::{UpdateInput, Updates};
 
 /// Counters of the uplink handler, shown by `/api/stats`.
 #[derive(Default)]
@@ -51,9 +52,14 @@ impl UplinkCounters {
 }
 
 /// Reads link events until the link closes its channel.
-pub async fn run(mut events: mpsc::Receiver<LinkEvent>, hub: EventHub, counters: Arc<UplinkCounters>) {
+pub async fn run(
+    mut events: mpsc::Receiver<LinkEvent>,
+    hub: EventHub,
+    counters: Arc<UplinkCounters>,
+    updates: Updates,
+) {
     while let Some(event) = events.recv().await {
-        if let Err(err) = handle(&event, &hub, &counters).await {
+        if let Err(err) = handle(&event, &hub, &counters, &updates).await {
             // The store failing is the one thing that can go wrong here; the message is
             // lost but the device will describe itself again on its next connect.
             tracing::error!("handling {event:?} failed: {err}");
@@ -61,12 +67,18 @@ pub async fn run(mut events: mpsc::Receiver<LinkEvent>, hub: EventHub, counters:
     }
 }
 
-async fn handle(event: &LinkEvent, hub: &EventHub, counters: &UplinkCounters) -> Result<(), StoreError> {
+async fn handle(
+    event: &LinkEvent,
+    hub: &EventHub,
+    counters: &UplinkCounters,
+    updates: &Updates,
+) -> Result<(), StoreError> {
     let store = hub.store().clone();
     match event {
         LinkEvent::Connected { device } => {
             store.touch_device(device, now_millis()).await?;
             hub.publish(Some(device), "device.connected", json!({})).await?;
+            updates.send(UpdateInput::Connected(device.clone())).await;
         }
         LinkEvent::Disconnected { device, clean } => {
             store.touch_device(device, now_millis()).await?;
@@ -102,6 +114,16 @@ async fn handle(event: &LinkEvent, hub: &EventHub, counters: &UplinkCounters) ->
             }
             counters.handled.fetch_add(1, Ordering::Relaxed);
             handle_message(device, &message, hub, &*store).await?;
+            let input = match message {
+                Message::Describe(m) => Some(UpdateInput::Describe(device.clone(), Box::new(m))),
+                Message::BlockRequest(m) => Some(UpdateInput::BlockRequest(device.clone(), m)),
+                Message::Progress(m) => Some(UpdateInput::Progress(device.clone(), m)),
+                Message::Result(m) => Some(UpdateInput::Result(device.clone(), m)),
+                Message::UpdateOffer(_) | Message::Block(_) | Message::Command(_) => None,
+            };
+            if let Some(input) = input {
+                updates.send(input).await;
+            }
         }
     }
     Ok(())
@@ -133,12 +155,8 @@ async fn handle_message(
             store.touch_device(device, now_millis()).await?;
             hub.publish(Some(device), "device.result", serde_json::to_value(result_record(result))?).await?;
         }
-        Message::BlockRequest(request) => {
-            // Block transfer is served by the update-attempt machinery (issue 4, next step);
-            // until then a request is recorded so that it is visible, not silently dropped.
-            store.touch_device(device, now_millis()).await?;
-            tracing::debug!(device, attempt = request.attempt, "block request with no attempt in progress");
-        }
+        // Served by the update task (`crate::updates`); too frequent to store one by one.
+        Message::BlockRequest(_) => {}
         // Down kinds never arrive here: the gateway only accepts up topics, and the topic
         // and payload kinds were checked to agree.
         Message::UpdateOffer(_) | Message::Block(_) | Message::Command(_) => {}

@@ -62,6 +62,9 @@ fn openapi_document_lists_every_route() {
         ("/api/devices/{id}", "get"),
         ("/api/devices/{id}/commands", "post"),
         ("/api/events", "get"),
+        ("/api/devices/{id}/attempts", "post"),
+        ("/api/attempts/{id}", "get"),
+        ("/api/attempts/{id}/cancel", "post"),
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");

@@ -5,3 +5,4 @@ mod config;
 mod gateway;
 mod restart;
 mod support;
+mod update;

@@ -122,7 +122,8 @@ fn offered_modules(plan: &[PlannedModule]) -> Option<List<OfferedModule, MAX_MOD
 fn parse_state(name: &str, reason_code: Option<u16>) -> Option<AttemptState> {
     let reason = tern_proto::Reason::from_code(reason_code.unwrap_or(0));
     Some(match name {
-        "offered" => AttemptState::Offered,
+        // Stored by the API just before the task took it over: not offered yet.
+        "queued" | "offered" => AttemptState::Offered,
         "downloading" => AttemptState::Downloading,
         "verifying" => AttemptState::Verifying,
         "staged" => AttemptState::Staged,

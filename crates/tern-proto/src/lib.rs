@@ -19,6 +19,7 @@
 
 pub mod attempt;
 pub mod codec;
+pub mod fuzzing;
 pub mod list;
 pub mod message;
 pub mod topic;

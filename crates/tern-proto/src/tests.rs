@@ -333,3 +333,43 @@ fn device_ids() {
     check("#", false);
     check("é", false);
 }
+
+/// Replays the committed fuzz corpus (`fuzz/corpus/proto*/`) through the fuzz entry points.
+#[test]
+fn replay_fuzz_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 2] = [("proto", crate::fuzzing::decode), ("proto_attempt", crate::fuzzing::attempt)];
+    let mut replayed = 0;
+    for (name, target) in targets {
+        let Ok(entries) = std::fs::read_dir(root.join(name)) else { continue };
+        for entry in entries {
+            let data = std::fs::read(entry.expect("readable entry").path()).expect("readable corpus file");
+            target(&data);
+            replayed += 1;
+        }
+    }
+    assert!(replayed > 0, "no proto fuzz corpus under {}", root.display());
+}
+
+/// Writes the seed corpus: every sample message, for both targets. Run by hand with
+/// `TERN_WRITE_PROTO_SEEDS=1 cargo test -p tern-proto write_seed_corpus`.
+#[test]
+fn write_seed_corpus() {
+    if std::env::var_os("TERN_WRITE_PROTO_SEEDS").is_none() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    for dir in ["proto", "proto_attempt"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for (i, message) in samples().iter().enumerate() {
+        let bytes = encode(message);
+        std::fs::write(root.join("proto").join(std::format!("sample-{i:02}")), &bytes).unwrap();
+        if bytes.len() < 256 {
+            let mut chunk = vec![1, bytes.len() as u8];
+            chunk.extend_from_slice(&bytes);
+            std::fs::write(root.join("proto_attempt").join(std::format!("sample-{i:02}")), &chunk).unwrap();
+        }
+    }
+}

@@ -60,6 +60,27 @@ async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: u
     Ok(())
 }
 
+/// The protocol level a CONNECT at the start of `buf` asks for (MQTT 3.1.1 §3.1.2.2: fixed
+/// header, remaining length, protocol name `00 04 "MQTT"`, level), if it is that far.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // The remaining length takes 1 to 4 bytes, each but the last with its top bit set.
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    let variable = buf.get(i + 1..)?;
+    if variable.get(..6)? != [0, 4, b'M', b'Q', b'T', b'T'] {
+        return None;
+    }
+    variable.get(6).copied()
+}
+
 /// Serves one TCP connection until it ends.
 pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let counters = &inner.counters;
@@ -68,6 +89,26 @@ pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
     let mut buf = BytesMut::with_capacity(4096);
     let max = inner.config.max_packet;
 
+    // Peek at the protocol level first: the codec cannot parse an MQTT 5 CONNECT, and such
+    // a client deserves return code 1 rather than a silent close.
+    let peek = async {
+        // Every CONNECT is at least 14 bytes; anything else is dealt with by the full parse.
+        while buf.len() < 12 && buf.first().is_none_or(|b| b >> 4 == 1) {
+            if reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    if timeout(inner.config.connect_timeout, peek).await.is_err() {
+        return;
+    }
+    if let Some(level) = connect_level(&buf).filter(|&level| level != 4) {
+        tracing::info!(%peer, level, "mqtt: refused protocol level");
+        let code = ConnectReturnCode::RefusedProtocolVersion;
+        let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+        return;
+    }
     let connect = match timeout(inner.config.connect_timeout, read_packet(&mut reader, &mut buf, max)).await {
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
         Ok(Err(CodecError::InvalidProtocolLevel(level))) => {
@@ -88,6 +129,13 @@ pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
         }
     };
 
+    if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
+        // The codec also reads MQTT 5 CONNECTs; this gateway speaks 3.1.1 only (§3.1.2.2).
+        tracing::info!(%peer, "mqtt: refused protocol {:?}", connect.protocol);
+        let code = ConnectReturnCode::RefusedProtocolVersion;
+        let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+        return;
+    }
     let device = match authenticate(&inner, &connect.login).await {
         Some(device) => device,
         None => {
@@ -137,8 +185,10 @@ pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
     }
     let clean = matches!(end, End::Clean);
     tracing::info!(%peer, device, clean, "mqtt: device disconnected");
-    let _ = writer.shutdown().await;
+    // Queue the event before closing, so it is ordered before anything the device does
+    // after seeing the close (such as connecting again).
     let _ = inner.events.send(LinkEvent::Disconnected { device, clean }).await;
+    let _ = writer.shutdown().await;
 }
 
 /// Checks username = device id, password = that device's secret.

@@ -3,6 +3,7 @@
 mod api;
 mod config;
 mod gateway;
+mod mqtt;
 mod restart;
 mod support;
 mod update;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tern_image::bundle::{self, Bundle};
@@ -15,6 +15,34 @@ use tern_image::manifest::{key_id, Kind, Manifest, ModuleEntry};
 use tern_image::{Format, ModuleFunction, ModuleInfo};
 
 use crate::key;
+
+/// What a signed document (release manifest or module statement) targets and when it
+/// was made; shared by `tern release build` and `tern module sign`.
+#[derive(Args, Clone, Debug)]
+pub struct SigningTarget {
+    /// Target platform id (default: the platform the modules declare).
+    #[arg(long)]
+    pub platform: Option<u16>,
+    /// Target product id (0: any product).
+    #[arg(long, default_value_t = 0)]
+    pub product_id: u32,
+    /// Anti-rollback counter: devices refuse documents whose counter is lower than that
+    /// of one they already accepted.
+    #[arg(long, default_value_t = 0)]
+    pub security_counter: u64,
+    /// Creation time in seconds since the Unix epoch (default: now). Fix it for
+    /// reproducible output.
+    #[arg(long)]
+    pub created: Option<u64>,
+}
+
+impl SigningTarget {
+    /// The creation time to record: `--created`, or now.
+    pub fn created(&self) -> u64 {
+        self.created
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default())
+    }
+}
 
 /// Commands on release bundles.
 #[derive(Subcommand)]
@@ -35,23 +63,11 @@ pub enum Command {
         /// Module files. `FILE@ADDRESS` places a module whose format carries no address.
         #[arg(required = true)]
         modules: Vec<String>,
-        /// Target platform id (default: the platform the modules declare).
-        #[arg(long)]
-        platform: Option<u16>,
-        /// Target product id (0: any product).
-        #[arg(long, default_value_t = 0)]
-        product_id: u32,
-        /// Anti-rollback counter: devices refuse releases whose counter is lower than
-        /// that of one they already accepted.
-        #[arg(long, default_value_t = 0)]
-        security_counter: u64,
+        #[command(flatten)]
+        target: SigningTarget,
         /// A name for the release (at most 64 bytes).
         #[arg(long, default_value = "")]
         name: String,
-        /// Creation time in seconds since the Unix epoch (default: now). Fix it for
-        /// reproducible bundles.
-        #[arg(long)]
-        created: Option<u64>,
     },
     /// Show what a bundle contains. The signature is checked only with `--key`.
     Inspect {
@@ -78,23 +94,20 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Build { key, output, modules, platform, product_id, security_counter, name, created } => {
+        Command::Build { key, output, modules, target, name } => {
             let signing_key = key::load_signing_key(&key)?;
             let mut loaded = modules.iter().map(|spec| load_module(spec)).collect::<anyhow::Result<Vec<_>>>()?;
             order_for_install(&mut loaded);
-            let platform_id = match platform {
+            let platform_id = match target.platform {
                 Some(p) => p,
                 None => common_platform(&loaded)?,
             };
-            let created = created.unwrap_or_else(|| {
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-            });
             let doc = Document {
                 kind: Kind::Release,
                 platform_id,
-                product_id,
-                security_counter,
-                created,
+                product_id: target.product_id,
+                security_counter: target.security_counter,
+                created: target.created(),
                 modules: loaded.iter().map(|m| m.entry).collect(),
                 name,
             };

@@ -13,6 +13,7 @@ use tern_image::bundle::{self, Bundle};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::{key_id, Kind, Manifest, ModuleEntry};
 use tern_image::{Format, ModuleFunction, ModuleInfo};
+use tern_plan::Slot;
 
 use crate::key;
 
@@ -192,6 +193,8 @@ pub struct LoadedModule {
     pub info: ModuleInfo,
     /// Its entry in a manifest or statement.
     pub entry: ModuleEntry,
+    /// Its declared dependencies.
+    pub dependencies: Vec<tern_image::Dependency>,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -251,7 +254,8 @@ pub fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
         dependencies: info.dependencies,
         format: info.format,
     };
-    Ok(LoadedModule { path, bytes, info, entry })
+    let dependencies = info.dependencies().copied().collect();
+    Ok(LoadedModule { path, bytes, info, entry, dependencies })
 }
 
 /// Where a module file goes and, for raw images, what it is.
@@ -307,42 +311,12 @@ fn parse_u32(text: &str) -> Option<u32> {
     }
 }
 
-/// Where a module function goes in the install order when dependencies leave a choice.
-fn install_rank(function: ModuleFunction) -> u8 {
-    match function {
-        ModuleFunction::Bootloader => 0,
-        ModuleFunction::RadioStack => 1,
-        ModuleFunction::NcpFirmware => 2,
-        ModuleFunction::SystemPart => 3,
-        ModuleFunction::MonoFirmware => 4,
-        ModuleFunction::UserPart => 5,
-        ModuleFunction::Asset => 6,
-        _ => 7,
-    }
-}
-
-/// Orders modules so that every module comes after the modules in the set that it
-/// depends on (a stable topological sort with [`install_rank`] and index as tie-breaks).
+/// Orders modules so that every module comes after the modules of the release it depends
+/// on (see `tern_plan::install_order_by`; the device's contents are unknown here).
 fn order_for_install(modules: &mut Vec<LoadedModule>) {
-    modules.sort_by_key(|m| (install_rank(m.info.function), m.info.index));
-    let mut ordered: Vec<LoadedModule> = Vec::with_capacity(modules.len());
-    let mut pending: Vec<LoadedModule> = std::mem::take(modules);
-    while !pending.is_empty() {
-        // The first pending module none of whose dependencies is still pending; with a
-        // dependency cycle, fall back to the first one so the loop always progresses.
-        let ready = pending
-            .iter()
-            .position(|m| {
-                !m.info.dependencies().any(|d| {
-                    pending
-                        .iter()
-                        .any(|p| p.info.function == d.function && p.info.index == d.index && !std::ptr::eq(p, m))
-                })
-            })
-            .unwrap_or(0);
-        ordered.push(pending.remove(ready));
-    }
-    *modules = ordered;
+    tern_plan::install_order_by(&[], modules, |m| {
+        (Slot { function: m.info.function, index: m.info.index }, m.info.version, &m.dependencies[..])
+    });
 }
 
 fn common_platform(modules: &[LoadedModule]) -> anyhow::Result<u16> {

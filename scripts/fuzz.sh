@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 60), then minimizes its corpus so the
-# committed regression set stays small. `cargo test` replays fuzz/corpus on every run.
+# Runs every fuzz target for SECONDS each (default 60). New inputs land in a scratch
+# directory and only those that add coverage are merged into fuzz/corpus/<target>, so the
+# committed regression set stays small and hand-made seeds (which tests name) are kept. `cargo test` replays fuzz/corpus on every run.
 # Uses cargo-fuzz (installed if missing); RUSTC_BOOTSTRAP lets the stable toolchain take
 # the instrumentation flags libFuzzer needs.
 set -euo pipefail
@@ -16,6 +17,9 @@ fi
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${seconds}s"
   mkdir -p "corpus/$t"
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none -- -max_total_time="$seconds" -max_len=65536
-  RUSTC_BOOTSTRAP=1 cargo fuzz cmin "$t" --sanitizer none
+  scratch="$(mktemp -d)"
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none "$scratch" "corpus/$t" -- \
+    -max_total_time="$seconds" -max_len=65536
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none "corpus/$t" "$scratch" -- -merge=1
+  rm -rf "$scratch"
 done

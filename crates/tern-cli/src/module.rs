@@ -41,18 +41,8 @@ pub enum Command {
         /// `FILE@ADDRESS:FUNCTION:INDEX:VERSION`.
         #[arg(required = true)]
         modules: Vec<String>,
-        /// Platform id, for modules that do not declare one.
-        #[arg(long)]
-        platform: Option<u16>,
-        /// Product the statement is for (0: any product).
-        #[arg(long, default_value_t = 0)]
-        product_id: u32,
-        /// Anti-rollback counter.
-        #[arg(long, default_value_t = 0)]
-        security_counter: u64,
-        /// Creation time in seconds since the Unix epoch (default: now).
-        #[arg(long)]
-        created: Option<u64>,
+        #[command(flatten)]
+        target: crate::release::SigningTarget,
     },
     /// Verify modules against their statements (`FILE.stmt` unless `--statement`).
     Verify {
@@ -71,11 +61,10 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
-        Command::Sign { key, modules, platform, product_id, security_counter, created } => {
+        Command::Sign { key, modules, target } => {
             let key = crate::key::load_signing_key(&key)?;
-            let config = statement::SignConfig { platform, product_id, security_counter, created };
             for spec in &modules {
-                let (path, bytes) = statement::sign(spec, &key, &config)?;
+                let (path, bytes) = statement::sign(spec, &key, &target)?;
                 let out = statement::default_path(&path);
                 std::fs::write(&out, bytes).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
                 println!("{}: signed statement {}", path.display(), out.display());

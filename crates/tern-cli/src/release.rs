@@ -6,15 +6,44 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tern_image::bundle::{self, Bundle};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::{key_id, Kind, Manifest, ModuleEntry};
 use tern_image::{Format, ModuleFunction, ModuleInfo};
+use tern_plan::Slot;
 
 use crate::key;
+
+/// What a signed document (release manifest or module statement) targets and when it
+/// was made; shared by `tern release build` and `tern module sign`.
+#[derive(Args, Clone, Debug)]
+pub struct SigningTarget {
+    /// Target platform id (default: the platform the modules declare).
+    #[arg(long)]
+    pub platform: Option<u16>,
+    /// Target product id (0: any product).
+    #[arg(long, default_value_t = 0)]
+    pub product_id: u32,
+    /// Anti-rollback counter: devices refuse documents whose counter is lower than that
+    /// of one they already accepted.
+    #[arg(long, default_value_t = 0)]
+    pub security_counter: u64,
+    /// Creation time in seconds since the Unix epoch (default: now). Fix it for
+    /// reproducible output.
+    #[arg(long)]
+    pub created: Option<u64>,
+}
+
+impl SigningTarget {
+    /// The creation time to record: `--created`, or now.
+    pub fn created(&self) -> u64 {
+        self.created
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default())
+    }
+}
 
 /// Commands on release bundles.
 #[derive(Subcommand)]
@@ -35,23 +64,11 @@ pub enum Command {
         /// Module files. `FILE@ADDRESS` places a module whose format carries no address.
         #[arg(required = true)]
         modules: Vec<String>,
-        /// Target platform id (default: the platform the modules declare).
-        #[arg(long)]
-        platform: Option<u16>,
-        /// Target product id (0: any product).
-        #[arg(long, default_value_t = 0)]
-        product_id: u32,
-        /// Anti-rollback counter: devices refuse releases whose counter is lower than
-        /// that of one they already accepted.
-        #[arg(long, default_value_t = 0)]
-        security_counter: u64,
+        #[command(flatten)]
+        target: SigningTarget,
         /// A name for the release (at most 64 bytes).
         #[arg(long, default_value = "")]
         name: String,
-        /// Creation time in seconds since the Unix epoch (default: now). Fix it for
-        /// reproducible bundles.
-        #[arg(long)]
-        created: Option<u64>,
     },
     /// Show what a bundle contains. The signature is checked only with `--key`.
     Inspect {
@@ -78,23 +95,20 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Build { key, output, modules, platform, product_id, security_counter, name, created } => {
+        Command::Build { key, output, modules, target, name } => {
             let signing_key = key::load_signing_key(&key)?;
             let mut loaded = modules.iter().map(|spec| load_module(spec)).collect::<anyhow::Result<Vec<_>>>()?;
             order_for_install(&mut loaded);
-            let platform_id = match platform {
+            let platform_id = match target.platform {
                 Some(p) => p,
                 None => common_platform(&loaded)?,
             };
-            let created = created.unwrap_or_else(|| {
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-            });
             let doc = Document {
                 kind: Kind::Release,
                 platform_id,
-                product_id,
-                security_counter,
-                created,
+                product_id: target.product_id,
+                security_counter: target.security_counter,
+                created: target.created(),
                 modules: loaded.iter().map(|m| m.entry).collect(),
                 name,
             };
@@ -179,6 +193,8 @@ pub struct LoadedModule {
     pub info: ModuleInfo,
     /// Its entry in a manifest or statement.
     pub entry: ModuleEntry,
+    /// Its declared dependencies.
+    pub dependencies: Vec<tern_image::Dependency>,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -238,7 +254,8 @@ pub fn load_module(spec: &str) -> anyhow::Result<LoadedModule> {
         dependencies: info.dependencies,
         format: info.format,
     };
-    Ok(LoadedModule { path, bytes, info, entry })
+    let dependencies = info.dependencies().copied().collect();
+    Ok(LoadedModule { path, bytes, info, entry, dependencies })
 }
 
 /// Where a module file goes and, for raw images, what it is.
@@ -294,42 +311,12 @@ fn parse_u32(text: &str) -> Option<u32> {
     }
 }
 
-/// Where a module function goes in the install order when dependencies leave a choice.
-fn install_rank(function: ModuleFunction) -> u8 {
-    match function {
-        ModuleFunction::Bootloader => 0,
-        ModuleFunction::RadioStack => 1,
-        ModuleFunction::NcpFirmware => 2,
-        ModuleFunction::SystemPart => 3,
-        ModuleFunction::MonoFirmware => 4,
-        ModuleFunction::UserPart => 5,
-        ModuleFunction::Asset => 6,
-        _ => 7,
-    }
-}
-
-/// Orders modules so that every module comes after the modules in the set that it
-/// depends on (a stable topological sort with [`install_rank`] and index as tie-breaks).
+/// Orders modules so that every module comes after the modules of the release it depends
+/// on (see `tern_plan::install_order_by`; the device's contents are unknown here).
 fn order_for_install(modules: &mut Vec<LoadedModule>) {
-    modules.sort_by_key(|m| (install_rank(m.info.function), m.info.index));
-    let mut ordered: Vec<LoadedModule> = Vec::with_capacity(modules.len());
-    let mut pending: Vec<LoadedModule> = std::mem::take(modules);
-    while !pending.is_empty() {
-        // The first pending module none of whose dependencies is still pending; with a
-        // dependency cycle, fall back to the first one so the loop always progresses.
-        let ready = pending
-            .iter()
-            .position(|m| {
-                !m.info.dependencies().any(|d| {
-                    pending
-                        .iter()
-                        .any(|p| p.info.function == d.function && p.info.index == d.index && !std::ptr::eq(p, m))
-                })
-            })
-            .unwrap_or(0);
-        ordered.push(pending.remove(ready));
-    }
-    *modules = ordered;
+    tern_plan::install_order_by(&[], modules, |m| {
+        (Slot { function: m.info.function, index: m.info.index }, m.info.version, &m.dependencies[..])
+    });
 }
 
 fn common_platform(modules: &[LoadedModule]) -> anyhow::Result<u16> {

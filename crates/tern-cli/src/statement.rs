@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -15,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::{Kind, Manifest, SignedDocument};
 
-use crate::release::{load_module, LoadedModule};
+use crate::release::{load_module, LoadedModule, SigningTarget};
 
 /// The file a module's statement is written to by default: `FILE.stmt`.
 pub fn default_path(module: &Path) -> PathBuf {
@@ -24,36 +23,21 @@ pub fn default_path(module: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Options for signing statements.
-pub struct SignConfig {
-    /// Platform to state when the module declares none.
-    pub platform: Option<u16>,
-    /// Product the statement is for (0: any).
-    pub product_id: u32,
-    /// Anti-rollback counter.
-    pub security_counter: u64,
-    /// Creation time; now when `None`.
-    pub created: Option<u64>,
-}
-
 /// Signs a statement for the module at `spec` (`FILE[@ADDRESS[:FUNCTION:INDEX:VERSION]]`)
 /// and returns the module's path and the statement bytes.
-pub fn sign(spec: &str, key: &SigningKey, config: &SignConfig) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+pub fn sign(spec: &str, key: &SigningKey, target: &SigningTarget) -> anyhow::Result<(PathBuf, Vec<u8>)> {
     let LoadedModule { path, info, entry, .. } = load_module(spec)?;
-    let platform_id = match (info.platform_id, config.platform) {
+    let platform_id = match (info.platform_id, target.platform) {
         (_, Some(p)) => p,
         (0, None) => bail!("{}: the module declares no platform: pass --platform", path.display()),
         (p, None) => p,
     };
-    let created = config
-        .created
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default());
     let doc = Document {
         kind: Kind::ModuleStatement,
         platform_id,
-        product_id: config.product_id,
-        security_counter: config.security_counter,
-        created,
+        product_id: target.product_id,
+        security_counter: target.security_counter,
+        created: target.created(),
         modules: vec![entry],
         name: String::new(),
     };

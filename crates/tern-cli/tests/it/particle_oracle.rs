@@ -13,28 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
+use tern_testkit::files_under;
 
 use serde_json::Value;
-
-/// The files to compare: every regular file under the directory, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        for entry in entries {
-            let path = entry.expect("readable directory entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out.sort();
-    out
-}
 
 /// `node` from `PATH`, through `tern_testkit::peer` so that its absence fails in CI.
 fn node() -> Option<PathBuf> {

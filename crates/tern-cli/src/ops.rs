@@ -215,11 +215,11 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
     for m in modules.as_array().into_iter().flatten() {
         println!(
             "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {}",
-            m["platform_id"],
+            m["platform_id"].to_string(),
             m["function_name"].as_str().unwrap_or("?"),
-            m["index"],
-            m["version"],
-            m["size"],
+            m["index"].to_string(),
+            m["version"].to_string(),
+            m["size"].to_string(),
             m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
             m["filename"].as_str().unwrap_or("-"),
         );
@@ -356,9 +356,9 @@ fn show_device(d: &Value) {
             println!(
                 "          {:<13} {:>5} {:>8} {:>8}  {:<9} {}{}",
                 m["function_name"].as_str().unwrap_or("?"),
-                m["index"],
-                m["version"],
-                m["size"],
+                m["index"].to_string(),
+                m["version"].to_string(),
+                m["size"].to_string(),
                 m["integrity"].as_str().unwrap_or("?"),
                 m["sha256"].as_str().unwrap_or("?"),
                 if m["dependencies_met"] == false { "  (dependencies unmet)" } else { "" },
@@ -432,7 +432,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{}  #{:<6} {:<26} {:<16} {}",
                 when(&event["at"]),
-                event["id"],
+                event["id"].to_string(),
                 event["kind"].as_str().unwrap_or("?"),
                 event["device"].as_str().unwrap_or("-"),
                 event["data"]

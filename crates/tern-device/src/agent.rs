@@ -242,7 +242,6 @@ impl<'k> Agent<'k> {
         }
         let mut staged = [None; MAX_UPDATE_MODULES];
         let ex = self.profile.exchange;
-        let ex_dev = self.profile.device(ex.dev).ok_or(OfferError::Flash(FlashError::NoSuchDevice(ex.dev)))?;
         let mut next = 0u32;
         let mut total_bytes = 0u32;
         for (i, entry) in manifest.modules().enumerate() {
@@ -250,12 +249,12 @@ impl<'k> Agent<'k> {
             if staged.iter().flatten().any(|m: &StagedModule| m.slot as usize == slot) {
                 return Err(OfferError::TooManyModules);
             }
-            let (_, end) = ex_dev.covering(ex.offset + next, entry.size).ok_or(OfferError::TooLarge)?;
-            if end > ex.end() {
+            let end = next.checked_add(entry.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE).ok_or(OfferError::TooLarge)?;
+            if end > ex.size {
                 return Err(OfferError::TooLarge);
             }
             staged[i] = Some(StagedModule { slot: slot as u8, offset: next, module: ModuleRecord::from_entry(entry) });
-            next = end - ex.offset;
+            next = end;
             total_bytes = total_bytes.saturating_add(entry.size);
         }
         self.check_dependencies(&staged)?;
@@ -399,7 +398,7 @@ impl<'k> Agent<'k> {
         if storage::is_erased(s, at, padded)? {
             storage::program(s, self.profile, at, block.data)?;
         } else if !storage::equals(s, at, block.data)? {
-            unit = self.repair_sector(s, &m, block.module, at, number)?;
+            unit = self.repair_sector(s, at, number)?;
             storage::program(s, self.profile, at, block.data)?;
         }
         self.mark(s, number, unit)?;
@@ -410,28 +409,27 @@ impl<'k> Agent<'k> {
         self.finish(s)
     }
 
-    /// Discards the received blocks in the sector holding `at`, erases it, and returns the
-    /// marker unit to program for block `number` afterwards.
-    fn repair_sector<S: Storage>(
-        &mut self,
-        s: &mut S,
-        m: &StagedModule,
-        module: u8,
-        at: Loc,
-        number: u32,
-    ) -> Result<u32, BlockError> {
+    /// Discards the received blocks in the sector holding `at` (of any staged module:
+    /// modules are packed on block boundaries), erases it, and returns the marker unit to
+    /// program for block `number` afterwards.
+    fn repair_sector<S: Storage>(&mut self, s: &mut S, at: Loc, number: u32) -> Result<u32, BlockError> {
         let ex = self.profile.exchange;
         let dev = &self.profile.devices[ex.dev as usize];
         let (start, size) = dev.sector_at(at.offset).ok_or(BlockError::Flash(FlashError::OutOfBounds))?;
-        let module_base = ex.offset + m.offset;
-        let first = start.saturating_sub(module_base) / BLOCK_SIZE;
-        let last = ((start + size - module_base) / BLOCK_SIZE).min(blocks_of(m.module.size));
-        for k in first..last {
-            let b = self.block_number(module, k * BLOCK_SIZE);
-            let c = self.marker_count(s, b)?;
-            if c % 2 == 1 {
-                self.mark(s, b, c)?;
-                self.received = self.received.saturating_sub(1);
+        let staged: [Option<StagedModule>; MAX_UPDATE_MODULES] = self.stored.state.staged;
+        for (i, m) in staged.iter().take(self.stored.state.staged_count as usize).enumerate() {
+            let Some(m) = m else { continue };
+            for k in 0..blocks_of(m.module.size) {
+                let block_start = ex.offset + m.offset + k * BLOCK_SIZE;
+                if block_start + BLOCK_SIZE <= start || block_start >= start + size {
+                    continue;
+                }
+                let b = self.block_number(i as u8, k * BLOCK_SIZE);
+                let c = self.marker_count(s, b)?;
+                if c % 2 == 1 {
+                    self.mark(s, b, c)?;
+                    self.received = self.received.saturating_sub(1);
+                }
             }
         }
         s.erase(ex.dev, start, start + size)?;

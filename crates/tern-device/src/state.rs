@@ -113,7 +113,7 @@ pub struct Backup {
 pub struct StagedModule {
     /// The slot it will be installed into.
     pub slot: u8,
-    /// Its offset within the exchange area (sector-aligned).
+    /// Its offset within the exchange area (modules are packed on block boundaries).
     pub offset: u32,
     /// What it is.
     pub module: ModuleRecord,

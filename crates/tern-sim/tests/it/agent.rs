@@ -1,0 +1,1 @@
+//! Agent behaviour on the flash model: offer checks and block handling.

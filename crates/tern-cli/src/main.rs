@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod key;
 mod module;
+mod sim;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]
@@ -25,6 +26,9 @@ enum Command {
     /// Generate and show ED25519 signing keys.
     #[command(subcommand)]
     Key(key::Command),
+    /// Simulated devices: power-cut explorer and flash cost report.
+    #[command(subcommand)]
+    Sim(sim::Command),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
         Command::Key(cmd) => key::run(cmd),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -9,12 +9,15 @@
 //! the block is received. A block's data is always programmed *before* its marker, so a
 //! marker that is programmed — even torn — proves the data is complete.
 //!
-//! | state | unit 0 | unit 1 | unit 2 | unit 3 |
+//! | state | unit 0 | unit 1 | unit 2 | units 3–7 |
 //! |---|---|---|---|---|
 //! | missing | erased | erased | erased | erased |
 //! | received | `00…` | erased | erased | erased |
 //! | discarded (sector repaired) | `00…` | `00…` | erased | erased |
 //! | received again | `00…` | `00…` | `00…` | erased |
+//!
+//! Eight units let a block survive three repairs; should a fourth be needed, the agent
+//! restarts the transfer from scratch (erasing markers and staging) rather than fail.
 //!
 //! If a block arrives for an unmarked position whose data area is neither erased nor
 //! already equal to the block (a write torn by a power cut), the sector holding it is
@@ -35,7 +38,7 @@ use crate::state::{
 use crate::storage::{self, FlashError, Loc, Storage};
 
 /// Write units per block in the progress area.
-pub const MARKER_UNITS: u32 = 4;
+pub const MARKER_UNITS: u32 = 8;
 
 /// Why an offer was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +93,8 @@ pub enum BlockError {
     BadOffset,
     /// The length is not [`BLOCK_SIZE`] (or the module's remainder for its last block).
     BadLength,
-    /// The block's markers are used up after repeated repairs; the offer must be sent again.
+    /// The block's markers were used up by repeated repairs: the agent restarted the
+    /// transfer (every block is missing again).
     MarkersExhausted,
     /// Every block arrived but a module's SHA-256 does not match the signed manifest; the
     /// update was dropped.
@@ -160,6 +164,14 @@ impl<'k> Agent<'k> {
             agent.prepare(s).map_err(LoadError::Flash)?;
         }
         agent.received = agent.count_received(s).map_err(LoadError::Flash)?;
+        // Every block arrived but a reset came before the verification was recorded.
+        if agent.stored.state.phase == UpdatePhase::Receiving && agent.received == agent.total_blocks() {
+            match agent.finish(s) {
+                Ok(_) | Err(BlockError::VerifyFailed(_)) => {}
+                Err(BlockError::Flash(e)) => return Err(LoadError::Flash(e)),
+                Err(_) => return Err(LoadError::Flash(FlashError::Other)),
+            }
+        }
         Ok(agent)
     }
 
@@ -286,7 +298,10 @@ impl<'k> Agent<'k> {
     }
 
     fn check_entry(&self, entry: &ModuleEntry) -> Result<usize, OfferError> {
-        let slot = self.profile.slot_for(entry.function, entry.index).ok_or(OfferError::NoSlot(entry.function, entry.index))?;
+        let slot = self
+            .profile
+            .slot_for(entry.function, entry.index)
+            .ok_or(OfferError::NoSlot(entry.function, entry.index))?;
         if self.profile.slot_address(slot) != Some(entry.start_address) {
             return Err(OfferError::WrongAddress(entry.function, entry.index));
         }
@@ -385,6 +400,23 @@ impl<'k> Agent<'k> {
         if block.data.len() as u32 != (m.module.size - block.offset).min(BLOCK_SIZE) {
             return Err(BlockError::BadLength);
         }
+        match self.store_block(s, &m, block) {
+            Err(BlockError::MarkersExhausted) => {
+                self.stored.state.phase = UpdatePhase::Preparing;
+                self.stored.save(s, self.profile)?;
+                self.prepare(s)?;
+                Err(BlockError::MarkersExhausted)
+            }
+            other => other,
+        }
+    }
+
+    fn store_block<S: Storage>(
+        &mut self,
+        s: &mut S,
+        m: &StagedModule,
+        block: Block<'_>,
+    ) -> Result<BlockOutcome, BlockError> {
         let number = self.block_number(block.module, block.offset);
         let count = self.marker_count(s, number)?;
         if count % 2 == 1 {

@@ -106,7 +106,7 @@ pub enum BootError {
     NoState,
     /// Flash failed.
     Flash(FlashError),
-    /// A copy step's destination did not verify after writing.
+    /// A copy step's source or destination did not verify.
     CopyVerifyFailed,
     /// A system module is invalid or its dependencies are unmet and nothing can restore
     /// it. Never happens to a provisioned device (the explorer checks this).
@@ -237,6 +237,10 @@ pub fn backup_plan(profile: &Profile, st: &DeviceState) -> [Option<(Backup, usiz
 }
 
 fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &CopyStep) -> Result<(), BootError> {
+    // Never copy anything but the verified module into a slot.
+    if storage::hash(s, step.from, step.len)? != step.sha256 {
+        return Err(BootError::CopyVerifyFailed);
+    }
     storage::erase_covering(s, profile, step.to, step.len)?;
     storage::copy(s, profile, step.from, step.to, step.len)?;
     if storage::hash(s, step.to, step.len)? != step.sha256 {
@@ -246,7 +250,12 @@ fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &CopyStep) -> Result
 }
 
 /// Runs the job recorded in the state from its next step, then applies its effect.
-fn run_job<S: Storage>(s: &mut S, profile: &Profile, stored: &mut Stored, ev: &mut BootEvents) -> Result<(), BootError> {
+fn run_job<S: Storage>(
+    s: &mut S,
+    profile: &Profile,
+    stored: &mut Stored,
+    ev: &mut BootEvents,
+) -> Result<(), BootError> {
     let Some(job) = stored.state.job else { return Ok(()) };
     let (steps, n) = job_steps(profile, &stored.state, job.kind);
     for i in job.step as usize..n {
@@ -341,7 +350,12 @@ fn satisfied(profile: &Profile, st: &DeviceState, dep: &Dependency) -> bool {
 }
 
 /// Verifies slot `slot` against its installed record.
-pub fn slot_is_valid<S: Storage>(s: &mut S, profile: &Profile, st: &DeviceState, slot: usize) -> Result<bool, FlashError> {
+pub fn slot_is_valid<S: Storage>(
+    s: &mut S,
+    profile: &Profile,
+    st: &DeviceState,
+    slot: usize,
+) -> Result<bool, FlashError> {
     let (Some(m), Some(def)) = (st.installed.get(slot).copied().flatten(), profile.slots.get(slot)) else {
         return Ok(false);
     };
@@ -352,7 +366,11 @@ pub fn slot_is_valid<S: Storage>(s: &mut S, profile: &Profile, st: &DeviceState,
 }
 
 /// [`boot`] with the reset cause and watchdog wired to a [`Platform`].
-pub fn boot_platform<S: Storage, P: Platform>(s: &mut S, profile: &Profile, platform: &mut P) -> Result<BootDecision, BootError> {
+pub fn boot_platform<S: Storage, P: Platform>(
+    s: &mut S,
+    profile: &Profile,
+    platform: &mut P,
+) -> Result<BootDecision, BootError> {
     let decision = boot(s, profile, platform.reset_cause())?;
     if let Some(ms) = decision.watchdog_ms {
         platform.start_watchdog(ms);

@@ -221,10 +221,11 @@ pub const STM32F2: Profile = Profile {
     devices: &[FlashGeometry {
         name: "internal",
         base_address: 0x0800_0000,
-        sectors: &[SectorRun { count: 4, size: 16 * KIB }, SectorRun { count: 1, size: 64 * KIB }, SectorRun {
-            count: 7,
-            size: 128 * KIB,
-        }],
+        sectors: &[
+            SectorRun { count: 4, size: 16 * KIB },
+            SectorRun { count: 1, size: 64 * KIB },
+            SectorRun { count: 7, size: 128 * KIB },
+        ],
         write_size: 4,
     }],
     slots: &[
@@ -241,7 +242,12 @@ pub const STM32F2: Profile = Profile {
             index: 2,
             region: region(0, 0x6_0000, 256 * KIB),
         },
-        Slot { name: "application", function: ModuleFunction::UserPart, index: 1, region: region(0, 0xA_0000, 128 * KIB) },
+        Slot {
+            name: "application",
+            function: ModuleFunction::UserPart,
+            index: 1,
+            region: region(0, 0xA_0000, 128 * KIB),
+        },
     ],
     state_banks: [region(0, 0x4000, 16 * KIB), region(0, 0x8000, 16 * KIB)],
     progress: region(0, 0xC000, 16 * KIB),
@@ -274,15 +280,30 @@ pub const NRF52840: Profile = Profile {
         },
     ],
     slots: &[
-        Slot { name: "radio-stack", function: ModuleFunction::RadioStack, index: 0, region: region(0, 0x1000, 0x2F000) },
+        Slot {
+            name: "radio-stack",
+            function: ModuleFunction::RadioStack,
+            index: 0,
+            region: region(0, 0x1000, 0x2F000),
+        },
         Slot {
             name: "system-part1",
             function: ModuleFunction::SystemPart,
             index: 1,
             region: region(0, 0x3_0000, 0xA_4000),
         },
-        Slot { name: "application", function: ModuleFunction::UserPart, index: 1, region: region(0, 0xD_4000, 128 * KIB) },
-        Slot { name: "bootloader", function: ModuleFunction::Bootloader, index: 0, region: region(0, 0xF_4000, 48 * KIB) },
+        Slot {
+            name: "application",
+            function: ModuleFunction::UserPart,
+            index: 1,
+            region: region(0, 0xD_4000, 128 * KIB),
+        },
+        Slot {
+            name: "bootloader",
+            function: ModuleFunction::Bootloader,
+            index: 0,
+            region: region(0, 0xF_4000, 48 * KIB),
+        },
         Slot { name: "assets", function: ModuleFunction::Asset, index: 0, region: region(1, 0x30_0000, 1024 * KIB) },
     ],
     state_banks: [region(1, 0, 4 * KIB), region(1, 0x1000, 4 * KIB)],

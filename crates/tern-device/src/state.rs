@@ -404,7 +404,8 @@ impl DeviceState {
     /// Decodes a record. Never panics: any input is either a valid state or an error.
     /// This is a fuzz entry point.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let rec: &[u8; RECORD_LEN] = bytes.get(..RECORD_LEN).and_then(|b| b.try_into().ok()).ok_or(RecordError::Truncated)?;
+        let rec: &[u8; RECORD_LEN] =
+            bytes.get(..RECORD_LEN).and_then(|b| b.try_into().ok()).ok_or(RecordError::Truncated)?;
         if le32(rec, 0) != MAGIC {
             return Err(RecordError::BadMagic);
         }
@@ -522,11 +523,8 @@ fn decode_module(b: &[u8]) -> Result<Option<ModuleRecord>, RecordError> {
     let mut dependencies = [None; MAX_DEPENDENCIES];
     for (i, d) in dependencies.iter_mut().enumerate().take(count) {
         let at = 44 + i * 6;
-        *d = Some(Dependency {
-            function: ModuleFunction::from_code(b[at]),
-            index: b[at + 1],
-            version: le32(b, at + 2),
-        });
+        *d =
+            Some(Dependency { function: ModuleFunction::from_code(b[at]), index: b[at + 1], version: le32(b, at + 2) });
     }
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(&b[12..44]);

@@ -29,16 +29,36 @@ pub fn module(path: &Path, platform: u16) -> Result<Image, String> {
         let mut deps = Vec::new();
         for k in [16, 20] {
             if p[k] != 0 {
-                deps.push(Dependency { function: ModuleFunction::from_code(p[k]), index: p[k + 1], version: u32::from(le16(k + 2)) });
+                deps.push(Dependency {
+                    function: ModuleFunction::from_code(p[k]),
+                    index: p[k + 1],
+                    version: u32::from(le16(k + 2)),
+                });
             }
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(Image::new(&name, bytes, ModuleFunction::from_code(p[14]), p[15], u32::from(le16(10)), start, &deps, Format::Particle));
+        return Ok(Image::new(
+            &name,
+            bytes,
+            ModuleFunction::from_code(p[14]),
+            p[15],
+            u32::from(le16(10)),
+            start,
+            &deps,
+            Format::Particle,
+        ));
     }
     Err(format!("{}: no module_info prefix for platform {platform}", path.display()))
 }
 
-fn scenario(profile: &'static Profile, name: &str, dir: &Path, initial: &[&str], new: &str, app_dep: Dependency) -> Result<Scenario, String> {
+fn scenario(
+    profile: &'static Profile,
+    name: &str,
+    dir: &Path,
+    initial: &[&str],
+    new: &str,
+    app_dep: Dependency,
+) -> Result<Scenario, String> {
     let rel = dir.join("particle/releases");
     let load = |f: &str| module(&rel.join(f), profile.platform_id);
     let mut images: Vec<Image> = initial.iter().map(|f| load(f)).collect::<Result<_, _>>()?;
@@ -51,7 +71,13 @@ fn scenario(profile: &'static Profile, name: &str, dir: &Path, initial: &[&str],
         profile,
         initial: images,
         factory,
-        tasks: vec![Task::Update { offer, modules: vec![new.clone()], wait_confirm: true, expect_fail: false, reset_after_blocks: None }],
+        tasks: vec![Task::Update {
+            offer,
+            modules: vec![new.clone()],
+            wait_confirm: true,
+            expect_fail: false,
+            reset_after_blocks: None,
+        }],
         expect: Expect::New(vec![new]),
     })
 }

@@ -70,7 +70,10 @@ pub fn report(sc: &Scenario) -> CostReport {
     let device = sc.provisioned();
     let base = device.bench.borrow().clone();
     let clean = scenario::run(sc, &base, &[]);
-    let tern = clean.cost.iter().fold(Cost::default(), |a, (e, b)| Cost { erases: a.erases + e, bytes_programmed: a.bytes_programmed + b });
+    let tern = clean
+        .cost
+        .iter()
+        .fold(Cost::default(), |a, (e, b)| Cost { erases: a.erases + e, bytes_programmed: a.bytes_programmed + b });
     let p = sc.profile;
     let mut minimum = Cost::default();
     let mut mcuboot = Cost::default();

@@ -44,7 +44,9 @@ impl Behaviour {
 
     /// Parses a name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Behaviour::Healthy, Behaviour::Panic, Behaviour::Hang, Behaviour::NeverConfirms].into_iter().find(|b| b.name() == name)
+        [Behaviour::Healthy, Behaviour::Panic, Behaviour::Hang, Behaviour::NeverConfirms]
+            .into_iter()
+            .find(|b| b.name() == name)
     }
 
     /// The behaviour of an image: from its marker, or healthy for any other binary (real
@@ -75,7 +77,16 @@ pub struct Image {
 
 impl Image {
     /// An image from bytes and the facts a manifest states about it.
-    pub fn new(name: &str, bytes: Vec<u8>, function: ModuleFunction, index: u8, version: u32, start_address: u32, deps: &[Dependency], format: Format) -> Self {
+    pub fn new(
+        name: &str,
+        bytes: Vec<u8>,
+        function: ModuleFunction,
+        index: u8,
+        version: u32,
+        start_address: u32,
+        deps: &[Dependency],
+        format: Format,
+    ) -> Self {
         let mut dependencies = [None; MAX_DEPENDENCIES];
         for (slot, d) in dependencies.iter_mut().zip(deps) {
             *slot = Some(*d);
@@ -95,7 +106,15 @@ impl Image {
 
     /// A synthetic module of `size` bytes for the slot of `function`/`index` in `profile`,
     /// carrying a behaviour marker and deterministic filler.
-    pub fn synthetic(profile: &Profile, function: ModuleFunction, index: u8, version: u32, deps: &[Dependency], behaviour: Behaviour, size: usize) -> Self {
+    pub fn synthetic(
+        profile: &Profile,
+        function: ModuleFunction,
+        index: u8,
+        version: u32,
+        deps: &[Dependency],
+        behaviour: Behaviour,
+        size: usize,
+    ) -> Self {
         let slot = profile.slot_for(function, index).expect("synthetic images are made for slots the profile has");
         let address = profile.slot_address(slot).expect("slot exists");
         let name = format!("{}-v{version}-{}", profile.slots[slot].name, behaviour.name());
@@ -162,7 +181,10 @@ impl SimDevice {
         if self.profile.devices.len() == 1 {
             SimStorage::One(OneFlash(SimFlash::new(self.bench.clone(), 0)))
         } else {
-            SimStorage::Two(TwoFlashes { internal: SimFlash::new(self.bench.clone(), 0), external: SimFlash::new(self.bench.clone(), 1) })
+            SimStorage::Two(TwoFlashes {
+                internal: SimFlash::new(self.bench.clone(), 0),
+                external: SimFlash::new(self.bench.clone(), 1),
+            })
         }
     }
 
@@ -173,7 +195,10 @@ impl SimDevice {
         {
             let mut b = self.bench.borrow_mut();
             for img in installed {
-                let slot = self.profile.slot_for(img.entry.function, img.entry.index).ok_or(format!("{}: no slot", img.name))?;
+                let slot = self
+                    .profile
+                    .slot_for(img.entry.function, img.entry.index)
+                    .ok_or(format!("{}: no slot", img.name))?;
                 let r = self.profile.slots[slot].region;
                 put(&mut b, r.dev as usize, r.offset, &img.bytes);
                 st.installed[slot] = Some(ModuleRecord::from_entry(&img.entry));
@@ -211,7 +236,8 @@ impl SimDevice {
         let rest = data.strip_prefix(b"TERNSIM1".as_slice()).ok_or_else(bad)?;
         let (&n, rest) = rest.split_first().ok_or_else(bad)?;
         let name = rest.get(..n as usize).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(bad)?;
-        let profile = tern_device::profile::by_name(name).ok_or_else(|| format!("{}: unknown profile {name}", path.display()))?;
+        let profile =
+            tern_device::profile::by_name(name).ok_or_else(|| format!("{}: unknown profile {name}", path.display()))?;
         let dev = SimDevice::new(profile, keys);
         let mut rest = &rest[n as usize..];
         for d in dev.bench.borrow_mut().devices.iter_mut() {

@@ -70,7 +70,11 @@ fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64,
         // A stop in the bootloader window is the documented residual risk only if the
         // fault that caused it hit an operation on the bootloader slot.
         let in_window = out.residual_risk
-            && out.injected.last().and_then(|(i, _)| out.log.get(*i as usize)).is_some_and(|op| scenario::touches_bootloader(sc.profile, op));
+            && out
+                .injected
+                .last()
+                .and_then(|(i, _)| out.log.get(*i as usize))
+                .is_some_and(|op| scenario::touches_bootloader(sc.profile, op));
         if in_window {
             rep.residual_risk += 1;
         } else {
@@ -108,7 +112,8 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
             tally(sc, &mut rep, &out, &faults);
         }
     }
-    let mut rng = Rng(config.seed ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
+    let mut rng = Rng(config.seed
+        ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
     let span = clean.ops + clean.ops / 2 + 1;
     for _ in 0..config.random_runs {
         let n = 2 + rng.below(config.max_faults.saturating_sub(1).max(1));

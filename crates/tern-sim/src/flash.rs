@@ -113,7 +113,13 @@ impl Device {
     pub fn new(geometry: FlashGeometry) -> Self {
         let size = geometry.size() as usize;
         let sectors = geometry.sectors.iter().map(|r| r.count as usize).sum();
-        Device { geometry, bytes: vec![0xFF; size], programmed: vec![false; size], wear: vec![0; sectors], stats: Stats::default() }
+        Device {
+            geometry,
+            bytes: vec![0xFF; size],
+            programmed: vec![false; size],
+            wear: vec![0; sectors],
+            stats: Stats::default(),
+        }
     }
 
     fn sector_index(&self, offset: u32) -> usize {
@@ -241,7 +247,10 @@ impl Bench {
         }
         let d = self.devices.get_mut(dev).ok_or(SimError(NorFlashErrorKind::OutOfBounds))?;
         let start = offset as usize;
-        let end = start.checked_add(buf.len()).filter(|&e| e <= d.bytes.len()).ok_or(SimError(NorFlashErrorKind::OutOfBounds))?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= d.bytes.len())
+            .ok_or(SimError(NorFlashErrorKind::OutOfBounds))?;
         buf.copy_from_slice(&d.bytes[start..end]);
         d.stats.reads += 1;
         Ok(())
@@ -442,7 +451,10 @@ mod tests {
         check(&[("w", 2, 0, &[1, 2, 3, 4])], Expect::Violation("misaligned"));
         check(&[("w", 0, 0, &[1, 2, 3])], Expect::Violation("misaligned"));
         check(&[("w", 0, 0, &[1, 2, 3, 4]), ("w", 0, 0, &[1, 2, 3, 4])], Expect::Violation("double write"));
-        check(&[("w", 0, 0, &[0xF0; 4]), ("e", 0, 16, &[]), ("w", 0, 0, &[0x0F; 4])], Expect::Bytes([0x0F, 0x0F, 0x0F, 0x0F, 0xFF, 0xFF, 0xFF, 0xFF]));
+        check(
+            &[("w", 0, 0, &[0xF0; 4]), ("e", 0, 16, &[]), ("w", 0, 0, &[0x0F; 4])],
+            Expect::Bytes([0x0F, 0x0F, 0x0F, 0x0F, 0xFF, 0xFF, 0xFF, 0xFF]),
+        );
         check(&[("e", 0, 8, &[])], Expect::Violation("sector boundaries"));
         check(&[("e", 16, 48, &[])], Expect::Violation("sector boundaries"));
         check(&[("e", 0, 96, &[])], Expect::Bytes(ff));

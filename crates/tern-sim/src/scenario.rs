@@ -5,7 +5,7 @@
 //! reports, as a real server would.
 
 use ed25519_dalek::SigningKey;
-use tern_device::agent::{Agent, BlockOutcome, BlockRequest};
+use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest};
 use tern_device::block::{Block, BLOCK_SIZE};
 use tern_device::boot::{self, BootError, ResetCause, Run};
 use tern_device::profile::{Profile, NRF52840, STM32F2};
@@ -219,7 +219,12 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     if let Task::Update { wait_confirm, .. } = &mut first {
         *wait_confirm = false;
     }
-    out.push(base("update-during-test-boot", vec![first, update(p, vec![app7.clone()], 2)], Expect::New(vec![app7]), &initial));
+    out.push(base(
+        "update-during-test-boot",
+        vec![first, update(p, vec![app7.clone()], 2)],
+        Expect::New(vec![app7]),
+        &initial,
+    ));
 
     let big = Image::synthetic(p, UserPart, 1, 8, &app_dep, Healthy, 12 * 1024 + 7);
     let mut t = update(p, vec![big.clone()], 1);
@@ -265,7 +270,15 @@ pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome 
         b.faults = faults.to_vec();
         b.rng = Rng(faults.iter().fold(0x5EED, |a, (i, k)| a ^ (i << 3) ^ *k as u64));
     }
-    let mut world = World { sc, out: Outcome::default(), task: 0, offer_sent: false, reset_done: false, sent_this_task: 0, received_before_reset: None };
+    let mut world = World {
+        sc,
+        out: Outcome::default(),
+        task: 0,
+        offer_sent: false,
+        reset_done: false,
+        sent_this_task: 0,
+        received_before_reset: None,
+    };
     world.drive(&mut dev);
     let b = dev.bench.borrow();
     world.out.ops = b.op_count();
@@ -338,9 +351,15 @@ impl World<'_> {
             if let Some(before) = self.received_before_reset.take() {
                 if agent.state().phase == UpdatePhase::Receiving {
                     let (now, _) = agent.progress();
-                    let sector = u64::from(profile.devices[profile.exchange.dev as usize].sector_at(profile.exchange.offset).map_or(0, |(_, s)| s));
+                    let sector = u64::from(
+                        profile.devices[profile.exchange.dev as usize]
+                            .sector_at(profile.exchange.offset)
+                            .map_or(0, |(_, s)| s),
+                    );
                     if now + sector + u64::from(BLOCK_SIZE) < before {
-                        self.out.violations.push(format!("transfer started over: {before} bytes received before the reset, {now} after"));
+                        self.out.violations.push(format!(
+                            "transfer started over: {before} bytes received before the reset, {now} after"
+                        ));
                     }
                 }
             }
@@ -402,7 +421,8 @@ impl World<'_> {
             if matches!(run, Run::SafeMode(_)) && Some(slot) == app {
                 continue;
             }
-            let candidates: Vec<&Image> = self.sc.images().filter(|i| i.entry.function == def.function && i.entry.index == def.index).collect();
+            let candidates: Vec<&Image> =
+                self.sc.images().filter(|i| i.entry.function == def.function && i.entry.index == def.index).collect();
             if candidates.is_empty() {
                 continue;
             }
@@ -414,7 +434,7 @@ impl World<'_> {
     }
 
     fn serve(&mut self, dev: &SimDevice, agent: &mut Agent<'_>, storage: &mut crate::device::SimStorage) -> Next {
-        loop {
+        for _ in 0..100_000 {
             let Some(task) = self.sc.tasks.get(self.task) else { return Next::Settled };
             let st = agent.state().clone();
             match task {
@@ -471,6 +491,10 @@ impl World<'_> {
                                 Ok(n) => n,
                                 Err(_) => return Next::Reboot(ResetCause::PowerOn),
                             };
+                            if n == 0 {
+                                self.out.violations.push("receiving, but no block is missing".into());
+                                return Next::Settled;
+                            }
                             // Deliver the window out of order, with a duplicate.
                             let mut order: Vec<usize> = (0..n).rev().collect();
                             if n > 1 {
@@ -485,6 +509,8 @@ impl World<'_> {
                                 match agent.handle_block(storage, Block { module: r.module, offset: r.offset, data }) {
                                     Ok(BlockOutcome::Complete) => return Next::Reboot(ResetCause::Software),
                                     Ok(_) => {}
+                                    // The device restarted the transfer; keep serving what it asks.
+                                    Err(BlockError::MarkersExhausted) => break,
                                     Err(_) if !Self::powered(dev) => {
                                         self.received_before_reset = Some(agent.progress().0);
                                         return Next::Reboot(ResetCause::PowerOn);
@@ -505,6 +531,8 @@ impl World<'_> {
                 }
             }
         }
+        self.out.violations.push("the server made no progress".into());
+        Next::Settled
     }
 
     fn next_task(&mut self) {
@@ -522,7 +550,9 @@ impl World<'_> {
             let name = self.sc.profile.slots[slot].name;
             let reported = st.installed[slot].map(|m| m.sha256);
             if reported != Some(img.entry.sha256) {
-                self.out.violations.push(format!("{name}: device reports another module than the expected {}", img.name));
+                self.out
+                    .violations
+                    .push(format!("{name}: device reports another module than the expected {}", img.name));
             }
             if dev.slot_bytes(slot, img.bytes.len()) != img.bytes {
                 self.out.violations.push(format!("{name}: flash does not hold the expected {}", img.name));
@@ -537,7 +567,9 @@ impl World<'_> {
                 st.last_result,
                 UpdateResult::RolledBackUnconfirmed | UpdateResult::RolledBackFaults | UpdateResult::RolledBackInvalid
             ),
-            Expect::Factory => matches!(st.last_result, UpdateResult::FactoryRestored | UpdateResult::FactoryRestoredOnRequest),
+            Expect::Factory => {
+                matches!(st.last_result, UpdateResult::FactoryRestored | UpdateResult::FactoryRestoredOnRequest)
+            }
         };
         if !ok {
             self.out.violations.push(format!("device reports {:?} as the result", st.last_result));
@@ -561,5 +593,8 @@ pub fn all(corpus: Option<&std::path::Path>) -> Result<Vec<Scenario>, String> {
 pub fn touches_bootloader(profile: &Profile, op: &Op) -> bool {
     let Some(slot) = profile.slot_for(ModuleFunction::Bootloader, 0) else { return false };
     let r = profile.slots[slot].region;
-    op.dev == r.dev && op.offset < r.end() && r.offset < op.offset + op.len.max(1) && matches!(op.kind, OpKind::Write | OpKind::Erase)
+    op.dev == r.dev
+        && op.offset < r.end()
+        && r.offset < op.offset + op.len.max(1)
+        && matches!(op.kind, OpKind::Write | OpKind::Erase)
 }

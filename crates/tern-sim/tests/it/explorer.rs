@@ -12,9 +12,19 @@ fn every_scenario_succeeds_without_faults() {
     for sc in scenarios() {
         let base = sc.provisioned().bench.borrow().clone();
         let out = run(&sc, &base, &[]);
-        assert!(out.bricked.is_none() && out.violations.is_empty(), "{} on {}: {:?} {:?}", sc.name, sc.profile.name, out.bricked, out.violations);
+        assert!(
+            out.bricked.is_none() && out.violations.is_empty(),
+            "{} on {}: {:?} {:?}",
+            sc.name,
+            sc.profile.name,
+            out.bricked,
+            out.violations
+        );
         assert!(out.ops > 0, "{}: no flash operations", sc.name);
-        println!("{:<40} {:<9} ops {:>5} boots {:>3} blocks {:>4}", sc.name, sc.profile.name, out.ops, out.boots, out.blocks_sent);
+        println!(
+            "{:<40} {:<9} ops {:>5} boots {:>3} blocks {:>4}",
+            sc.name, sc.profile.name, out.ops, out.boots, out.blocks_sent
+        );
     }
 }
 
@@ -31,7 +41,10 @@ fn exhaustive_power_cut_sweep() {
         // Every operation index received a cut and a torn fault.
         assert!(s.faults_injected >= 2 * s.flash_ops, "{}: not every operation was faulted", s.name);
     }
-    println!("total faults {} bricked {} violations {} residual {}", report.total_faults_injected, report.total_bricked, report.total_violations, report.total_residual_risk);
+    println!(
+        "total faults {} bricked {} violations {} residual {}",
+        report.total_faults_injected, report.total_bricked, report.total_violations, report.total_residual_risk
+    );
     assert_eq!(report.total_bricked, 0);
     assert_eq!(report.total_violations, 0);
 }

@@ -102,7 +102,7 @@ pub struct BootDecision {
 /// Why the boot manager could not boot anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootError {
-    /// No valid state record: the device was never provisioned.
+    /// No valid state record for this profile: the device was never provisioned.
     NoState,
     /// Flash failed.
     Flash(FlashError),
@@ -383,7 +383,7 @@ pub fn boot_platform<S: Storage, P: Platform>(
 pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Result<BootDecision, BootError> {
     let mut stored = match state::load(s, profile) {
         Ok(stored) => stored,
-        Err(LoadError::NoState) => return Err(BootError::NoState),
+        Err(LoadError::NoState | LoadError::WrongLayout) => return Err(BootError::NoState),
         Err(LoadError::Flash(e)) => return Err(BootError::Flash(e)),
     };
     let mut ev = BootEvents::default();

@@ -552,6 +552,9 @@ pub struct Stored {
 pub enum LoadError {
     /// Neither bank holds a valid record: the device was never provisioned.
     NoState,
+    /// The record is valid but does not fit this profile (slots, sizes or offsets out of
+    /// range): it was written for another layout.
+    WrongLayout,
     /// Reading flash failed.
     Flash(FlashError),
 }
@@ -568,7 +571,43 @@ pub fn load<S: Storage>(s: &mut S, profile: &Profile) -> Result<Stored, LoadErro
             }
         }
     }
-    best.ok_or(LoadError::NoState)
+    let best = best.ok_or(LoadError::NoState)?;
+    if !best.state.fits(profile) {
+        return Err(LoadError::WrongLayout);
+    }
+    Ok(best)
+}
+
+impl DeviceState {
+    /// Whether every slot number, size and offset in the state lies within `profile`, so
+    /// that no address computed from it can overflow or leave its region.
+    pub fn fits(&self, profile: &Profile) -> bool {
+        let slots = profile.slots.len();
+        let in_slot = |slot: usize, size: u32| profile.slots.get(slot).is_some_and(|s| size <= s.region.size);
+        let in_exchange =
+            |offset: u32, size: u32| offset.checked_add(size).is_some_and(|end| end <= profile.exchange.size);
+        self.installed.iter().enumerate().all(|(i, m)| m.is_none_or(|m| in_slot(i, m.size)))
+            && self
+                .rollback
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.is_none_or(|b| in_slot(i, b.module.size) && in_exchange(b.offset, b.module.size)))
+            && self.factory.is_none_or(|f| {
+                f.size <= profile.factory.size && profile.app_slot().is_some_and(|a| in_slot(a, f.size))
+            })
+            && self.staged().all(|m| {
+                (m.slot as usize) < slots
+                    && in_slot(m.slot as usize, m.module.size)
+                    && in_exchange(m.offset, m.module.size)
+            })
+            && self.staged().count() == self.staged_count as usize
+            && {
+                let ws = profile.device(profile.progress.dev).map_or(u32::MAX, |d| d.write_size);
+                let blocks: u64 =
+                    self.staged().map(|m| u64::from(m.module.size.div_ceil(crate::block::BLOCK_SIZE))).sum();
+                blocks * u64::from(crate::agent::MARKER_UNITS) * u64::from(ws) <= u64::from(profile.progress.size)
+            }
+    }
 }
 
 impl Stored {

@@ -12,7 +12,8 @@
 //! and the operation fails.
 //!
 //! Faults: [`FaultKind::Cut`] loses power before the operation; [`FaultKind::TornWrite`]
-//! programs a prefix of the bytes and some bits of the next one; [`FaultKind::TornErase`]
+//! programs a strict prefix of the bytes and some bits of the next one (a byte whose bits
+//! all still read 1 is indistinguishable from an untouched one and stays writable); [`FaultKind::TornErase`]
 //! erases the sectors before a point and leaves the torn sector partly erased, partly
 //! garbage. After a fault the power is off: every operation fails until
 //! [`Bench::power_on`].
@@ -291,9 +292,12 @@ impl Bench {
         d.stats.bytes_programmed += n as u64;
         if cut_at.is_some() {
             // The byte being programmed when power failed: some of its zero bits made it.
+            // If none did, it still reads erased and nothing can tell it was touched, so
+            // it counts as programmed only when a bit changed.
             if n < data.len() {
+                let before = d.bytes[start + n];
                 d.bytes[start + n] &= data[n] | partial_bits;
-                d.programmed[start + n] = true;
+                d.programmed[start + n] = d.bytes[start + n] != before;
             }
             self.powered = false;
             return Err(SimError(NorFlashErrorKind::Other));

@@ -2,3 +2,4 @@
 
 mod agent;
 mod explorer;
+mod fuzz_corpus;

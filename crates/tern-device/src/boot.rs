@@ -258,8 +258,8 @@ fn run_job<S: Storage>(
 ) -> Result<(), BootError> {
     let Some(job) = stored.state.job else { return Ok(()) };
     let (steps, n) = job_steps(profile, &stored.state, job.kind);
-    for i in job.step as usize..n {
-        if let Some(step) = &steps[i] {
+    for (i, step) in steps.iter().enumerate().take(n).skip(job.step as usize) {
+        if let Some(step) = step {
             run_step(s, profile, step)?;
         }
         stored.state.job = Some(Job { kind: job.kind, step: i as u8 + 1 });

@@ -11,7 +11,7 @@ use std::path::Path;
 use tern_device::profile::{Profile, NRF52840, STM32F2};
 use tern_image::model::{Dependency, Format, ModuleFunction};
 
-use crate::device::{Behaviour, Image};
+use crate::device::{entry, Behaviour, Image};
 use crate::scenario::{Expect, Scenario, Task};
 
 /// Reads a corpus module and describes it from its prefix (found at offset 0, 0x184 or
@@ -37,16 +37,8 @@ pub fn module(path: &Path, platform: u16) -> Result<Image, String> {
             }
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(Image::new(
-            &name,
-            bytes,
-            ModuleFunction::from_code(p[14]),
-            p[15],
-            u32::from(le16(10)),
-            start,
-            &deps,
-            Format::Particle,
-        ));
+        let facts = entry(ModuleFunction::from_code(p[14]), p[15], u32::from(le16(10)), start, &deps, Format::Particle);
+        return Ok(Image::new(&name, bytes, facts));
     }
     Err(format!("{}: no module_info prefix for platform {platform}", path.display()))
 }

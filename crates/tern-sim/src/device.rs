@@ -76,31 +76,11 @@ pub struct Image {
 }
 
 impl Image {
-    /// An image from bytes and the facts a manifest states about it.
-    pub fn new(
-        name: &str,
-        bytes: Vec<u8>,
-        function: ModuleFunction,
-        index: u8,
-        version: u32,
-        start_address: u32,
-        deps: &[Dependency],
-        format: Format,
-    ) -> Self {
-        let mut dependencies = [None; MAX_DEPENDENCIES];
-        for (slot, d) in dependencies.iter_mut().zip(deps) {
-            *slot = Some(*d);
-        }
-        let entry = ModuleEntry {
-            function,
-            index,
-            version,
-            sha256: Sha256::digest(&bytes).into(),
-            size: bytes.len() as u32,
-            start_address,
-            dependencies,
-            format,
-        };
+    /// An image from bytes and the facts a manifest states about it; the hash and size
+    /// in `entry` are computed from `bytes`.
+    pub fn new(name: &str, bytes: Vec<u8>, mut entry: ModuleEntry) -> Self {
+        entry.sha256 = Sha256::digest(&bytes).into();
+        entry.size = bytes.len() as u32;
         Image { name: name.to_string(), bytes, entry }
     }
 
@@ -125,8 +105,17 @@ impl Image {
             bytes.push((x >> 33) as u8);
         }
         bytes.truncate(size);
-        Image::new(&name, bytes, function, index, version, address, deps, Format::Raw)
+        Image::new(&name, bytes, entry(function, index, version, address, deps, Format::Raw))
     }
+}
+
+/// A manifest entry with these facts (hash and size are filled in by [`Image::new`]).
+pub fn entry(function: ModuleFunction, index: u8, version: u32, start_address: u32, deps: &[Dependency], format: Format) -> ModuleEntry {
+    let mut dependencies = [None; MAX_DEPENDENCIES];
+    for (slot, d) in dependencies.iter_mut().zip(deps) {
+        *slot = Some(*d);
+    }
+    ModuleEntry { function, index, version, sha256: [0; 32], size: 0, start_address, dependencies, format }
 }
 
 /// The flash devices of a profile as `embedded-storage` flashes, in the shape the device

@@ -144,7 +144,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -157,7 +157,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 }
@@ -281,7 +281,7 @@ impl Bench {
             Some(_) => Some(self.rng.below(data.len() as u64) as usize),
             None => None,
         };
-        let partial_bits = self.rng.next() as u8;
+        let partial_bits = self.rng.next_u64() as u8;
         let d = &mut self.devices[dev];
         let n = cut_at.unwrap_or(data.len());
         for (k, &b) in data[..n].iter().enumerate() {
@@ -345,7 +345,7 @@ impl Bench {
                     self.devices[dev].programmed[k] = false;
                 } else {
                     // Erasing sets bits: the unfinished part holds old bits plus some set ones.
-                    let noise = self.rng.next() as u8;
+                    let noise = self.rng.next_u64() as u8;
                     let d = &mut self.devices[dev];
                     d.bytes[k] |= noise;
                     d.programmed[k] = d.bytes[k] != 0xFF;

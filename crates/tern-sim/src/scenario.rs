@@ -381,11 +381,9 @@ impl World<'_> {
                     cause = ResetCause::Watchdog;
                     continue;
                 }
-                Behaviour::Healthy if test => {
-                    if agent.confirm(&mut storage).is_err() {
-                        cause = ResetCause::PowerOn;
-                        continue;
-                    }
+                Behaviour::Healthy if test && agent.confirm(&mut storage).is_err() => {
+                    cause = ResetCause::PowerOn;
+                    continue;
                 }
                 _ => {}
             }

@@ -38,7 +38,7 @@ fn random_inputs_never_panic() {
     let mut rng = tern_sim::flash::Rng(42);
     for i in 0..300 {
         let len = rng.below(if i % 3 == 0 { 4096 } else { 64 }) as usize;
-        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         fuzz::state_record(&data);
         fuzz::block_frame(&data);
         if i % 10 == 0 {

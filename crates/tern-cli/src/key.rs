@@ -99,7 +99,6 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Loads an ED25519 private key from a PKCS#8 PEM file.
-#[allow(dead_code)] // used by signing commands as they land
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = read_text(path)?;
     SigningKey::from_pkcs8_pem(&text)

@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod hexfile;
+mod image;
 mod key;
 mod module;
+mod release;
+mod statement;
 mod sim;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -26,6 +30,14 @@ enum Command {
     /// Generate and show ED25519 signing keys.
     #[command(subcommand)]
     Key(key::Command),
+    /// Build, inspect and verify signed release bundles.
+    #[command(subcommand)]
+    Release(release::Command),
+    /// Write modules or bundles as one Intel HEX file for manufacturing.
+    Hex(hexfile::Command),
+    /// Sign, verify and inspect MCUboot images.
+    #[command(subcommand)]
+    Image(image::Command),
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
@@ -36,6 +48,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
         Command::Key(cmd) => key::run(cmd),
+        Command::Release(cmd) => release::run(cmd),
+        Command::Hex(cmd) => hexfile::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
     };
     match result {

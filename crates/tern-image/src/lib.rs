@@ -8,7 +8,7 @@
 //!   written and signed interoperably with `imgtool`;
 //! - [`manifest`]: signed release manifests and signed module statements (COSE_Sign1
 //!   over deterministic CBOR, ED25519), verifiable on a device without allocation;
-//! - [`bundle`]: one file holding a signed manifest and its modules (needs `alloc`);
+//! - [`bundle`]: one file holding a signed manifest and its modules (writing needs `alloc`);
 //! - [`hex`]: Intel HEX output for manufacturing (needs `alloc`).
 //!
 //! Every parser produces the same format-independent [`ModuleInfo`]. Parsers never panic
@@ -23,14 +23,15 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod bundle;
 pub mod detect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 pub mod mcuboot;
 pub mod model;
 pub mod particle;
 
-#[cfg(feature = "alloc")]
-pub mod bundle;
 #[cfg(feature = "alloc")]
 pub mod hex;
 

@@ -83,7 +83,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    const fn code(self) -> u8 {
+    /// The numeric code stored in the document.
+    pub const fn code(self) -> u8 {
         match self {
             Kind::Release => 1,
             Kind::ModuleStatement => 2,

@@ -34,6 +34,11 @@ pub fn corpus() -> PathBuf {
 
 /// Every file under `corpus()/sub`, sorted, recursively.
 pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
+    files_under(&corpus().join(sub))
+}
+
+/// Every regular file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for entry in entries {
@@ -46,7 +51,7 @@ pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&corpus().join(sub), &mut out);
+    walk(dir, &mut out);
     out.sort();
     out
 }

@@ -1,0 +1,8 @@
+//! Integration tests of the `tern` command (one binary; see STYLE.md).
+
+mod hex;
+mod inspect;
+mod mcuboot;
+mod particle_oracle;
+mod release;
+mod support;

@@ -11,8 +11,8 @@ mod image;
 mod key;
 mod module;
 mod release;
-mod statement;
 mod sim;
+mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]

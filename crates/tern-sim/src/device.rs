@@ -110,7 +110,14 @@ impl Image {
 }
 
 /// A manifest entry with these facts (hash and size are filled in by [`Image::new`]).
-pub fn entry(function: ModuleFunction, index: u8, version: u32, start_address: u32, deps: &[Dependency], format: Format) -> ModuleEntry {
+pub fn entry(
+    function: ModuleFunction,
+    index: u8,
+    version: u32,
+    start_address: u32,
+    deps: &[Dependency],
+    format: Format,
+) -> ModuleEntry {
     let mut dependencies = [None; MAX_DEPENDENCIES];
     for (slot, d) in dependencies.iter_mut().zip(deps) {
         *slot = Some(*d);

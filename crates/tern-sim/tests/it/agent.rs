@@ -66,7 +66,11 @@ fn offers_are_checked() {
         huge.entry.size = 200 * 1024;
         let needs_missing = app(p, 2, &[dep(ModuleFunction::SystemPart, 9, 1)], 3000);
         let needs_newer_system = app(p, 2, &[dep(ModuleFunction::SystemPart, 1, 999)], 3000);
-        let ncp = Image::new("ncp", vec![0; 100], tern_sim::device::entry(ModuleFunction::NcpFirmware, 0, 1, 0, &[], tern_image::Format::Raw));
+        let ncp = Image::new(
+            "ncp",
+            vec![0; 100],
+            tern_sim::device::entry(ModuleFunction::NcpFirmware, 0, 1, 0, &[], tern_image::Format::Raw),
+        );
         let cases: Vec<(Vec<u8>, Result<(), OfferError>)> = vec![
             (signed(p, p.platform_id, 1, &[&good], &key), Ok(())),
             (signed(p, p.platform_id, 0, &[&good], &key), Ok(())),

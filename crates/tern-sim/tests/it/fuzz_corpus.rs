@@ -3,10 +3,13 @@
 
 use tern_sim::fuzz;
 
+/// A fuzz entry point.
+type Target = fn(&[u8]);
+
 #[test]
 fn device_fuzz_corpus_replays() {
     let root = tern_testkit::repo_root().join("fuzz/corpus");
-    let targets: [(&str, fn(&[u8])); 4] = [
+    let targets: [(&str, Target); 4] = [
         ("device-state", fuzz::state_record),
         ("device-block", fuzz::block_frame),
         ("device-offer", fuzz::offer_and_block),

@@ -172,6 +172,20 @@ impl SimDevice {
         SimDevice { profile, bench: Rc::new(RefCell::new(Bench::new(profile.devices))), keys }
     }
 
+    /// A device on an existing bench (for example a copy of a provisioned one).
+    pub fn with_bench(profile: &'static Profile, keys: Vec<VerifyingKey>, bench: Bench) -> Self {
+        SimDevice { profile, bench: Rc::new(RefCell::new(bench)), keys }
+    }
+
+    /// Whether slot `slot` starts with exactly `bytes` (compared in place).
+    pub fn slot_holds(&self, slot: usize, bytes: &[u8]) -> bool {
+        let r = self.profile.slots[slot].region;
+        let b = self.bench.borrow();
+        let d = &b.devices[r.dev as usize];
+        let start = r.offset as usize;
+        bytes.len() <= r.size as usize && d.bytes.get(start..start + bytes.len()) == Some(bytes)
+    }
+
     /// The flash as the device crate sees it.
     pub fn storage(&self) -> SimStorage {
         if self.profile.devices.len() == 1 {

@@ -100,18 +100,47 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     let clean = scenario::run(sc, &base, &[]);
     rep.flash_ops = clean.ops;
     tally(sc, &mut rep, &clean, &[]);
-    for (i, op) in clean.log.iter().enumerate() {
-        let torn = match op.kind {
-            OpKind::Write => FaultKind::TornWrite,
-            OpKind::Erase => FaultKind::TornErase,
-        };
-        for kind in [FaultKind::Cut, torn] {
-            let faults = [(i as u64, kind)];
-            let out = scenario::run(sc, &base, &faults);
-            rep.faults_injected += out.injected.len() as u64;
-            tally(sc, &mut rep, &out, &faults);
-        }
+    // Every operation index × every applicable fault kind, split over two threads.
+    let cases: Vec<(u64, FaultKind)> = clean
+        .log
+        .iter()
+        .enumerate()
+        .flat_map(|(i, op)| {
+            let torn = match op.kind {
+                OpKind::Write => FaultKind::TornWrite,
+                OpKind::Erase => FaultKind::TornErase,
+            };
+            [(i as u64, FaultKind::Cut), (i as u64, torn)]
+        })
+        .collect();
+    let half = cases.len().div_ceil(2).max(1);
+    let parts: Vec<ScenarioReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
+            .chunks(half)
+            .map(|chunk| {
+                let base = &base;
+                scope.spawn(move || {
+                    let mut part = ScenarioReport::default();
+                    for fault in chunk {
+                        let faults = [*fault];
+                        let out = scenario::run(sc, base, &faults);
+                        part.faults_injected += out.injected.len() as u64;
+                        tally(sc, &mut part, &out, &faults);
+                    }
+                    part
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("explorer threads do not panic")).collect()
+    });
+    for part in parts {
+        rep.faults_injected += part.faults_injected;
+        rep.bricked += part.bricked;
+        rep.violations += part.violations;
+        rep.residual_risk += part.residual_risk;
+        rep.examples.extend(part.examples);
     }
+    rep.examples.truncate(5);
     let mut rng = Rng(config.seed
         ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
     let span = clean.ops + clean.ops / 2 + 1;

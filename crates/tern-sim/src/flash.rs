@@ -338,18 +338,16 @@ impl Bench {
             self.devices[dev].stats.sector_erases += 1;
             self.devices[dev].stats.bytes_erased += u64::from(size);
             let split = if torn == Some(i) { self.rng.below(u64::from(size)) as u32 } else { size };
-            for off in start..start + size {
-                let k = off as usize;
-                if off < start + split {
-                    self.devices[dev].bytes[k] = 0xFF;
-                    self.devices[dev].programmed[k] = false;
-                } else {
-                    // Erasing sets bits: the unfinished part holds old bits plus some set ones.
-                    let noise = self.rng.next_u64() as u8;
-                    let d = &mut self.devices[dev];
-                    d.bytes[k] |= noise;
-                    d.programmed[k] = d.bytes[k] != 0xFF;
-                }
+            let (a, m, z) = (start as usize, (start + split) as usize, (start + size) as usize);
+            let d = &mut self.devices[dev];
+            d.bytes[a..m].fill(0xFF);
+            d.programmed[a..m].fill(false);
+            for k in m..z {
+                // Erasing sets bits: the unfinished part holds old bits plus some set ones.
+                let noise = self.rng.next_u64() as u8;
+                let d = &mut self.devices[dev];
+                d.bytes[k] |= noise;
+                d.programmed[k] = d.bytes[k] != 0xFF;
             }
         }
         if torn.is_some() {

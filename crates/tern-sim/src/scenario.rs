@@ -263,13 +263,13 @@ const MAX_BOOTS: u32 = 80;
 
 /// Runs a scenario on a copy of `base` (a provisioned device's flash) with `faults`.
 pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome {
-    let mut dev = SimDevice::new(sc.profile, vec![scenario_key().verifying_key()]);
-    {
-        let mut b = dev.bench.borrow_mut();
-        *b = base.clone();
-        b.faults = faults.to_vec();
-        b.rng = Rng(faults.iter().fold(0x5EED, |a, (i, k)| a ^ (i << 3) ^ *k as u64));
-    }
+    // Reuse this thread's previous bench allocation: copying into it avoids faulting in
+    // fresh pages for every run.
+    let mut bench = SPARE.with(|spare| spare.borrow_mut().take()).unwrap_or_else(|| base.clone());
+    bench.clone_from(base);
+    bench.faults = faults.to_vec();
+    bench.rng = Rng(faults.iter().fold(0x5EED, |a, (i, k)| a ^ (i << 3) ^ *k as u64));
+    let mut dev = SimDevice::with_bench(sc.profile, vec![scenario_key().verifying_key()], bench);
     let mut world = World {
         sc,
         out: Outcome::default(),
@@ -286,7 +286,15 @@ pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome 
     world.out.injected = b.injected.clone();
     world.out.violations.extend(b.violations.iter().map(|v| format!("flash: {v}")));
     world.out.cost = b.devices.iter().map(|d| (d.stats.sector_erases, d.stats.bytes_programmed)).collect();
+    drop(b);
+    if let Ok(cell) = std::rc::Rc::try_unwrap(dev.bench) {
+        SPARE.with(|spare| *spare.borrow_mut() = Some(cell.into_inner()));
+    }
     world.out
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Option<Bench>> = const { std::cell::RefCell::new(None) };
 }
 
 struct World<'a> {
@@ -407,7 +415,7 @@ impl World<'_> {
         if known.peek().is_none() {
             return true;
         }
-        known.any(|i| dev.slot_bytes(slot, i.bytes.len()) == i.bytes)
+        known.any(|i| dev.slot_holds(slot, &i.bytes))
     }
 
     /// No partially written module is ever executed: every installed slot holds exactly
@@ -424,7 +432,7 @@ impl World<'_> {
             if candidates.is_empty() {
                 continue;
             }
-            if !candidates.iter().any(|i| dev.slot_bytes(slot, i.bytes.len()) == i.bytes) {
+            if !candidates.iter().any(|i| dev.slot_holds(slot, &i.bytes)) {
                 return Err(format!("{:?} started with slot {} not holding a complete module", run, def.name));
             }
         }
@@ -552,7 +560,7 @@ impl World<'_> {
                     .violations
                     .push(format!("{name}: device reports another module than the expected {}", img.name));
             }
-            if dev.slot_bytes(slot, img.bytes.len()) != img.bytes {
+            if !dev.slot_holds(slot, &img.bytes) {
                 self.out.violations.push(format!("{name}: flash does not hold the expected {}", img.name));
             }
         }

@@ -5,4 +5,5 @@ mod inspect;
 mod mcuboot;
 mod particle_oracle;
 mod release;
+mod sim;
 mod support;

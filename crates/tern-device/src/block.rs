@@ -65,3 +65,29 @@ impl<'a> Block<'a> {
         6
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(frame: &[u8], expected: Result<(u8, u32, usize), FrameError>) {
+        assert_eq!(Block::decode(frame).map(|b| (b.module, b.offset, b.data.len())), expected);
+    }
+
+    #[test]
+    fn frames() {
+        let mut full = [0u8; 6 + 1024];
+        full[..6].copy_from_slice(&[1, 2, 0, 4, 0, 0]);
+        check(&full, Ok((2, 1024, 1024)));
+        check(&full[..6], Ok((2, 1024, 0)));
+        check(&full[..5], Err(FrameError::Truncated));
+        check(&[], Err(FrameError::Truncated));
+        check(&[2, 0, 0, 0, 0, 0], Err(FrameError::UnsupportedVersion(2)));
+        let mut long = [0u8; 6 + 1025];
+        long[0] = 1;
+        check(&long, Err(FrameError::TooLong));
+        let mut header = [0u8; 6];
+        Block { module: 3, offset: 0x0102_0304, data: &[] }.encode_header(&mut header);
+        check(&header, Ok((3, 0x0102_0304, 0)));
+    }
+}

@@ -321,3 +321,34 @@ pub const PROFILES: &[&Profile] = &[&STM32F2, &NRF52840];
 pub fn by_name(name: &str) -> Option<&'static Profile> {
     PROFILES.iter().copied().find(|p| p.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(offset: u32, len: u32, expected: Option<(u32, u32)>) {
+        assert_eq!(STM32F2.devices[0].covering(offset, len), expected, "{offset:#x}+{len:#x}");
+    }
+
+    #[test]
+    fn covering_uneven_sectors() {
+        check(0, 1, Some((0, 0x4000)));
+        check(0x3FFF, 2, Some((0, 0x8000)));
+        check(0x1_0000, 0x1_0000, Some((0x1_0000, 0x2_0000)));
+        check(0x1_FFFF, 2, Some((0x1_0000, 0x4_0000)));
+        check(0xF_FFFF, 1, Some((0xE_0000, 0x10_0000)));
+        check(0xF_FFFF, 2, None);
+        check(u32::MAX, 2, None);
+        assert_eq!(STM32F2.devices[0].size(), 1024 * 1024);
+        assert_eq!(NRF52840.devices[1].size(), 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn profiles_check() {
+        for p in PROFILES {
+            assert_eq!(p.check(), Ok(()), "{}", p.name);
+        }
+        assert_eq!(by_name("nrf52840").map(|p| p.platform_id), Some(12));
+        assert_eq!(by_name("esp32"), None);
+    }
+}

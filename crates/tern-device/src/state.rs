@@ -636,3 +636,74 @@ pub fn provision<S: Storage>(s: &mut S, profile: &Profile, state: &DeviceState) 
     stored.save(s, profile)?;
     Ok(stored)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(function: ModuleFunction, version: u32) -> ModuleRecord {
+        ModuleRecord {
+            function,
+            index: 1,
+            version,
+            size: 1234,
+            sha256: [version as u8; 32],
+            dependencies: [
+                Some(Dependency { function: ModuleFunction::SystemPart, index: 2, version: 7 }),
+                None,
+                None,
+                None,
+            ],
+        }
+    }
+
+    fn populated() -> DeviceState {
+        let mut st = DeviceState::empty();
+        st.sequence = 41;
+        st.security_counter = 9;
+        st.installed[0] = Some(module(ModuleFunction::Bootloader, 3));
+        st.installed[3] = Some(module(ModuleFunction::UserPart, 4));
+        st.rollback[3] = Some(Backup { module: module(ModuleFunction::UserPart, 3), offset: 0x2000 });
+        st.factory = Some(module(ModuleFunction::UserPart, 1));
+        st.phase = UpdatePhase::Receiving;
+        st.update_counter = 10;
+        st.staged_count = 1;
+        st.staged[0] = Some(StagedModule { slot: 3, offset: 0, module: module(ModuleFunction::UserPart, 5) });
+        st.job = Some(Job { kind: JobKind::Update { keep_rollback: true }, step: 2 });
+        st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 2 };
+        st.factory_requested = true;
+        st.last_result = UpdateResult::RolledBackFaults;
+        st
+    }
+
+    #[test]
+    fn record_round_trips() {
+        for st in [DeviceState::empty(), populated()] {
+            let mut buf = [0u8; RECORD_LEN];
+            st.encode(&mut buf);
+            assert_eq!(DeviceState::decode(&buf), Ok(st));
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_rejected() {
+        let mut buf = [0u8; RECORD_LEN];
+        populated().encode(&mut buf);
+        assert_eq!(DeviceState::decode(&buf[..RECORD_LEN - 1]), Err(RecordError::Truncated));
+        assert_eq!(DeviceState::decode(&[0xFF; RECORD_LEN]), Err(RecordError::BadMagic));
+        for i in (0..RECORD_LEN).step_by(7) {
+            let mut bad = buf;
+            bad[i] ^= 0x10;
+            assert!(DeviceState::decode(&bad).is_err(), "flipped byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn result_codes_round_trip() {
+        for code in 0..=255u8 {
+            if let Some(r) = UpdateResult::from_code(code) {
+                assert_eq!(r.code(), code);
+            }
+        }
+    }
+}

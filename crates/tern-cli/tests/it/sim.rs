@@ -4,7 +4,17 @@ use crate::support::{tern, tern_ok};
 
 #[test]
 fn powercut_json_shape_and_exit_code() {
-    let out = tern_ok(["sim", "powercut", "--profile", "nrf52840", "--scenario", "bad-app-rollback", "--random-runs", "3", "--json"]);
+    let out = tern_ok([
+        "sim",
+        "powercut",
+        "--profile",
+        "nrf52840",
+        "--scenario",
+        "bad-app-rollback",
+        "--random-runs",
+        "3",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     let scenarios = v["scenarios"].as_array().expect("scenarios array");
     assert_eq!(scenarios.len(), 1);
@@ -28,7 +38,9 @@ fn cost_lists_every_selected_scenario() {
     let rows = v["scenarios"].as_array().expect("scenarios");
     assert!(rows.len() >= 8);
     for r in rows {
-        assert!(r["tern"]["erases"].as_u64().is_some() && r["mcuboot_swap_move"]["bytes_programmed"].as_u64().is_some());
+        assert!(
+            r["tern"]["erases"].as_u64().is_some() && r["mcuboot_swap_move"]["bytes_programmed"].as_u64().is_some()
+        );
     }
 }
 

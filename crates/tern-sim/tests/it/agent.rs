@@ -299,3 +299,14 @@ fn behaviour_comes_from_the_image() {
         check(&std::fs::read(path).unwrap(), Behaviour::Healthy);
     }
 }
+
+#[test]
+fn safe_mode_on_request_is_one_shot() {
+    let p = &NRF52840;
+    let (dev, _) = device(p);
+    let keys = dev.keys.clone();
+    let mut s = dev.storage();
+    Agent::load(&mut s, p, &keys).unwrap().request_safe_mode(&mut s).unwrap();
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::SafeMode(SafeModeReason::Requested));
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::Application { test: false });
+}

@@ -13,6 +13,7 @@ mod module;
 mod ops;
 mod release;
 mod server;
+mod sim;
 mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -50,6 +51,9 @@ enum Command {
     Events(ops::EventsArgs),
     /// Update a device with a signed release bundle; --wait follows it to confirmation.
     Flash(ops::FlashArgs),
+    /// Simulated devices: power-cut explorer and flash cost report.
+    #[command(subcommand)]
+    Sim(sim::Command),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Device(cmd) => ops::device(cmd),
         Command::Events(args) => ops::events(args),
         Command::Flash(args) => ops::flash(args),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -6,4 +6,5 @@ mod mcuboot;
 mod ops;
 mod particle_oracle;
 mod release;
+mod sim;
 mod support;

@@ -1,0 +1,554 @@
+//! The update agent: accepts a signed offer, receives its modules in blocks into the
+//! exchange area, resumes after resets, verifies, and marks the update pending.
+//!
+//! # Block progress markers
+//!
+//! Each block of each staged module owns [`MARKER_UNITS`] write units (one write-size word
+//! each) in the profile's progress area, erased when the offer is accepted. Units are
+//! programmed in order; the number of programmed (non-erased) leading units is odd when
+//! the block is received. A block's data is always programmed *before* its marker, so a
+//! marker that is programmed — even torn — proves the data is complete.
+//!
+//! | state | unit 0 | unit 1 | unit 2 | units 3–7 |
+//! |---|---|---|---|---|
+//! | missing | erased | erased | erased | erased |
+//! | received | `00…` | erased | erased | erased |
+//! | discarded (sector repaired) | `00…` | `00…` | erased | erased |
+//! | received again | `00…` | `00…` | `00…` | erased |
+//!
+//! Eight units let a block survive three repairs; should a fourth be needed, the agent
+//! restarts the transfer from scratch (erasing markers and staging) rather than fail.
+//!
+//! If a block arrives for an unmarked position whose data area is neither erased nor
+//! already equal to the block (a write torn by a power cut), the sector holding it is
+//! repaired: the received blocks in that sector are marked discarded, the sector is
+//! erased, and those blocks are requested again. The transfer therefore loses at most one
+//! erase sector of progress per interruption, never the whole transfer.
+
+use ed25519_dalek::VerifyingKey;
+use tern_image::manifest::{self, ModuleEntry, SignedDocument};
+use tern_image::model::{Dependency, ModuleFunction};
+
+use crate::block::{Block, BLOCK_SIZE};
+use crate::profile::{Profile, MAX_SLOTS};
+use crate::state::{
+    self, BootState, DeviceState, LoadError, ModuleRecord, StagedModule, Stored, UpdatePhase, UpdateResult,
+    MAX_UPDATE_MODULES,
+};
+use crate::storage::{self, FlashError, Loc, Storage};
+
+/// Write units per block in the progress area.
+pub const MARKER_UNITS: u32 = 8;
+
+/// Why an offer was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfferError {
+    /// The signed document is malformed, unsigned by a trusted key, or badly signed.
+    Manifest(manifest::Error),
+    /// The update targets another platform.
+    WrongPlatform {
+        /// This device's platform.
+        device: u16,
+        /// The update's platform.
+        offer: u16,
+    },
+    /// The security counter would go backwards.
+    Downgrade {
+        /// This device's counter.
+        device: u64,
+        /// The update's counter.
+        offer: u64,
+    },
+    /// No slot on this platform holds a module of this function and index.
+    NoSlot(ModuleFunction, u8),
+    /// A module's start address is not its slot's address.
+    WrongAddress(ModuleFunction, u8),
+    /// A module is empty, larger than its slot, or the update does not fit the exchange
+    /// area.
+    TooLarge,
+    /// More modules than [`MAX_UPDATE_MODULES`], or two for the same slot.
+    TooManyModules,
+    /// A dependency can never be satisfied on this device by this update.
+    UnsatisfiableDependency(Dependency),
+    /// An install is staged or in progress; reboot first.
+    Busy,
+    /// Flash failed.
+    Flash(FlashError),
+}
+
+impl From<FlashError> for OfferError {
+    fn from(e: FlashError) -> Self {
+        OfferError::Flash(e)
+    }
+}
+
+/// Why a block was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockError {
+    /// No transfer is in progress.
+    NotReceiving,
+    /// The module number is not one of the offer's.
+    UnknownModule,
+    /// The offset is not a multiple of [`BLOCK_SIZE`] or beyond the module.
+    BadOffset,
+    /// The length is not [`BLOCK_SIZE`] (or the module's remainder for its last block).
+    BadLength,
+    /// The block's markers were used up by repeated repairs: the agent restarted the
+    /// transfer (every block is missing again).
+    MarkersExhausted,
+    /// Every block arrived but a module's SHA-256 does not match the signed manifest; the
+    /// update was dropped.
+    VerifyFailed(u8),
+    /// Flash failed.
+    Flash(FlashError),
+}
+
+impl From<FlashError> for BlockError {
+    fn from(e: FlashError) -> Self {
+        BlockError::Flash(e)
+    }
+}
+
+/// What an accepted offer looks like to the sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfferAccepted {
+    /// Number of modules to transfer.
+    pub modules: u8,
+    /// Total bytes of the modules.
+    pub bytes: u32,
+    /// The same offer was already in progress: received blocks are kept.
+    pub resumed: bool,
+}
+
+/// What happened to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// Stored; more blocks are missing.
+    Stored,
+    /// Already received; ignored.
+    Duplicate,
+    /// The last missing block: every module verified, the update is pending installation
+    /// at the next boot.
+    Complete,
+}
+
+/// A block the agent still needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    /// Module number in the offer.
+    pub module: u8,
+    /// Byte offset within the module.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// The update agent. Holds the device state in RAM and writes every change through.
+pub struct Agent<'k> {
+    profile: &'static Profile,
+    keys: &'k [VerifyingKey],
+    stored: Stored,
+    received: u32,
+}
+
+fn blocks_of(size: u32) -> u32 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+impl<'k> Agent<'k> {
+    /// Loads the state and finishes an offer acceptance that a reset interrupted.
+    pub fn load<S: Storage>(s: &mut S, profile: &'static Profile, keys: &'k [VerifyingKey]) -> Result<Self, LoadError> {
+        let stored = state::load(s, profile)?;
+        let mut agent = Agent { profile, keys, stored, received: 0 };
+        if agent.stored.state.phase == UpdatePhase::Preparing {
+            agent.prepare(s).map_err(LoadError::Flash)?;
+        }
+        agent.received = agent.count_received(s).map_err(LoadError::Flash)?;
+        // Every block arrived but a reset came before the verification was recorded.
+        if agent.stored.state.phase == UpdatePhase::Receiving && agent.received == agent.total_blocks() {
+            match agent.finish(s) {
+                Ok(_) | Err(BlockError::VerifyFailed(_)) => {}
+                Err(BlockError::Flash(e)) => return Err(LoadError::Flash(e)),
+                Err(_) => return Err(LoadError::Flash(FlashError::Other)),
+            }
+        }
+        Ok(agent)
+    }
+
+    /// The current device state (what is installed, staged, on test).
+    pub fn state(&self) -> &DeviceState {
+        &self.stored.state
+    }
+
+    fn total_blocks(&self) -> u32 {
+        self.stored.state.staged().map(|m| blocks_of(m.module.size)).sum()
+    }
+
+    /// Global block number of block `offset / BLOCK_SIZE` of module `module`.
+    fn block_number(&self, module: u8, offset: u32) -> u32 {
+        self.stored.state.staged().take(module as usize).map(|m| blocks_of(m.module.size)).sum::<u32>()
+            + offset / BLOCK_SIZE
+    }
+
+    fn marker_loc(&self, block: u32, unit: u32) -> Loc {
+        let p = self.profile.progress;
+        let ws = self.profile.devices[p.dev as usize].write_size;
+        Loc { dev: p.dev, offset: p.offset + (block * MARKER_UNITS + unit) * ws }
+    }
+
+    /// Number of programmed leading units of a block's marker.
+    fn marker_count<S: Storage>(&self, s: &mut S, block: u32) -> Result<u32, FlashError> {
+        let ws = self.profile.devices[self.profile.progress.dev as usize].write_size;
+        for unit in 0..MARKER_UNITS {
+            if storage::is_erased(s, self.marker_loc(block, unit), ws)? {
+                return Ok(unit);
+            }
+        }
+        Ok(MARKER_UNITS)
+    }
+
+    fn mark<S: Storage>(&self, s: &mut S, block: u32, unit: u32) -> Result<(), BlockError> {
+        if unit >= MARKER_UNITS {
+            return Err(BlockError::MarkersExhausted);
+        }
+        let ws = self.profile.devices[self.profile.progress.dev as usize].write_size as usize;
+        let zeros = [0u8; 16];
+        s.write(self.marker_loc(block, unit).dev, self.marker_loc(block, unit).offset, &zeros[..ws])?;
+        Ok(())
+    }
+
+    fn count_received<S: Storage>(&self, s: &mut S) -> Result<u32, FlashError> {
+        if self.stored.state.phase != UpdatePhase::Receiving {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for b in 0..self.total_blocks() {
+            if self.marker_count(s, b)? % 2 == 1 {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Step 1 of an update: an offer (a signed release manifest or module statement).
+    ///
+    /// Checks, in order: signature by a trusted key, platform, security counter, that
+    /// every module has a slot at its start address and fits, that dependencies can be
+    /// satisfied, and that the update fits the exchange area. Then records the offer and
+    /// erases the staging and progress areas. An offer identical to the one in progress
+    /// resumes it. This is a fuzz entry point (any bytes as `signed`).
+    pub fn handle_offer<S: Storage>(&mut self, s: &mut S, signed: &[u8]) -> Result<OfferAccepted, OfferError> {
+        let st = &self.stored.state;
+        if st.job.is_some() || st.phase == UpdatePhase::Staged {
+            return Err(OfferError::Busy);
+        }
+        let manifest = SignedDocument::parse(signed).and_then(|d| d.verify(self.keys)).map_err(OfferError::Manifest)?;
+        if manifest.platform_id != self.profile.platform_id {
+            return Err(OfferError::WrongPlatform { device: self.profile.platform_id, offer: manifest.platform_id });
+        }
+        if manifest.security_counter < st.security_counter {
+            return Err(OfferError::Downgrade { device: st.security_counter, offer: manifest.security_counter });
+        }
+        if manifest.module_count() == 0 || manifest.module_count() > MAX_UPDATE_MODULES {
+            return Err(OfferError::TooManyModules);
+        }
+        let mut staged = [None; MAX_UPDATE_MODULES];
+        let ex = self.profile.exchange;
+        let mut next = 0u32;
+        let mut total_bytes = 0u32;
+        for (i, entry) in manifest.modules().enumerate() {
+            let slot = self.check_entry(entry)?;
+            if staged.iter().flatten().any(|m: &StagedModule| m.slot as usize == slot) {
+                return Err(OfferError::TooManyModules);
+            }
+            let end = next.checked_add(entry.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE).ok_or(OfferError::TooLarge)?;
+            if end > ex.size {
+                return Err(OfferError::TooLarge);
+            }
+            staged[i] = Some(StagedModule { slot: slot as u8, offset: next, module: ModuleRecord::from_entry(entry) });
+            next = end;
+            total_bytes = total_bytes.saturating_add(entry.size);
+        }
+        self.check_dependencies(&staged)?;
+        let count = manifest.module_count() as u8;
+        let blocks: u32 = staged.iter().flatten().map(|m| blocks_of(m.module.size)).sum();
+        let ws = self.profile.devices[self.profile.progress.dev as usize].write_size;
+        if blocks * MARKER_UNITS * ws > self.profile.progress.size {
+            return Err(OfferError::TooLarge);
+        }
+        let same = st.phase == UpdatePhase::Receiving && st.staged_count == count && st.staged == staged;
+        if same {
+            return Ok(OfferAccepted { modules: count, bytes: total_bytes, resumed: true });
+        }
+        let st = &mut self.stored.state;
+        // Reaching the server with a new offer is the agent's confirmation of a test boot.
+        if matches!(st.boot, BootState::Testing { .. }) {
+            st.boot = BootState::Confirmed { fault_resets: 0 };
+        }
+        st.phase = UpdatePhase::Preparing;
+        st.staged = staged;
+        st.staged_count = count;
+        st.update_counter = manifest.security_counter;
+        // The staging area about to be erased may hold the rollback copies.
+        st.rollback = [None; MAX_SLOTS];
+        st.last_result = UpdateResult::None;
+        self.stored.save(s, self.profile)?;
+        self.prepare(s)?;
+        Ok(OfferAccepted { modules: count, bytes: total_bytes, resumed: false })
+    }
+
+    fn check_entry(&self, entry: &ModuleEntry) -> Result<usize, OfferError> {
+        let slot = self
+            .profile
+            .slot_for(entry.function, entry.index)
+            .ok_or(OfferError::NoSlot(entry.function, entry.index))?;
+        if self.profile.slot_address(slot) != Some(entry.start_address) {
+            return Err(OfferError::WrongAddress(entry.function, entry.index));
+        }
+        if entry.size == 0 || entry.size > self.profile.slots[slot].region.size {
+            return Err(OfferError::TooLarge);
+        }
+        Ok(slot)
+    }
+
+    /// The set after the update must satisfy every dependency of the system modules (so
+    /// the device can always boot at least safe mode); the application's dependencies
+    /// must name modules this platform can hold and not contradict the update itself.
+    /// An application whose dependencies are merely unmet is accepted: the device boots
+    /// safe mode and the server heals it.
+    fn check_dependencies(&self, staged: &[Option<StagedModule>; MAX_UPDATE_MODULES]) -> Result<(), OfferError> {
+        let mut after = self.stored.state.installed;
+        for m in staged.iter().flatten() {
+            after[m.slot as usize] = Some(m.module);
+        }
+        for (slot, module) in after.iter().enumerate() {
+            let Some(module) = module else { continue };
+            let is_app = Some(slot) == self.profile.app_slot();
+            for dep in module.dependencies.iter().flatten() {
+                if dep.function == ModuleFunction::None {
+                    continue;
+                }
+                let Some(dep_slot) = self.profile.slot_for(dep.function, dep.index) else {
+                    return Err(OfferError::UnsatisfiableDependency(*dep));
+                };
+                let ok = after[dep_slot].is_some_and(|m| m.version >= dep.version);
+                let in_update = staged.iter().flatten().any(|m| m.slot as usize == dep_slot);
+                if !ok && (!is_app || in_update) {
+                    return Err(OfferError::UnsatisfiableDependency(*dep));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Erases the progress markers and the staging sectors, then starts receiving.
+    fn prepare<S: Storage>(&mut self, s: &mut S) -> Result<(), FlashError> {
+        let p = self.profile.progress;
+        let ws = self.profile.devices[p.dev as usize].write_size;
+        let marker_bytes = self.total_blocks() * MARKER_UNITS * ws;
+        storage::erase_covering(s, self.profile, Loc { dev: p.dev, offset: p.offset }, marker_bytes)?;
+        let ex = self.profile.exchange;
+        let extent = self.stored.state.staged().map(|m| m.offset + m.module.size).max().unwrap_or(0);
+        storage::erase_covering(s, self.profile, Loc { dev: ex.dev, offset: ex.offset }, extent)?;
+        self.stored.state.phase = UpdatePhase::Receiving;
+        self.stored.save(s, self.profile)?;
+        self.received = 0;
+        Ok(())
+    }
+
+    /// Step 2: the blocks still missing, in order, up to `out.len()`; returns how many
+    /// were written. Empty when no transfer is in progress or it is complete.
+    pub fn missing_blocks<S: Storage>(&self, s: &mut S, out: &mut [BlockRequest]) -> Result<usize, FlashError> {
+        if self.stored.state.phase != UpdatePhase::Receiving {
+            return Ok(0);
+        }
+        let mut n = 0;
+        let mut block = 0;
+        for (i, m) in self.stored.state.staged().enumerate() {
+            for k in 0..blocks_of(m.module.size) {
+                if n == out.len() {
+                    return Ok(n);
+                }
+                if self.marker_count(s, block)? % 2 == 0 {
+                    let offset = k * BLOCK_SIZE;
+                    out[n] = BlockRequest { module: i as u8, offset, len: (m.module.size - offset).min(BLOCK_SIZE) };
+                    n += 1;
+                }
+                block += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Bytes received so far and bytes in total.
+    pub fn progress(&self) -> (u64, u64) {
+        let total: u64 = self.stored.state.staged().map(|m| u64::from(m.module.size)).sum();
+        (u64::from(self.received) * u64::from(BLOCK_SIZE), total)
+    }
+
+    /// Step 3: one block. Any order, duplicates ignored. When the last block arrives,
+    /// every module's SHA-256 is checked against the signed manifest and the update
+    /// becomes pending (installed by the boot manager at the next boot).
+    pub fn handle_block<S: Storage>(&mut self, s: &mut S, block: Block<'_>) -> Result<BlockOutcome, BlockError> {
+        if self.stored.state.phase != UpdatePhase::Receiving {
+            return Err(BlockError::NotReceiving);
+        }
+        let m = *self.stored.state.staged().nth(block.module as usize).ok_or(BlockError::UnknownModule)?;
+        if block.offset % BLOCK_SIZE != 0 || block.offset >= m.module.size {
+            return Err(BlockError::BadOffset);
+        }
+        if block.data.len() as u32 != (m.module.size - block.offset).min(BLOCK_SIZE) {
+            return Err(BlockError::BadLength);
+        }
+        match self.store_block(s, &m, block) {
+            Err(BlockError::MarkersExhausted) => {
+                self.stored.state.phase = UpdatePhase::Preparing;
+                self.stored.save(s, self.profile)?;
+                self.prepare(s)?;
+                Err(BlockError::MarkersExhausted)
+            }
+            other => other,
+        }
+    }
+
+    fn store_block<S: Storage>(
+        &mut self,
+        s: &mut S,
+        m: &StagedModule,
+        block: Block<'_>,
+    ) -> Result<BlockOutcome, BlockError> {
+        let number = self.block_number(block.module, block.offset);
+        let count = self.marker_count(s, number)?;
+        if count % 2 == 1 {
+            return Ok(BlockOutcome::Duplicate);
+        }
+        let ex = self.profile.exchange;
+        let at = Loc { dev: ex.dev, offset: ex.offset + m.offset + block.offset };
+        let ws = self.profile.devices[ex.dev as usize].write_size;
+        let padded = (block.data.len() as u32).div_ceil(ws) * ws;
+        let mut unit = count;
+        if storage::is_erased(s, at, padded)? {
+            storage::program(s, self.profile, at, block.data)?;
+        } else if !storage::equals(s, at, block.data)? {
+            unit = self.repair_sector(s, at, number)?;
+            storage::program(s, self.profile, at, block.data)?;
+        }
+        self.mark(s, number, unit)?;
+        self.received += 1;
+        if self.received < self.total_blocks() {
+            return Ok(BlockOutcome::Stored);
+        }
+        self.finish(s)
+    }
+
+    /// Discards the received blocks in the sector holding `at` (of any staged module:
+    /// modules are packed on block boundaries), erases it, and returns the marker unit to
+    /// program for block `number` afterwards.
+    fn repair_sector<S: Storage>(&mut self, s: &mut S, at: Loc, number: u32) -> Result<u32, BlockError> {
+        let ex = self.profile.exchange;
+        let dev = &self.profile.devices[ex.dev as usize];
+        let (start, size) = dev.sector_at(at.offset).ok_or(BlockError::Flash(FlashError::OutOfBounds))?;
+        let staged: [Option<StagedModule>; MAX_UPDATE_MODULES] = self.stored.state.staged;
+        for (i, m) in staged.iter().take(self.stored.state.staged_count as usize).enumerate() {
+            let Some(m) = m else { continue };
+            for k in 0..blocks_of(m.module.size) {
+                let block_start = ex.offset + m.offset + k * BLOCK_SIZE;
+                if block_start + BLOCK_SIZE <= start || block_start >= start + size {
+                    continue;
+                }
+                let b = self.block_number(i as u8, k * BLOCK_SIZE);
+                let c = self.marker_count(s, b)?;
+                if c % 2 == 1 {
+                    self.mark(s, b, c)?;
+                    self.received = self.received.saturating_sub(1);
+                }
+            }
+        }
+        s.erase(ex.dev, start, start + size)?;
+        Ok(self.marker_count(s, number)?)
+    }
+
+    fn finish<S: Storage>(&mut self, s: &mut S) -> Result<BlockOutcome, BlockError> {
+        let ex = self.profile.exchange;
+        let mut bad = None;
+        for (i, m) in self.stored.state.staged().enumerate() {
+            let digest = storage::hash(s, Loc { dev: ex.dev, offset: ex.offset + m.offset }, m.module.size)?;
+            if digest != m.module.sha256 {
+                bad = Some(i as u8);
+                break;
+            }
+        }
+        let st = &mut self.stored.state;
+        match bad {
+            None => {
+                st.phase = UpdatePhase::Staged;
+                st.last_result = UpdateResult::Staged;
+            }
+            Some(_) => {
+                st.phase = UpdatePhase::Idle;
+                st.staged_count = 0;
+                st.staged = [None; MAX_UPDATE_MODULES];
+                st.last_result = UpdateResult::VerifyFailed;
+            }
+        }
+        self.stored.save(s, self.profile)?;
+        match bad {
+            None => Ok(BlockOutcome::Complete),
+            Some(i) => Err(BlockError::VerifyFailed(i)),
+        }
+    }
+
+    /// Final step: the application (or the agent, once it reached the server) confirms
+    /// the running image. Returns whether a test boot was confirmed.
+    pub fn confirm<S: Storage>(&mut self, s: &mut S) -> Result<bool, FlashError> {
+        let st = &mut self.stored.state;
+        match st.boot {
+            BootState::Testing { origin, .. } => {
+                st.boot = BootState::Confirmed { fault_resets: 0 };
+                if origin == state::Origin::Update {
+                    st.last_result = UpdateResult::Confirmed;
+                }
+                self.stored.save(s, self.profile)?;
+                Ok(true)
+            }
+            BootState::Confirmed { fault_resets } if fault_resets > 0 => {
+                st.boot = BootState::Confirmed { fault_resets: 0 };
+                self.stored.save(s, self.profile)?;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Requests a factory restore at the next boot (from the application, the server or a
+    /// local command). Returns `false` when the device has no factory image.
+    pub fn request_factory_restore<S: Storage>(&mut self, s: &mut S) -> Result<bool, FlashError> {
+        if self.stored.state.factory.is_none() {
+            return Ok(false);
+        }
+        self.stored.state.factory_requested = true;
+        self.stored.save(s, self.profile)?;
+        Ok(true)
+    }
+
+    /// Requests safe mode for the next boot only (a server or local command).
+    pub fn request_safe_mode<S: Storage>(&mut self, s: &mut S) -> Result<(), FlashError> {
+        self.stored.state.safe_mode_requested = true;
+        self.stored.save(s, self.profile)
+    }
+
+    /// Drops a transfer or a staged update. Returns `false` when there was none (or an
+    /// install already started, which cannot be cancelled).
+    pub fn cancel<S: Storage>(&mut self, s: &mut S) -> Result<bool, FlashError> {
+        let st = &mut self.stored.state;
+        if st.phase == UpdatePhase::Idle || st.job.is_some() {
+            return Ok(false);
+        }
+        st.phase = UpdatePhase::Idle;
+        st.staged_count = 0;
+        st.staged = [None; MAX_UPDATE_MODULES];
+        st.last_result = UpdateResult::Cancelled;
+        self.stored.save(s, self.profile)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,502 @@
+//! The boot manager: runs at every boot, before anything else.
+//!
+//! In order, [`boot`]:
+//!
+//! 1. loads the state record and **finishes an interrupted install job** from its journal
+//!    (the job kind and the number of completed copy steps are in the state record; the
+//!    interrupted step is redone from the start: erase destination, copy, verify — which
+//!    is idempotent because a step's source is never written by that job);
+//! 2. starts a **factory restore** if one was requested, or **installs a staged update**:
+//!    rollback copies of the replaced modules first (when the exchange area has room),
+//!    then the new modules, the bootloader last;
+//! 3. verifies every installed module against the SHA-256 recorded from its signed
+//!    manifest, and their dependencies;
+//! 4. counts boots of an application on **test** and panic/watchdog resets of a confirmed
+//!    one, and **rolls back** (or restores the factory image, or disables the
+//!    application) when a limit is reached;
+//! 5. returns what to run: the application (on test with a watchdog, or confirmed), or
+//!    **safe mode** with the reason.
+//!
+//! Steps 2–4 can start a new job; the loop is bounded because each failure moves the
+//! state strictly forward (update → rollback → factory → disabled).
+
+use tern_image::model::{Dependency, ModuleFunction};
+
+use crate::profile::{Profile, MAX_SLOTS};
+use crate::state::{
+    self, Backup, BootState, DeviceState, DisableReason, Job, JobKind, LoadError, Origin, Stored, UpdatePhase,
+    UpdateResult, MAX_UPDATE_MODULES,
+};
+use crate::storage::{self, FlashError, Loc, Storage};
+
+/// Why the MCU reset, as the platform reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetCause {
+    /// Power-on or brown-out.
+    PowerOn,
+    /// A deliberate software reset (after an update, on command).
+    Software,
+    /// The application panicked (fault handler reset).
+    Panic,
+    /// The watchdog expired.
+    Watchdog,
+}
+
+/// The platform services the boot flow needs. The boot manager itself only takes the
+/// reset cause as input and returns the watchdog timeout to arm; this trait lets a port
+/// wire both with [`boot_platform`].
+pub trait Platform {
+    /// Why the MCU last reset.
+    fn reset_cause(&mut self) -> ResetCause;
+    /// Arms the watchdog.
+    fn start_watchdog(&mut self, timeout_ms: u32);
+}
+
+/// Why safe mode (system only, able to connect and take an update) was booted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SafeModeReason {
+    /// No application is installed and there is no factory image.
+    NoApplication,
+    /// The application's dependency is not met by the installed modules.
+    DependencyUnmet(Dependency),
+    /// The application was disabled after every fallback failed.
+    Disabled(DisableReason),
+    /// Safe mode was requested (a command from the server or a local one) for this boot.
+    Requested,
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// Start the application; `test` when it must confirm (the watchdog is armed).
+    Application {
+        /// The application is on test.
+        test: bool,
+    },
+    /// Start the system only.
+    SafeMode(SafeModeReason),
+}
+
+/// What this boot did, for the device's report to the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootEvents {
+    /// An install job interrupted by a reset was completed.
+    pub resumed_job: bool,
+    /// A staged update was installed.
+    pub installed_update: bool,
+    /// The previous modules were restored.
+    pub rolled_back: bool,
+    /// The factory image was restored.
+    pub factory_restored: bool,
+}
+
+/// The boot manager's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootDecision {
+    /// What to run.
+    pub run: Run,
+    /// Watchdog timeout to arm before running it.
+    pub watchdog_ms: Option<u32>,
+    /// What happened during this boot.
+    pub events: BootEvents,
+}
+
+/// Why the boot manager could not boot anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootError {
+    /// No valid state record for this profile: the device was never provisioned.
+    NoState,
+    /// Flash failed.
+    Flash(FlashError),
+    /// A copy step's source or destination did not verify.
+    CopyVerifyFailed,
+    /// A system module is invalid or its dependencies are unmet and nothing can restore
+    /// it. Never happens to a provisioned device (the explorer checks this).
+    NoBootableSystem,
+}
+
+impl From<FlashError> for BootError {
+    fn from(e: FlashError) -> Self {
+        BootError::Flash(e)
+    }
+}
+
+/// One copy of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyStep {
+    /// Source.
+    pub from: Loc,
+    /// Destination (erased first, sector by sector).
+    pub to: Loc,
+    /// Bytes.
+    pub len: u32,
+    /// Expected SHA-256 of the destination afterwards.
+    pub sha256: [u8; 32],
+}
+
+const MAX_STEPS: usize = 2 * MAX_UPDATE_MODULES + MAX_SLOTS;
+
+/// The copy steps of a job, derived from the state (which the job does not change until
+/// it completes, so the derivation is the same after a reset).
+pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option<CopyStep>; MAX_STEPS], usize) {
+    let mut steps = [None; MAX_STEPS];
+    let mut n = 0;
+    let ex = profile.exchange;
+    let slot_loc = |slot: usize| -> Option<Loc> {
+        let r = profile.slots.get(slot)?.region;
+        Some(Loc { dev: r.dev, offset: r.offset })
+    };
+    let is_boot = |slot: usize| profile.slots.get(slot).is_some_and(|s| s.function == ModuleFunction::Bootloader);
+    match kind {
+        JobKind::Update { keep_rollback } => {
+            if keep_rollback {
+                for (b, slot) in backup_plan(profile, st).iter().flatten() {
+                    if let Some(from) = slot_loc(*slot) {
+                        steps[n] = Some(CopyStep {
+                            from,
+                            to: Loc { dev: ex.dev, offset: ex.offset + b.offset },
+                            len: b.module.size,
+                            sha256: b.module.sha256,
+                        });
+                        n += 1;
+                    }
+                }
+            }
+            // The bootloader goes last: everything else is in place before the one copy
+            // that may not be power-safe on this hardware.
+            for last in [false, true] {
+                for m in st.staged() {
+                    if is_boot(m.slot as usize) != last {
+                        continue;
+                    }
+                    if let Some(to) = slot_loc(m.slot as usize) {
+                        steps[n] = Some(CopyStep {
+                            from: Loc { dev: ex.dev, offset: ex.offset + m.offset },
+                            to,
+                            len: m.module.size,
+                            sha256: m.module.sha256,
+                        });
+                        n += 1;
+                    }
+                }
+            }
+        }
+        JobKind::Rollback => {
+            for last in [false, true] {
+                for (slot, b) in st.rollback.iter().enumerate() {
+                    let Some(b) = b else { continue };
+                    if is_boot(slot) != last {
+                        continue;
+                    }
+                    if let Some(to) = slot_loc(slot) {
+                        steps[n] = Some(CopyStep {
+                            from: Loc { dev: ex.dev, offset: ex.offset + b.offset },
+                            to,
+                            len: b.module.size,
+                            sha256: b.module.sha256,
+                        });
+                        n += 1;
+                    }
+                }
+            }
+        }
+        JobKind::FactoryRestore => {
+            if let (Some(f), Some(to)) = (st.factory, profile.app_slot().and_then(slot_loc)) {
+                steps[n] = Some(CopyStep {
+                    from: Loc { dev: profile.factory.dev, offset: profile.factory.offset },
+                    to,
+                    len: f.size,
+                    sha256: f.sha256,
+                });
+                n += 1;
+            }
+        }
+    }
+    (steps, n)
+}
+
+/// Where the rollback copies of the modules an update replaces go: after the staged
+/// modules in the exchange area, each starting on a sector boundary. `None` entries past
+/// the end; returns all `None` when they do not all fit (the update then keeps none).
+pub fn backup_plan(profile: &Profile, st: &DeviceState) -> [Option<(Backup, usize)>; MAX_UPDATE_MODULES] {
+    let mut plan = [None; MAX_UPDATE_MODULES];
+    let ex = profile.exchange;
+    let Some(dev) = profile.device(ex.dev) else { return plan };
+    let mut next = st.staged().map(|m| m.offset + m.module.size).max().unwrap_or(0);
+    for (i, m) in st.staged().enumerate() {
+        let Some(old) = st.installed.get(m.slot as usize).copied().flatten() else { continue };
+        let Some((from, end)) = dev.covering(ex.offset + next, old.size) else { return [None; MAX_UPDATE_MODULES] };
+        // Start on the sector after the previous content.
+        let start = if from < ex.offset + next { end } else { from };
+        let Some((_, end)) = dev.covering(start, old.size) else { return [None; MAX_UPDATE_MODULES] };
+        if end > ex.end() {
+            return [None; MAX_UPDATE_MODULES];
+        }
+        plan[i] = Some((Backup { module: old, offset: start - ex.offset }, m.slot as usize));
+        next = end - ex.offset;
+    }
+    plan
+}
+
+fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &CopyStep) -> Result<(), BootError> {
+    // Never copy anything but the verified module into a slot.
+    if storage::hash(s, step.from, step.len)? != step.sha256 {
+        return Err(BootError::CopyVerifyFailed);
+    }
+    storage::erase_covering(s, profile, step.to, step.len)?;
+    storage::copy(s, profile, step.from, step.to, step.len)?;
+    if storage::hash(s, step.to, step.len)? != step.sha256 {
+        return Err(BootError::CopyVerifyFailed);
+    }
+    Ok(())
+}
+
+/// Runs the job recorded in the state from its next step, then applies its effect.
+fn run_job<S: Storage>(
+    s: &mut S,
+    profile: &Profile,
+    stored: &mut Stored,
+    ev: &mut BootEvents,
+) -> Result<(), BootError> {
+    let Some(job) = stored.state.job else { return Ok(()) };
+    let (steps, n) = job_steps(profile, &stored.state, job.kind);
+    for (i, step) in steps.iter().enumerate().take(n).skip(job.step as usize) {
+        if let Some(step) = step {
+            run_step(s, profile, step)?;
+        }
+        stored.state.job = Some(Job { kind: job.kind, step: i as u8 + 1 });
+        if i + 1 < n {
+            stored.save(s, profile)?;
+        }
+    }
+    let st = &mut stored.state;
+    match job.kind {
+        JobKind::Update { keep_rollback } => {
+            let plan = backup_plan(profile, st);
+            st.rollback = [None; MAX_SLOTS];
+            if keep_rollback {
+                for (b, slot) in plan.iter().flatten() {
+                    st.rollback[*slot] = Some(*b);
+                }
+            }
+            let staged = st.staged;
+            for m in staged.iter().take(st.staged_count as usize).flatten() {
+                st.installed[m.slot as usize] = Some(m.module);
+            }
+            st.security_counter = st.security_counter.max(st.update_counter);
+            st.phase = UpdatePhase::Idle;
+            st.staged = [None; MAX_UPDATE_MODULES];
+            st.staged_count = 0;
+            st.boot = BootState::Testing { origin: Origin::Update, attempts: 0 };
+            st.last_result = UpdateResult::Installed;
+            ev.installed_update = true;
+        }
+        JobKind::Rollback => {
+            let rollback = st.rollback;
+            for (slot, b) in rollback.iter().enumerate() {
+                if let Some(b) = b {
+                    st.installed[slot] = Some(b.module);
+                }
+            }
+            st.rollback = [None; MAX_SLOTS];
+            st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 0 };
+            ev.rolled_back = true;
+        }
+        JobKind::FactoryRestore => {
+            if let Some(app) = profile.app_slot() {
+                st.installed[app] = st.factory;
+            }
+            st.rollback = [None; MAX_SLOTS];
+            st.boot = BootState::Testing { origin: Origin::Factory, attempts: 0 };
+            ev.factory_restored = true;
+        }
+    }
+    st.job = None;
+    stored.save(s, profile)?;
+    Ok(())
+}
+
+/// The application failed (not confirmed in time, repeated faults, or invalid): pick the
+/// next fallback and record it as a job, or disable the application.
+fn fail(profile: &Profile, st: &mut DeviceState, result: UpdateResult) {
+    let origin = match st.boot {
+        BootState::Testing { origin, .. } => origin,
+        _ => Origin::Update,
+    };
+    let has_rollback = st.rollback.iter().any(Option::is_some);
+    let app_is_factory = profile.app_slot().and_then(|a| st.installed[a]).zip(st.factory).is_some_and(|(a, f)| a == f);
+    if origin == Origin::Update && has_rollback {
+        st.job = Some(Job { kind: JobKind::Rollback, step: 0 });
+        st.last_result = result;
+    } else if origin != Origin::Factory && st.factory.is_some() && !app_is_factory {
+        st.job = Some(Job { kind: JobKind::FactoryRestore, step: 0 });
+        st.last_result = UpdateResult::FactoryRestored;
+    } else {
+        st.boot = BootState::Disabled(if st.factory.is_some() {
+            DisableReason::FactoryFailed
+        } else {
+            DisableReason::NoFallback
+        });
+    }
+}
+
+/// Whether module `dep` is satisfied by what is installed.
+fn satisfied(profile: &Profile, st: &DeviceState, dep: &Dependency) -> bool {
+    if dep.function == ModuleFunction::None {
+        return true;
+    }
+    profile
+        .slot_for(dep.function, dep.index)
+        .and_then(|slot| st.installed[slot])
+        .is_some_and(|m| dep.is_satisfied_by(m.function, m.index, m.version))
+}
+
+/// Verifies slot `slot` against its installed record.
+pub fn slot_is_valid<S: Storage>(
+    s: &mut S,
+    profile: &Profile,
+    st: &DeviceState,
+    slot: usize,
+) -> Result<bool, FlashError> {
+    let (Some(m), Some(def)) = (st.installed.get(slot).copied().flatten(), profile.slots.get(slot)) else {
+        return Ok(false);
+    };
+    if m.size > def.region.size {
+        return Ok(false);
+    }
+    Ok(storage::hash(s, Loc { dev: def.region.dev, offset: def.region.offset }, m.size)? == m.sha256)
+}
+
+/// [`boot`] with the reset cause and watchdog wired to a [`Platform`].
+pub fn boot_platform<S: Storage, P: Platform>(
+    s: &mut S,
+    profile: &Profile,
+    platform: &mut P,
+) -> Result<BootDecision, BootError> {
+    let decision = boot(s, profile, platform.reset_cause())?;
+    if let Some(ms) = decision.watchdog_ms {
+        platform.start_watchdog(ms);
+    }
+    Ok(decision)
+}
+
+/// Runs the boot flow (see the module docs). A fuzz entry point: any flash contents
+/// yield a decision or an error, never a panic.
+pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Result<BootDecision, BootError> {
+    let mut stored = match state::load(s, profile) {
+        Ok(stored) => stored,
+        Err(LoadError::NoState | LoadError::WrongLayout) => return Err(BootError::NoState),
+        Err(LoadError::Flash(e)) => return Err(BootError::Flash(e)),
+    };
+    let mut ev = BootEvents::default();
+    let mut counted = false;
+    // Each pass either returns or records a job that moves the state forward; six passes
+    // cover update → rollback → factory → disabled with room to spare.
+    for pass in 0..8 {
+        if stored.state.job.is_some() {
+            ev.resumed_job |= pass == 0;
+            run_job(s, profile, &mut stored, &mut ev)?;
+            continue;
+        }
+        let st = &mut stored.state;
+        if st.factory_requested {
+            st.factory_requested = false;
+            if st.factory.is_some() {
+                st.job = Some(Job { kind: JobKind::FactoryRestore, step: 0 });
+                st.last_result = UpdateResult::FactoryRestoredOnRequest;
+            }
+            stored.save(s, profile)?;
+            continue;
+        }
+        if st.phase == UpdatePhase::Staged {
+            let keep = backup_plan(profile, st).iter().flatten().count()
+                == st.staged().filter(|m| st.installed[m.slot as usize].is_some()).count();
+            st.job = Some(Job { kind: JobKind::Update { keep_rollback: keep }, step: 0 });
+            stored.save(s, profile)?;
+            continue;
+        }
+        let app = profile.app_slot();
+        // System modules must be intact and consistent; the application is judged apart.
+        for slot in 0..profile.slots.len() {
+            if Some(slot) == app || stored.state.installed[slot].is_none() {
+                continue;
+            }
+            if !slot_is_valid(s, profile, &stored.state, slot)? {
+                return Err(BootError::NoBootableSystem);
+            }
+            let m = stored.state.installed[slot].ok_or(BootError::NoBootableSystem)?;
+            if !m.dependencies.iter().flatten().all(|d| satisfied(profile, &stored.state, d)) {
+                return Err(BootError::NoBootableSystem);
+            }
+        }
+        if stored.state.safe_mode_requested {
+            // One-shot: the request is cleared before safe mode starts, so a reset
+            // returns to the application.
+            stored.state.safe_mode_requested = false;
+            stored.save(s, profile)?;
+            return Ok(safe(SafeModeReason::Requested, ev));
+        }
+        if let BootState::Disabled(reason) = stored.state.boot {
+            return Ok(safe(SafeModeReason::Disabled(reason), ev));
+        }
+        let Some(app) = app else { return Ok(safe(SafeModeReason::NoApplication, ev)) };
+        let Some(app_module) = stored.state.installed[app] else {
+            let st = &mut stored.state;
+            if st.factory.is_some() {
+                st.job = Some(Job { kind: JobKind::FactoryRestore, step: 0 });
+                st.last_result = UpdateResult::FactoryRestored;
+                stored.save(s, profile)?;
+                continue;
+            }
+            return Ok(safe(SafeModeReason::NoApplication, ev));
+        };
+        if !slot_is_valid(s, profile, &stored.state, app)? {
+            fail(profile, &mut stored.state, UpdateResult::RolledBackInvalid);
+            stored.save(s, profile)?;
+            continue;
+        }
+        if let Some(dep) = app_module.dependencies.iter().flatten().find(|d| !satisfied(profile, &stored.state, d)) {
+            // Safe mode does not run the application, so it does not count as a test boot.
+            return Ok(safe(SafeModeReason::DependencyUnmet(*dep), ev));
+        }
+        let st = &mut stored.state;
+        match st.boot {
+            BootState::Testing { origin, attempts } if !counted => {
+                counted = true;
+                if attempts >= profile.boot.max_test_boots {
+                    fail(profile, st, UpdateResult::RolledBackUnconfirmed);
+                    stored.save(s, profile)?;
+                    continue;
+                }
+                st.boot = BootState::Testing { origin, attempts: attempts + 1 };
+                stored.save(s, profile)?;
+            }
+            BootState::Confirmed { fault_resets } if !counted => {
+                counted = true;
+                let faulted = matches!(cause, ResetCause::Panic | ResetCause::Watchdog);
+                if faulted && fault_resets + 1 >= profile.boot.max_fault_resets {
+                    fail(profile, st, UpdateResult::RolledBackFaults);
+                    stored.save(s, profile)?;
+                    continue;
+                }
+                let next = if faulted { fault_resets + 1 } else { 0 };
+                if next != fault_resets {
+                    st.boot = BootState::Confirmed { fault_resets: next };
+                    stored.save(s, profile)?;
+                }
+            }
+            _ => {}
+        }
+        let test = matches!(stored.state.boot, BootState::Testing { .. });
+        return Ok(BootDecision {
+            run: Run::Application { test },
+            watchdog_ms: test.then_some(profile.boot.test_watchdog_ms),
+            events: ev,
+        });
+    }
+    Err(BootError::NoBootableSystem)
+}
+
+fn safe(reason: SafeModeReason, events: BootEvents) -> BootDecision {
+    BootDecision { run: Run::SafeMode(reason), watchdog_ms: None, events }
+}

@@ -1,0 +1,528 @@
+//! A strict NOR flash model with fault injection.
+//!
+//! Every device of a simulated board lives in one [`Bench`], shared by the
+//! [`SimFlash`] handles that implement `embedded-storage`'s `NorFlash`. The bench numbers
+//! every program and erase operation across all devices (the *operation index*) so that a
+//! fault can be injected at any one of them.
+//!
+//! Strictness: an erase must cover whole physical sectors (uneven sizes included); a write
+//! must be aligned to the write size; programming only clears bits (the stored value is
+//! `old & new`); writing a byte twice without an erase in between is a violation even if
+//! the bits would allow it; reads of erased bytes return `0xFF`. A violation is recorded
+//! and the operation fails.
+//!
+//! Faults: [`FaultKind::Cut`] loses power before the operation; [`FaultKind::TornWrite`]
+//! programs a strict prefix of the bytes and some bits of the next one (a byte whose bits
+//! all still read 1 is indistinguishable from an untouched one and stays writable); [`FaultKind::TornErase`]
+//! erases the sectors before a point and leaves the torn sector partly erased, partly
+//! garbage. After a fault the power is off: every operation fails until
+//! [`Bench::power_on`].
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use tern_device::profile::FlashGeometry;
+
+/// A fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Power lost before the operation: nothing happens.
+    Cut,
+    /// Power lost during a program operation: only part of the bytes/bits programmed.
+    TornWrite,
+    /// Power lost during an erase: the sector left partly erased, partly garbage.
+    TornErase,
+}
+
+impl FaultKind {
+    /// Name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Cut => "cut",
+            FaultKind::TornWrite => "torn_write",
+            FaultKind::TornErase => "torn_erase",
+        }
+    }
+}
+
+/// What kind of operation an index was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Program.
+    Write,
+    /// Erase.
+    Erase,
+}
+
+/// One recorded operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Program or erase.
+    pub kind: OpKind,
+    /// Device number.
+    pub dev: u8,
+    /// Start offset.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Counters of one device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Read calls.
+    pub reads: u64,
+    /// Program calls.
+    pub writes: u64,
+    /// Bytes programmed.
+    pub bytes_programmed: u64,
+    /// Sectors erased.
+    pub sector_erases: u64,
+    /// Bytes erased.
+    pub bytes_erased: u64,
+}
+
+/// The error every failing operation returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimError(pub NorFlashErrorKind);
+
+impl NorFlashError for SimError {
+    fn kind(&self) -> NorFlashErrorKind {
+        self.0
+    }
+}
+
+/// One flash device's contents and bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Geometry from the profile.
+    pub geometry: FlashGeometry,
+    /// Contents.
+    pub bytes: Vec<u8>,
+    /// Whether each byte was programmed since its last erase.
+    pub programmed: Vec<bool>,
+    /// Erase count per sector, in sector order.
+    pub wear: Vec<u32>,
+    /// Operation counters.
+    pub stats: Stats,
+}
+
+impl Device {
+    /// An erased device.
+    pub fn new(geometry: FlashGeometry) -> Self {
+        let size = geometry.size() as usize;
+        let sectors = geometry.sectors.iter().map(|r| r.count as usize).sum();
+        Device {
+            geometry,
+            bytes: vec![0xFF; size],
+            programmed: vec![false; size],
+            wear: vec![0; sectors],
+            stats: Stats::default(),
+        }
+    }
+
+    fn sector_index(&self, offset: u32) -> usize {
+        let mut start = 0u32;
+        let mut index = 0usize;
+        for run in self.geometry.sectors {
+            let len = run.count * run.size;
+            if offset < start + len {
+                return index + ((offset - start) / run.size) as usize;
+            }
+            start += len;
+            index += run.count as usize;
+        }
+        index
+    }
+}
+
+/// A deterministic pseudo-random generator (SplitMix64), so every run is reproducible.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+}
+
+/// All flash devices of a board, the operation counter and the fault plan.
+#[derive(Clone, Debug)]
+pub struct Bench {
+    /// The devices.
+    pub devices: Vec<Device>,
+    /// Program/erase operations performed since the counter was last reset.
+    pub ops: Vec<Op>,
+    /// Faults to inject, by operation index, sorted.
+    pub faults: Vec<(u64, FaultKind)>,
+    /// Faults injected so far.
+    pub injected: Vec<(u64, FaultKind)>,
+    /// Whether the power is on.
+    pub powered: bool,
+    /// Strictness violations (misaligned writes, double writes, partial-sector erases…).
+    pub violations: Vec<String>,
+    /// Randomness for torn operations.
+    pub rng: Rng,
+    /// Whether to keep the operation log (costs memory on long runs).
+    pub log_ops: bool,
+    op_count: u64,
+}
+
+impl Bench {
+    /// A bench of erased devices.
+    pub fn new(geometries: &[FlashGeometry]) -> Self {
+        Bench {
+            devices: geometries.iter().copied().map(Device::new).collect(),
+            ops: Vec::new(),
+            faults: Vec::new(),
+            injected: Vec::new(),
+            powered: true,
+            violations: Vec::new(),
+            rng: Rng(1),
+            log_ops: true,
+            op_count: 0,
+        }
+    }
+
+    /// Operations counted since the last [`Bench::reset_counter`].
+    pub fn op_count(&self) -> u64 {
+        self.op_count
+    }
+
+    /// Restarts operation numbering at 0 and clears the log and the statistics.
+    pub fn reset_counter(&mut self) {
+        self.op_count = 0;
+        self.ops.clear();
+        for d in &mut self.devices {
+            d.stats = Stats::default();
+        }
+    }
+
+    /// Restores power after a fault.
+    pub fn power_on(&mut self) {
+        self.powered = true;
+    }
+
+    fn violation(&mut self, what: String) -> SimError {
+        self.violations.push(what);
+        SimError(NorFlashErrorKind::Other)
+    }
+
+    /// Counts an operation and returns the fault to inject at it, if any.
+    fn begin(&mut self, op: Op) -> Result<Option<FaultKind>, SimError> {
+        if !self.powered {
+            return Err(SimError(NorFlashErrorKind::Other));
+        }
+        let index = self.op_count;
+        self.op_count += 1;
+        if self.log_ops {
+            self.ops.push(op);
+        }
+        let fault = self.faults.iter().find(|(at, _)| *at == index).map(|(_, k)| *k);
+        if let Some(kind) = fault {
+            self.injected.push((index, kind));
+        }
+        Ok(fault)
+    }
+
+    /// Reads from device `dev`.
+    pub fn read(&mut self, dev: usize, offset: u32, buf: &mut [u8]) -> Result<(), SimError> {
+        if !self.powered {
+            return Err(SimError(NorFlashErrorKind::Other));
+        }
+        let d = self.devices.get_mut(dev).ok_or(SimError(NorFlashErrorKind::OutOfBounds))?;
+        let start = offset as usize;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= d.bytes.len())
+            .ok_or(SimError(NorFlashErrorKind::OutOfBounds))?;
+        buf.copy_from_slice(&d.bytes[start..end]);
+        d.stats.reads += 1;
+        Ok(())
+    }
+
+    /// Programs `data` at `offset` of device `dev`.
+    pub fn write(&mut self, dev: usize, offset: u32, data: &[u8]) -> Result<(), SimError> {
+        let op = Op { kind: OpKind::Write, dev: dev as u8, offset, len: data.len() as u32 };
+        let fault = self.begin(op)?;
+        let Some(d) = self.devices.get(dev) else { return Err(SimError(NorFlashErrorKind::OutOfBounds)) };
+        let ws = d.geometry.write_size as usize;
+        let start = offset as usize;
+        let Some(end) = start.checked_add(data.len()).filter(|&e| e <= d.bytes.len()) else {
+            return Err(self.violation(format!("write out of bounds: dev {dev} offset {offset:#x} len {}", data.len())));
+        };
+        if start % ws != 0 || data.len() % ws != 0 {
+            return Err(self.violation(format!("misaligned write: dev {dev} offset {offset:#x} len {}", data.len())));
+        }
+        if let Some(i) = (start..end).find(|&i| d.programmed[i]) {
+            return Err(self.violation(format!("double write without erase: dev {dev} offset {i:#x}")));
+        }
+        let cut_at = match fault {
+            Some(FaultKind::Cut) => {
+                self.powered = false;
+                return Err(SimError(NorFlashErrorKind::Other));
+            }
+            Some(_) => Some(self.rng.below(data.len() as u64) as usize),
+            None => None,
+        };
+        let partial_bits = self.rng.next_u64() as u8;
+        let d = &mut self.devices[dev];
+        let n = cut_at.unwrap_or(data.len());
+        for (k, &b) in data[..n].iter().enumerate() {
+            d.bytes[start + k] &= b;
+            d.programmed[start + k] = true;
+        }
+        d.stats.writes += 1;
+        d.stats.bytes_programmed += n as u64;
+        if cut_at.is_some() {
+            // The byte being programmed when power failed: some of its zero bits made it.
+            // If none did, it still reads erased and nothing can tell it was touched, so
+            // it counts as programmed only when a bit changed.
+            if n < data.len() {
+                let before = d.bytes[start + n];
+                d.bytes[start + n] &= data[n] | partial_bits;
+                d.programmed[start + n] = d.bytes[start + n] != before;
+            }
+            self.powered = false;
+            return Err(SimError(NorFlashErrorKind::Other));
+        }
+        Ok(())
+    }
+
+    /// Erases `[from, to)` of device `dev`, which must be whole sectors.
+    pub fn erase(&mut self, dev: usize, from: u32, to: u32) -> Result<(), SimError> {
+        let op = Op { kind: OpKind::Erase, dev: dev as u8, offset: from, len: to.saturating_sub(from) };
+        let fault = self.begin(op)?;
+        let Some(d) = self.devices.get(dev) else { return Err(SimError(NorFlashErrorKind::OutOfBounds)) };
+        if from > to || to > d.geometry.size() {
+            return Err(self.violation(format!("erase out of bounds: dev {dev} {from:#x}..{to:#x}")));
+        }
+        if !d.geometry.is_boundary(from) || !d.geometry.is_boundary(to) {
+            return Err(self.violation(format!("erase not on sector boundaries: dev {dev} {from:#x}..{to:#x}")));
+        }
+        if fault == Some(FaultKind::Cut) {
+            self.powered = false;
+            return Err(SimError(NorFlashErrorKind::Other));
+        }
+        // Sectors in order; a torn erase stops inside one of them.
+        let mut sectors = Vec::new();
+        let mut at = from;
+        while at < to {
+            let Some((start, size)) = d.geometry.sector_at(at) else { break };
+            sectors.push((start, size));
+            at = start + size;
+        }
+        let torn = if fault.is_some() { Some(self.rng.below(sectors.len() as u64) as usize) } else { None };
+        for (i, &(start, size)) in sectors.iter().enumerate() {
+            if torn.is_some_and(|t| i > t) {
+                break;
+            }
+            let index = self.devices[dev].sector_index(start);
+            self.devices[dev].wear[index] += 1;
+            self.devices[dev].stats.sector_erases += 1;
+            self.devices[dev].stats.bytes_erased += u64::from(size);
+            let split = if torn == Some(i) { self.rng.below(u64::from(size)) as u32 } else { size };
+            let (a, m, z) = (start as usize, (start + split) as usize, (start + size) as usize);
+            let d = &mut self.devices[dev];
+            d.bytes[a..m].fill(0xFF);
+            d.programmed[a..m].fill(false);
+            for k in m..z {
+                // Erasing sets bits: the unfinished part holds old bits plus some set ones.
+                let noise = self.rng.next_u64() as u8;
+                let d = &mut self.devices[dev];
+                d.bytes[k] |= noise;
+                d.programmed[k] = d.bytes[k] != 0xFF;
+            }
+        }
+        if torn.is_some() {
+            self.powered = false;
+            return Err(SimError(NorFlashErrorKind::Other));
+        }
+        Ok(())
+    }
+}
+
+/// A shared handle to a bench.
+pub type SharedBench = Rc<RefCell<Bench>>;
+
+/// One device of a bench as an `embedded-storage` NOR flash with write size `W` and
+/// nominal erase size `E` (the smallest sector; uneven sectors are checked by the bench).
+#[derive(Clone)]
+pub struct SimFlash<const W: usize, const E: usize> {
+    bench: SharedBench,
+    dev: usize,
+}
+
+impl<const W: usize, const E: usize> SimFlash<W, E> {
+    /// A handle to device `dev` of `bench`.
+    pub fn new(bench: SharedBench, dev: usize) -> Self {
+        SimFlash { bench, dev }
+    }
+}
+
+impl<const W: usize, const E: usize> ErrorType for SimFlash<W, E> {
+    type Error = SimError;
+}
+
+impl<const W: usize, const E: usize> ReadNorFlash for SimFlash<W, E> {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SimError> {
+        self.bench.borrow_mut().read(self.dev, offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.bench.borrow().devices.get(self.dev).map_or(0, |d| d.bytes.len())
+    }
+}
+
+impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
+    const WRITE_SIZE: usize = W;
+    const ERASE_SIZE: usize = E;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SimError> {
+        self.bench.borrow_mut().erase(self.dev, from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimError> {
+        self.bench.borrow_mut().write(self.dev, offset, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_device::profile::{SectorRun, STM32F2};
+
+    const SMALL: FlashGeometry = FlashGeometry {
+        name: "test",
+        base_address: 0,
+        sectors: &[SectorRun { count: 2, size: 16 }, SectorRun { count: 1, size: 64 }],
+        write_size: 4,
+    };
+
+    fn bench() -> Bench {
+        Bench::new(&[SMALL])
+    }
+
+    /// One operation and its expected effect: Ok(contents of bytes 0..8) or a violation.
+    enum Expect {
+        Bytes([u8; 8]),
+        Violation(&'static str),
+    }
+
+    fn check(ops: &[(&str, u32, u32, &[u8])], expect: Expect) {
+        let mut b = bench();
+        let mut last = Ok(());
+        for (kind, a, z, data) in ops {
+            last = match *kind {
+                "w" => b.write(0, *a, data),
+                "e" => b.erase(0, *a, *z),
+                _ => unreachable!("test tables only use w and e"),
+            };
+        }
+        match expect {
+            Expect::Bytes(bytes) => {
+                assert!(last.is_ok(), "{:?}", b.violations);
+                assert_eq!(b.devices[0].bytes[..8], bytes);
+            }
+            Expect::Violation(what) => {
+                assert!(last.is_err());
+                assert!(b.violations.iter().any(|v| v.contains(what)), "{:?} lacks {what}", b.violations);
+            }
+        }
+    }
+
+    #[test]
+    fn strict_rules() {
+        let ff = [0xFF; 8];
+        check(&[], Expect::Bytes(ff));
+        check(&[("w", 0, 0, &[1, 2, 3, 4])], Expect::Bytes([1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF]));
+        check(&[("w", 2, 0, &[1, 2, 3, 4])], Expect::Violation("misaligned"));
+        check(&[("w", 0, 0, &[1, 2, 3])], Expect::Violation("misaligned"));
+        check(&[("w", 0, 0, &[1, 2, 3, 4]), ("w", 0, 0, &[1, 2, 3, 4])], Expect::Violation("double write"));
+        check(
+            &[("w", 0, 0, &[0xF0; 4]), ("e", 0, 16, &[]), ("w", 0, 0, &[0x0F; 4])],
+            Expect::Bytes([0x0F, 0x0F, 0x0F, 0x0F, 0xFF, 0xFF, 0xFF, 0xFF]),
+        );
+        check(&[("e", 0, 8, &[])], Expect::Violation("sector boundaries"));
+        check(&[("e", 16, 48, &[])], Expect::Violation("sector boundaries"));
+        check(&[("e", 0, 96, &[])], Expect::Bytes(ff));
+        check(&[("e", 0, 200, &[])], Expect::Violation("out of bounds"));
+        check(&[("w", 96, 0, &[0; 4])], Expect::Violation("out of bounds"));
+    }
+
+    #[test]
+    fn programming_only_clears_bits() {
+        let mut b = bench();
+        b.write(0, 0, &[0b1010_1010; 4]).unwrap();
+        b.erase(0, 0, 16).unwrap();
+        b.write(0, 0, &[0b0101_0101; 4]).unwrap();
+        assert_eq!(b.devices[0].bytes[0], 0b0101_0101);
+        assert_eq!(b.devices[0].wear[..3], [1, 0, 0]);
+    }
+
+    #[test]
+    fn faults() {
+        // Cut: nothing written, power off, every later operation fails until power-on.
+        let mut b = bench();
+        b.faults = vec![(1, FaultKind::Cut)];
+        b.write(0, 0, &[0; 4]).unwrap();
+        assert!(b.write(0, 4, &[0; 4]).is_err());
+        assert_eq!(b.devices[0].bytes[4..8], [0xFF; 4]);
+        assert!(b.read(0, 0, &mut [0; 4]).is_err());
+        b.power_on();
+        b.write(0, 4, &[0; 4]).unwrap();
+        assert_eq!(b.injected, vec![(1, FaultKind::Cut)]);
+
+        // Torn write: a strict prefix programmed; rewriting the same place is a double write.
+        for seed in 0..50 {
+            let mut b = bench();
+            b.rng = Rng(seed);
+            b.faults = vec![(0, FaultKind::TornWrite)];
+            assert!(b.write(0, 0, &[0u8; 16]).is_err());
+            let zeros = b.devices[0].bytes[..16].iter().take_while(|&&x| x == 0).count();
+            assert!(zeros < 16, "a torn write never completes");
+            b.power_on();
+            assert!(b.write(0, 0, &[0u8; 16]).is_err(), "rewriting a torn write is detected");
+        }
+
+        // Torn erase: the earlier sectors erased, the torn one partly garbage, later untouched.
+        let mut saw_garbage = false;
+        for seed in 0..50 {
+            let mut b = bench();
+            for off in (0..96).step_by(4) {
+                b.write(0, off, &[0; 4]).unwrap();
+            }
+            b.rng = Rng(seed);
+            b.faults = vec![(24, FaultKind::TornErase)];
+            assert!(b.erase(0, 0, 96).is_err());
+            let bytes = &b.devices[0].bytes;
+            saw_garbage |= bytes.iter().any(|&x| x != 0 && x != 0xFF);
+            assert!(bytes.iter().any(|&x| x != 0xFF), "a torn erase never completes");
+        }
+        assert!(saw_garbage);
+    }
+
+    #[test]
+    fn uneven_sectors_of_the_stm32f2_profile() {
+        let mut b = Bench::new(STM32F2.devices);
+        assert_eq!(b.devices[0].wear.len(), 12);
+        b.erase(0, 0x1_0000, 0x2_0000).unwrap(); // the 64 KiB sector
+        assert!(b.erase(0, 0x2_0000, 0x3_0000).is_err(), "half of a 128 KiB sector");
+        b.erase(0, 0x2_0000, 0x4_0000).unwrap();
+        assert_eq!(b.devices[0].wear[4..6], [1, 1]);
+    }
+}

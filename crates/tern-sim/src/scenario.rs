@@ -1,0 +1,627 @@
+//! Update scenarios and the world that drives a simulated device through one: boots,
+//! the simulated application, and a server that offers updates and answers block
+//! requests. The same run works with or without injected faults; after a fault the
+//! device is simply powered on again and the server carries on from what the device
+//! reports, as a real server would.
+
+use ed25519_dalek::SigningKey;
+use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest};
+use tern_device::block::{Block, BLOCK_SIZE};
+use tern_device::boot::{self, BootError, ResetCause, Run};
+use tern_device::profile::{Profile, NRF52840, STM32F2};
+use tern_device::state::{BootState, UpdatePhase, UpdateResult};
+use tern_image::manifest::build::Document;
+use tern_image::manifest::Kind;
+use tern_image::model::{Dependency, ModuleFunction};
+
+use crate::device::{Behaviour, Image, SimDevice};
+use crate::flash::{Bench, FaultKind, Op, OpKind, Rng};
+
+/// The key every scenario signs with (fixed, so runs are reproducible).
+pub fn scenario_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x7E; 32])
+}
+
+/// Something the server does.
+#[derive(Clone, Debug)]
+pub enum Task {
+    /// Offer an update and deliver it.
+    Update {
+        /// The signed manifest.
+        offer: Vec<u8>,
+        /// The modules, in manifest order.
+        modules: Vec<Image>,
+        /// The task ends when the update is installed and confirmed (`true`) or merely
+        /// installed (`false`, used to send the next update during a test boot).
+        wait_confirm: bool,
+        /// The update is expected to fail (rolled back or replaced by the factory image).
+        expect_fail: bool,
+        /// Reset the device once after this many blocks (an interrupted download).
+        reset_after_blocks: Option<usize>,
+    },
+    /// Request a factory restore.
+    FactoryRestore,
+}
+
+/// What the device must end with.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// The initial modules with these replaced.
+    New(Vec<Image>),
+    /// The initial modules.
+    Old,
+    /// The initial modules with the factory application.
+    Factory,
+}
+
+/// One scenario on one profile.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Scenario name.
+    pub name: String,
+    /// The profile.
+    pub profile: &'static Profile,
+    /// Installed and confirmed at the start.
+    pub initial: Vec<Image>,
+    /// The factory application.
+    pub factory: Image,
+    /// What the server does, in order.
+    pub tasks: Vec<Task>,
+    /// The expected end.
+    pub expect: Expect,
+}
+
+impl Scenario {
+    /// Every image the scenario mentions.
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        self.initial.iter().chain(std::iter::once(&self.factory)).chain(self.tasks.iter().flat_map(|t| match t {
+            Task::Update { modules, .. } => modules.as_slice(),
+            Task::FactoryRestore => &[],
+        }))
+    }
+
+    /// (slot, image) the device must hold at the end.
+    pub fn expected(&self) -> Vec<(usize, Image)> {
+        let p = self.profile;
+        let mut out: Vec<(usize, Image)> = Vec::new();
+        let mut set = |img: &Image| {
+            let slot = p.slot_for(img.entry.function, img.entry.index).expect("scenario images have slots");
+            out.retain(|(s, _)| *s != slot);
+            out.push((slot, img.clone()));
+        };
+        self.initial.iter().for_each(&mut set);
+        match &self.expect {
+            Expect::New(images) => images.iter().for_each(set),
+            Expect::Old => {}
+            Expect::Factory => set(&self.factory),
+        }
+        out.sort_by_key(|(s, _)| *s);
+        out
+    }
+
+    /// A signed manifest for `modules`.
+    pub fn sign(profile: &Profile, modules: &[Image], counter: u64) -> Vec<u8> {
+        Document {
+            kind: Kind::Release,
+            platform_id: profile.platform_id,
+            product_id: 0,
+            security_counter: counter,
+            created: 1_790_000_000,
+            modules: modules.iter().map(|m| m.entry).collect(),
+            name: String::new(),
+        }
+        .sign(&scenario_key())
+        .expect("scenario manifests are within the document limits")
+    }
+
+    /// A simulated device provisioned with the initial modules and factory image, and its
+    /// operation counter reset.
+    pub fn provisioned(&self) -> SimDevice {
+        let mut dev = SimDevice::new(self.profile, vec![scenario_key().verifying_key()]);
+        let initial: Vec<&Image> = self.initial.iter().collect();
+        dev.provision(&initial, Some(&self.factory)).expect("scenario images fit their profile");
+        dev.bench.borrow_mut().reset_counter();
+        dev
+    }
+}
+
+const SYNTH: usize = 3 * 1024 + 300;
+
+fn dep(function: ModuleFunction, index: u8, version: u32) -> Dependency {
+    Dependency { function, index, version }
+}
+
+fn update(profile: &Profile, modules: Vec<Image>, counter: u64) -> Task {
+    Task::Update {
+        offer: Scenario::sign(profile, &modules, counter),
+        modules,
+        wait_confirm: true,
+        expect_fail: false,
+        reset_after_blocks: None,
+    }
+}
+
+/// The synthetic scenarios for a profile (small images so that every operation index can
+/// be faulted in minutes).
+pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
+    use Behaviour::*;
+    use ModuleFunction::*;
+    let p = profile;
+    let img = |f, i, v, deps: &[Dependency], b| Image::synthetic(p, f, i, v, deps, b, SYNTH);
+    let stm = p.name == STM32F2.name;
+    let sys1 = img(SystemPart, 1, 100, &[], Healthy);
+    let boot1 = img(Bootloader, 0, 10, &[], Healthy);
+    let mut initial = vec![boot1.clone(), sys1.clone()];
+    let sys2 = stm.then(|| img(SystemPart, 2, 100, &[dep(SystemPart, 1, 100)], Healthy));
+    let radio = (!stm).then(|| img(RadioStack, 0, 200, &[], Healthy));
+    initial.extend(sys2.clone());
+    initial.extend(radio.clone());
+    let app_dep = [dep(SystemPart, 1, 100)];
+    let app1 = img(UserPart, 1, 1, &app_dep, Healthy);
+    initial.push(app1.clone());
+    let factory = Image::synthetic(p, UserPart, 1, 0, &app_dep, Healthy, 2 * 1024 + 100);
+    let base = |name: &str, tasks: Vec<Task>, expect: Expect, initial: &Vec<Image>| Scenario {
+        name: name.to_string(),
+        profile,
+        initial: initial.clone(),
+        factory: factory.clone(),
+        tasks,
+        expect,
+    };
+    let mut out = Vec::new();
+
+    let app2 = img(UserPart, 1, 2, &app_dep, Healthy);
+    out.push(base("app-update", vec![update(p, vec![app2.clone()], 1)], Expect::New(vec![app2.clone()]), &initial));
+
+    let sys1b = img(SystemPart, 1, 101, &[], Healthy);
+    let app3 = img(UserPart, 1, 3, &[dep(SystemPart, 1, 101)], Healthy);
+    let mut set = vec![sys1b.clone()];
+    if stm {
+        set.push(img(SystemPart, 2, 101, &[dep(SystemPart, 1, 101)], Healthy));
+    }
+    set.push(app3);
+    out.push(base("system-parts-and-app", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
+
+    if !stm {
+        let radio2 = img(RadioStack, 0, 201, &[], Healthy);
+        let sys1c = img(SystemPart, 1, 102, &[dep(RadioStack, 0, 201)], Healthy);
+        let set = vec![radio2, sys1c];
+        out.push(base("radio-stack-and-system-part", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
+    }
+
+    let boot2 = img(Bootloader, 0, 11, &[], Healthy);
+    out.push(base(
+        "bootloader-update",
+        vec![update(p, vec![boot2.clone()], 1)],
+        Expect::New(vec![boot2.clone()]),
+        &initial,
+    ));
+
+    // A system part that needs the new bootloader, delivered together with it.
+    let sys1d = img(SystemPart, 1, 103, &[dep(Bootloader, 0, 11)], Healthy);
+    let set = vec![sys1d, boot2];
+    out.push(base("system-part-and-bootloader", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
+
+    let bad = img(UserPart, 1, 4, &app_dep, Panic);
+    let mut t = update(p, vec![bad], 1);
+    if let Task::Update { expect_fail, .. } = &mut t {
+        *expect_fail = true;
+    }
+    out.push(base("bad-app-rollback", vec![t], Expect::Old, &initial));
+
+    // The running application works but never confirms a test boot; after the new one
+    // panics, the rollback to it fails its test boot too, and the factory image is restored.
+    let mut weak = initial.clone();
+    weak.retain(|i| i.entry.function != UserPart);
+    weak.push(img(UserPart, 1, 1, &app_dep, NeverConfirms));
+    let hang = img(UserPart, 1, 5, &app_dep, Hang);
+    let mut t = update(p, vec![hang], 1);
+    if let Task::Update { expect_fail, .. } = &mut t {
+        *expect_fail = true;
+    }
+    out.push(base("rollback-also-bad-factory-restore", vec![t], Expect::Factory, &weak));
+
+    out.push(base("factory-restore-on-request", vec![Task::FactoryRestore], Expect::Factory, &initial));
+
+    let slow = img(UserPart, 1, 6, &app_dep, NeverConfirms);
+    let app7 = img(UserPart, 1, 7, &app_dep, Healthy);
+    let mut first = update(p, vec![slow], 1);
+    if let Task::Update { wait_confirm, .. } = &mut first {
+        *wait_confirm = false;
+    }
+    out.push(base(
+        "update-during-test-boot",
+        vec![first, update(p, vec![app7.clone()], 2)],
+        Expect::New(vec![app7]),
+        &initial,
+    ));
+
+    let big = Image::synthetic(p, UserPart, 1, 8, &app_dep, Healthy, 12 * 1024 + 7);
+    let mut t = update(p, vec![big.clone()], 1);
+    if let Task::Update { reset_after_blocks, .. } = &mut t {
+        *reset_after_blocks = Some(7);
+    }
+    out.push(base("interrupted-download-resumed", vec![t], Expect::New(vec![big]), &initial));
+    out
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Program/erase operations performed.
+    pub ops: u64,
+    /// The operation log.
+    pub log: Vec<Op>,
+    /// Faults actually injected.
+    pub injected: Vec<(u64, FaultKind)>,
+    /// Why the device is bricked, if it is.
+    pub bricked: Option<String>,
+    /// The device stopped in the documented bootloader-copy window of a profile without
+    /// an immutable first stage (recoverable only through the MCU's ROM bootloader).
+    pub residual_risk: bool,
+    /// Broken invariants.
+    pub violations: Vec<String>,
+    /// Boots performed.
+    pub boots: u32,
+    /// Blocks sent by the server (duplicates included).
+    pub blocks_sent: u64,
+    /// Per device: sector erases and bytes programmed.
+    pub cost: Vec<(u64, u64)>,
+}
+
+const MAX_BOOTS: u32 = 80;
+
+/// Runs a scenario on a copy of `base` (a provisioned device's flash) with `faults`.
+pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome {
+    // Reuse this thread's previous bench allocation: copying into it avoids faulting in
+    // fresh pages for every run.
+    let mut bench = SPARE.with(|spare| spare.borrow_mut().take()).unwrap_or_else(|| base.clone());
+    bench.clone_from(base);
+    bench.faults = faults.to_vec();
+    bench.rng = Rng(faults.iter().fold(0x5EED, |a, (i, k)| a ^ (i << 3) ^ *k as u64));
+    let mut dev = SimDevice::with_bench(sc.profile, vec![scenario_key().verifying_key()], bench);
+    let mut world = World {
+        sc,
+        out: Outcome::default(),
+        task: 0,
+        offer_sent: false,
+        reset_done: false,
+        sent_this_task: 0,
+        received_before_reset: None,
+    };
+    world.drive(&mut dev);
+    let b = dev.bench.borrow();
+    world.out.ops = b.op_count();
+    world.out.log = b.ops.clone();
+    world.out.injected = b.injected.clone();
+    world.out.violations.extend(b.violations.iter().map(|v| format!("flash: {v}")));
+    world.out.cost = b.devices.iter().map(|d| (d.stats.sector_erases, d.stats.bytes_programmed)).collect();
+    drop(b);
+    if let Ok(cell) = std::rc::Rc::try_unwrap(dev.bench) {
+        SPARE.with(|spare| *spare.borrow_mut() = Some(cell.into_inner()));
+    }
+    world.out
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Option<Bench>> = const { std::cell::RefCell::new(None) };
+}
+
+struct World<'a> {
+    sc: &'a Scenario,
+    out: Outcome,
+    task: usize,
+    offer_sent: bool,
+    reset_done: bool,
+    sent_this_task: usize,
+    received_before_reset: Option<u64>,
+}
+
+enum Next {
+    Reboot(ResetCause),
+    Settled,
+}
+
+impl World<'_> {
+    fn powered(dev: &SimDevice) -> bool {
+        dev.bench.borrow().powered
+    }
+
+    fn drive(&mut self, dev: &mut SimDevice) {
+        let profile = self.sc.profile;
+        let mut cause = ResetCause::PowerOn;
+        for _ in 0..MAX_BOOTS {
+            dev.bench.borrow_mut().power_on();
+            self.out.boots += 1;
+            if !profile.immutable_first_stage && !self.bootloader_intact(dev) {
+                self.out.residual_risk = true;
+                self.out.bricked = Some("bootloader region incomplete and no immutable first stage".into());
+                return;
+            }
+            let mut storage = dev.storage();
+            let decision = match boot::boot(&mut storage, profile, cause) {
+                Ok(d) => d,
+                Err(BootError::Flash(_)) if !Self::powered(dev) => {
+                    cause = ResetCause::PowerOn;
+                    continue;
+                }
+                Err(e) => {
+                    self.out.bricked = Some(format!("boot manager: {e:?}"));
+                    return;
+                }
+            };
+            if let Err(v) = self.check_running(dev, &decision.run) {
+                self.out.violations.push(v);
+                return;
+            }
+            let keys = dev.keys.clone();
+            let mut agent = match Agent::load(&mut storage, profile, &keys) {
+                Ok(a) => a,
+                Err(_) if !Self::powered(dev) => {
+                    cause = ResetCause::PowerOn;
+                    continue;
+                }
+                Err(e) => {
+                    self.out.violations.push(format!("agent failed to load: {e:?}"));
+                    return;
+                }
+            };
+            if let Some(before) = self.received_before_reset.take() {
+                if agent.state().phase == UpdatePhase::Receiving {
+                    let (now, _) = agent.progress();
+                    let sector = u64::from(
+                        profile.devices[profile.exchange.dev as usize]
+                            .sector_at(profile.exchange.offset)
+                            .map_or(0, |(_, s)| s),
+                    );
+                    if now + sector + u64::from(BLOCK_SIZE) < before {
+                        self.out.violations.push(format!(
+                            "transfer started over: {before} bytes received before the reset, {now} after"
+                        ));
+                    }
+                }
+            }
+            let behaviour = match decision.run {
+                Run::Application { .. } => {
+                    let app = profile.app_slot().expect("profiles have an application slot");
+                    let size = agent.state().installed[app].map_or(0, |m| m.size) as usize;
+                    Behaviour::of_image(&dev.slot_bytes(app, size))
+                }
+                Run::SafeMode(_) => Behaviour::Healthy,
+            };
+            let test = matches!(decision.run, Run::Application { test: true });
+            match behaviour {
+                Behaviour::Panic => {
+                    cause = ResetCause::Panic;
+                    continue;
+                }
+                Behaviour::Hang => {
+                    cause = ResetCause::Watchdog;
+                    continue;
+                }
+                Behaviour::Healthy if test && agent.confirm(&mut storage).is_err() => {
+                    cause = ResetCause::PowerOn;
+                    continue;
+                }
+                _ => {}
+            }
+            match self.serve(dev, &mut agent, &mut storage) {
+                Next::Reboot(c) => cause = c,
+                Next::Settled if behaviour == Behaviour::NeverConfirms && test => cause = ResetCause::Watchdog,
+                Next::Settled => {
+                    self.final_check(dev, &agent, &decision.run);
+                    return;
+                }
+            }
+        }
+        self.out.violations.push(format!("did not settle after {MAX_BOOTS} boots"));
+    }
+
+    /// A profile without an immutable first stage runs whatever is in the bootloader slot.
+    fn bootloader_intact(&self, dev: &SimDevice) -> bool {
+        let p = self.sc.profile;
+        let Some(slot) = p.slot_for(ModuleFunction::Bootloader, 0) else { return true };
+        let mut known = self.sc.images().filter(|i| i.entry.function == ModuleFunction::Bootloader).peekable();
+        if known.peek().is_none() {
+            return true;
+        }
+        known.any(|i| dev.slot_holds(slot, &i.bytes))
+    }
+
+    /// No partially written module is ever executed: every installed slot holds exactly
+    /// one of the scenario's images when something runs.
+    fn check_running(&self, dev: &SimDevice, run: &Run) -> Result<(), String> {
+        let p = self.sc.profile;
+        let app = p.app_slot();
+        let mut running: Vec<&Image> = Vec::new();
+        for (slot, def) in p.slots.iter().enumerate() {
+            if matches!(run, Run::SafeMode(_)) && Some(slot) == app {
+                continue;
+            }
+            let mut candidates =
+                self.sc.images().filter(|i| i.entry.function == def.function && i.entry.index == def.index).peekable();
+            if candidates.peek().is_none() {
+                continue;
+            }
+            match candidates.find(|i| dev.slot_holds(slot, &i.bytes)) {
+                Some(image) => running.push(image),
+                None => return Err(format!("{run:?} started with slot {} not holding a complete module", def.name)),
+            }
+        }
+        // Judged from what is really on flash, not from what the device believes.
+        for image in &running {
+            for dep in image.entry.dependencies().filter(|d| d.function != ModuleFunction::None) {
+                let met = running.iter().any(|m| dep.is_satisfied_by(m.entry.function, m.entry.index, m.entry.version));
+                if !met {
+                    return Err(format!("{run:?} started {} whose dependency {dep:?} is not met", image.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self, dev: &SimDevice, agent: &mut Agent<'_>, storage: &mut crate::device::SimStorage) -> Next {
+        for _ in 0..100_000 {
+            let Some(task) = self.sc.tasks.get(self.task) else { return Next::Settled };
+            let st = agent.state().clone();
+            match task {
+                Task::FactoryRestore => {
+                    let app = self.sc.profile.app_slot().expect("application slot");
+                    let restored = st.installed[app].map(|m| m.sha256) == Some(self.sc.factory.entry.sha256);
+                    if restored && st.last_result == UpdateResult::FactoryRestoredOnRequest {
+                        self.next_task();
+                        continue;
+                    }
+                    if !st.factory_requested && agent.request_factory_restore(storage).is_err() {
+                        return Next::Reboot(ResetCause::PowerOn);
+                    }
+                    return Next::Reboot(ResetCause::Software);
+                }
+                Task::Update { offer, modules, wait_confirm, expect_fail, reset_after_blocks } => {
+                    let installed = modules.iter().all(|m| {
+                        let slot = self.sc.profile.slot_for(m.entry.function, m.entry.index);
+                        slot.and_then(|s| st.installed[s]).map(|r| r.sha256) == Some(m.entry.sha256)
+                    });
+                    let confirmed = matches!(st.boot, BootState::Confirmed { .. });
+                    if installed && st.job.is_none() && (confirmed || !wait_confirm) && !expect_fail {
+                        self.next_task();
+                        continue;
+                    }
+                    let failed = matches!(
+                        st.last_result,
+                        UpdateResult::RolledBackUnconfirmed
+                            | UpdateResult::RolledBackFaults
+                            | UpdateResult::RolledBackInvalid
+                            | UpdateResult::FactoryRestored
+                    );
+                    if *expect_fail && self.offer_sent && failed && st.phase == UpdatePhase::Idle {
+                        self.next_task();
+                        continue;
+                    }
+                    if *expect_fail && installed {
+                        // Installed and on test: the application decides what happens next.
+                        return Next::Settled;
+                    }
+                    match st.phase {
+                        UpdatePhase::Staged => return Next::Reboot(ResetCause::Software),
+                        UpdatePhase::Idle | UpdatePhase::Preparing => match agent.handle_offer(storage, offer) {
+                            Ok(_) => self.offer_sent = true,
+                            Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
+                            Err(e) => {
+                                self.out.violations.push(format!("offer refused: {e:?}"));
+                                return Next::Settled;
+                            }
+                        },
+                        UpdatePhase::Receiving => {
+                            let mut window = [BlockRequest { module: 0, offset: 0, len: 0 }; 8];
+                            let n = match agent.missing_blocks(storage, &mut window) {
+                                Ok(n) => n,
+                                Err(_) => return Next::Reboot(ResetCause::PowerOn),
+                            };
+                            if n == 0 {
+                                self.out.violations.push("receiving, but no block is missing".into());
+                                return Next::Settled;
+                            }
+                            // Deliver the window out of order, with a duplicate.
+                            let mut order: Vec<usize> = (0..n).rev().collect();
+                            if n > 1 {
+                                order.push(n / 2);
+                            }
+                            for k in order {
+                                let r = window[k];
+                                let m = &modules[r.module as usize];
+                                let data = &m.bytes[r.offset as usize..(r.offset + r.len) as usize];
+                                self.out.blocks_sent += 1;
+                                self.sent_this_task += 1;
+                                match agent.handle_block(storage, Block { module: r.module, offset: r.offset, data }) {
+                                    Ok(BlockOutcome::Complete) => return Next::Reboot(ResetCause::Software),
+                                    Ok(_) => {}
+                                    // The device restarted the transfer; keep serving what it asks.
+                                    Err(BlockError::MarkersExhausted) => break,
+                                    Err(_) if !Self::powered(dev) => {
+                                        self.received_before_reset = Some(agent.progress().0);
+                                        return Next::Reboot(ResetCause::PowerOn);
+                                    }
+                                    Err(e) => {
+                                        self.out.violations.push(format!("block refused: {e:?}"));
+                                        return Next::Settled;
+                                    }
+                                }
+                                if *reset_after_blocks == Some(self.sent_this_task) && !self.reset_done {
+                                    self.reset_done = true;
+                                    self.received_before_reset = Some(agent.progress().0);
+                                    return Next::Reboot(ResetCause::PowerOn);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.out.violations.push("the server made no progress".into());
+        Next::Settled
+    }
+
+    fn next_task(&mut self) {
+        self.task += 1;
+        self.offer_sent = false;
+        self.reset_done = false;
+        self.sent_this_task = 0;
+    }
+
+    /// The final state is the expected release, the device reports it correctly, and the
+    /// application runs confirmed.
+    fn final_check(&mut self, dev: &SimDevice, agent: &Agent<'_>, run: &Run) {
+        let st = agent.state();
+        for (slot, img) in self.sc.expected() {
+            let name = self.sc.profile.slots[slot].name;
+            let reported = st.installed[slot].map(|m| m.sha256);
+            if reported != Some(img.entry.sha256) {
+                self.out
+                    .violations
+                    .push(format!("{name}: device reports another module than the expected {}", img.name));
+            }
+            if !dev.slot_holds(slot, &img.bytes) {
+                self.out.violations.push(format!("{name}: flash does not hold the expected {}", img.name));
+            }
+        }
+        if !matches!(run, Run::Application { .. }) || !matches!(st.boot, BootState::Confirmed { .. }) {
+            self.out.violations.push(format!("ended in {run:?} with boot state {:?}", st.boot));
+        }
+        let ok = match self.sc.expect {
+            Expect::New(_) => st.last_result == UpdateResult::Confirmed,
+            Expect::Old => matches!(
+                st.last_result,
+                UpdateResult::RolledBackUnconfirmed | UpdateResult::RolledBackFaults | UpdateResult::RolledBackInvalid
+            ),
+            Expect::Factory => {
+                matches!(st.last_result, UpdateResult::FactoryRestored | UpdateResult::FactoryRestoredOnRequest)
+            }
+        };
+        if !ok {
+            self.out.violations.push(format!("device reports {:?} as the result", st.last_result));
+        }
+    }
+}
+
+/// Every scenario: the synthetic ones on both profiles, plus the real-corpus ones when
+/// `corpus` is given.
+pub fn all(corpus: Option<&std::path::Path>) -> Result<Vec<Scenario>, String> {
+    let mut out = synthetic(&STM32F2);
+    out.extend(synthetic(&NRF52840));
+    if let Some(dir) = corpus {
+        out.extend(crate::corpus::scenarios(dir)?);
+    }
+    Ok(out)
+}
+
+/// Whether an operation touches the bootloader slot (the residual-risk window of a
+/// profile without an immutable first stage).
+pub fn touches_bootloader(profile: &Profile, op: &Op) -> bool {
+    let Some(slot) = profile.slot_for(ModuleFunction::Bootloader, 0) else { return false };
+    let r = profile.slots[slot].region;
+    op.dev == r.dev
+        && op.offset < r.end()
+        && r.offset < op.offset + op.len.max(1)
+        && matches!(op.kind, OpKind::Write | OpKind::Erase)
+}

@@ -1,0 +1,312 @@
+//! The agent and boot manager on the flash model: offer checks, block handling,
+//! resumption, dependency checks, safe mode, and saving a device to a file.
+
+use ed25519_dalek::SigningKey;
+use tern_device::agent::{Agent, BlockOutcome, BlockRequest, OfferError};
+use tern_device::block::{Block, BLOCK_SIZE};
+use tern_device::boot::{self, ResetCause, Run, SafeModeReason};
+use tern_device::profile::{Profile, NRF52840, STM32F2};
+use tern_device::state::{UpdatePhase, UpdateResult};
+use tern_image::manifest::build::Document;
+use tern_image::manifest::{self, Kind};
+use tern_image::model::{Dependency, ModuleFunction};
+use tern_sim::device::{Behaviour, Image, SimDevice};
+use tern_sim::scenario::{scenario_key, synthetic, Scenario};
+
+fn dep(function: ModuleFunction, index: u8, version: u32) -> Dependency {
+    Dependency { function, index, version }
+}
+
+/// A device provisioned like the synthetic scenarios of `profile`.
+fn device(profile: &'static Profile) -> (SimDevice, Scenario) {
+    let sc = synthetic(profile).into_iter().next().expect("synthetic scenarios exist");
+    (sc.provisioned(), sc)
+}
+
+fn app(profile: &Profile, version: u32, deps: &[Dependency], size: usize) -> Image {
+    Image::synthetic(profile, ModuleFunction::UserPart, 1, version, deps, Behaviour::Healthy, size)
+}
+
+fn signed(profile: &Profile, platform: u16, counter: u64, modules: &[&Image], key: &SigningKey) -> Vec<u8> {
+    Document {
+        kind: Kind::Release,
+        platform_id: platform,
+        product_id: 0,
+        security_counter: counter,
+        created: 1,
+        modules: modules.iter().map(|m| m.entry).collect(),
+        name: profile.name.into(),
+    }
+    .sign(key)
+    .expect("valid document")
+}
+
+fn check_offer(profile: &'static Profile, offer: Vec<u8>, expected: Result<(), OfferError>) {
+    let (dev, _) = device(profile);
+    let mut s = dev.storage();
+    let keys = dev.keys.clone();
+    let mut agent = Agent::load(&mut s, profile, &keys).expect("provisioned");
+    let got = agent.handle_offer(&mut s, &offer).map(|_| ());
+    assert_eq!(got, expected);
+    if expected.is_err() {
+        assert_eq!(agent.state().phase, UpdatePhase::Idle, "a refused offer changes nothing");
+    }
+}
+
+#[test]
+fn offers_are_checked() {
+    let key = scenario_key();
+    let other = SigningKey::from_bytes(&[1; 32]);
+    for p in [&STM32F2, &NRF52840] {
+        let sys = dep(ModuleFunction::SystemPart, 1, 100);
+        let good = app(p, 2, &[sys], 3000);
+        let mut moved = good.clone();
+        moved.entry.start_address += 0x1000;
+        let mut huge = good.clone();
+        huge.entry.size = 200 * 1024;
+        let needs_missing = app(p, 2, &[dep(ModuleFunction::SystemPart, 9, 1)], 3000);
+        let needs_newer_system = app(p, 2, &[dep(ModuleFunction::SystemPart, 1, 999)], 3000);
+        let ncp = Image::new(
+            "ncp",
+            vec![0; 100],
+            tern_sim::device::entry(ModuleFunction::NcpFirmware, 0, 1, 0, &[], tern_image::Format::Raw),
+        );
+        let cases: Vec<(Vec<u8>, Result<(), OfferError>)> = vec![
+            (signed(p, p.platform_id, 1, &[&good], &key), Ok(())),
+            (signed(p, p.platform_id, 0, &[&good], &key), Ok(())),
+            (signed(p, p.platform_id, 1, &[&good], &other), Err(OfferError::Manifest(manifest::Error::UnknownKey))),
+            (b"garbage".to_vec(), Err(OfferError::Manifest(manifest::Error::Malformed("COSE_Sign1 tag")))),
+            (signed(p, 99, 1, &[&good], &key), Err(OfferError::WrongPlatform { device: p.platform_id, offer: 99 })),
+            (signed(p, p.platform_id, 1, &[&moved], &key), Err(OfferError::WrongAddress(ModuleFunction::UserPart, 1))),
+            (signed(p, p.platform_id, 1, &[&huge], &key), Err(OfferError::TooLarge)),
+            (signed(p, p.platform_id, 1, &[&ncp], &key), Err(OfferError::NoSlot(ModuleFunction::NcpFirmware, 0))),
+            (signed(p, p.platform_id, 1, &[&good, &good], &key), Err(OfferError::TooManyModules)),
+            (
+                signed(p, p.platform_id, 1, &[&needs_missing], &key),
+                Err(OfferError::UnsatisfiableDependency(dep(ModuleFunction::SystemPart, 9, 1))),
+            ),
+            // Merely unmet: accepted, the device will boot safe mode until healed.
+            (signed(p, p.platform_id, 1, &[&needs_newer_system], &key), Ok(())),
+        ];
+        for (offer, expected) in cases {
+            check_offer(p, offer, expected);
+        }
+    }
+}
+
+#[test]
+fn security_counter_never_goes_backwards() {
+    let (dev, _) = device(&NRF52840);
+    let p = &NRF52840;
+    let key = scenario_key();
+    let mut s = dev.storage();
+    let keys = dev.keys.clone();
+    let new = app(p, 2, &[], 1500);
+    let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+    agent.handle_offer(&mut s, &signed(p, p.platform_id, 5, &[&new], &key)).unwrap();
+    agent.handle_block(&mut s, Block { module: 0, offset: 0, data: &new.bytes[..1024] }).unwrap();
+    assert_eq!(
+        agent.handle_block(&mut s, Block { module: 0, offset: 1024, data: &new.bytes[1024..] }),
+        Ok(BlockOutcome::Complete)
+    );
+    boot::boot(&mut s, p, ResetCause::Software).unwrap();
+    let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+    assert_eq!(agent.state().security_counter, 5);
+    let old = app(p, 3, &[], 1500);
+    assert_eq!(
+        agent.handle_offer(&mut s, &signed(p, p.platform_id, 4, &[&old], &key)),
+        Err(OfferError::Downgrade { device: 5, offer: 4 })
+    );
+}
+
+/// Blocks in any order with duplicates; a reset in the middle resumes where it stopped; a
+/// wrong block is caught by the hash.
+#[test]
+fn blocks_any_order_duplicates_resume_and_verify() {
+    for p in [&STM32F2, &NRF52840] {
+        let (dev, _) = device(p);
+        let keys = dev.keys.clone();
+        let new = app(p, 2, &[], 10 * 1024 + 5);
+        let offer = signed(p, p.platform_id, 1, &[&new], &scenario_key());
+        let block = |k: u32| {
+            let start = (k * BLOCK_SIZE) as usize;
+            Block { module: 0, offset: k * BLOCK_SIZE, data: &new.bytes[start..(start + 1024).min(new.bytes.len())] }
+        };
+        let mut s = dev.storage();
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        assert!(!agent.handle_offer(&mut s, &offer).unwrap().resumed);
+        for k in [10, 3, 3, 0, 7] {
+            let out = agent.handle_block(&mut s, block(k)).unwrap();
+            assert!(matches!(out, BlockOutcome::Stored | BlockOutcome::Duplicate));
+        }
+        assert_eq!(agent.handle_block(&mut s, block(3)), Ok(BlockOutcome::Duplicate));
+        assert_eq!(
+            agent.handle_block(&mut s, Block { module: 0, offset: 100, data: &[0; 1024] }),
+            Err(tern_device::BlockError::BadOffset)
+        );
+        assert_eq!(
+            agent.handle_block(&mut s, Block { module: 0, offset: 1024, data: &[0; 10] }),
+            Err(tern_device::BlockError::BadLength)
+        );
+        assert_eq!(
+            agent.handle_block(&mut s, Block { module: 1, offset: 0, data: &[0; 10] }),
+            Err(tern_device::BlockError::UnknownModule)
+        );
+
+        // Reset: a new agent from flash, and the same offer again, keep the progress.
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        assert!(agent.handle_offer(&mut s, &offer).unwrap().resumed);
+        let mut missing = [BlockRequest { module: 0, offset: 0, len: 0 }; 16];
+        let n = agent.missing_blocks(&mut s, &mut missing).unwrap();
+        let offsets: Vec<u32> = missing[..n].iter().map(|r| r.offset / BLOCK_SIZE).collect();
+        assert_eq!(offsets, vec![1, 2, 4, 5, 6, 8, 9]);
+        assert_eq!(missing[n - 1].len, 1024);
+        // Block 9 with wrong bytes: everything arrives, the hash catches it.
+        for k in [1, 2, 4, 5, 6, 8] {
+            agent.handle_block(&mut s, block(k)).unwrap();
+        }
+        let bad = vec![0xAA; 1024];
+        assert_eq!(
+            agent.handle_block(&mut s, Block { module: 0, offset: 9 * 1024, data: &bad }),
+            Err(tern_device::BlockError::VerifyFailed(0))
+        );
+        assert_eq!(agent.state().last_result, UpdateResult::VerifyFailed);
+        assert_eq!(agent.state().phase, UpdatePhase::Idle);
+    }
+}
+
+/// An application needing a newer system part boots safe mode and says why; the system
+/// part arriving heals it.
+#[test]
+fn unmet_dependency_boots_safe_mode_then_heals() {
+    let p = &NRF52840;
+    let (dev, _) = device(p);
+    let keys = dev.keys.clone();
+    let key = scenario_key();
+    let mut s = dev.storage();
+    let need = dep(ModuleFunction::SystemPart, 1, 150);
+    let new_app = app(p, 9, &[need], 2000);
+    let deliver = |s: &mut _, img: &Image, counter| {
+        let mut agent = Agent::load(s, p, &keys).unwrap();
+        agent.handle_offer(s, &signed(p, p.platform_id, counter, &[img], &key)).unwrap();
+        let mut last = None;
+        for (k, chunk) in img.bytes.chunks(1024).enumerate() {
+            last = Some(agent.handle_block(s, Block { module: 0, offset: k as u32 * 1024, data: chunk }).unwrap());
+        }
+        assert_eq!(last, Some(BlockOutcome::Complete));
+    };
+    deliver(&mut s, &new_app, 1);
+    let d = boot::boot(&mut s, p, ResetCause::Software).unwrap();
+    assert_eq!(d.run, Run::SafeMode(SafeModeReason::DependencyUnmet(need)));
+    // Safe mode does not use up test boots.
+    for _ in 0..5 {
+        assert_eq!(
+            boot::boot(&mut s, p, ResetCause::PowerOn).unwrap().run,
+            Run::SafeMode(SafeModeReason::DependencyUnmet(need))
+        );
+    }
+    let sys = Image::synthetic(p, ModuleFunction::SystemPart, 1, 150, &[], Behaviour::Healthy, 4000);
+    deliver(&mut s, &sys, 1);
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::Application { test: true });
+}
+
+#[test]
+fn simulated_device_survives_save_and_load() {
+    let (dev, _) = device(&STM32F2);
+    let dir = tern_testkit::scratch("sim-save");
+    let path = dir.join("device.bin");
+    dev.save(&path).unwrap();
+    let again = SimDevice::load(&path, dev.keys.clone()).unwrap();
+    assert_eq!(again.profile.name, "stm32f2");
+    assert_eq!(again.bench.borrow().devices[0].bytes, dev.bench.borrow().devices[0].bytes);
+    let mut s = again.storage();
+    assert_eq!(boot::boot(&mut s, again.profile, ResetCause::PowerOn).unwrap().run, Run::Application { test: false });
+    std::fs::write(&path, b"TERNSIM1\x03abc").unwrap();
+    assert!(SimDevice::load(&path, vec![]).is_err());
+}
+
+/// Every Photon and Argon release binary of the corpus installs at its real start
+/// address in its profile (offer accepted: slot, address and size match).
+#[test]
+fn corpus_release_binaries_fit_their_profiles() {
+    let mut checked = 0;
+    for path in tern_testkit::corpus_files("particle/releases") {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let (profile, platform) = if name.starts_with("photon-") { (&STM32F2, 6) } else { (&NRF52840, 12) };
+        if name.contains("ncp") {
+            continue; // The ESP32 network co-processor image lives on another chip.
+        }
+        let img = tern_sim::corpus::module(&path, platform).unwrap();
+        let slot = profile.slot_for(img.entry.function, img.entry.index).unwrap_or_else(|| panic!("{name}: no slot"));
+        assert_eq!(profile.slot_address(slot), Some(img.entry.start_address), "{name}");
+        assert!(img.entry.size <= profile.slots[slot].region.size, "{name}: larger than its slot");
+        assert!(img.entry.size <= profile.exchange.size, "{name}: cannot be staged");
+        checked += 1;
+    }
+    assert!(checked >= 70, "only {checked} corpus binaries checked");
+}
+
+#[test]
+fn profiles_are_consistent() {
+    for p in tern_device::profile::PROFILES {
+        assert_eq!(p.check(), Ok(()), "{}", p.name);
+    }
+}
+
+/// A confirmed application that keeps panicking is replaced: by the rollback copy when
+/// one exists (after an update), else by the factory image; an application whose slot no
+/// longer matches its hash is never started.
+#[test]
+fn repeated_faults_and_corruption_lead_to_fallbacks() {
+    let p = &STM32F2;
+    let (dev, sc) = device(p);
+    let mut s = dev.storage();
+    let limit = p.boot.max_fault_resets;
+    // No update yet, so no rollback copy: the factory image replaces the application.
+    for i in 1..limit {
+        let d = boot::boot(&mut s, p, ResetCause::Panic).unwrap();
+        assert_eq!(d.run, Run::Application { test: false }, "fault reset {i} is tolerated");
+    }
+    let d = boot::boot(&mut s, p, ResetCause::Watchdog).unwrap();
+    assert!(d.events.factory_restored);
+    assert_eq!(d.run, Run::Application { test: true });
+    let keys = dev.keys.clone();
+    let agent = Agent::load(&mut s, p, &keys).unwrap();
+    let app = p.app_slot().unwrap();
+    assert_eq!(agent.state().installed[app].map(|m| m.sha256), Some(sc.factory.entry.sha256));
+    assert_eq!(agent.state().last_result, UpdateResult::FactoryRestored);
+
+    // Corrupt the application slot: the boot manager must not start it.
+    let (dev, _) = device(p);
+    let region = p.slots[app].region;
+    dev.bench.borrow_mut().devices[0].bytes[region.offset as usize + 100] ^= 0xFF;
+    let mut s = dev.storage();
+    let d = boot::boot(&mut s, p, ResetCause::PowerOn).unwrap();
+    assert!(d.events.factory_restored, "{d:?}");
+    assert!(dev.slot_holds(app, &sc.factory.bytes));
+}
+
+#[test]
+fn behaviour_comes_from_the_image() {
+    let check = |bytes: &[u8], expected| assert_eq!(Behaviour::of_image(bytes), expected);
+    check(b"TERN-APP:panic;rest", Behaviour::Panic);
+    check(b"TERN-APP:hang;", Behaviour::Hang);
+    check(b"TERN-APP:noconfirm;", Behaviour::NeverConfirms);
+    check(b"TERN-APP:healthy;", Behaviour::Healthy);
+    check(b"TERN-APP:unknown;", Behaviour::Healthy);
+    check(b"", Behaviour::Healthy);
+    for path in tern_testkit::corpus_files("particle/releases").iter().take(5) {
+        check(&std::fs::read(path).unwrap(), Behaviour::Healthy);
+    }
+}
+
+#[test]
+fn safe_mode_on_request_is_one_shot() {
+    let p = &NRF52840;
+    let (dev, _) = device(p);
+    let keys = dev.keys.clone();
+    let mut s = dev.storage();
+    Agent::load(&mut s, p, &keys).unwrap().request_safe_mode(&mut s).unwrap();
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::SafeMode(SafeModeReason::Requested));
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::Application { test: false });
+}

@@ -44,6 +44,18 @@ pub enum Command {
         #[command(flatten)]
         target: crate::release::SigningTarget,
     },
+    /// Upload module files to the server's catalog (after `tern login`).
+    Upload {
+        /// Module files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the server's module catalog.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify modules against their statements (`FILE.stmt` unless `--statement`).
     Verify {
         /// Public (or private) key the statements must be signed with.
@@ -61,6 +73,8 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
+        Command::Upload { files } => crate::ops::module_upload(&files),
+        Command::List { json } => crate::ops::module_list(json),
         Command::Sign { key, modules, target } => {
             let key = crate::key::load_signing_key(&key)?;
             for spec in &modules {

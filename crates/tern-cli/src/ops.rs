@@ -160,14 +160,9 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-// `module_upload` and `module_list` are the handlers of `tern module upload` and
-// `tern module list`, whose argument definitions belong in module.rs (another engineer's
-// file); until those variants are added there, nothing calls them.
-
 /// `tern module upload FILE...`: adds module files to the server's catalog. Every file is
 /// tried; each failure is one `error:` line naming the file, and the exit status is 1 if any
 /// failed.
-#[allow(dead_code)]
 pub fn module_upload(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
     let mut failed = false;
@@ -183,7 +178,6 @@ pub fn module_upload(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-#[allow(dead_code)]
 fn upload_one(client: &Client, file: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -201,7 +195,6 @@ fn upload_one(client: &Client, file: &Path) -> anyhow::Result<String> {
 }
 
 /// `tern module list [--json]`: the server's module catalog.
-#[allow(dead_code)]
 pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
     let modules = Client::connect()?.get("/api/modules")?;
     if json {

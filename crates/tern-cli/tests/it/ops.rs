@@ -235,3 +235,42 @@ fn login_then_manage_devices_and_follow_events() {
     assert!(said.contains("1. bootloader") && said.contains("bytes on the air"), "{said}");
     fails(&home, &["flash", "bench-1", bundle_arg], "still");
 }
+
+#[test]
+fn module_upload_and_list() {
+    let dir = tern_testkit::scratch("cli-modules");
+    let home = dir.join("config");
+    let server = start_server(&home, &dir.join("data"));
+    ok(&home, &["login", &server.url, "--token", &server.token]);
+    let releases = tern_testkit::corpus().join("particle/releases");
+    let part1 = releases.join("photon-system-part1@1.5.2.bin");
+    let boot = releases.join("argon-bootloader@4.0.2.bin");
+    let said = ok(&home, &["module", "upload", part1.to_str().unwrap(), boot.to_str().unwrap()]);
+    assert_eq!(said.lines().count(), 2, "{said}");
+
+    // A bad file among good ones: one error line naming it, exit status 1, others kept.
+    let empty = dir.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let out = run(&home, &["module", "upload", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim_end().lines().count() == 1 && stderr.contains("empty.bin"), "{stderr}");
+
+    // The catalog lists both modules with what the files say about themselves.
+    let listed: Value = serde_json::from_str(&ok(&home, &["module", "list", "--json"])).unwrap();
+    let modules = listed.as_array().expect("a JSON array");
+    assert_eq!(modules.len(), 2, "{listed}");
+    for file in [&part1, &boot] {
+        let info: Value =
+            serde_json::from_str(&ok(&home, &["module", "inspect", "--json", file.to_str().unwrap()])).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let entry = modules.iter().find(|m| m["filename"] == name);
+        let entry = entry.unwrap_or_else(|| panic!("{} missing from {listed}", file.display()));
+        assert_eq!(entry["platform_id"], info["platform_id"], "{entry}");
+        assert_eq!(entry["version"], info["version"], "{entry}");
+        assert_eq!(entry["index"], info["index"], "{entry}");
+        assert_eq!(entry["size"], info["size"], "{entry}");
+    }
+    let table = ok(&home, &["module", "list"]);
+    assert!(table.contains("photon-system-part1@1.5.2.bin") && table.contains("argon-bootloader@4.0.2.bin"), "{table}");
+}

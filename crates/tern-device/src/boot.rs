@@ -110,6 +110,8 @@ pub enum BootError {
     Flash(FlashError),
     /// A copy step's source or destination did not verify.
     CopyVerifyFailed,
+    /// The profile is inconsistent ([`Profile::check`] fails): a porting error.
+    BadProfile,
     /// A system module is invalid or its dependencies are unmet and nothing can restore
     /// it. Never happens to a provisioned device (the explorer checks this).
     NoBootableSystem,
@@ -383,6 +385,8 @@ pub fn boot_platform<S: Storage, P: Platform>(
 /// Runs the boot flow (see the module docs). A fuzz entry point: any flash contents
 /// yield a decision or an error, never a panic.
 pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Result<BootDecision, BootError> {
+    // Every index into the state's per-slot tables relies on the profile being consistent.
+    profile.check().map_err(|_| BootError::BadProfile)?;
     let mut stored = match state::load(s, profile) {
         Ok(stored) => stored,
         Err(LoadError::NoState | LoadError::WrongLayout) => return Err(BootError::NoState),

@@ -10,7 +10,9 @@ mod hexfile;
 mod image;
 mod key;
 mod module;
+mod ops;
 mod release;
+mod server;
 mod sim;
 mod statement;
 
@@ -38,6 +40,17 @@ enum Command {
     /// Sign, verify and inspect MCUboot images.
     #[command(subcommand)]
     Image(image::Command),
+    /// Run the Tern server (HTTP API, event stream, MQTT device gateway).
+    Server(server::Args),
+    /// Remember a server and an operator token for the commands below.
+    Login(ops::LoginArgs),
+    /// Register, list and show devices on the server.
+    #[command(subcommand)]
+    Device(ops::DeviceCommand),
+    /// Follow the server's event stream.
+    Events(ops::EventsArgs),
+    /// Update a device with a signed release bundle; --wait follows it to confirmation.
+    Flash(ops::FlashArgs),
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
@@ -51,6 +64,11 @@ fn main() -> ExitCode {
         Command::Release(cmd) => release::run(cmd),
         Command::Hex(cmd) => hexfile::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Server(args) => server::run(args),
+        Command::Login(args) => ops::login(args),
+        Command::Device(cmd) => ops::device(cmd),
+        Command::Events(args) => ops::events(args),
+        Command::Flash(args) => ops::flash(args),
         Command::Sim(cmd) => sim::run(cmd),
     };
     match result {

@@ -2,7 +2,8 @@
 # Installs the third-party tools Tern's tests use as oracles, into .peers/ (idempotent):
 #   - binary-version-reader 3.1.3 (npm): Particle's own module reader;
 #   - imgtool 2.5.0 and intelhex 2.3.0 (PyPI): MCUboot's signing tool, an Intel HEX reader;
-#   - srecord (Debian): srec_cat, a second Intel HEX reader.
+#   - srecord (Debian): srec_cat, a second Intel HEX reader;
+#   - mosquitto-clients (Debian): mosquitto_pub/mosquitto_sub, real MQTT clients for the gateway tests.
 # Fast when everything is already there. Needs network access to the registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,6 +13,7 @@ mkdir -p "$peers"
 need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v srec_cat >/dev/null || need_apt+=(srecord)
+command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-peers: apt-get install ${need_apt[*]}"

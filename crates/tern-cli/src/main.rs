@@ -10,8 +10,10 @@ mod hexfile;
 mod image;
 mod key;
 mod module;
+mod ops;
 mod release;
 mod sim;
+mod server;
 mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -41,6 +43,15 @@ enum Command {
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
+    /// Run the Tern server (HTTP API, event stream, MQTT device gateway).
+    Server(server::Args),
+    /// Remember a server and an operator token for the commands below.
+    Login(ops::LoginArgs),
+    /// Register, list and show devices on the server.
+    #[command(subcommand)]
+    Device(ops::DeviceCommand),
+    /// Follow the server's event stream.
+    Events(ops::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +63,10 @@ fn main() -> ExitCode {
         Command::Hex(cmd) => hexfile::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Server(args) => server::run(args),
+        Command::Login(args) => ops::login(args),
+        Command::Device(cmd) => ops::device(cmd),
+        Command::Events(args) => ops::events(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 mod hex;
 mod inspect;
 mod mcuboot;
+mod ops;
 mod particle_oracle;
 mod release;
 mod sim;

@@ -1,0 +1,444 @@
+//! Operator commands that talk to a Tern server: `tern login`, `tern device …`,
+//! `tern events`, and the handlers of `tern module upload` / `tern module list`.
+//!
+//! The server and token come from, in order: `TERN_SERVER` / `TERN_TOKEN`, then the file
+//! `tern login` writes (`$XDG_CONFIG_HOME/tern/config.toml`, else `~/.config/tern/config.toml`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where the CLI keeps the server it logged in to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Remote {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    server: String,
+    /// Operator API token.
+    token: String,
+}
+
+fn config_path() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))?)
+                .join(".config")
+        }
+    };
+    Ok(base.join("tern").join("config.toml"))
+}
+
+fn load_remote() -> anyhow::Result<Remote> {
+    let from_env = (std::env::var("TERN_SERVER").ok(), std::env::var("TERN_TOKEN").ok());
+    if let (Some(server), Some(token)) = from_env {
+        return Ok(Remote { server, token });
+    }
+    let path = config_path()?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            bail!("not logged in: run `tern login URL --token TOKEN` (or set TERN_SERVER and TERN_TOKEN)")
+        }
+        Err(err) => bail!("{}: cannot read: {err}", path.display()),
+    };
+    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))
+}
+
+fn save_remote(remote: &Remote) -> anyhow::Result<PathBuf> {
+    let path = config_path()?;
+    let dir = path.parent().expect("the config path has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let text = toml::to_string(remote).context("cannot encode the configuration")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // The token is a credential: only its owner may read the file.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let write = |options: &std::fs::OpenOptions| -> std::io::Result<()> {
+        use std::io::Write;
+        options.open(&path)?.write_all(text.as_bytes())
+    };
+    write(&options).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
+
+/// A blocking JSON client for one server.
+struct Client {
+    remote: Remote,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(remote: Remote, timeout: Option<Duration>) -> Client {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into();
+        Client { remote, agent }
+    }
+
+    fn connect() -> anyhow::Result<Client> {
+        Ok(Client::new(load_remote()?, Some(Duration::from_secs(60))))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.remote.server.trim_end_matches('/'))
+    }
+
+    fn finish(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
+        let mut response = response.map_err(|e| anyhow!("{}: {e}", self.remote.server))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().map_err(|e| anyhow!("{}: {e}", self.remote.server))?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(json);
+        }
+        match json["error"]["message"].as_str() {
+            Some(message) => bail!("{message} (HTTP {})", status.as_u16()),
+            None => bail!("the server answered HTTP {}", status.as_u16()),
+        }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.remote.token)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.bearer()).call())
+    }
+
+    fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.finish(self.agent.post(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
+    }
+
+    #[allow(dead_code)]
+    fn post_bytes(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
+        let request = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .header("Content-Type", "application/octet-stream");
+        self.finish(request.send(bytes))
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `tern login URL --token T`.
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The server's base URL, e.g. http://127.0.0.1:8080.
+    url: String,
+    /// An operator API token (the first one is printed by `tern server` on its first start).
+    #[arg(long)]
+    token: String,
+}
+
+/// Checks the token against the server, then remembers both.
+pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let remote = Remote { server: args.url.trim_end_matches('/').to_owned(), token: args.token };
+    let client = Client::new(remote.clone(), Some(Duration::from_secs(15)));
+    client.get("/api/devices").with_context(|| format!("cannot log in to {}", remote.server))?;
+    let path = save_remote(&remote)?;
+    println!("logged in to {} (saved to {})", remote.server, path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+// `module_upload` and `module_list` are the handlers of `tern module upload` and
+// `tern module list`, whose argument definitions belong in module.rs (another engineer's
+// file); until those variants are added there, nothing calls them.
+
+/// `tern module upload FILE...`: adds module files to the server's catalog. Every file is
+/// tried; each failure is one `error:` line naming the file, and the exit status is 1 if any
+/// failed.
+#[allow(dead_code)]
+pub fn module_upload(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let client = Client::connect()?;
+    let mut failed = false;
+    for file in files {
+        match upload_one(&client, file) {
+            Ok(line) => println!("{line}"),
+            Err(err) => {
+                eprintln!("error: {}: {err:#}", file.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+#[allow(dead_code)]
+fn upload_one(client: &Client, file: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let module = client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &bytes)?;
+    Ok(format!(
+        "{}: in catalog: platform {} {} {} version {} ({} bytes) sha256 {}",
+        file.display(),
+        module["platform_id"],
+        module["function_name"].as_str().unwrap_or("?"),
+        module["index"],
+        module["version"],
+        module["size"],
+        module["sha256"].as_str().unwrap_or("?"),
+    ))
+}
+
+/// `tern module list [--json]`: the server's module catalog.
+#[allow(dead_code)]
+pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
+    let modules = Client::connect()?.get("/api/modules")?;
+    if json {
+        print_json(&modules)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  FILE",
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "SHA256"
+    );
+    for m in modules.as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {}",
+            m["platform_id"],
+            m["function_name"].as_str().unwrap_or("?"),
+            m["index"],
+            m["version"],
+            m["size"],
+            m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+            m["filename"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tern device …`.
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device; prints its MQTT secret (shown only this once).
+    Add {
+        /// Device id: 1 to 64 of A-Z a-z 0-9 - _ .
+        id: String,
+        /// Platform name (photon, argon, …) or numeric platform id.
+        #[arg(long)]
+        platform: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List devices: id, platform, status, application version, last seen.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device: the modules it last described as installed, and its history.
+    Show {
+        /// Device id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `tern device` command.
+pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::connect()?;
+    match cmd {
+        DeviceCommand::Add { id, platform, json } => {
+            let platform = platform.parse::<u64>().map(Value::from).unwrap_or(Value::from(platform));
+            let added = client
+                .post_json("/api/devices", serde_json::json!({ "id": id, "platform": platform }))
+                .with_context(|| format!("device {id}"))?;
+            if json {
+                print_json(&added)?;
+            } else {
+                println!("device {} registered (platform {})", id, added["platform_id"]);
+                println!("MQTT username: {id}");
+                println!("MQTT password (shown only now): {}", added["secret"].as_str().unwrap_or("?"));
+            }
+        }
+        DeviceCommand::List { json } => {
+            let devices = client.get("/api/devices")?;
+            if json {
+                print_json(&devices)?;
+            } else {
+                println!("{:<24} {:<9} {:<10} {:>8}  LAST SEEN", "ID", "PLATFORM", "STATUS", "APP");
+                for d in devices.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<9} {:<10} {:>8}  {}",
+                        d["id"].as_str().unwrap_or("?"),
+                        d["platform"].as_str().map(str::to_owned).unwrap_or_else(|| d["platform_id"].to_string()),
+                        d["status"].as_str().unwrap_or("?"),
+                        d["application_version"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        when(&d["last_seen"]),
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { id, json } => {
+            let device =
+                client.get(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
+            if json {
+                print_json(&device)?;
+            } else {
+                show_device(&device);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A stored time (Unix milliseconds) for people: seconds since the epoch in UTC is exact but
+/// unreadable, so print `YYYY-MM-DD HH:MM:SS UTC`.
+fn when(millis: &Value) -> String {
+    let Some(ms) = millis.as_i64() else { return "never".into() };
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn show_device(d: &Value) {
+    println!("device    {}", d["id"].as_str().unwrap_or("?"));
+    println!("platform  {} ({})", d["platform"].as_str().unwrap_or("-"), d["platform_id"]);
+    println!("status    {}", d["status"].as_str().unwrap_or("?"));
+    println!("last seen {}", when(&d["last_seen"]));
+    let inventory = &d["inventory"];
+    if inventory.is_null() {
+        println!("modules   (the device has not described itself yet)");
+    } else {
+        println!("described {}", when(&inventory["described_at"]));
+        let mut boot = inventory["boot_reason"].as_str().unwrap_or("?").to_owned();
+        if let Some(cause) = inventory["safe_mode"].as_str() {
+            boot.push_str(&format!(" ({cause})"));
+        }
+        println!("boot      {boot}, {}", if inventory["confirmed"] == true { "confirmed" } else { "not confirmed" });
+        if !inventory["unmet"].is_null() {
+            let u = &inventory["unmet"];
+            println!(
+                "unmet     {} {} version {}",
+                u["function_name"].as_str().unwrap_or("?"),
+                u["index"],
+                u["version"]
+            );
+        }
+        println!(
+            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} SHA256",
+            "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
+        );
+        for m in inventory["modules"].as_array().into_iter().flatten() {
+            println!(
+                "          {:<13} {:>5} {:>8} {:>8}  {:<9} {}{}",
+                m["function_name"].as_str().unwrap_or("?"),
+                m["index"],
+                m["version"],
+                m["size"],
+                m["integrity"].as_str().unwrap_or("?"),
+                m["sha256"].as_str().unwrap_or("?"),
+                if m["dependencies_met"] == false { "  (dependencies unmet)" } else { "" },
+            );
+        }
+        if let Some(r) = inventory["last_result"].as_object() {
+            println!(
+                "last update attempt {}: {} ({})",
+                r["attempt"],
+                r["outcome"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let history = d["history"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !history.is_empty() {
+        println!("history");
+        for e in history {
+            println!("  {}  {}", when(&e["at"]), e["kind"].as_str().unwrap_or("?"));
+        }
+    }
+}
+
+/// `tern events [--device ID]`.
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Only this device's events.
+    #[arg(long)]
+    device: Option<String>,
+    /// First replay stored events after this event id (0: all of them).
+    #[arg(long)]
+    since: Option<i64>,
+    /// Print each event as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Follows the server's event stream until interrupted or the server goes away.
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let remote = load_remote()?;
+    // No overall timeout: the stream is meant to stay open.
+    let client = Client::new(remote, None);
+    let mut query = Vec::new();
+    if let Some(device) = &args.device {
+        query.push(format!("device={}", query_value(device)));
+    }
+    if let Some(since) = args.since {
+        query.push(format!("since={since}"));
+    }
+    let path = if query.is_empty() { "/api/events".to_owned() } else { format!("/api/events?{}", query.join("&")) };
+    let response = client
+        .agent
+        .get(&client.url(&path))
+        .header("Authorization", &client.bearer())
+        .header("Accept", "text/event-stream")
+        .call()
+        .map_err(|e| anyhow!("{}: {e}", client.remote.server))?;
+    if !response.status().is_success() {
+        let status = response.status().as_u16();
+        client.finish(Ok(response))?;
+        bail!("the server answered HTTP {status}");
+    }
+    let reader = BufReader::new(response.into_body().into_reader());
+    for line in reader.lines() {
+        let line = line.map_err(|e| anyhow!("{}: event stream: {e}", client.remote.server))?;
+        let Some(data) = line.strip_prefix("data:") else { continue };
+        let event: Value = serde_json::from_str(data.trim()).map_err(|e| anyhow!("event stream: bad event: {e}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&event)?);
+        } else {
+            println!(
+                "{}  #{:<6} {:<26} {:<16} {}",
+                when(&event["at"]),
+                event["id"],
+                event["kind"].as_str().unwrap_or("?"),
+                event["device"].as_str().unwrap_or("-"),
+                event["data"]
+            );
+        }
+    }
+    bail!("{}: the event stream ended", client.remote.server)
+}

@@ -1,0 +1,199 @@
+//! Operator commands against a real `tern server` on loopback: login, devices, events.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn tern_cmd(config_home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.env("XDG_CONFIG_HOME", config_home).env_remove("TERN_SERVER").env_remove("TERN_TOKEN").stdin(Stdio::null());
+    cmd
+}
+
+fn run(config_home: &Path, args: &[&str]) -> Output {
+    tern_cmd(config_home).args(args).output().expect("tern runs")
+}
+
+fn ok(config_home: &Path, args: &[&str]) -> String {
+    let out = run(config_home, args);
+    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs `tern`, expects failure with exactly one `error:` line containing `needle`.
+fn fails(config_home: &Path, args: &[&str], needle: &str) {
+    let out = run(config_home, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tern {args:?} succeeded");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(needle), "tern {args:?}: {stderr} should say {needle}");
+}
+
+/// `tern server` on ephemeral ports; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    mqtt_port: u16,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(config_home: &Path, data: &Path) -> Server {
+    let mut child = tern_cmd(config_home)
+        .args(["server", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("TERN_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tern server starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut mqtt, mut token) = (None, None, None);
+    let mut token_next = false;
+    while url.is_none() || mqtt.is_none() || token.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("tern server reports its listeners and token");
+        if token_next {
+            token = Some(line.trim().to_owned());
+            token_next = false;
+        }
+        if let Some(rest) = line.split("HTTP API on ").nth(1) {
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.split("MQTT device gateway on mqtt://").nth(1) {
+            mqtt = rest.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        token_next |= line.contains("created the first admin token");
+    }
+    Server { child, url: url.unwrap(), mqtt_port: mqtt.unwrap(), token: token.unwrap() }
+}
+
+#[test]
+fn login_then_manage_devices_and_follow_events() {
+    let dir = tern_testkit::scratch("cli-ops");
+    let home = dir.join("config");
+    let server = start_server(&home, &dir.join("data"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/admin-token")).unwrap().trim(),
+        server.token,
+        "the printed token is the saved one"
+    );
+
+    fails(&home, &["device", "list"], "not logged in");
+    fails(&home, &["login", &server.url, "--token", "tern_wrong"], "unknown token");
+    let said = ok(&home, &["login", &server.url, "--token", &server.token]);
+    assert!(said.contains("logged in"), "{said}");
+    let saved = std::fs::read_to_string(home.join("tern/config.toml")).expect("login saved the server");
+    assert!(saved.contains(&server.url) && saved.contains(&server.token), "{saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.join("tern/config.toml")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the token file is private");
+    }
+
+    let added = ok(&home, &["device", "add", "bench-1", "--platform", "photon"]);
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("MQTT password (shown only now): "))
+        .unwrap_or_else(|| panic!("no secret in {added}"))
+        .to_owned();
+    assert_eq!(secret.len(), 64);
+    ok(&home, &["device", "add", "bench-2", "--platform", "12"]);
+    fails(&home, &["device", "add", "bench-1", "--platform", "photon"], "bench-1");
+    fails(&home, &["device", "add", "bad/id", "--platform", "photon"], "device id");
+    fails(&home, &["device", "show", "nobody"], "no device nobody");
+
+    let list = ok(&home, &["device", "list"]);
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(rows[0].starts_with("bench-1") && rows[0].contains("photon") && rows[0].contains("offline"), "{list}");
+    assert!(rows[1].starts_with("bench-2") && rows[1].contains("argon"), "{list}");
+    let listed: Value = serde_json::from_str(&ok(&home, &["device", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // The device describes itself with a real MQTT client; `device show` lists its modules.
+    if let Some(publisher) = tern_testkit::peer("/usr/bin/mosquitto_pub") {
+        use tern_image::{Integrity, ModuleFunction};
+        use tern_proto::{BootReason, Describe, InstalledModule, List, Message};
+        let module = |function, index, version, byte| InstalledModule {
+            function,
+            index,
+            version,
+            sha256: [byte; 32],
+            size: 4096,
+            integrity: Integrity::Valid,
+            dependencies_met: true,
+        };
+        let describe = Message::Describe(Describe {
+            platform: 6,
+            boot_reason: BootReason::Normal,
+            safe_mode: None,
+            unmet: None,
+            confirmed: true,
+            modules: List::from_slice(&[
+                module(ModuleFunction::SystemPart, 1, 1512, 0xa1),
+                module(ModuleFunction::UserPart, 1, 7, 0xb2),
+            ])
+            .unwrap(),
+            last_result: None,
+        });
+        let mut payload = vec![0; describe.encoded_len()];
+        describe.encode(&mut payload).unwrap();
+        let file = dir.join("describe.cbor");
+        std::fs::write(&file, &payload).unwrap();
+        let port = server.mqtt_port.to_string();
+        let status = Command::new(publisher)
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", "bench-1", "-P", &secret, "-q", "1"])
+            .args(["-t", "tern/v1/d/bench-1/up/describe", "-f"])
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let shown = loop {
+            let shown = ok(&home, &["device", "show", "bench-1"]);
+            if !shown.contains("has not described itself") || Instant::now() > deadline {
+                break shown;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(shown.contains(&"a1".repeat(32)) && shown.contains(&"b2".repeat(32)), "{shown}");
+        assert!(shown.contains("user_part") && shown.contains("normal, confirmed"), "{shown}");
+        let json: Value = serde_json::from_str(&ok(&home, &["device", "show", "bench-1", "--json"])).unwrap();
+        assert_eq!(json["application_version"], 7);
+        assert_eq!(json["inventory"]["modules"][1]["sha256"], "b2".repeat(32));
+    }
+
+    // `tern events` replays from the start and keeps following.
+    let mut events = tern_cmd(&home)
+        .args(["events", "--device", "bench-2", "--since", "0", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first: Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).expect("an event")).unwrap();
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!((first["kind"].as_str(), first["device"].as_str()), (Some("device.registered"), Some("bench-2")));
+}

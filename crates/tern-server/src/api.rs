@@ -1,0 +1,623 @@
+//! The HTTP JSON API (axum). The OpenAPI document (`/api/openapi.json`) lists every route.
+//!
+//! Every route but `/api/health` and `/api/openapi.json` needs `Authorization: Bearer
+//! <token>`. Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting
+//! status; storage failures are logged and reported as `500 internal` without details.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tern_proto::{Action, Command, Message, MessageKind};
+use tokio::sync::broadcast;
+
+use crate::auth::{self, now_millis};
+use crate::blob::BlobStore;
+use crate::config::Config;
+use crate::events::EventHub;
+use crate::link::{DeviceLink, LinkError};
+use crate::platform;
+use crate::store::{
+    AttemptRecord, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlannedModule, Store, StoreError,
+};
+use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
+use crate::uplink::{integrity_name, UplinkCounters};
+
+/// The OpenAPI 3.1 document served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Everything a request handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Module files.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The event stream.
+    pub hub: EventHub,
+    /// The link to devices.
+    pub link: Arc<dyn DeviceLink>,
+    /// Uplink counters.
+    pub uplink: Arc<UplinkCounters>,
+    /// The update task.
+    pub updates: Updates,
+    /// The configuration in force.
+    pub config: Arc<Config>,
+}
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(what) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} exists already"))
+            }
+            StoreError::Backend(msg) => {
+                tracing::error!("storage: {msg}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal storage error")
+            }
+        }
+    }
+}
+
+impl From<crate::blob::BlobError> for ApiError {
+    fn from(err: crate::blob::BlobError) -> Self {
+        tracing::error!("blobs: {err}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal storage error")
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(err: serde_json::Error) -> Self {
+        tracing::error!("json: {err}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let max_upload = state.config.max_module_size;
+    let protected = Router::new()
+        .route("/api/modules", post(upload_module).get(list_modules).layer(DefaultBodyLimit::max(max_upload)))
+        .route("/api/modules/{sha256}", get(show_module))
+        .route("/api/devices", post(add_device).get(list_devices))
+        .route("/api/devices/{id}", get(show_device))
+        .route("/api/devices/{id}/commands", post(send_command))
+        .route(
+            "/api/devices/{id}/attempts",
+            post(start_attempt).layer(DefaultBodyLimit::max(max_upload.saturating_mul(4))),
+        )
+        .route("/api/attempts/{id}", get(show_attempt))
+        .route("/api/attempts/{id}/cancel", post(cancel_attempt))
+        .route("/api/events", get(events))
+        .route("/api/stats", get(stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token").into_response();
+    };
+    match state.store.find_token(&auth::hash_secret(token)).await {
+        Ok(Some(_)) => next.run(request).await,
+        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "link": state.link.stats(), "uplink": state.uplink.snapshot() }))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    filename: Option<String>,
+}
+
+async fn upload_module(
+    State(state): State<AppState>,
+    Query(query): Query<UploadQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("module upload refused: {rejection}"))
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty", "the upload is empty"));
+    }
+    let Some(info) = tern_image::inspect(&body).info else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unrecognised_module",
+            "not a firmware module Tern can read (no Particle module header found)",
+        ));
+    };
+    if info.integrity == tern_image::Integrity::Invalid {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "integrity_failed",
+            "the module's own checksum or hash does not match its contents",
+        ));
+    }
+    let sha256 = state.blobs.put(&body).await?;
+    let record = module_record(sha256, query.filename.filter(|name| !name.is_empty()), &info);
+    if state.store.put_module(&record).await? {
+        state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
+        Ok((StatusCode::CREATED, Json(record)))
+    } else {
+        // Same bytes uploaded before: the catalog entry is the earlier one.
+        let existing = state.store.get_module(&record.sha256).await?.unwrap_or(record);
+        Ok((StatusCode::OK, Json(existing)))
+    }
+}
+
+fn module_record(sha256: String, filename: Option<String>, info: &tern_image::ModuleInfo) -> ModuleRecord {
+    ModuleRecord {
+        sha256,
+        filename,
+        format: info.format.name().to_owned(),
+        platform_id: info.platform_id,
+        function: info.function.code(),
+        function_name: info.function.name().to_owned(),
+        index: info.index,
+        version: info.version,
+        size: info.size,
+        module_sha256: info.sha256.map(hex::encode),
+        integrity: integrity_name(info.integrity).to_owned(),
+        dependencies: info
+            .dependencies()
+            .map(|dep| DependencyRecord {
+                function: dep.function.code(),
+                function_name: dep.function.name().to_owned(),
+                index: dep.index,
+                version: dep.version,
+            })
+            .collect(),
+        start_address: info.start_address,
+        uploaded_at: now_millis(),
+    }
+}
+
+async fn list_modules(State(state): State<AppState>) -> ApiResult<Json<Vec<ModuleRecord>>> {
+    Ok(Json(state.store.list_modules().await?))
+}
+
+async fn show_module(State(state): State<AppState>, Path(sha256): Path<String>) -> ApiResult<Json<ModuleRecord>> {
+    let module = state.store.get_module(&sha256.to_ascii_lowercase()).await?;
+    module.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no module {sha256}")))
+}
+
+#[derive(Deserialize)]
+struct AddDevice {
+    id: String,
+    platform: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct AddedDevice {
+    id: String,
+    platform_id: u16,
+    platform: Option<&'static str>,
+    /// Shown once; only its hash is stored.
+    secret: String,
+}
+
+async fn add_device(
+    State(state): State<AppState>,
+    body: Result<Json<AddDevice>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<AddedDevice>)> {
+    let Json(body) =
+        body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
+    if !tern_proto::is_valid_device_id(&body.id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_device_id",
+            "a device id is 1 to 64 characters from A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let platform_id = match &body.platform {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        serde_json::Value::String(name) => platform::parse(name),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        let known: Vec<&str> = platform::PLATFORMS.iter().map(|(name, _)| *name).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_platform",
+            format!("platform must be a platform id or one of {}", known.join(", ")),
+        )
+    })?;
+    let secret = auth::new_device_secret();
+    let device = NewDevice {
+        id: body.id.clone(),
+        platform_id,
+        secret_hash: auth::hash_secret(&secret),
+        created_at: now_millis(),
+    };
+    state.store.create_device(&device).await?;
+    state.hub.publish(Some(&device.id), "device.registered", json!({ "platform_id": platform_id })).await?;
+    let added = AddedDevice { id: device.id, platform_id, platform: platform::name(platform_id), secret };
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+/// One line of the device list.
+#[derive(Serialize)]
+struct DeviceSummary {
+    id: String,
+    platform_id: u16,
+    platform: Option<&'static str>,
+    online: bool,
+    /// `online`, `offline` or `safe_mode` (as last described).
+    status: &'static str,
+    /// Version of the application module as last described.
+    application_version: Option<u32>,
+    last_seen: Option<i64>,
+    described_at: Option<i64>,
+}
+
+fn summary(
+    link: &dyn DeviceLink,
+    id: &str,
+    platform_id: u16,
+    last_seen: Option<i64>,
+    inv: Option<&Inventory>,
+) -> DeviceSummary {
+    let online = link.is_online(id);
+    let safe_mode = inv.is_some_and(|inv| inv.boot_reason == tern_proto::BootReason::SafeMode.name());
+    let application = tern_image::ModuleFunction::UserPart.code();
+    DeviceSummary {
+        id: id.to_owned(),
+        platform_id,
+        platform: platform::name(platform_id),
+        online,
+        status: if safe_mode {
+            "safe_mode"
+        } else if online {
+            "online"
+        } else {
+            "offline"
+        },
+        application_version: inv
+            .and_then(|inv| inv.modules.iter().find(|m| m.function == application))
+            .map(|m| m.version),
+        last_seen,
+        described_at: inv.map(|inv| inv.described_at),
+    }
+}
+
+async fn list_devices(State(state): State<AppState>) -> ApiResult<Json<Vec<DeviceSummary>>> {
+    let devices = state.store.list_devices().await?;
+    Ok(Json(
+        devices
+            .iter()
+            .map(|d| summary(&*state.link, &d.id, d.platform_id, d.last_seen, d.inventory.as_ref()))
+            .collect(),
+    ))
+}
+
+#[derive(Serialize)]
+struct DeviceDetail {
+    #[serde(flatten)]
+    summary: DeviceSummary,
+    created_at: i64,
+    /// What the device last described: the modules actually installed.
+    inventory: Option<Inventory>,
+    /// Its most recent update attempts, newest first.
+    attempts: Vec<AttemptRecord>,
+    /// Its most recent events, oldest first.
+    history: Vec<Event>,
+}
+
+/// How many attempts `GET /api/devices/{id}` includes.
+const ATTEMPTS_SHOWN: u32 = 10;
+
+/// How many events `GET /api/devices/{id}` includes.
+const HISTORY_LEN: u32 = 50;
+
+async fn show_device(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeviceDetail>> {
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let history = state.store.recent_events(&id, HISTORY_LEN).await?;
+    let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
+    Ok(Json(DeviceDetail {
+        attempts,
+        summary: summary(&*state.link, &device.id, device.platform_id, device.last_seen, device.inventory.as_ref()),
+        created_at: device.created_at,
+        inventory: device.inventory,
+        history,
+    }))
+}
+
+#[derive(Deserialize)]
+struct SendCommand {
+    action: String,
+    attempt: Option<u64>,
+}
+
+async fn send_command(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SendCommand>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let Json(body) =
+        body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
+    if state.store.get_device(&id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    let action = Action::from_name(&body.action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_action",
+            "action must be one of reboot, safe_mode, factory_restore, cancel",
+        )
+    })?;
+    // Low bits of the clock: distinct for commands sent more than a millisecond apart.
+    let command = Command { id: now_millis() as u32, action, attempt: body.attempt };
+    let message = Message::Command(command);
+    let mut payload = vec![0u8; message.encoded_len()];
+    let written = message.encode(&mut payload).expect("buffer sized by encoded_len");
+    payload.truncate(written);
+    match state.link.send(&id, MessageKind::Command, payload.into()).await {
+        Ok(()) => {}
+        Err(LinkError::NotConnected) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "device_offline", format!("device {id} is not connected")))
+        }
+        Err(LinkError::Unavailable) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "link_busy", "the device link is busy"))
+        }
+    }
+    let data = json!({ "command_id": command.id, "action": action.name(), "attempt": body.attempt });
+    state.hub.publish(Some(&id), "device.command_sent", data.clone()).await?;
+    Ok((StatusCode::ACCEPTED, Json(data)))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    device: Option<String>,
+    since: Option<i64>,
+}
+
+/// How many stored events one catch-up read returns.
+const CATCH_UP: u32 = 1000;
+
+struct Feed {
+    hub: EventHub,
+    live: broadcast::Receiver<Event>,
+    pending: VecDeque<Event>,
+    last: i64,
+    device: Option<String>,
+}
+
+/// `GET /api/events`: stored events after `since` (or `Last-Event-ID`), then live ones.
+async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    // Subscribe before reading the store, so nothing published in between is missed; the
+    // id check below drops what both deliver.
+    let live = state.hub.subscribe();
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let since = query.since.or(resume);
+    let mut pending = VecDeque::new();
+    if let Some(since) = since {
+        pending.extend(state.store.events_after(since, query.device.as_deref(), CATCH_UP).await?);
+    }
+    let feed = Feed { hub: state.hub.clone(), live, pending, last: since.unwrap_or(0), device: query.device };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.pending.pop_front() {
+                let wanted = feed.device.as_ref().is_none_or(|device| event.device.as_ref() == Some(device));
+                if event.id > feed.last && wanted {
+                    feed.last = event.id;
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    let sse = SseEvent::default().id(event.id.to_string()).event(event.kind.clone()).data(data);
+                    return Some((Ok(sse), feed));
+                }
+                continue;
+            }
+            match feed.live.recv().await {
+                Ok(event) => feed.pending.push_back(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the live buffer: catch up from the store.
+                    match feed.hub.store().events_after(feed.last, feed.device.as_deref(), CATCH_UP).await {
+                        Ok(events) => feed.pending.extend(events),
+                        Err(_) => return None,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// `POST /api/devices/{id}/attempts`: the body is a release bundle (`tern release build`);
+/// its modules are offered to the device in manifest order.
+async fn start_attempt(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("bundle refused: {rejection}"))
+    })?;
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let bundle = tern_image::bundle::Bundle::parse(&body).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    // The server does not hold the signing keys: the device verifies the signature. The
+    // server checks everything it can without them, so that it never offers a bundle that
+    // is broken on its face.
+    let manifest = bundle.unverified_manifest().map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    if manifest.kind != tern_image::manifest::Kind::Release {
+        return Err(unprocessable("bad_bundle", "the bundle's signed document is not a release manifest"));
+    }
+    bundle.check_modules(&manifest).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
+    if manifest.platform_id != device.platform_id {
+        return Err(unprocessable(
+            "wrong_platform",
+            format!(
+                "the release is for platform {}, device {id} is platform {}",
+                manifest.platform_id, device.platform_id
+            ),
+        ));
+    }
+    if manifest.module_count() > tern_proto::MAX_MODULES {
+        return Err(unprocessable(
+            "too_many_modules",
+            format!("an offer carries at most {} modules", tern_proto::MAX_MODULES),
+        ));
+    }
+    if let Some(busy) = state.store.device_attempts(&id, 1).await?.into_iter().find(|a| !a.finished) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "attempt_in_progress",
+            format!("attempt {} for device {id} is still {}", busy.id, busy.state),
+        ));
+    }
+    let signed = state.blobs.put(bundle.signed_manifest).await?;
+    let mut plan = Vec::new();
+    let mut offset = 0usize;
+    let modules_area = &body[body.len() - manifest.modules().map(|m| m.size as usize).sum::<usize>()..];
+    for entry in manifest.modules() {
+        let bytes = &modules_area[offset..offset + entry.size as usize];
+        offset += entry.size as usize;
+        let sha256 = state.blobs.put(bytes).await?;
+        // Modules Tern can read also enter the catalog.
+        if let Some(info) = tern_image::inspect(bytes).info {
+            let record = module_record(sha256.clone(), None, &info);
+            if state.store.put_module(&record).await? {
+                state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
+            }
+        }
+        plan.push(PlannedModule {
+            sha256,
+            function: entry.function.code(),
+            function_name: entry.function.name().to_owned(),
+            index: entry.index,
+            version: entry.version,
+            size: entry.size,
+            start_address: entry.start_address,
+        });
+    }
+    let now = now_millis();
+    let mut record = AttemptRecord {
+        id: 0,
+        device: id.clone(),
+        state: "queued".into(),
+        reason: None,
+        reason_code: None,
+        bytes_total: plan.iter().map(|m| u64::from(m.size)).sum(),
+        air_bytes: estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer),
+        plan,
+        signed,
+        bytes_done: 0,
+        bytes_sent: 0,
+        bytes_resent: 0,
+        requests: 0,
+        offers_sent: 0,
+        sent_record: Vec::new(),
+        finished: false,
+        created_at: now,
+        updated_at: now,
+    };
+    record.id = state.store.create_attempt(&record).await?;
+    let data = json!({ "attempt": record.id, "modules": record.plan.len(), "air_bytes": record.air_bytes });
+    state.hub.publish(Some(&id), "attempt.created", data).await?;
+    state.updates.send(UpdateInput::Start(record.clone())).await;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn show_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+    let attempt = state.store.get_attempt(id).await?;
+    attempt.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no attempt {id}")))
+}
+
+async fn cancel_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+    let attempt = state
+        .store
+        .get_attempt(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no attempt {id}")))?;
+    if attempt.finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "finished",
+            format!("attempt {id} is already {}", attempt.state),
+        ));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    state.updates.send(UpdateInput::Cancel(id, reply)).await;
+    if !answer.await.unwrap_or(false) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_in_flight", format!("attempt {id} is not in flight")));
+    }
+    // The update task has stored the cancellation before answering.
+    let attempt = state.store.get_attempt(id).await?.unwrap_or(attempt);
+    Ok(Json(attempt))
+}

@@ -1,0 +1,131 @@
+//! Server configuration: built-in defaults, then a TOML file, then environment variables,
+//! then command-line flags, each overriding the one before.
+//!
+//! | setting | default | file key | environment | flag |
+//! |---|---|---|---|---|
+//! | data directory | `./tern-data` | `data_dir` | `TERN_DATA` | `--data` |
+//! | HTTP listen address | `127.0.0.1:8080` | `http` | `TERN_HTTP` | `--http` |
+//! | MQTT listen address | `127.0.0.1:1883` | `mqtt` | `TERN_MQTT` | `--mqtt` |
+//! | largest module upload (bytes) | 16 MiB | `max_module_size` | — | — |
+//! | largest MQTT packet (bytes) | 64 KiB | `max_mqtt_packet` | — | — |
+//! | offer re-sent after (ms) | 5000 | `offer_retry_ms` | — | — |
+//! | attempt times out after device silence (ms) | 900000 | `give_up_after_ms` | — | — |
+//!
+//! The file is the one named by `--config` or `TERN_CONFIG`, else `tern.toml` in the data
+//! directory if it exists. Unknown keys in the file are an error, so a typo is not silently
+//! ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where the database, blobs and the first admin token live.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// MQTT gateway address.
+    pub mqtt: SocketAddr,
+    /// The largest module file accepted by upload, in bytes.
+    pub max_module_size: usize,
+    /// The largest MQTT packet accepted from a device, in bytes.
+    pub max_mqtt_packet: usize,
+    /// Block transfer settings (window, block size, offer retry, give-up time).
+    pub transfer: tern_proto::attempt::TransferConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("tern-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_module_size: 16 << 20,
+            max_mqtt_packet: 64 << 10,
+            transfer: tern_proto::attempt::TransferConfig::default(),
+        }
+    }
+}
+
+/// The file's contents; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
+    max_module_size: Option<usize>,
+    max_mqtt_packet: Option<usize>,
+    offer_retry_ms: Option<u64>,
+    give_up_after_ms: Option<u64>,
+}
+
+/// Command-line flags of `tern server` (and `tern-server`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Configuration file (TOML) [env: TERN_CONFIG; default: DATA/tern.toml if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [env: TERN_DATA; default: ./tern-data].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// HTTP API listen address [env: TERN_HTTP; default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// MQTT device gateway listen address [env: TERN_MQTT; default: 127.0.0.1:1883].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Resolves the configuration from `args` and the environment variables `env` reads.
+    pub fn resolve(args: &ServerArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let env_addr = |name: &str| -> anyhow::Result<Option<SocketAddr>> {
+            env(name).map(|v| v.parse().with_context(|| format!("{name}={v}: not a socket address"))).transpose()
+        };
+        let env_data = env("TERN_DATA").map(PathBuf::from);
+
+        // Where to look for the file depends on the data directory as known without it.
+        let explicit = args.config.clone().or_else(|| env("TERN_CONFIG").map(PathBuf::from));
+        let file = match explicit {
+            Some(path) => Some(read_file(&path)?),
+            None => {
+                let data = args.data.clone().or_else(|| env_data.clone()).unwrap_or_else(|| Config::default().data_dir);
+                let path = data.join("tern.toml");
+                if path.is_file() {
+                    Some(read_file(&path)?)
+                } else {
+                    None
+                }
+            }
+        }
+        .unwrap_or_default();
+
+        let mut config = Config::default();
+        config.data_dir = file.data_dir.unwrap_or(config.data_dir);
+        config.http = file.http.unwrap_or(config.http);
+        config.mqtt = file.mqtt.unwrap_or(config.mqtt);
+        config.max_module_size = file.max_module_size.unwrap_or(config.max_module_size);
+        config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
+        config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
+        config.transfer.give_up_after_ms = file.give_up_after_ms.unwrap_or(config.transfer.give_up_after_ms);
+
+        config.data_dir = env_data.unwrap_or(config.data_dir);
+        config.http = env_addr("TERN_HTTP")?.unwrap_or(config.http);
+        config.mqtt = env_addr("TERN_MQTT")?.unwrap_or(config.mqtt);
+
+        config.data_dir = args.data.clone().unwrap_or(config.data_dir);
+        config.http = args.http.unwrap_or(config.http);
+        config.mqtt = args.mqtt.unwrap_or(config.mqtt);
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}

@@ -1,0 +1,332 @@
+//! One device connection: CONNECT and authentication, then the packet loop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+use super::{acl, sessions, Inner, Outbound, Session};
+use crate::auth::{hash_secret, hashes_equal};
+use crate::link::LinkEvent;
+
+/// How long one write to a device may take before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection ended.
+enum End {
+    /// The device sent DISCONNECT.
+    Clean,
+    /// The socket closed, timed out or failed.
+    Gone,
+    /// The device broke the protocol or the access rules.
+    Violation,
+    /// The same device connected again.
+    Replaced,
+}
+
+/// Reads one packet, reading more from the socket as needed. `Ok(None)` at end of stream.
+async fn read_packet(
+    reader: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Option<Packet>, CodecError> {
+    loop {
+        match Packet::read(buf, max_packet) {
+            Ok(packet) => return Ok(Some(packet)),
+            Err(CodecError::InsufficientBytes(_)) => {}
+            Err(err) => return Err(err),
+        }
+        if reader.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: usize) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    packet.write(&mut out, max_packet.max(1 << 20)).map_err(std::io::Error::other)?;
+    timeout(WRITE_TIMEOUT, writer.write_all(&out)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
+    Ok(())
+}
+
+/// The protocol level a CONNECT at the start of `buf` asks for (MQTT 3.1.1 §3.1.2.2: fixed
+/// header, remaining length, protocol name `00 04 "MQTT"`, level), if it is that far.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // The remaining length takes 1 to 4 bytes, each but the last with its top bit set.
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    let variable = buf.get(i + 1..)?;
+    if variable.get(..6)? != [0, 4, b'M', b'Q', b'T', b'T'] {
+        return None;
+    }
+    variable.get(6).copied()
+}
+
+/// Serves one TCP connection until it ends.
+pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+    let counters = &inner.counters;
+    counters.connections_total.fetch_add(1, Ordering::Relaxed);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let max = inner.config.max_packet;
+
+    // Peek at the protocol level first: the codec cannot parse an MQTT 5 CONNECT, and such
+    // a client deserves return code 1 rather than a silent close.
+    let peek = async {
+        // Every CONNECT is at least 14 bytes; anything else is dealt with by the full parse.
+        while buf.len() < 12 && buf.first().is_none_or(|b| b >> 4 == 1) {
+            if reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    if timeout(inner.config.connect_timeout, peek).await.is_err() {
+        return;
+    }
+    if let Some(level) = connect_level(&buf).filter(|&level| level != 4) {
+        tracing::info!(%peer, level, "mqtt: refused protocol level");
+        let code = ConnectReturnCode::RefusedProtocolVersion;
+        let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+        return;
+    }
+    let connect = match timeout(inner.config.connect_timeout, read_packet(&mut reader, &mut buf, max)).await {
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Err(CodecError::InvalidProtocolLevel(level))) => {
+            tracing::info!(%peer, level, "mqtt: refused protocol level");
+            let _ = write_packet(
+                &mut writer,
+                Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)),
+                max,
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Ok(Some(_))) | Ok(Err(_)) => {
+            counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "mqtt: first packet is not a valid CONNECT");
+            return;
+        }
+    };
+
+    if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
+        // The codec also reads MQTT 5 CONNECTs; this gateway speaks 3.1.1 only (§3.1.2.2).
+        tracing::info!(%peer, "mqtt: refused protocol {:?}", connect.protocol);
+        let code = ConnectReturnCode::RefusedProtocolVersion;
+        let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+        return;
+    }
+    let device = match authenticate(&inner, &connect.login).await {
+        Some(device) => device,
+        None => {
+            counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "mqtt: bad credentials");
+            let code = ConnectReturnCode::BadUserNamePassword;
+            let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+            return;
+        }
+    };
+    if connect.client_id.is_empty() && !connect.clean_session {
+        // MQTT 3.1.1 §3.1.3.1: an empty client id requires a clean session.
+        let code = ConnectReturnCode::BadClientId;
+        let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
+        return;
+    }
+    if write_packet(&mut writer, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)), max).await.is_err() {
+        return;
+    }
+
+    let connection = inner.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (outbox, mut inbox) = mpsc::channel(inner.config.outbox);
+    let previous = sessions(&inner).insert(device.clone(), Session { connection, outbox });
+    if let Some(previous) = previous {
+        let _ = previous.outbox.try_send(Outbound::Replaced);
+    } else {
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(%peer, device, "mqtt: device connected");
+    let _ = inner.events.send(LinkEvent::Connected { device: device.clone() }).await;
+
+    let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let end = run(&inner, &device, keep_alive, &mut reader, &mut writer, &mut buf, &mut inbox).await;
+
+    match end {
+        End::Violation => {
+            counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Clean | End::Gone | End::Replaced => {}
+    }
+    {
+        let mut sessions = sessions(&inner);
+        if sessions.get(&device).is_some_and(|s| s.connection == connection) {
+            sessions.remove(&device);
+            counters.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let clean = matches!(end, End::Clean);
+    tracing::info!(%peer, device, clean, "mqtt: device disconnected");
+    // Queue the event before closing, so it is ordered before anything the device does
+    // after seeing the close (such as connecting again).
+    let _ = inner.events.send(LinkEvent::Disconnected { device, clean }).await;
+    let _ = writer.shutdown().await;
+}
+
+/// Checks username = device id, password = that device's secret.
+async fn authenticate(inner: &Inner, login: &Option<rumqttc::mqttbytes::v4::Login>) -> Option<String> {
+    let login = login.as_ref()?;
+    if !tern_proto::is_valid_device_id(&login.username) {
+        return None;
+    }
+    let stored = inner.store.device_secret_hash(&login.username).await.ok()??;
+    hashes_equal(&stored, &hash_secret(&login.password)).then(|| login.username.clone())
+}
+
+/// The packet loop of an authenticated connection.
+async fn run(
+    inner: &Inner,
+    device: &str,
+    keep_alive: Option<Duration>,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    inbox: &mut mpsc::Receiver<Outbound>,
+) -> End {
+    let counters = &inner.counters;
+    let max = inner.config.max_packet;
+    let mut subscriptions: Vec<(String, QoS)> = Vec::new();
+    let mut next_packet_id: u16 = 0;
+    let far_future = Duration::from_secs(86_400 * 365);
+    let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+
+    loop {
+        // Handle every complete packet already buffered before reading more.
+        loop {
+            let packet = match Packet::read(buf, max) {
+                Ok(packet) => packet,
+                Err(CodecError::InsufficientBytes(_)) => break,
+                Err(err) => {
+                    tracing::info!(device, "mqtt: malformed packet: {err}");
+                    return End::Violation;
+                }
+            };
+            deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+            let reply = match packet {
+                Packet::Publish(publish) => {
+                    let Some(kind) = acl::publish_kind(device, &publish.topic) else {
+                        counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            device,
+                            topic = publish.topic,
+                            "mqtt: publish outside the device's topics refused"
+                        );
+                        return End::Violation;
+                    };
+                    let ack = match publish.qos {
+                        QoS::AtMostOnce => None,
+                        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(publish.pkid))),
+                        QoS::ExactlyOnce => {
+                            tracing::info!(device, "mqtt: QoS 2 is not supported");
+                            return End::Violation;
+                        }
+                    };
+                    counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                    let event = LinkEvent::Message { device: device.to_owned(), kind, payload: publish.payload };
+                    if inner.events.send(event).await.is_err() {
+                        return End::Gone;
+                    }
+                    ack
+                }
+                Packet::Subscribe(subscribe) => {
+                    let codes = subscribe
+                        .filters
+                        .into_iter()
+                        .map(|filter| {
+                            if !acl::may_subscribe(device, &filter.path) {
+                                counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(device, filter = filter.path, "mqtt: subscription refused");
+                                return SubscribeReasonCode::Failure;
+                            }
+                            let qos = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            subscriptions.retain(|(existing, _)| *existing != filter.path);
+                            subscriptions.push((filter.path, qos));
+                            counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                            SubscribeReasonCode::Success(qos)
+                        })
+                        .collect();
+                    Some(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                }
+                Packet::Unsubscribe(unsubscribe) => {
+                    subscriptions.retain(|(filter, _)| !unsubscribe.topics.contains(filter));
+                    Some(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                }
+                Packet::PingReq => Some(Packet::PingResp),
+                // Acknowledges one of our QoS 1 downlinks; nothing is kept to retransmit.
+                Packet::PubAck(_) => None,
+                Packet::Disconnect => return End::Clean,
+                other => {
+                    tracing::info!(device, "mqtt: unexpected packet {other:?}");
+                    return End::Violation;
+                }
+            };
+            if let Some(reply) = reply {
+                if write_packet(writer, reply, max).await.is_err() {
+                    return End::Gone;
+                }
+            }
+        }
+
+        tokio::select! {
+            read = reader.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return End::Gone,
+                Ok(_) => {}
+            },
+            outbound = inbox.recv() => match outbound {
+                Some(Outbound::Publish { topic, payload }) => {
+                    let granted = subscriptions
+                        .iter()
+                        .filter(|(filter, _)| acl::matches(filter, &topic))
+                        .map(|(_, qos)| *qos)
+                        .max_by_key(|qos| *qos as u8);
+                    let Some(qos) = granted else {
+                        tracing::debug!(device, topic, "mqtt: downlink dropped, no matching subscription");
+                        continue;
+                    };
+                    let mut publish = Publish::new(topic, qos, payload.to_vec());
+                    if qos == QoS::AtLeastOnce {
+                        next_packet_id = next_packet_id.checked_add(1).unwrap_or(1);
+                        publish.pkid = next_packet_id;
+                    }
+                    if write_packet(writer, Packet::Publish(publish), max).await.is_err() {
+                        return End::Gone;
+                    }
+                    counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Outbound::Replaced) | None => return End::Replaced,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(device, "mqtt: keep-alive expired");
+                return End::Gone;
+            }
+        }
+    }
+}

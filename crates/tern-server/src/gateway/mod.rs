@@ -1,0 +1,165 @@
+//! The built-in MQTT 3.1.1 gateway: devices connect to the server process itself.
+//!
+//! - Packets are framed and parsed by the MQTT codec of the `rumqttc` crate
+//!   (`rumqttc::mqttbytes::v4`); this module only decides what to do with them.
+//! - CONNECT must carry username = device id and password = device secret; anything else is
+//!   refused with return code 4 (bad user name or password). There are no operator or server
+//!   accounts on this listener: the server core is in the same process.
+//! - Access rules are in [`acl`]: a device publishes only to its own `up` topics and
+//!   subscribes only under its own prefix. A forbidden publish closes the connection; a
+//!   forbidden subscription gets return code 0x80 in SUBACK.
+//! - QoS 0 and 1 in both directions (a QoS 2 publish is a protocol error); downlinks go out
+//!   at the subscription's QoS, at most 1. Sessions are not persisted: CONNACK always says
+//!   "no session present", and the protocol above tolerates what that loses.
+//! - Keep-alive per MQTT 3.1.1 §3.1.2.10: no packet for 1.5 × the keep-alive closes the
+//!   connection. A second connection of the same device replaces the first. Will messages
+//!   are accepted and never published; retained publishes are not retained.
+
+pub mod acl;
+mod connection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tern_proto::{MessageKind, Topic};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::link::{DeviceLink, LinkError, LinkEvent, LinkStats};
+use crate::store::Store;
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The largest MQTT packet accepted from a device, in bytes.
+    pub max_packet: usize,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// How many downlink messages may wait per connection before `send` reports the link
+    /// unavailable.
+    pub outbox: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { max_packet: 64 * 1024, connect_timeout: Duration::from_secs(10), outbox: 256 }
+    }
+}
+
+/// What the gateway hands a connection task.
+enum Outbound {
+    /// Deliver a message if the device subscribed to its topic.
+    Publish { topic: String, payload: Bytes },
+    /// Close: the same device connected again.
+    Replaced,
+}
+
+struct Session {
+    connection: u64,
+    outbox: mpsc::Sender<Outbound>,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicU64,
+    connections_total: AtomicU64,
+    auth_failures: AtomicU64,
+    acl_denied: AtomicU64,
+    subscriptions: AtomicU64,
+    protocol_errors: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    store: Arc<dyn Store>,
+    events: mpsc::Sender<LinkEvent>,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_connection: AtomicU64,
+    counters: Counters,
+}
+
+/// The built-in gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// Binds `addr` and starts accepting devices, checking their credentials against
+    /// `store` and delivering what they send to `events`. Returns the gateway and the
+    /// address actually bound (useful with port 0).
+    pub async fn start(
+        addr: SocketAddr,
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        events: mpsc::Sender<LinkEvent>,
+    ) -> std::io::Result<(Gateway, SocketAddr)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            events,
+            sessions: Mutex::default(),
+            next_connection: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let accept_inner = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(connection::serve(accept_inner.clone(), stream, peer));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("mqtt accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok((Gateway { inner }, local))
+    }
+}
+
+fn sessions(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    // A panic while holding this lock cannot leave the map inconsistent (single inserts
+    // and removes), so a poisoned lock is still usable.
+    inner.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl DeviceLink for Gateway {
+    async fn send(&self, device: &str, kind: MessageKind, payload: Bytes) -> Result<(), LinkError> {
+        let outbox = sessions(&self.inner).get(device).map(|s| s.outbox.clone()).ok_or(LinkError::NotConnected)?;
+        let topic = Topic::new(device, kind).to_string();
+        outbox.try_send(Outbound::Publish { topic, payload }).map_err(|_| LinkError::Unavailable)
+    }
+
+    fn is_online(&self, device: &str) -> bool {
+        sessions(&self.inner).contains_key(device)
+    }
+
+    fn stats(&self) -> LinkStats {
+        let c = &self.inner.counters;
+        LinkStats {
+            connected: c.connected.load(Ordering::Relaxed),
+            connections_total: c.connections_total.load(Ordering::Relaxed),
+            auth_failures: c.auth_failures.load(Ordering::Relaxed),
+            acl_denied: c.acl_denied.load(Ordering::Relaxed),
+            subscriptions: c.subscriptions.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+        }
+    }
+}

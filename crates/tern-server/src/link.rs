@@ -1,0 +1,90 @@
+//! The device link: how the server core reaches devices, whatever carries the bytes.
+//!
+//! The built-in MQTT gateway ([`crate::gateway`]) implements [`DeviceLink`] and feeds
+//! [`LinkEvent`]s into a channel the core reads. An external broker cluster would do the
+//! same from a client holding a shared subscription (`$share/tern/tern/v1/d/+/up/#`), so
+//! several server instances can split the devices' traffic; the core does not change.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use tern_proto::MessageKind;
+
+/// Something that happened on the link.
+#[derive(Clone, Debug)]
+pub enum LinkEvent {
+    /// A device authenticated and connected.
+    Connected {
+        /// The device.
+        device: String,
+    },
+    /// A device's connection ended.
+    Disconnected {
+        /// The device.
+        device: String,
+        /// Whether the device said goodbye (MQTT DISCONNECT) rather than vanishing.
+        clean: bool,
+    },
+    /// A device published a message on one of its `up` topics.
+    Message {
+        /// The device (proven by its credentials, not taken from the payload).
+        device: String,
+        /// The kind named by the topic.
+        kind: MessageKind,
+        /// The raw payload, not yet decoded.
+        payload: Bytes,
+    },
+}
+
+/// Why a message could not be handed to the link.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkError {
+    /// The device is not connected to this link.
+    NotConnected,
+    /// The link is shutting down or its buffers are full.
+    Unavailable,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::NotConnected => f.write_str("device not connected"),
+            LinkError::Unavailable => f.write_str("device link unavailable"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// Counters a link keeps, shown by `/api/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStats {
+    /// Devices connected now.
+    pub connected: u64,
+    /// Connections accepted since start (authenticated or not).
+    pub connections_total: u64,
+    /// Connections refused for bad credentials.
+    pub auth_failures: u64,
+    /// Publishes or subscriptions refused by the access rules.
+    pub acl_denied: u64,
+    /// Subscriptions granted.
+    pub subscriptions: u64,
+    /// Connections closed for MQTT protocol errors.
+    pub protocol_errors: u64,
+    /// Messages received from devices.
+    pub messages_in: u64,
+    /// Messages delivered to devices.
+    pub messages_out: u64,
+}
+
+/// The server core's view of the link to its devices.
+#[async_trait]
+pub trait DeviceLink: Send + Sync {
+    /// Publishes `payload` (an encoded [`tern_proto::Message`]) on `device`'s `down` topic
+    /// for `kind`.
+    async fn send(&self, device: &str, kind: MessageKind, payload: Bytes) -> Result<(), LinkError>;
+    /// Whether `device` is connected now.
+    fn is_online(&self, device: &str) -> bool;
+    /// The link's counters.
+    fn stats(&self) -> LinkStats;
+}

@@ -1,0 +1,376 @@
+//! Update attempts in flight: one [`tern_proto::attempt::Attempt`] per device, pumped over
+//! the device link, persisted on every change.
+//!
+//! A single task owns every in-flight attempt, so their state needs no locks: the API and
+//! the uplink handler send it [`UpdateInput`]s. It reads module bytes from the blob store
+//! for each block request, and restores unfinished attempts from the store at start, so an
+//! attempt survives a server restart and continues when the device reconnects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tern_proto::attempt::{Attempt, AttemptEvent, AttemptState, TransferConfig, TransferStats, Transmit};
+use tern_proto::{
+    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, UpdateOffer,
+    UpdateResult, MAX_MODULES,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::auth::now_millis;
+use crate::blob::BlobStore;
+use crate::events::EventHub;
+use crate::link::DeviceLink;
+use crate::store::{AttemptRecord, PlannedModule, Store};
+
+/// What the update task is told.
+#[derive(Debug)]
+pub enum UpdateInput {
+    /// A new attempt, already stored: start offering it.
+    Start(AttemptRecord),
+    /// The operator cancels attempt `id`; the reply says whether it was in flight.
+    Cancel(i64, oneshot::Sender<bool>),
+    /// A device connected.
+    Connected(String),
+    /// A device asked for a block.
+    BlockRequest(String, BlockRequest),
+    /// A device reported progress.
+    Progress(String, Progress),
+    /// A device reported a result.
+    Result(String, UpdateResult),
+    /// A device described itself (boxed: a Describe is large next to the other inputs).
+    Describe(String, Box<Describe>),
+}
+
+/// A handle on the update task; cheap to clone.
+#[derive(Clone)]
+pub struct Updates {
+    tx: mpsc::Sender<UpdateInput>,
+}
+
+impl Updates {
+    /// Hands `input` to the update task (waits if its queue is full).
+    pub async fn send(&self, input: UpdateInput) {
+        // The task only stops when the process does.
+        let _ = self.tx.send(input).await;
+    }
+}
+
+/// Persist the transfer counters at least every this many block requests, so that a kill
+/// loses little of the re-sent-bytes record.
+const PERSIST_EVERY: u64 = 32;
+
+/// Rough bytes of MQTT framing per PUBLISH (fixed header, topic length, packet id) plus its
+/// PUBACK; the topic itself is added separately.
+const MQTT_OVERHEAD: u64 = 5 + 2 + 2 + 4;
+
+/// Estimates the bytes an attempt puts on the air: the offer, then for every block its
+/// request and the block message, each with MQTT framing.
+pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usize, config: &TransferConfig) -> u64 {
+    let topic = |kind| tern_proto::Topic::new(device, kind).to_string().len() as u64;
+    let request =
+        Message::BlockRequest(BlockRequest { attempt: u64::MAX, module: 0, offset: u32::MAX, length: u32::MAX });
+    let block_header = Message::Block(tern_proto::Block { attempt: u64::MAX, module: 0, offset: u32::MAX, data: &[] });
+    let per_request = request.encoded_len() as u64 + MQTT_OVERHEAD + topic(MessageKind::BlockRequest);
+    // The data's own byte-string header grows by up to 4 bytes for long blocks.
+    let per_block = block_header.encoded_len() as u64 + 4 + MQTT_OVERHEAD + topic(MessageKind::Block);
+    let max_block = u64::from(config.max_block.max(1));
+    let blocks: u64 = plan.iter().map(|m| u64::from(m.size).div_ceil(max_block)).sum();
+    let data: u64 = plan.iter().map(|m| u64::from(m.size)).sum();
+    let offer = signed_len as u64 + 64 * plan.len() as u64 + 32 + MQTT_OVERHEAD + topic(MessageKind::UpdateOffer);
+    offer + data + blocks * (per_request + per_block)
+}
+
+/// An attempt in flight.
+struct Active {
+    attempt: Attempt,
+    record: AttemptRecord,
+    signed: Vec<u8>,
+    persisted_requests: u64,
+}
+
+/// Everything the update task uses.
+struct Context {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    hub: EventHub,
+    link: Arc<dyn DeviceLink>,
+    config: TransferConfig,
+    epoch: Instant,
+}
+
+impl Context {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn offered_modules(plan: &[PlannedModule]) -> Option<List<OfferedModule, MAX_MODULES>> {
+    let mut list = List::new();
+    for m in plan {
+        let mut sha256 = [0u8; 32];
+        hex::decode_to_slice(&m.sha256, &mut sha256).ok()?;
+        let function = tern_image::ModuleFunction::from_code(m.function);
+        let module = OfferedModule { function, index: m.index, version: m.version, size: m.size, sha256 };
+        list.push(module).ok()?;
+    }
+    Some(list)
+}
+
+fn parse_state(name: &str, reason_code: Option<u16>) -> Option<AttemptState> {
+    let reason = tern_proto::Reason::from_code(reason_code.unwrap_or(0));
+    Some(match name {
+        // Stored by the API just before the task took it over: not offered yet.
+        "queued" | "offered" => AttemptState::Offered,
+        "downloading" => AttemptState::Downloading,
+        "verifying" => AttemptState::Verifying,
+        "staged" => AttemptState::Staged,
+        "rebooting" => AttemptState::Rebooting,
+        "confirmed" => AttemptState::Confirmed,
+        "failed" => AttemptState::Failed(reason),
+        "rolled_back" => AttemptState::RolledBack(reason),
+        "timed_out" => AttemptState::TimedOut,
+        "cancelled" => AttemptState::Cancelled,
+        _ => return None,
+    })
+}
+
+/// Starts the update task, resuming every unfinished attempt in the store.
+pub async fn start(
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    hub: EventHub,
+    link: Arc<dyn DeviceLink>,
+    config: TransferConfig,
+) -> anyhow::Result<Updates> {
+    let ctx = Context { store, blobs, hub, link, config, epoch: Instant::now() };
+    let mut active = HashMap::new();
+    for record in ctx.store.unfinished_attempts().await? {
+        let id = record.id;
+        match resume(&ctx, record).await {
+            Ok(entry) => {
+                tracing::info!(
+                    attempt = id,
+                    device = entry.record.device,
+                    state = entry.record.state,
+                    "resumed attempt"
+                );
+                active.insert(entry.record.device.clone(), entry);
+            }
+            Err(err) => tracing::error!(attempt = id, "cannot resume attempt: {err}"),
+        }
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(run(ctx, active, rx));
+    Ok(Updates { tx })
+}
+
+async fn resume(ctx: &Context, record: AttemptRecord) -> anyhow::Result<Active> {
+    let modules = offered_modules(&record.plan).ok_or_else(|| anyhow::anyhow!("stored plan is invalid"))?;
+    let state = parse_state(&record.state, record.reason_code)
+        .ok_or_else(|| anyhow::anyhow!("stored state {} is unknown", record.state))?;
+    let stats = TransferStats {
+        offers_sent: record.offers_sent,
+        requests: record.requests,
+        requests_ignored: 0,
+        bytes_sent: record.bytes_sent,
+        bytes_resent: record.bytes_resent,
+    };
+    let signed = ctx.blobs.get(&record.signed).await?.ok_or_else(|| anyhow::anyhow!("signed manifest blob missing"))?;
+    let id = u64::try_from(record.id)?;
+    let attempt = Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now());
+    Ok(Active { persisted_requests: record.requests, attempt, record, signed })
+}
+
+async fn run(ctx: Context, mut active: HashMap<String, Active>, mut rx: mpsc::Receiver<UpdateInput>) {
+    loop {
+        let deadline = active.values().filter_map(|a| a.attempt.poll_timeout()).min();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(ctx.epoch + Duration::from_millis(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { return };
+                if let UpdateInput::Cancel(id, reply) = input {
+                    // Answer only once the cancellation is stored and sent.
+                    let device = active.values().find(|a| a.record.id == id).map(|a| a.record.device.clone());
+                    if let Some(device) = &device {
+                        if let Some(entry) = active.get_mut(device) {
+                            entry.attempt.cancel();
+                        }
+                        pump(&ctx, &mut active, device).await;
+                    }
+                    let _ = reply.send(device.is_some());
+                    continue;
+                }
+                if let Some(device) = handle(&ctx, &mut active, input).await {
+                    pump(&ctx, &mut active, &device).await;
+                }
+            }
+            () = sleep => {
+                let now = ctx.now();
+                let devices: Vec<String> = active.keys().cloned().collect();
+                for device in devices {
+                    if let Some(entry) = active.get_mut(&device) {
+                        entry.attempt.handle_timeout(now);
+                    }
+                    pump(&ctx, &mut active, &device).await;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds one input to its attempt; returns the device whose attempt may have output.
+async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: UpdateInput) -> Option<String> {
+    let now = ctx.now();
+    match input {
+        UpdateInput::Start(record) => {
+            let device = record.device.clone();
+            let modules = offered_modules(&record.plan)?;
+            let signed = match ctx.blobs.get(&record.signed).await {
+                Ok(Some(signed)) => signed,
+                other => {
+                    tracing::error!(attempt = record.id, "signed manifest unavailable: {other:?}");
+                    return None;
+                }
+            };
+            let id = u64::try_from(record.id).ok()?;
+            let attempt = Attempt::new(id, modules, ctx.config, now);
+            active.insert(device.clone(), Active { attempt, persisted_requests: 0, record, signed });
+            Some(device)
+        }
+        // Handled by `run`, which answers after storing the change.
+        UpdateInput::Cancel(..) => None,
+        UpdateInput::Connected(device) => {
+            active.get_mut(&device)?.attempt.handle_connected(now);
+            Some(device)
+        }
+        UpdateInput::BlockRequest(device, request) => {
+            let entry = active.get_mut(&device)?;
+            if let Err(ignored) = entry.attempt.handle_block_request(&request, now) {
+                tracing::debug!(device, "block request ignored: {ignored:?}");
+            }
+            Some(device)
+        }
+        UpdateInput::Progress(device, progress) => {
+            let _ = active.get_mut(&device)?.attempt.handle_progress(&progress, now);
+            Some(device)
+        }
+        UpdateInput::Result(device, result) => {
+            let _ = active.get_mut(&device)?.attempt.handle_result(&result, now);
+            Some(device)
+        }
+        UpdateInput::Describe(device, describe) => {
+            let _ = active.get_mut(&device)?.attempt.handle_describe(&describe, now);
+            Some(device)
+        }
+    }
+}
+
+fn encode(message: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; message.encoded_len()];
+    let written = message.encode(&mut buf).expect("buffer sized by encoded_len");
+    buf.truncate(written);
+    buf
+}
+
+/// Sends what the device's attempt wants sent, persists and publishes what changed, and
+/// retires a finished attempt.
+async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str) {
+    let Some(entry) = active.get_mut(device) else { return };
+    while let Some(transmit) = entry.attempt.poll_transmit() {
+        transmit_one(ctx, entry, transmit).await;
+    }
+    let mut progressed = false;
+    while let Some(event) = entry.attempt.poll_event() {
+        match event {
+            AttemptEvent::State(state) => {
+                entry.record.state = state.name().to_owned();
+                entry.record.reason = state.reason().map(|r| r.name().to_owned());
+                entry.record.reason_code = state.reason().map(|r| r.code());
+                entry.record.finished = state.is_final();
+                let data = json!({
+                    "attempt": entry.record.id,
+                    "state": entry.record.state,
+                    "reason": entry.record.reason,
+                });
+                persist(ctx, entry).await;
+                let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
+            }
+            AttemptEvent::Progress { bytes_done, bytes_total } => {
+                entry.record.bytes_done = bytes_done;
+                progressed = true;
+                let data = json!({ "attempt": entry.record.id, "bytes_done": bytes_done, "bytes_total": bytes_total });
+                let _ = ctx.hub.publish(Some(device), "attempt.progress", data).await;
+            }
+        }
+    }
+    if progressed || entry.attempt.stats().requests >= entry.persisted_requests + PERSIST_EVERY {
+        persist(ctx, entry).await;
+    }
+    if entry.attempt.state().is_final() {
+        active.remove(device);
+    }
+}
+
+async fn persist(ctx: &Context, entry: &mut Active) {
+    let stats = entry.attempt.stats();
+    entry.record.bytes_sent = stats.bytes_sent;
+    entry.record.bytes_resent = stats.bytes_resent;
+    entry.record.requests = stats.requests;
+    entry.record.offers_sent = stats.offers_sent;
+    entry.record.sent_record = entry.attempt.sent_record().to_vec();
+    entry.record.updated_at = now_millis();
+    entry.persisted_requests = stats.requests;
+    if let Err(err) = ctx.store.update_attempt(&entry.record).await {
+        tracing::error!(attempt = entry.record.id, "cannot save attempt: {err}");
+    }
+}
+
+async fn transmit_one(ctx: &Context, entry: &Active, transmit: Transmit) {
+    let device = &entry.record.device;
+    let (kind, payload) = match transmit {
+        Transmit::Offer => {
+            let offer = UpdateOffer {
+                attempt: entry.attempt.id(),
+                signed: &entry.signed,
+                modules: *entry.attempt.modules(),
+                air_bytes: entry.record.air_bytes,
+                window: ctx.config.window,
+                max_block: ctx.config.max_block,
+            };
+            (MessageKind::UpdateOffer, encode(&Message::UpdateOffer(offer)))
+        }
+        Transmit::Block { module, offset, length } => {
+            let Some(planned) = entry.record.plan.get(usize::from(module)) else { return };
+            let data = match ctx.blobs.read_range(&planned.sha256, u64::from(offset), length as usize).await {
+                Ok(Some(data)) => data,
+                other => {
+                    tracing::error!(
+                        attempt = entry.record.id,
+                        module = planned.sha256,
+                        "module bytes unavailable: {other:?}"
+                    );
+                    return;
+                }
+            };
+            let block = tern_proto::Block { attempt: entry.attempt.id(), module, offset, data: &data };
+            (MessageKind::Block, encode(&Message::Block(block)))
+        }
+        Transmit::Cancel => {
+            let command =
+                Command { id: now_millis() as u32, action: Action::CancelUpdate, attempt: Some(entry.attempt.id()) };
+            (MessageKind::Command, encode(&Message::Command(command)))
+        }
+    };
+    if let Err(err) = ctx.link.send(device, kind, payload.into()).await {
+        // Offline or busy: the device asks again (or gets the offer again) when it is back.
+        tracing::debug!(device, "not sent: {err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Configuration layering: defaults, then the file, then the environment, then flags.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tern_server::{Config, ServerArgs};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn each_layer_overrides_the_one_before() {
+    let dir = tern_testkit::scratch("config");
+    let file = dir.join("server.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"/from/file\"\nhttp = \"127.0.0.1:1001\"\nmqtt = \"127.0.0.1:1002\"\nmax_module_size = 5\n",
+    )
+    .unwrap();
+    let defaults = Config::default();
+    let with_file = ServerArgs { config: Some(file.clone()), ..ServerArgs::default() };
+    let all_flags = ServerArgs {
+        config: Some(file.clone()),
+        data: Some(PathBuf::from("/from/flag")),
+        http: Some(addr("127.0.0.1:3001")),
+        mqtt: None,
+    };
+    let env_http: HashMap<&str, &str> = HashMap::from([("TERN_HTTP", "127.0.0.1:2001")]);
+    let env_all: HashMap<&str, &str> =
+        HashMap::from([("TERN_HTTP", "127.0.0.1:2001"), ("TERN_MQTT", "127.0.0.1:2002"), ("TERN_DATA", "/from/env")]);
+    let none: HashMap<&str, &str> = HashMap::new();
+    // (args, env, expected data dir, http, mqtt, max module size)
+    let cases = [
+        (
+            ServerArgs::default(),
+            &none,
+            defaults.data_dir.clone(),
+            defaults.http,
+            defaults.mqtt,
+            defaults.max_module_size,
+        ),
+        (with_file.clone(), &none, PathBuf::from("/from/file"), addr("127.0.0.1:1001"), addr("127.0.0.1:1002"), 5),
+        (with_file.clone(), &env_http, PathBuf::from("/from/file"), addr("127.0.0.1:2001"), addr("127.0.0.1:1002"), 5),
+        (with_file, &env_all, PathBuf::from("/from/env"), addr("127.0.0.1:2001"), addr("127.0.0.1:2002"), 5),
+        (all_flags, &env_all, PathBuf::from("/from/flag"), addr("127.0.0.1:3001"), addr("127.0.0.1:2002"), 5),
+    ];
+    for (i, (args, env, data, http, mqtt, max)) in cases.into_iter().enumerate() {
+        let config = Config::resolve(&args, |name| env.get(name).map(|v| v.to_string())).unwrap();
+        assert_eq!(
+            (config.data_dir, config.http, config.mqtt, config.max_module_size),
+            (data, http, mqtt, max),
+            "case {i}"
+        );
+    }
+    // TERN_CONFIG names the file when no flag does.
+    let env_config: HashMap<&str, String> = HashMap::from([("TERN_CONFIG", file.display().to_string())]);
+    let config = Config::resolve(&ServerArgs::default(), |name| env_config.get(name).cloned()).unwrap();
+    assert_eq!(config.http, addr("127.0.0.1:1001"));
+}
+
+/// Flags, environment variables, and text the error must contain.
+type BadCase = (ServerArgs, Vec<(&'static str, &'static str)>, String);
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = tern_testkit::scratch("config-bad");
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "htp = \"127.0.0.1:1\"\n").unwrap();
+    let bad_addr = dir.join("addr.toml");
+    std::fs::write(&bad_addr, "http = \"localhost\"\n").unwrap();
+    let missing = dir.join("missing.toml");
+    // (args, env, text the error must contain)
+    let cases: Vec<BadCase> = vec![
+        (ServerArgs { config: Some(typo.clone()), ..ServerArgs::default() }, vec![], "unknown field `htp`".into()),
+        (
+            ServerArgs { config: Some(bad_addr.clone()), ..ServerArgs::default() },
+            vec![],
+            bad_addr.display().to_string(),
+        ),
+        (ServerArgs { config: Some(missing.clone()), ..ServerArgs::default() }, vec![], missing.display().to_string()),
+        (ServerArgs::default(), vec![("TERN_MQTT", "nowhere")], "TERN_MQTT=nowhere".into()),
+    ];
+    for (args, env, needle) in cases {
+        let err = Config::resolve(&args, |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+            .expect_err(&needle);
+        let text = format!("{err:#}");
+        assert!(text.contains(&needle), "{text} should mention {needle}");
+    }
+}

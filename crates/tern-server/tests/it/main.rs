@@ -1,0 +1,9 @@
+//! Integration tests of the Tern server: the real binary on loopback sockets.
+
+mod api;
+mod config;
+mod gateway;
+mod mqtt;
+mod restart;
+mod support;
+mod update;

@@ -1,0 +1,200 @@
+//! MQTT 3.1.1 behaviour of the gateway on raw sockets: protocol checks, keep-alive,
+//! QoS 2, session takeover, ping, clean disconnect. Packets are built and read with the
+//! rumqttc codec; a real client is used for the protocol-version check.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Publish};
+use rumqttc::mqttbytes::QoS;
+
+use crate::support::{wait_for, Server};
+
+/// One TCP connection to the gateway.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    fn open(server: &Server) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", server.mqtt_port)).expect("the gateway accepts");
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        Raw { stream, buf: BytesMut::new() }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, 1 << 20).expect("the packet encodes");
+        self.stream.write_all(&out).expect("the gateway reads");
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("the gateway reads");
+    }
+
+    /// The next packet, `Ok(None)` when the server closed the connection, `Err` on timeout.
+    fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ()> {
+        let start = Instant::now();
+        loop {
+            match Packet::read(&mut self.buf, 1 << 20) {
+                Ok(packet) => return Ok(Some(packet)),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(err) => panic!("the server sent a malformed packet: {err}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return Ok(None),
+            }
+            if start.elapsed() > timeout {
+                return Err(());
+            }
+        }
+    }
+
+    fn expect_closed(&mut self, within: Duration) {
+        loop {
+            match self.next(within) {
+                Ok(None) => return,
+                Ok(Some(_)) => continue,
+                Err(()) => panic!("the connection stayed open for {within:?}"),
+            }
+        }
+    }
+
+    /// Connects as `device` and checks the CONNACK return code.
+    fn connect(&mut self, device: &str, secret: &str, keep_alive: u16) -> u8 {
+        let mut connect = Connect::new(format!("{device}-raw"));
+        connect.keep_alive = keep_alive;
+        connect.login = Some(Login::new(device, secret));
+        self.send(Packet::Connect(connect));
+        match self.next(Duration::from_secs(5)) {
+            Ok(Some(Packet::ConnAck(ack))) => ack.code as u8,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn protocol_violations_close_the_connection() {
+    let dir = tern_testkit::scratch("mqtt-violations");
+    let server = Server::start(&dir.join("data"));
+    let secret = server.add_device("dev-v", "photon");
+
+    // MQTT 3.1 ("MQIsdp", level 3) and MQTT 5 CONNECTs: no session, CONNACK 1 or a close.
+    let mqtt31: &[u8] = &[
+        0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04, b'a', b'b',
+        b'c', b'd',
+    ];
+    let mut raw = Raw::open(&server);
+    raw.send_raw(mqtt31);
+    raw.expect_closed(Duration::from_secs(5));
+    let mut raw = Raw::open(&server);
+    raw.send_raw(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x01, b'x']);
+    match raw.next(Duration::from_secs(5)) {
+        Ok(Some(Packet::ConnAck(ack))) => assert_eq!(ack.code as u8, 1, "unacceptable protocol version"),
+        other => panic!("expected CONNACK 1, got {other:?}"),
+    }
+    raw.expect_closed(Duration::from_secs(5));
+
+    // (what, packets after a good CONNECT)
+    let qos2 = {
+        let mut publish = Publish::new("tern/v1/d/dev-v/up/progress", QoS::ExactlyOnce, vec![0u8]);
+        publish.pkid = 1;
+        Packet::Publish(publish)
+    };
+    let cases: Vec<(&str, Option<Packet>, &[u8])> = vec![
+        ("QoS 2 publish", Some(qos2), &[]),
+        ("a second CONNECT", Some(Packet::Connect(Connect::new("again"))), &[]),
+        ("bytes that are no MQTT packet", None, &[0xf0, 0x00]),
+        ("a remaining length over four bytes", None, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+    ];
+    for (what, packet, bytes) in cases {
+        let mut raw = Raw::open(&server);
+        assert_eq!(raw.connect("dev-v", &secret, 60), 0, "{what}");
+        match packet {
+            Some(packet) => raw.send(packet),
+            None => raw.send_raw(bytes),
+        }
+        raw.expect_closed(Duration::from_secs(5));
+    }
+    // The first packet must be CONNECT.
+    let mut raw = Raw::open(&server);
+    raw.send(Packet::PingReq);
+    raw.expect_closed(Duration::from_secs(5));
+    assert_eq!(server.api().get("/api/health").0, 200);
+}
+
+#[test]
+fn keep_alive_ping_takeover_and_clean_disconnect() {
+    let dir = tern_testkit::scratch("mqtt-keepalive");
+    let server = Server::start(&dir.join("data"));
+    let secret = server.add_device("dev-k", "photon");
+
+    // Keep-alive 1 s: pings keep the connection open past 1.5 s; silence closes it.
+    let mut raw = Raw::open(&server);
+    assert_eq!(raw.connect("dev-k", &secret, 1), 0);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(600));
+        raw.send(Packet::PingReq);
+        assert_eq!(raw.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)));
+    }
+    let silent = Instant::now();
+    raw.expect_closed(Duration::from_secs(5));
+    let waited = silent.elapsed();
+    assert!(waited >= Duration::from_millis(1400), "closed after {waited:?}, before 1.5 × keep-alive");
+
+    // A second connection of the same device replaces the first.
+    let mut first = Raw::open(&server);
+    assert_eq!(first.connect("dev-k", &secret, 60), 0);
+    let mut second = Raw::open(&server);
+    assert_eq!(second.connect("dev-k", &secret, 60), 0);
+    first.expect_closed(Duration::from_secs(5));
+    second.send(Packet::PingReq);
+    assert_eq!(second.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)));
+
+    // DISCONNECT is a clean goodbye, recorded as such.
+    second.send(Packet::Disconnect);
+    second.expect_closed(Duration::from_secs(5));
+    let api = server.api();
+    wait_for("the disconnects recorded", Duration::from_secs(5), || {
+        let (_, shown) = api.get("/api/devices/dev-k");
+        let cleans: Vec<bool> = shown["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "device.disconnected")
+            .map(|e| e["data"]["clean"] == true)
+            .collect();
+        cleans == [false, false, true]
+    });
+
+    assert_eq!(api.get("/api/devices/dev-k").1["online"], false);
+}
+
+#[test]
+fn an_mqtt5_client_is_refused() {
+    let Some(subscriber) = tern_testkit::peer("/usr/bin/mosquitto_sub") else { return };
+    let dir = tern_testkit::scratch("mqtt-v5");
+    let server = Server::start(&dir.join("data"));
+    let secret = server.add_device("dev-5", "photon");
+    let out = server.mosquitto(
+        &subscriber,
+        &["-V", "mqttv5", "-u", "dev-5", "-P", &secret, "-t", "tern/v1/d/dev-5/down/#", "-C", "1", "-W", "5"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("protocol"), "{stderr}");
+    // The same client speaking 3.1.1 is accepted.
+    let out = server.mosquitto(
+        &subscriber,
+        &["-V", "mqttv311", "-u", "dev-5", "-P", &secret, "-t", "tern/v1/d/dev-5/down/#", "-W", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Timed out") && !stderr.contains("refused"), "{stderr}");
+}

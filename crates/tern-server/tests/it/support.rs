@@ -1,0 +1,196 @@
+//! Running the real `tern-server` binary on ephemeral loopback ports, and talking to it
+//! over HTTP (ureq) and MQTT (the mosquitto command-line clients).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long the server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `tern-server` process; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    /// MQTT port on 127.0.0.1.
+    pub mqtt_port: u16,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The admin token (from the data directory).
+    pub token: String,
+}
+
+impl Server {
+    /// Starts a server on `data` with ephemeral ports and waits until it listens.
+    pub fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
+            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("TERN_LOG", "error")
+            .env_remove("TERN_CONFIG")
+            .env_remove("TERN_HTTP")
+            .env_remove("TERN_MQTT")
+            .env_remove("TERN_DATA")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("tern-server starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stdout for the life of the process, even after the test stopped
+        // listening, so the server never writes into a full or closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let (mut http, mut mqtt) = (None, None);
+        while http.is_none() || mqtt.is_none() {
+            let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("tern-server did not report its listeners within {START_TIMEOUT:?}")
+            });
+            if let Some(rest) = line.split("HTTP API on ").nth(1) {
+                http = Some(rest.split_whitespace().next().expect("an address follows").to_owned());
+            }
+            if let Some(rest) = line.split("MQTT device gateway on mqtt://").nth(1) {
+                mqtt = Some(rest.rsplit(':').next().expect("a port").parse().expect("a port number"));
+            }
+        }
+        let token = std::fs::read_to_string(data.join("admin-token")).expect("the admin token file exists");
+        Server {
+            child,
+            http: http.expect("loop ends with both"),
+            mqtt_port: mqtt.expect("loop ends with both"),
+            data: data.to_path_buf(),
+            token: token.trim().to_owned(),
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush or clean up) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// An HTTP client authenticated with the admin token.
+    pub fn api(&self) -> Api {
+        Api { base: self.http.clone(), token: Some(self.token.clone()) }
+    }
+
+    /// Registers a device and returns its secret.
+    pub fn add_device(&self, id: &str, platform: &str) -> String {
+        let (status, body) =
+            self.api().post_json("/api/devices", serde_json::json!({ "id": id, "platform": platform }));
+        assert_eq!(status, 201, "{body}");
+        body["secret"].as_str().expect("a secret").to_owned()
+    }
+
+    /// Runs a mosquitto client against the gateway with `args` after the host and port.
+    pub fn mosquitto(&self, tool: &Path, args: &[&str]) -> Output {
+        let port = self.mqtt_port.to_string();
+        Command::new(tool)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the mosquitto client runs")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal JSON HTTP client.
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut response = response.expect("the server answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("a text body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}
+
+impl Api {
+    /// The same server with another (or no) token.
+    pub fn with_token(&self, token: Option<&str>) -> Api {
+        Api { base: self.base.clone(), token: token.map(str::to_owned) }
+    }
+
+    fn auth<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// GET `path`.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        finish(self.auth(agent().get(&format!("{}{path}", self.base))).call())
+    }
+
+    /// POST raw bytes to `path`.
+    pub fn post_bytes(&self, path: &str, bytes: &[u8]) -> (u16, Value) {
+        let request = agent().post(&format!("{}{path}", self.base)).header("Content-Type", "application/octet-stream");
+        finish(self.auth(request).send(bytes))
+    }
+
+    /// POST JSON to `path`.
+    pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        finish(self.auth(agent().post(&format!("{}{path}", self.base))).send_json(body))
+    }
+
+    /// Opens the event stream at `path` and returns its lines as they arrive.
+    pub fn stream_lines(&self, path: &str) -> mpsc::Receiver<String> {
+        let response = self.auth(agent().get(&format!("{}{path}", self.base))).call().expect("the stream opens");
+        assert_eq!(response.status().as_u16(), 200);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(response.into_body().into_reader()).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Waits until `condition` holds, polling; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `bytes` to a file in `dir` and returns its path (for `mosquitto_pub -f`).
+pub fn payload_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("scratch is writable");
+    path
+}

@@ -52,6 +52,8 @@ enum Command {
     Device(ops::DeviceCommand),
     /// Follow the server's event stream.
     Events(ops::EventsArgs),
+    /// Update a device with a signed release bundle; --wait follows it to confirmation.
+    Flash(ops::FlashArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Login(args) => ops::login(args),
         Command::Device(cmd) => ops::device(cmd),
         Command::Events(args) => ops::events(args),
+        Command::Flash(args) => ops::flash(args),
     };
     match result {
         Ok(code) => code,

@@ -114,7 +114,6 @@ impl Client {
         self.finish(self.agent.post(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
     }
 
-    #[allow(dead_code)]
     fn post_bytes(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
         let request = self
             .agent
@@ -216,11 +215,11 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
     for m in modules.as_array().into_iter().flatten() {
         println!(
             "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {}",
-            m["platform_id"],
+            m["platform_id"].to_string(),
             m["function_name"].as_str().unwrap_or("?"),
-            m["index"],
-            m["version"],
-            m["size"],
+            m["index"].to_string(),
+            m["version"].to_string(),
+            m["size"].to_string(),
             m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
             m["filename"].as_str().unwrap_or("-"),
         );
@@ -357,9 +356,9 @@ fn show_device(d: &Value) {
             println!(
                 "          {:<13} {:>5} {:>8} {:>8}  {:<9} {}{}",
                 m["function_name"].as_str().unwrap_or("?"),
-                m["index"],
-                m["version"],
-                m["size"],
+                m["index"].to_string(),
+                m["version"].to_string(),
+                m["size"].to_string(),
                 m["integrity"].as_str().unwrap_or("?"),
                 m["sha256"].as_str().unwrap_or("?"),
                 if m["dependencies_met"] == false { "  (dependencies unmet)" } else { "" },
@@ -433,7 +432,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{}  #{:<6} {:<26} {:<16} {}",
                 when(&event["at"]),
-                event["id"],
+                event["id"].to_string(),
                 event["kind"].as_str().unwrap_or("?"),
                 event["device"].as_str().unwrap_or("-"),
                 event["data"]
@@ -441,4 +440,94 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("{}: the event stream ended", client.remote.server)
+}
+
+/// `tern flash ID BUNDLE`.
+#[derive(Args)]
+pub struct FlashArgs {
+    /// Device id.
+    device: String,
+    /// A signed release bundle (`tern release build`); its modules are installed in its order.
+    bundle: PathBuf,
+    /// Wait until the attempt ends; exit 0 only if the device confirmed the update.
+    #[arg(long)]
+    wait: bool,
+    /// Print the attempt as JSON (with --wait: the final attempt).
+    #[arg(long)]
+    json: bool,
+    /// With --wait, give up waiting after this many seconds (the attempt goes on).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+}
+
+/// Starts an update attempt; with `--wait`, follows it to its end.
+pub fn flash(args: FlashArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.bundle).map_err(|e| anyhow!("{}: cannot read: {e}", args.bundle.display()))?;
+    let client = Client::connect()?;
+    let path = format!("/api/devices/{}/attempts", query_value(&args.device));
+    let attempt = client.post_bytes(&path, &bytes).map_err(|e| anyhow!("{}: {e:#}", args.bundle.display()))?;
+    let id = attempt["id"].as_i64().ok_or_else(|| anyhow!("the server returned no attempt id"))?;
+    if !args.json {
+        print_plan(&attempt);
+    }
+    if !args.wait {
+        if args.json {
+            print_json(&attempt)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = args.timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+    let mut last_state = String::new();
+    let attempt = loop {
+        let attempt = client.get(&format!("/api/attempts/{id}"))?;
+        let state = attempt["state"].as_str().unwrap_or("?").to_owned();
+        if state != last_state && !args.json {
+            let done = attempt["bytes_done"].as_u64().unwrap_or(0);
+            let total = attempt["bytes_total"].as_u64().unwrap_or(0).max(1);
+            println!("attempt {id}: {state} ({}%)", done * 100 / total);
+            last_state = state;
+        }
+        if attempt["finished"] == true {
+            break attempt;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            bail!(
+                "attempt {id} is still {last_state} after {} s (it goes on; see `tern device show`)",
+                args.timeout.unwrap_or(0)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    if args.json {
+        print_json(&attempt)?;
+    }
+    match attempt["state"].as_str() {
+        Some("confirmed") => {
+            if !args.json {
+                println!("attempt {id}: confirmed by device {}", args.device);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        state => {
+            let reason = attempt["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            eprintln!("error: attempt {id} on device {} ended {}{reason}", args.device, state.unwrap_or("?"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_plan(attempt: &Value) {
+    println!("attempt {} for device {}:", attempt["id"], attempt["device"].as_str().unwrap_or("?"));
+    for (i, m) in attempt["plan"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "  {}. {} {} version {} ({} bytes) at {:#010x}",
+            i + 1,
+            m["function_name"].as_str().unwrap_or("?"),
+            m["index"],
+            m["version"],
+            m["size"],
+            m["start_address"].as_u64().unwrap_or(0),
+        );
+    }
+    println!("  {} bytes of modules, about {} bytes on the air", attempt["bytes_total"], attempt["air_bytes"]);
 }

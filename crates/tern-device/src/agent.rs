@@ -531,6 +531,12 @@ impl<'k> Agent<'k> {
         Ok(true)
     }
 
+    /// Requests safe mode for the next boot only (a server or local command).
+    pub fn request_safe_mode<S: Storage>(&mut self, s: &mut S) -> Result<(), FlashError> {
+        self.stored.state.safe_mode_requested = true;
+        self.stored.save(s, self.profile)
+    }
+
     /// Drops a transfer or a staged update. Returns `false` when there was none (or an
     /// install already started, which cannot be cancelled).
     pub fn cancel<S: Storage>(&mut self, s: &mut S) -> Result<bool, FlashError> {

@@ -61,6 +61,8 @@ pub enum SafeModeReason {
     DependencyUnmet(Dependency),
     /// The application was disabled after every fallback failed.
     Disabled(DisableReason),
+    /// Safe mode was requested (a command from the server or a local one) for this boot.
+    Requested,
 }
 
 /// What to run.
@@ -426,6 +428,13 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
             if !m.dependencies.iter().flatten().all(|d| satisfied(profile, &stored.state, d)) {
                 return Err(BootError::NoBootableSystem);
             }
+        }
+        if stored.state.safe_mode_requested {
+            // One-shot: the request is cleared before safe mode starts, so a reset
+            // returns to the application.
+            stored.state.safe_mode_requested = false;
+            stored.save(s, profile)?;
+            return Ok(safe(SafeModeReason::Requested, ev));
         }
         if let BootState::Disabled(reason) = stored.state.boot {
             return Ok(safe(SafeModeReason::Disabled(reason), ev));

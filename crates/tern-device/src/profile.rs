@@ -187,6 +187,13 @@ impl Profile {
             regions[5 + i] = slot.region;
         }
         let regions = &regions[..5 + self.slots.len()];
+        for dev in self.devices {
+            // The stack buffers in `storage` pad tails to at most 16 bytes and stream in
+            // 512-byte chunks.
+            if !dev.write_size.is_power_of_two() || dev.write_size > 16 {
+                return Err("write size must be a power of two of at most 16 bytes");
+            }
+        }
         for (i, r) in regions.iter().enumerate() {
             let dev = self.device(r.dev).ok_or("region on a missing device")?;
             if r.size == 0 || r.end() > dev.size() {

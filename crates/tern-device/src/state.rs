@@ -28,7 +28,7 @@
 //! | 32 | 1 | boot state: 0 confirmed, 1 testing, 2 application disabled |
 //! | 33 | 1 | testing: origin (0 update, 1 rollback, 2 factory); disabled: reason |
 //! | 34 | 1 | testing: boots so far; confirmed: consecutive fault resets |
-//! | 35 | 1 | flags: bit 0 factory restore requested |
+//! | 35 | 1 | flags: bit 0 factory restore requested, bit 1 safe mode requested for the next boot |
 //! | 36 | 1 | result of the last update attempt ([`UpdateResult`] code) |
 //! | 37 | 3 | reserved, 0 |
 //! | 40 | 6 × 68 | installed module per slot (module record) |
@@ -286,6 +286,8 @@ pub struct DeviceState {
     pub boot: BootState,
     /// A factory restore was requested and runs at the next boot.
     pub factory_requested: bool,
+    /// The next boot starts safe mode (a one-shot command).
+    pub safe_mode_requested: bool,
     /// Result of the last update attempt.
     pub last_result: UpdateResult,
 }
@@ -321,6 +323,7 @@ impl DeviceState {
             job: None,
             boot: BootState::Confirmed { fault_resets: 0 },
             factory_requested: false,
+            safe_mode_requested: false,
             last_result: UpdateResult::None,
         }
     }
@@ -377,7 +380,7 @@ impl DeviceState {
         out[32] = kind;
         out[33] = detail;
         out[34] = count;
-        out[35] = u8::from(self.factory_requested);
+        out[35] = u8::from(self.factory_requested) | u8::from(self.safe_mode_requested) << 1;
         out[36] = self.last_result.code();
         for (i, m) in self.installed.iter().enumerate() {
             encode_module(m.as_ref(), &mut out[40 + i * 68..][..MODULE_RECORD_LEN]);
@@ -485,6 +488,7 @@ impl DeviceState {
             job,
             boot,
             factory_requested: rec[35] & 1 != 0,
+            safe_mode_requested: rec[35] & 2 != 0,
             last_result,
         })
     }
@@ -672,6 +676,7 @@ mod tests {
         st.job = Some(Job { kind: JobKind::Update { keep_rollback: true }, step: 2 });
         st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 2 };
         st.factory_requested = true;
+        st.safe_mode_requested = true;
         st.last_result = UpdateResult::RolledBackFaults;
         st
     }

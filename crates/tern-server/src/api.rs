@@ -184,7 +184,7 @@ async fn upload_module(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unrecognised_module",
-            "not a firmware module Tern can read (no Particle module header found)",
+            "not a firmware module Tern can read (neither a Particle module nor an MCUboot image)",
         ));
     };
     if info.integrity == tern_image::Integrity::Invalid {

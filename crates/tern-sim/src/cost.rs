@@ -10,8 +10,8 @@
 //!   secondary → scratch, primary → secondary, scratch → primary — three erases and three
 //!   sector copies per sector; the scratch sector is erased once per slot sector;
 //! - **swap using move**: the primary image is moved up by one sector (one erase and one
-//!   sector copy per sector), then for each sector secondary[i] → primary[i] and
-//!   primary[i+1] → secondary[i] — two more erases and copies per sector.
+//!   sector copy per sector), then for each sector `secondary[i]` → `primary[i]` and
+//!   `primary[i+1]` → `secondary[i]` — two more erases and copies per sector.
 //!
 //! Both therefore cost `4N` erases and `image + 3·N·sector` bytes for an image spanning N
 //! sectors; swap-move needs one spare sector in the primary slot, swap-scratch concentrates

@@ -190,7 +190,17 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     }
 
     let boot2 = img(Bootloader, 0, 11, &[], Healthy);
-    out.push(base("bootloader-update", vec![update(p, vec![boot2.clone()], 1)], Expect::New(vec![boot2]), &initial));
+    out.push(base(
+        "bootloader-update",
+        vec![update(p, vec![boot2.clone()], 1)],
+        Expect::New(vec![boot2.clone()]),
+        &initial,
+    ));
+
+    // A system part that needs the new bootloader, delivered together with it.
+    let sys1d = img(SystemPart, 1, 103, &[dep(Bootloader, 0, 11)], Healthy);
+    let set = vec![sys1d, boot2];
+    out.push(base("system-part-and-bootloader", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
 
     let bad = img(UserPart, 1, 4, &app_dep, Panic);
     let mut t = update(p, vec![bad], 1);
@@ -423,17 +433,28 @@ impl World<'_> {
     fn check_running(&self, dev: &SimDevice, run: &Run) -> Result<(), String> {
         let p = self.sc.profile;
         let app = p.app_slot();
+        let mut running: Vec<&Image> = Vec::new();
         for (slot, def) in p.slots.iter().enumerate() {
             if matches!(run, Run::SafeMode(_)) && Some(slot) == app {
                 continue;
             }
-            let candidates: Vec<&Image> =
-                self.sc.images().filter(|i| i.entry.function == def.function && i.entry.index == def.index).collect();
-            if candidates.is_empty() {
+            let mut candidates =
+                self.sc.images().filter(|i| i.entry.function == def.function && i.entry.index == def.index).peekable();
+            if candidates.peek().is_none() {
                 continue;
             }
-            if !candidates.iter().any(|i| dev.slot_holds(slot, &i.bytes)) {
-                return Err(format!("{:?} started with slot {} not holding a complete module", run, def.name));
+            match candidates.find(|i| dev.slot_holds(slot, &i.bytes)) {
+                Some(image) => running.push(image),
+                None => return Err(format!("{run:?} started with slot {} not holding a complete module", def.name)),
+            }
+        }
+        // Judged from what is really on flash, not from what the device believes.
+        for image in &running {
+            for dep in image.entry.dependencies().filter(|d| d.function != ModuleFunction::None) {
+                let met = running.iter().any(|m| dep.is_satisfied_by(m.entry.function, m.entry.index, m.entry.version));
+                if !met {
+                    return Err(format!("{run:?} started {} whose dependency {dep:?} is not met", image.name));
+                }
             }
         }
         Ok(())

@@ -86,6 +86,9 @@ fn start_server(config_home: &Path, data: &Path) -> Server {
 fn login_then_manage_devices_and_follow_events() {
     let dir = tern_testkit::scratch("cli-ops");
     let home = dir.join("config");
+    // Attempts time out after 1.5 s of device silence here, so `tern flash --wait` ends fast.
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/tern.toml"), "give_up_after_ms = 1500\n").unwrap();
     let server = start_server(&home, &dir.join("data"));
     assert_eq!(
         std::fs::read_to_string(dir.join("data/admin-token")).unwrap().trim(),
@@ -196,4 +199,39 @@ fn login_then_manage_devices_and_follow_events() {
     let _ = events.kill();
     let _ = events.wait();
     assert_eq!((first["kind"].as_str(), first["device"].as_str()), (Some("device.registered"), Some("bench-2")));
+
+    // `tern flash`: a signed bundle built by `tern release build`.
+    let key = dir.join("release.pem");
+    ok(&home, &["key", "generate", "--output", key.to_str().unwrap()]);
+    let module = tern_testkit::corpus().join("particle/releases/photon-bootloader@1.5.2+lto.bin");
+    let bundle = dir.join("release.bundle");
+    ok(
+        &home,
+        &[
+            "release",
+            "build",
+            "--key",
+            key.to_str().unwrap(),
+            "--output",
+            bundle.to_str().unwrap(),
+            module.to_str().unwrap(),
+        ],
+    );
+    let bundle_arg = bundle.to_str().unwrap();
+    fails(&home, &["flash", "bench-2", bundle_arg], "is for platform 6");
+    fails(&home, &["flash", "bench-1", "/nonexistent.bundle"], "/nonexistent.bundle");
+    // Nobody answers the offer: --wait exits non-zero with the final state, and --json
+    // prints the final attempt.
+    let out = run(&home, &["flash", "bench-1", bundle_arg, "--wait", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let attempt: Value = serde_json::from_slice(&out.stdout).expect("the final attempt as JSON");
+    assert_eq!(attempt["state"], "timed_out");
+    assert_eq!(attempt["device"], "bench-1");
+    assert_eq!(attempt["plan"][0]["function_name"], "bootloader");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim_end().lines().count() == 1 && stderr.contains("ended timed_out"), "{stderr}");
+    // Without --wait: the plan and the estimate, exit 0.
+    let said = ok(&home, &["flash", "bench-1", bundle_arg]);
+    assert!(said.contains("1. bootloader") && said.contains("bytes on the air"), "{said}");
+    fails(&home, &["flash", "bench-1", bundle_arg], "still");
 }

@@ -252,3 +252,61 @@ fn profiles_are_consistent() {
         assert_eq!(p.check(), Ok(()), "{}", p.name);
     }
 }
+
+/// A confirmed application that keeps panicking is replaced: by the rollback copy when
+/// one exists (after an update), else by the factory image; an application whose slot no
+/// longer matches its hash is never started.
+#[test]
+fn repeated_faults_and_corruption_lead_to_fallbacks() {
+    let p = &STM32F2;
+    let (dev, sc) = device(p);
+    let mut s = dev.storage();
+    let limit = p.boot.max_fault_resets;
+    // No update yet, so no rollback copy: the factory image replaces the application.
+    for i in 1..limit {
+        let d = boot::boot(&mut s, p, ResetCause::Panic).unwrap();
+        assert_eq!(d.run, Run::Application { test: false }, "fault reset {i} is tolerated");
+    }
+    let d = boot::boot(&mut s, p, ResetCause::Watchdog).unwrap();
+    assert!(d.events.factory_restored);
+    assert_eq!(d.run, Run::Application { test: true });
+    let keys = dev.keys.clone();
+    let agent = Agent::load(&mut s, p, &keys).unwrap();
+    let app = p.app_slot().unwrap();
+    assert_eq!(agent.state().installed[app].map(|m| m.sha256), Some(sc.factory.entry.sha256));
+    assert_eq!(agent.state().last_result, UpdateResult::FactoryRestored);
+
+    // Corrupt the application slot: the boot manager must not start it.
+    let (dev, _) = device(p);
+    let region = p.slots[app].region;
+    dev.bench.borrow_mut().devices[0].bytes[region.offset as usize + 100] ^= 0xFF;
+    let mut s = dev.storage();
+    let d = boot::boot(&mut s, p, ResetCause::PowerOn).unwrap();
+    assert!(d.events.factory_restored, "{d:?}");
+    assert!(dev.slot_holds(app, &sc.factory.bytes));
+}
+
+#[test]
+fn behaviour_comes_from_the_image() {
+    let check = |bytes: &[u8], expected| assert_eq!(Behaviour::of_image(bytes), expected);
+    check(b"TERN-APP:panic;rest", Behaviour::Panic);
+    check(b"TERN-APP:hang;", Behaviour::Hang);
+    check(b"TERN-APP:noconfirm;", Behaviour::NeverConfirms);
+    check(b"TERN-APP:healthy;", Behaviour::Healthy);
+    check(b"TERN-APP:unknown;", Behaviour::Healthy);
+    check(b"", Behaviour::Healthy);
+    for path in tern_testkit::corpus_files("particle/releases").iter().take(5) {
+        check(&std::fs::read(path).unwrap(), Behaviour::Healthy);
+    }
+}
+
+#[test]
+fn safe_mode_on_request_is_one_shot() {
+    let p = &NRF52840;
+    let (dev, _) = device(p);
+    let keys = dev.keys.clone();
+    let mut s = dev.storage();
+    Agent::load(&mut s, p, &keys).unwrap().request_safe_mode(&mut s).unwrap();
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::SafeMode(SafeModeReason::Requested));
+    assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::Application { test: false });
+}

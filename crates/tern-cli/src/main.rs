@@ -12,8 +12,8 @@ mod key;
 mod module;
 mod ops;
 mod release;
-mod sim;
 mod server;
+mod sim;
 mod statement;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -40,9 +40,6 @@ enum Command {
     /// Sign, verify and inspect MCUboot images.
     #[command(subcommand)]
     Image(image::Command),
-    /// Simulated devices: power-cut explorer and flash cost report.
-    #[command(subcommand)]
-    Sim(sim::Command),
     /// Run the Tern server (HTTP API, event stream, MQTT device gateway).
     Server(server::Args),
     /// Remember a server and an operator token for the commands below.
@@ -54,6 +51,9 @@ enum Command {
     Events(ops::EventsArgs),
     /// Update a device with a signed release bundle; --wait follows it to confirmation.
     Flash(ops::FlashArgs),
+    /// Simulated devices: power-cut explorer and flash cost report.
+    #[command(subcommand)]
+    Sim(sim::Command),
 }
 
 fn main() -> ExitCode {
@@ -64,12 +64,12 @@ fn main() -> ExitCode {
         Command::Release(cmd) => release::run(cmd),
         Command::Hex(cmd) => hexfile::run(cmd),
         Command::Image(cmd) => image::run(cmd),
-        Command::Sim(cmd) => sim::run(cmd),
         Command::Server(args) => server::run(args),
         Command::Login(args) => ops::login(args),
         Command::Device(cmd) => ops::device(cmd),
         Command::Events(args) => ops::events(args),
         Command::Flash(args) => ops::flash(args),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(code) => code,

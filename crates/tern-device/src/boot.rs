@@ -22,6 +22,7 @@
 
 use tern_image::model::{Dependency, ModuleFunction};
 
+use crate::block::BLOCK_SIZE;
 use crate::profile::{Profile, MAX_SLOTS};
 use crate::state::{
     self, Backup, BootState, DeviceState, DisableReason, Job, JobKind, LoadError, Origin, Stored, UpdatePhase,
@@ -110,6 +111,8 @@ pub enum BootError {
     Flash(FlashError),
     /// A copy step's source or destination did not verify.
     CopyVerifyFailed,
+    /// The profile is inconsistent ([`Profile::check`] fails): a porting error.
+    BadProfile,
     /// A system module is invalid or its dependencies are unmet and nothing can restore
     /// it. Never happens to a provisioned device (the explorer checks this).
     NoBootableSystem,
@@ -121,24 +124,42 @@ impl From<FlashError> for BootError {
     }
 }
 
-/// One copy of a job.
+/// One copy of a job step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyStep {
     /// Source.
     pub from: Loc,
-    /// Destination (erased first, sector by sector).
+    /// Destination (erased by the step).
     pub to: Loc,
     /// Bytes.
     pub len: u32,
-    /// Expected SHA-256 of the destination afterwards.
+    /// Expected SHA-256 of source and destination.
     pub sha256: [u8; 32],
 }
 
-const MAX_STEPS: usize = 2 * MAX_UPDATE_MODULES + MAX_SLOTS;
+/// One journaled step: erase a range, then make the copies. Redoing a step from the start
+/// is idempotent: no step writes the source of any of its own copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Erased first (rounded out to whole sectors).
+    pub erase: (Loc, u32),
+    /// The copies, all into the erased range.
+    pub copies: [Option<CopyStep>; MAX_UPDATE_MODULES],
+}
 
-/// The copy steps of a job, derived from the state (which the job does not change until
-/// it completes, so the derivation is the same after a reset).
-pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option<CopyStep>; MAX_STEPS], usize) {
+impl Step {
+    fn single(copy: CopyStep) -> Self {
+        let mut copies = [None; MAX_UPDATE_MODULES];
+        copies[0] = Some(copy);
+        Step { erase: (copy.to, copy.len), copies }
+    }
+}
+
+const MAX_STEPS: usize = 1 + MAX_UPDATE_MODULES + MAX_SLOTS;
+
+/// The steps of a job, derived from the state (which the job does not change until it
+/// completes, so the derivation is the same after a reset).
+pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option<Step>; MAX_STEPS], usize) {
     let mut steps = [None; MAX_STEPS];
     let mut n = 0;
     let ex = profile.exchange;
@@ -149,18 +170,23 @@ pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option
     let is_boot = |slot: usize| profile.slots.get(slot).is_some_and(|s| s.function == ModuleFunction::Bootloader);
     match kind {
         JobKind::Update { keep_rollback } => {
-            if keep_rollback {
-                for (b, slot) in backup_plan(profile, st).iter().flatten() {
-                    if let Some(from) = slot_loc(*slot) {
-                        steps[n] = Some(CopyStep {
+            // All rollback copies in one step: they share the sectors after the staged
+            // modules, so they are erased and written together.
+            let (plan, area) = backup_plan(profile, st);
+            if let (true, Some(area)) = (keep_rollback, area) {
+                let mut copies = [None; MAX_UPDATE_MODULES];
+                for (copy, (b, slot)) in copies.iter_mut().zip(plan.iter()).filter_map(|(c, p)| p.map(|p| (c, p))) {
+                    if let Some(from) = slot_loc(slot) {
+                        *copy = Some(CopyStep {
                             from,
                             to: Loc { dev: ex.dev, offset: ex.offset + b.offset },
                             len: b.module.size,
                             sha256: b.module.sha256,
                         });
-                        n += 1;
                     }
                 }
+                steps[n] = Some(Step { erase: area, copies });
+                n += 1;
             }
             // The bootloader goes last: everything else is in place before the one copy
             // that may not be power-safe on this hardware.
@@ -170,12 +196,12 @@ pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option
                         continue;
                     }
                     if let Some(to) = slot_loc(m.slot as usize) {
-                        steps[n] = Some(CopyStep {
+                        steps[n] = Some(Step::single(CopyStep {
                             from: Loc { dev: ex.dev, offset: ex.offset + m.offset },
                             to,
                             len: m.module.size,
                             sha256: m.module.sha256,
-                        });
+                        }));
                         n += 1;
                     }
                 }
@@ -189,12 +215,12 @@ pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option
                         continue;
                     }
                     if let Some(to) = slot_loc(slot) {
-                        steps[n] = Some(CopyStep {
+                        steps[n] = Some(Step::single(CopyStep {
                             from: Loc { dev: ex.dev, offset: ex.offset + b.offset },
                             to,
                             len: b.module.size,
                             sha256: b.module.sha256,
-                        });
+                        }));
                         n += 1;
                     }
                 }
@@ -202,12 +228,12 @@ pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option
         }
         JobKind::FactoryRestore => {
             if let (Some(f), Some(to)) = (st.factory, profile.app_slot().and_then(slot_loc)) {
-                steps[n] = Some(CopyStep {
+                steps[n] = Some(Step::single(CopyStep {
                     from: Loc { dev: profile.factory.dev, offset: profile.factory.offset },
                     to,
                     len: f.size,
                     sha256: f.sha256,
-                });
+                }));
                 n += 1;
             }
         }
@@ -215,38 +241,54 @@ pub fn job_steps(profile: &Profile, st: &DeviceState, kind: JobKind) -> ([Option
     (steps, n)
 }
 
-/// Where the rollback copies of the modules an update replaces go: after the staged
-/// modules in the exchange area, each starting on a sector boundary. `None` entries past
-/// the end; returns all `None` when they do not all fit (the update then keeps none).
-pub fn backup_plan(profile: &Profile, st: &DeviceState) -> [Option<(Backup, usize)>; MAX_UPDATE_MODULES] {
-    let mut plan = [None; MAX_UPDATE_MODULES];
+/// Where the rollback copies of the modules an update replaces go: packed on block
+/// boundaries from the first sector boundary after the staged modules. Returns the plan
+/// (by staged module) and the area to erase; all `None` when they do not all fit (the
+/// update then keeps none).
+#[allow(clippy::type_complexity)]
+pub fn backup_plan(
+    profile: &Profile,
+    st: &DeviceState,
+) -> ([Option<(Backup, usize)>; MAX_UPDATE_MODULES], Option<(Loc, u32)>) {
+    let none = ([None; MAX_UPDATE_MODULES], None);
     let ex = profile.exchange;
-    let Some(dev) = profile.device(ex.dev) else { return plan };
-    let mut next = st.staged().map(|m| m.offset + m.module.size).max().unwrap_or(0);
+    let Some(dev) = profile.device(ex.dev) else { return none };
+    let staged_end = st.staged().map(|m| m.offset.saturating_add(m.module.size)).max().unwrap_or(0);
+    let first = match staged_end {
+        0 => ex.offset,
+        end => match ex.offset.checked_add(end - 1).and_then(|last| dev.sector_at(last)) {
+            Some((start, size)) => start + size,
+            None => return none,
+        },
+    };
+    let mut plan = [None; MAX_UPDATE_MODULES];
+    let mut next = first;
     for (i, m) in st.staged().enumerate() {
         let Some(old) = st.installed.get(m.slot as usize).copied().flatten() else { continue };
-        let Some((from, end)) = dev.covering(ex.offset + next, old.size) else { return [None; MAX_UPDATE_MODULES] };
-        // Start on the sector after the previous content.
-        let start = if from < ex.offset + next { end } else { from };
-        let Some((_, end)) = dev.covering(start, old.size) else { return [None; MAX_UPDATE_MODULES] };
-        if end > ex.end() {
-            return [None; MAX_UPDATE_MODULES];
-        }
-        plan[i] = Some((Backup { module: old, offset: start - ex.offset }, m.slot as usize));
-        next = end - ex.offset;
+        let Some(end) = next.checked_add(old.size).filter(|&end| end <= ex.end()) else { return none };
+        plan[i] = Some((Backup { module: old, offset: next - ex.offset }, m.slot as usize));
+        next = end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     }
-    plan
+    let area = (next > first).then_some((Loc { dev: ex.dev, offset: first }, next - first));
+    (plan, area)
 }
 
-fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &CopyStep) -> Result<(), BootError> {
-    // Never copy anything but the verified module into a slot.
-    if storage::hash(s, step.from, step.len)? != step.sha256 {
-        return Err(BootError::CopyVerifyFailed);
+fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &Step) -> Result<(), BootError> {
+    let copies = || step.copies.iter().flatten();
+    // Never copy anything but a verified module.
+    for c in copies() {
+        if storage::hash(s, c.from, c.len)? != c.sha256 {
+            return Err(BootError::CopyVerifyFailed);
+        }
     }
-    storage::erase_covering(s, profile, step.to, step.len)?;
-    storage::copy(s, profile, step.from, step.to, step.len)?;
-    if storage::hash(s, step.to, step.len)? != step.sha256 {
-        return Err(BootError::CopyVerifyFailed);
+    storage::erase_covering(s, profile, step.erase.0, step.erase.1)?;
+    for c in copies() {
+        storage::copy(s, profile, c.from, c.to, c.len)?;
+    }
+    for c in copies() {
+        if storage::hash(s, c.to, c.len)? != c.sha256 {
+            return Err(BootError::CopyVerifyFailed);
+        }
     }
     Ok(())
 }
@@ -272,7 +314,7 @@ fn run_job<S: Storage>(
     let st = &mut stored.state;
     match job.kind {
         JobKind::Update { keep_rollback } => {
-            let plan = backup_plan(profile, st);
+            let (plan, _) = backup_plan(profile, st);
             st.rollback = [None; MAX_SLOTS];
             if keep_rollback {
                 for (b, slot) in plan.iter().flatten() {
@@ -383,6 +425,8 @@ pub fn boot_platform<S: Storage, P: Platform>(
 /// Runs the boot flow (see the module docs). A fuzz entry point: any flash contents
 /// yield a decision or an error, never a panic.
 pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Result<BootDecision, BootError> {
+    // Every index into the state's per-slot tables relies on the profile being consistent.
+    profile.check().map_err(|_| BootError::BadProfile)?;
     let mut stored = match state::load(s, profile) {
         Ok(stored) => stored,
         Err(LoadError::NoState | LoadError::WrongLayout) => return Err(BootError::NoState),
@@ -409,7 +453,7 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
             continue;
         }
         if st.phase == UpdatePhase::Staged {
-            let keep = backup_plan(profile, st).iter().flatten().count()
+            let keep = backup_plan(profile, st).0.iter().flatten().count()
                 == st.staged().filter(|m| st.installed[m.slot as usize].is_some()).count();
             st.job = Some(Job { kind: JobKind::Update { keep_rollback: keep }, step: 0 });
             stored.save(s, profile)?;

@@ -556,8 +556,8 @@ pub struct Stored {
 pub enum LoadError {
     /// Neither bank holds a valid record: the device was never provisioned.
     NoState,
-    /// The record is valid but does not fit this profile (slots, sizes or offsets out of
-    /// range): it was written for another layout.
+    /// The profile is inconsistent, or the record is valid but does not fit it (slots,
+    /// sizes or offsets out of range): it was written for another layout.
     WrongLayout,
     /// Reading flash failed.
     Flash(FlashError),
@@ -565,6 +565,9 @@ pub enum LoadError {
 
 /// Loads the newest valid record from the two banks.
 pub fn load<S: Storage>(s: &mut S, profile: &Profile) -> Result<Stored, LoadError> {
+    if profile.check().is_err() {
+        return Err(LoadError::WrongLayout);
+    }
     let mut best: Option<Stored> = None;
     let mut buf = [0u8; RECORD_LEN];
     for (bank, region) in profile.state_banks.iter().enumerate() {

@@ -17,7 +17,7 @@ use crate::support::{bundle, release_key, scratch, Server};
 
 /// The `tern` binary next to this test binary (cargo builds it for the workspace's
 /// tests); built on demand when this crate's tests run alone.
-fn tern() -> PathBuf {
+pub fn tern() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     let dir = exe.parent().and_then(Path::parent).expect("target/PROFILE/deps");
     let bin = dir.join("tern");

@@ -108,3 +108,69 @@ fn lossy_duplicating_reordering_link_ends_truthfully() {
         device.stop().expect("the device ran without error");
     }
 }
+
+/// Acceptance 5: the server (a `tern server` process) is killed with SIGKILL while a
+/// Photon pulls real Device OS system part 2 (2.3.0 → 2.3.1) and restarted on the same
+/// ports: the attempt continues from what the device holds and ends confirmed; what the
+/// server recorded before the kill is still there.
+#[test]
+fn server_killed_mid_transfer_continues_and_confirms() {
+    let dir = scratch("fleet-server-kill");
+    let data = dir.join("server");
+    let tern = crate::cli::tern();
+    let (http, mqtt) = (crate::support::free_port(), crate::support::free_port());
+    let server = Server::spawn(&tern, &data, http, mqtt);
+    let id = "photon-kill";
+    let secret = server.add_device(id, "photon");
+    let corpus = tern_testkit::corpus();
+    let rel = corpus.join("particle/releases");
+    let sys = Dependency { function: ModuleFunction::SystemPart, index: 2, version: 2300 };
+    let app1 =
+        Image::synthetic(&tern_device::STM32F2, ModuleFunction::UserPart, 1, 1, &[sys], Behaviour::Healthy, 3000);
+    let factory =
+        Image::synthetic(&tern_device::STM32F2, ModuleFunction::UserPart, 1, 0, &[sys], Behaviour::Healthy, 2000);
+    let device = Device::start(&server, id, &secret, Settings::default(), None, move || {
+        provision::corpus_photon(vec![release_key().verifying_key()], &corpus, "2.3.0", app1, factory)
+            .expect("the corpus modules install")
+            .0
+    });
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let part2 = tern_sim::corpus::module(&rel.join("photon-system-part2@2.3.1.bin"), 6).expect("corpus module");
+    let attempt = server.flash(id, &bundle(6, &[&part2], 1));
+    device.wait_for("part of the transfer", TIMEOUT, |s| s.blocks_stored >= 40);
+    let (_, before) = server.get(&format!("/api/attempts/{attempt}"));
+    let (_, device_before) = server.get(&format!("/api/devices/{id}"));
+    server.kill();
+    let stored_at_kill = device.stats().blocks_stored;
+    assert!(stored_at_kill < 256, "the transfer was still running when the server died: {stored_at_kill}");
+
+    let server = Server::spawn(&tern, &data, http, mqtt);
+    let (_, after) = server.get(&format!("/api/attempts/{attempt}"));
+    for key in ["id", "device", "plan", "signed", "bytes_total", "air_bytes"] {
+        assert_eq!(before[key], after[key], "{key} survives the kill");
+    }
+    for key in ["bytes_sent", "bytes_done", "requests"] {
+        assert!(after[key].as_u64() >= before[key].as_u64(), "{key}: {before} then {after}");
+    }
+    // The device's recorded history (its recent events) is all still there.
+    let (_, device_after) = server.get(&format!("/api/devices/{id}"));
+    let ids = |d: &serde_json::Value| -> Vec<i64> {
+        d["history"].as_array().into_iter().flatten().filter_map(|e| e["id"].as_i64()).collect()
+    };
+    let (old, new) = (ids(&device_before), ids(&device_after));
+    assert!(!old.is_empty(), "{device_before}");
+    if new.len() < 50 {
+        assert!(old.iter().all(|i| new.contains(i)), "events lost: {old:?} then {new:?}");
+    }
+    assert!(device_after["inventory"]["described_at"].as_i64() >= device_before["inventory"]["described_at"].as_i64());
+    let a = server.wait_final(attempt, TIMEOUT);
+    assert_eq!(a["state"], "confirmed", "{a}");
+    assert!(installed_hashes(&server, id).contains(&hex(&part2.entry.sha256)));
+    let resent = a["bytes_resent"].as_u64().unwrap();
+    println!(
+        "server kill: {} bytes sent, {resent} re-sent, {stored_at_kill} blocks stored at the kill",
+        a["bytes_sent"]
+    );
+    assert!(resent <= 16 * 1024, "only blocks in flight at the kill are sent again: {resent}");
+    device.stop().expect("the device ran without error");
+}

@@ -28,7 +28,8 @@ pub struct Server {
     pub mqtt_port: u16,
     /// The admin token.
     pub token: String,
-    _runtime: tokio::runtime::Runtime,
+    _runtime: Option<tokio::runtime::Runtime>,
+    child: Option<std::process::Child>,
 }
 
 impl Server {
@@ -49,7 +50,43 @@ impl Server {
             http: format!("http://{}", running.http),
             mqtt_port: running.mqtt.port(),
             token: token.trim().to_owned(),
-            _runtime: runtime,
+            _runtime: Some(runtime),
+            child: None,
+        }
+    }
+
+    /// Starts `tern server` as a separate process on fixed ports (so that a restarted
+    /// server is found where devices left it) and waits until it answers.
+    pub fn spawn(tern: &Path, data: &Path, http_port: u16, mqtt_port: u16) -> Server {
+        let child = std::process::Command::new(tern)
+            .arg("server")
+            .args(["--http", &format!("127.0.0.1:{http_port}"), "--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+            .arg("--data")
+            .arg(data)
+            .env("TERN_LOG", "error")
+            .env_remove("TERN_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tern server starts");
+        let http = format!("http://127.0.0.1:{http_port}");
+        let start = Instant::now();
+        loop {
+            let up = agent().get(&format!("{http}/api/health")).call().is_ok_and(|r| r.status() == 200);
+            if up && data.join(tern_server::ADMIN_TOKEN_FILE).exists() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "tern server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
+        Server { http, mqtt_port, token: token.trim().to_owned(), _runtime: None, child: Some(child) }
+    }
+
+    /// Kills the server process with SIGKILL (no chance to flush anything).
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -106,6 +143,20 @@ impl Server {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 fn agent() -> ureq::Agent {

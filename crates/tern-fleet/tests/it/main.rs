@@ -2,6 +2,7 @@
 //! devices running the real device crate on simulated flash, connected over MQTT.
 
 mod cli;
+mod heal;
 mod resilience;
 mod support;
 mod update;

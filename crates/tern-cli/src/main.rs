@@ -16,6 +16,7 @@ mod release;
 mod server;
 mod sim;
 mod statement;
+mod up;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]
@@ -55,6 +56,8 @@ enum Command {
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
+    /// Start the server with a simulated fleet and show updates live (`--demo`).
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Events(args) => ops::events(args),
         Command::Flash(args) => ops::flash(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Up(args) => up::run(args),
     };
     match result {
         Ok(code) => code,

@@ -146,3 +146,53 @@ fn tern_flash_wait_exit_codes_and_device_show() {
     assert!(has_hash(&d, &good), "{d}");
     drop(device);
 }
+
+/// `tern up --demo` (on ephemeral ports): a confirmed application update, a safe-mode heal
+/// installing the missing system parts in order, an automatic rollback; then it serves.
+#[test]
+fn tern_up_demo_shows_update_heal_and_rollback() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("fleet-up-demo");
+    let mut child = Command::new(tern())
+        .args(["up", "--demo", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--corpus")
+        .arg(tern_testkit::corpus())
+        .env("TERN_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tern up starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let start = Instant::now();
+    while !lines.iter().any(|l: &String| l.starts_with("tern up: serving")) {
+        let remaining = Duration::from_secs(120).saturating_sub(start.elapsed());
+        match rx.recv_timeout(remaining) {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tern up did not reach serving: {lines:#?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    let section =
+        |n: &str| text.split(n).nth(1).unwrap_or_default().split("\n== ").next().unwrap_or_default().to_owned();
+    assert!(section("== 1.").contains("  confirmed ("), "{text}");
+    let heal = section("== 2.");
+    assert!(heal.contains("1. bootloader") && heal.contains("2. system_part 1"), "{text}");
+    assert!(heal.contains("  confirmed ("), "{text}");
+    let rollback = section("== 3.");
+    assert!(rollback.contains("rolled_back") && rollback.contains("reason: app_failed_test_boot"), "{text}");
+}

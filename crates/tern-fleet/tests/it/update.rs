@@ -110,7 +110,15 @@ fn bad_application_is_rolled_back_with_the_reason_on_both_profiles() {
         // The device runs the previous application and says so.
         device.wait_for("the rollback describe", TIMEOUT, |s| s.boot_reason == "rollback");
         assert_eq!(device.stats().app_version, 1, "{}", board.name);
-        let (_, record) = server.get(&format!("/api/devices/{id}"));
+        // The Result can reach the server before the Describe that follows it.
+        let start = std::time::Instant::now();
+        let record = loop {
+            let (_, record) = server.get(&format!("/api/devices/{id}"));
+            if record["inventory"]["boot_reason"] == "rollback" || start.elapsed() > TIMEOUT {
+                break record;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let hashes = installed_hashes(&server, &id);
         assert!(hashes.contains(&hex(&v1.entry.sha256)), "{}: v1 listed again: {record}", board.name);
         assert!(!hashes.contains(&hex(&bad.entry.sha256)), "{}: the bad app is not listed", board.name);

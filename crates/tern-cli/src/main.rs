@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod fleet;
 mod hexfile;
 mod image;
 mod key;
@@ -15,6 +16,7 @@ mod release;
 mod server;
 mod sim;
 mod statement;
+mod up;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
 #[derive(Parser)]
@@ -54,6 +56,8 @@ enum Command {
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
+    /// Start the server with a simulated fleet and show updates live (`--demo`).
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Events(args) => ops::events(args),
         Command::Flash(args) => ops::flash(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Up(args) => up::run(args),
     };
     match result {
         Ok(code) => code,

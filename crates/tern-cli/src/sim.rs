@@ -17,6 +17,9 @@ pub enum Command {
     /// Flash cost per scenario: erases and bytes programmed, next to the minimum the layout
     /// allows and MCUboot's swap-move and swap-scratch.
     Cost(Selection),
+    /// Simulated devices connected to a server (`tern sim device`, `tern sim fleet`).
+    #[command(flatten)]
+    Fleet(crate::fleet::SimCommand),
 }
 
 /// Which scenarios to run.
@@ -71,6 +74,7 @@ fn select(sel: &Selection) -> Result<Vec<Scenario>> {
 /// Runs a `tern sim` command.
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
+        Command::Fleet(cmd) => crate::fleet::run(cmd),
         Command::Powercut(args) => {
             let scenarios = select(&args.selection)?;
             let config = Config { seed: args.seed, random_runs: args.random_runs, ..Config::default() };

@@ -1,0 +1,227 @@
+//! The device's link to the server: MQTT for real, and a fault-injecting wrapper for tests.
+//!
+//! The runtime only needs "send this message kind" and "what arrived": [`Link`]. The MQTT
+//! link subscribes to the device's `down` topics on every connection (the gateway keeps
+//! no sessions) and reports each (re)connection so the runtime can describe itself again.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
+use tern_proto::{Direction, MessageKind, Topic};
+
+/// Something that happened on the link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// The link (re)connected; the device is subscribed to its downlink.
+    Connected,
+    /// The link was lost; it reconnects by itself.
+    Disconnected,
+    /// A downlink message's payload (a `tern-proto` message).
+    Message(Vec<u8>),
+}
+
+/// A bidirectional message link to the server.
+pub trait Link {
+    /// Sends one uplink message. Best effort: the protocol tolerates loss.
+    fn send(&mut self, kind: MessageKind, payload: Vec<u8>);
+    /// The next event, waiting at most `timeout`.
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming>;
+}
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct MqttTarget {
+    /// Gateway host.
+    pub host: String,
+    /// Gateway port.
+    pub port: u16,
+    /// Device id (the MQTT username).
+    pub device: String,
+    /// The device's secret (the MQTT password).
+    pub secret: String,
+}
+
+impl MqttTarget {
+    /// Parses `mqtt://HOST:PORT` (or `HOST:PORT`).
+    pub fn parse(url: &str, device: &str, secret: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("mqtt://").unwrap_or(url).trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{url}: expected mqtt://HOST:PORT"))?;
+        let port = port.parse().map_err(|_| format!("{url}: bad port"))?;
+        Ok(MqttTarget { host: host.to_owned(), port, device: device.to_owned(), secret: secret.to_owned() })
+    }
+}
+
+/// The real link: an MQTT 3.1.1 client (rumqttc) to the server's gateway.
+pub struct MqttLink {
+    device: String,
+    client: Client,
+    connection: Connection,
+    connected: bool,
+}
+
+impl MqttLink {
+    /// Creates the client; it connects on the first [`Link::recv`].
+    pub fn new(target: &MqttTarget) -> Self {
+        let mut options = MqttOptions::new(format!("tern-sim-{}", target.device), target.host.clone(), target.port);
+        options.set_credentials(target.device.clone(), target.secret.clone());
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(64 * 1024, 64 * 1024);
+        let (client, connection) = Client::new(options, 256);
+        MqttLink { device: target.device.clone(), client, connection, connected: false }
+    }
+}
+
+impl Link for MqttLink {
+    fn send(&mut self, kind: MessageKind, payload: Vec<u8>) {
+        if !self.connected {
+            return;
+        }
+        let topic = Topic::new(&self.device, kind).to_string();
+        // A full queue means the link is stalled; dropping is what the protocol expects.
+        let _ = self.client.try_publish(topic, QoS::AtMostOnce, false, payload);
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        match self.connection.recv_timeout(timeout) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success => {
+                let filter = format!("{}{}/down/#", tern_proto::topic::PREFIX, self.device);
+                let _ = self.client.try_subscribe(filter, QoS::AtLeastOnce);
+                self.connected = true;
+                Some(Incoming::Connected)
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let topic = Topic::parse(&p.topic);
+                match topic {
+                    Some(t) if t.device == self.device && t.direction == Direction::Down => {
+                        Some(Incoming::Message(p.payload.to_vec()))
+                    }
+                    _ => None,
+                }
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) => {
+                // The event loop reconnects on the next poll; do not spin.
+                std::thread::sleep(Duration::from_millis(200).min(timeout));
+                if std::mem::replace(&mut self.connected, false) {
+                    Some(Incoming::Disconnected)
+                } else {
+                    None
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                None
+            }
+        }
+    }
+}
+
+/// Fault rates in per-mille for [`FaultyLink`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Messages lost.
+    pub drop: u16,
+    /// Messages delivered twice.
+    pub duplicate: u16,
+    /// Messages held back and delivered after the next one.
+    pub reorder: u16,
+}
+
+/// Counts of what [`FaultyLink`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Messages dropped.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Messages reordered.
+    pub reordered: u64,
+}
+
+/// A link that loses, duplicates and reorders messages in both directions, from a seed
+/// (so a failing run can be replayed). Connection events pass through untouched.
+pub struct FaultyLink<L> {
+    inner: L,
+    faults: Faults,
+    rng: u64,
+    held_up: Option<(MessageKind, Vec<u8>)>,
+    held_down: Option<Vec<u8>>,
+    ready: VecDeque<Incoming>,
+    /// What was done so far.
+    pub counts: FaultCounts,
+}
+
+impl<L: Link> FaultyLink<L> {
+    /// Wraps `inner`.
+    pub fn new(inner: L, faults: Faults, seed: u64) -> Self {
+        FaultyLink {
+            inner,
+            faults,
+            rng: seed | 1,
+            held_up: None,
+            held_down: None,
+            ready: VecDeque::new(),
+            counts: FaultCounts::default(),
+        }
+    }
+
+    fn roll(&mut self, per_mille: u16) -> bool {
+        // xorshift64*: plenty for choosing faults.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % 1000 < u64::from(per_mille)
+    }
+}
+
+impl<L: Link> Link for FaultyLink<L> {
+    fn send(&mut self, kind: MessageKind, payload: Vec<u8>) {
+        if self.roll(self.faults.drop) {
+            self.counts.dropped += 1;
+            return;
+        }
+        if self.held_up.is_none() && self.roll(self.faults.reorder) {
+            self.counts.reordered += 1;
+            self.held_up = Some((kind, payload));
+            return;
+        }
+        if self.roll(self.faults.duplicate) {
+            self.counts.duplicated += 1;
+            self.inner.send(kind, payload.clone());
+        }
+        self.inner.send(kind, payload);
+        if let Some((k, p)) = self.held_up.take() {
+            self.inner.send(k, p);
+        }
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        if let Some(ready) = self.ready.pop_front() {
+            return Some(ready);
+        }
+        match self.inner.recv(timeout)? {
+            Incoming::Message(payload) => {
+                if self.roll(self.faults.drop) {
+                    self.counts.dropped += 1;
+                    return None;
+                }
+                if self.held_down.is_none() && self.roll(self.faults.reorder) {
+                    self.counts.reordered += 1;
+                    self.held_down = Some(payload);
+                    return None;
+                }
+                if self.roll(self.faults.duplicate) {
+                    self.counts.duplicated += 1;
+                    self.ready.push_back(Incoming::Message(payload.clone()));
+                }
+                if let Some(held) = self.held_down.take() {
+                    self.ready.push_back(Incoming::Message(held));
+                }
+                Some(Incoming::Message(payload))
+            }
+            other => Some(other),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! End to end: a real Tern server (in process, real loopback HTTP and MQTT) and simulated
+//! devices running the real device crate on simulated flash, connected over MQTT.
+
+mod cli;
+mod heal;
+mod resilience;
+mod support;
+mod update;

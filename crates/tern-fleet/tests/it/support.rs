@@ -1,0 +1,287 @@
+//! A server in this process on ephemeral loopback ports, simulated devices on threads,
+//! signed bundles, and a small HTTP client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use tern_fleet::{Faults, FaultyLink, MqttLink, MqttTarget, Settings, SimRuntime, Stats};
+use tern_image::manifest::build::Document;
+use tern_image::manifest::Kind;
+use tern_sim::device::{Image, SimDevice};
+
+/// The release signing key the simulated devices trust.
+pub fn release_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x42; 32])
+}
+
+/// A server running in this process; stops with the runtime when dropped.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    /// The gateway port.
+    pub mqtt_port: u16,
+    /// The admin token.
+    pub token: String,
+    _runtime: Option<tokio::runtime::Runtime>,
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    /// Starts a server on `data` with ephemeral ports.
+    pub fn start(data: &Path) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut config = tern_server::Config {
+            data_dir: data.to_path_buf(),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..tern_server::Config::default()
+        };
+        config.transfer.offer_retry_ms = 1_000;
+        config.transfer.window = 8;
+        let running = runtime.block_on(tern_server::start(config)).expect("the server starts");
+        let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
+        Server {
+            http: format!("http://{}", running.http),
+            mqtt_port: running.mqtt.port(),
+            token: token.trim().to_owned(),
+            _runtime: Some(runtime),
+            child: None,
+        }
+    }
+
+    /// Starts `tern server` as a separate process on fixed ports (so that a restarted
+    /// server is found where devices left it) and waits until it answers.
+    pub fn spawn(tern: &Path, data: &Path, http_port: u16, mqtt_port: u16) -> Server {
+        let child = std::process::Command::new(tern)
+            .arg("server")
+            .args(["--http", &format!("127.0.0.1:{http_port}"), "--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+            .arg("--data")
+            .arg(data)
+            .env("TERN_LOG", "error")
+            .env_remove("TERN_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tern server starts");
+        let http = format!("http://127.0.0.1:{http_port}");
+        let start = Instant::now();
+        loop {
+            let up = agent().get(&format!("{http}/api/health")).call().is_ok_and(|r| r.status() == 200);
+            if up && data.join(tern_server::ADMIN_TOKEN_FILE).exists() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "tern server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
+        Server { http, mqtt_port, token: token.trim().to_owned(), _runtime: None, child: Some(child) }
+    }
+
+    /// Kills the server process with SIGKILL (no chance to flush anything).
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// GET `path` (JSON).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        finish(agent().get(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).call())
+    }
+
+    /// POST JSON.
+    pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        finish(agent().post(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).send_json(body))
+    }
+
+    /// POST bytes.
+    pub fn post_bytes(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        finish(
+            agent()
+                .post(&format!("{}{path}", self.http))
+                .header("Authorization", &self.bearer())
+                .header("Content-Type", "application/octet-stream")
+                .send(body),
+        )
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// Registers a device; returns its secret.
+    pub fn add_device(&self, id: &str, platform: &str) -> String {
+        let (status, body) = self.post_json("/api/devices", serde_json::json!({ "id": id, "platform": platform }));
+        assert_eq!(status, 201, "{body}");
+        body["secret"].as_str().expect("a secret").to_owned()
+    }
+
+    /// Starts an attempt with a bundle; returns the attempt id.
+    pub fn flash(&self, device: &str, bundle: &[u8]) -> i64 {
+        let (status, body) = self.post_bytes(&format!("/api/devices/{device}/attempts"), bundle);
+        assert!(status == 201 || status == 200, "{status} {body}");
+        body["id"].as_i64().expect("an attempt id")
+    }
+
+    /// Waits until attempt `id` is final; returns it.
+    pub fn wait_final(&self, id: i64, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, a) = self.get(&format!("/api/attempts/{id}"));
+            assert_eq!(status, 200, "{a}");
+            let state = a["state"].as_str().unwrap_or_default();
+            if ["confirmed", "failed", "rolled_back", "timed_out", "cancelled"].contains(&state) {
+                return a;
+            }
+            assert!(start.elapsed() < timeout, "attempt {id} still {state} after {timeout:?}: {a}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut response = response.expect("the server answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("a text body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A signed release bundle for `platform` with `modules` in this order.
+pub fn bundle(platform: u16, modules: &[&Image], counter: u64) -> Vec<u8> {
+    let signed = Document {
+        kind: Kind::Release,
+        platform_id: platform,
+        product_id: 0,
+        security_counter: counter,
+        created: 1_790_000_000,
+        modules: modules.iter().map(|m| m.entry).collect(),
+        name: "fleet test".into(),
+    }
+    .sign(&release_key())
+    .expect("the manifest signs");
+    let slices: Vec<&[u8]> = modules.iter().map(|m| m.bytes.as_slice()).collect();
+    tern_image::bundle::write(&signed, &slices).expect("the bundle writes")
+}
+
+/// A simulated device running on its own thread.
+pub struct Device {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+    /// Its counters.
+    pub stats: Arc<Mutex<Stats>>,
+}
+
+impl Device {
+    /// Starts a device built by `build` (on the device's thread: a `SimDevice` is not
+    /// `Send`), connected to `server` as `id`, optionally through a faulty link.
+    pub fn start(
+        server: &Server,
+        id: &str,
+        secret: &str,
+        settings: Settings,
+        faults: Option<(Faults, u64)>,
+        build: impl FnOnce() -> SimDevice + Send + 'static,
+    ) -> Device {
+        let stop = Arc::new(AtomicBool::new(false));
+        let target =
+            MqttTarget { host: "127.0.0.1".into(), port: server.mqtt_port, device: id.into(), secret: secret.into() };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut runtime = SimRuntime::new(build(), settings);
+            let _ = tx.send(runtime.stats());
+            let link = MqttLink::new(&target);
+            let result = match faults {
+                Some((f, seed)) => runtime.run(&mut FaultyLink::new(link, f, seed), &flag),
+                None => runtime.run(&mut { link }, &flag),
+            };
+            result.map_err(|e| e.to_string())
+        });
+        let stats = rx.recv_timeout(Duration::from_secs(10)).expect("the device thread starts");
+        Device { stop, handle: Some(handle), stats }
+    }
+
+    /// A copy of its counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    /// Waits until `condition` holds on its counters.
+    pub fn wait_for(&self, what: &str, timeout: Duration, condition: impl Fn(&Stats) -> bool) {
+        let start = Instant::now();
+        while !condition(&self.stats()) {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it and reports how its run ended.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().map(|h| h.join().expect("the device thread does not panic")).unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The module hashes (hex) the server lists as installed on `device`.
+pub fn installed_hashes(server: &Server, device: &str) -> Vec<String> {
+    let (status, body) = server.get(&format!("/api/devices/{device}"));
+    assert_eq!(status, 200, "{body}");
+    let modules = inventory_modules(&body);
+    modules.iter().filter_map(|m| m["sha256"].as_str().map(str::to_owned)).collect()
+}
+
+/// The installed modules in a device record, wherever the record keeps them.
+pub fn inventory_modules(device: &Value) -> Vec<Value> {
+    for path in [&["inventory", "modules"][..], &["modules"][..], &["describe", "modules"][..]] {
+        let mut v = device;
+        for k in path {
+            v = &v[*k];
+        }
+        if let Some(a) = v.as_array() {
+            return a.clone();
+        }
+    }
+    Vec::new()
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    tern_testkit::scratch(name)
+}

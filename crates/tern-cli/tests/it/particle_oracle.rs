@@ -63,6 +63,23 @@ struct Tally {
 }
 
 impl Tally {
+    /// Prints the summary and every disagreement, then fails on any disagreement.
+    fn report_and_assert(&self, what: &str) {
+        eprintln!(
+            "particle oracle, {what}: {} parsed by both, {} rejected by both, {} not a module for either; \
+             {} fields compared; {} disagreements",
+            self.parsed_by_both,
+            self.rejected_by_both,
+            self.not_a_module,
+            self.fields_compared,
+            self.disagreements.len()
+        );
+        for line in &self.disagreements {
+            eprintln!("  {line}");
+        }
+        assert!(self.disagreements.is_empty(), "{} disagreements with binary-version-reader", self.disagreements.len());
+    }
+
     fn check(&mut self, path: &str, field: &str, ours: &Value, oracle: &Value) {
         self.fields_compared += 1;
         if ours != oracle {
@@ -174,21 +191,7 @@ fn inspect_agrees_with_binary_version_reader() {
         compare(&mut tally, &path, ours, oracle);
     }
 
-    eprintln!(
-        "particle oracle: {} files under {}: {} parsed by both, {} rejected by both, {} not a module for either; \
-         {} fields compared; {} disagreements",
-        files.len(),
-        dir.display(),
-        tally.parsed_by_both,
-        tally.rejected_by_both,
-        tally.not_a_module,
-        tally.fields_compared,
-        tally.disagreements.len()
-    );
-    for line in &tally.disagreements {
-        eprintln!("  {line}");
-    }
-    assert!(tally.disagreements.is_empty(), "{} disagreements with binary-version-reader", tally.disagreements.len());
+    tally.report_and_assert(&format!("{} files under {}", files.len(), dir.display()));
     assert!(tally.parsed_by_both > 0, "no file was parsed by both readers");
 }
 
@@ -283,20 +286,7 @@ fn mutated_modules_agree_with_binary_version_reader() {
         let path = file.display().to_string();
         compare(&mut tally, &path, &ours[&path], &oracle[&path]);
     }
-    eprintln!(
-        "particle oracle, mutated: {} files: {} parsed by both, {} rejected by both, {} not a module for either; \
-         {} fields compared; {} disagreements",
-        files.len(),
-        tally.parsed_by_both,
-        tally.rejected_by_both,
-        tally.not_a_module,
-        tally.fields_compared,
-        tally.disagreements.len()
-    );
-    for line in &tally.disagreements {
-        eprintln!("  {line}");
-    }
-    assert!(tally.disagreements.is_empty(), "{} disagreements with binary-version-reader", tally.disagreements.len());
+    tally.report_and_assert(&format!("mutated: {} files", files.len()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -26,7 +26,7 @@
 //! erase sector of progress per interruption, never the whole transfer.
 
 use ed25519_dalek::VerifyingKey;
-use tern_image::manifest::{self, ModuleEntry, SignedDocument};
+use tern_image::manifest::{self, Kind, ModuleEntry, SignedDocument};
 use tern_image::model::{Dependency, ModuleFunction};
 
 use crate::block::{Block, BLOCK_SIZE};
@@ -68,6 +68,10 @@ pub enum OfferError {
     TooLarge,
     /// More modules than [`MAX_UPDATE_MODULES`], or two for the same slot.
     TooManyModules,
+    /// The signed documents do not form one update: no document, a release manifest
+    /// together with other documents, or module statements for different platforms or
+    /// products.
+    MixedDocuments,
     /// A dependency can never be satisfied on this device by this update.
     UnsatisfiableDependency(Dependency),
     /// An install is staged or in progress; reboot first.
@@ -230,33 +234,67 @@ impl<'k> Agent<'k> {
         Ok(n)
     }
 
-    /// Step 1 of an update: an offer (a signed release manifest or module statement).
-    ///
-    /// Checks, in order: signature by a trusted key, platform, security counter, that
-    /// every module has a slot at its start address and fits, that dependencies can be
-    /// satisfied, and that the update fits the exchange area. Then records the offer and
-    /// erases the staging and progress areas. An offer identical to the one in progress
-    /// resumes it. This is a fuzz entry point (any bytes as `signed`).
+    /// Step 1 of an update: an offer of one signed document (a release manifest or a
+    /// module statement). See [`Agent::handle_offer_documents`].
     pub fn handle_offer<S: Storage>(&mut self, s: &mut S, signed: &[u8]) -> Result<OfferAccepted, OfferError> {
+        self.handle_offer_documents(s, [signed])
+    }
+
+    /// Step 1 of an update: an offer of signed documents — one release manifest, or one
+    /// module statement per module (a server composes those from its catalog without
+    /// holding any key). The modules are installed in the order the documents list them.
+    ///
+    /// Checks, in order: every document signed by a trusted key and all of one kind,
+    /// platform and product, platform, security counter (the highest of the documents),
+    /// that every module has a slot at its start address and fits, that dependencies can
+    /// be satisfied, and that the update fits the exchange area. Then records the offer
+    /// and erases the staging and progress areas. An offer identical to the one in
+    /// progress resumes it. This is a fuzz entry point (any bytes as documents).
+    pub fn handle_offer_documents<'d, S: Storage>(
+        &mut self,
+        s: &mut S,
+        documents: impl IntoIterator<Item = &'d [u8]>,
+    ) -> Result<OfferAccepted, OfferError> {
         let st = &self.stored.state;
         if st.job.is_some() || st.phase == UpdatePhase::Staged {
             return Err(OfferError::Busy);
         }
-        let manifest = SignedDocument::parse(signed).and_then(|d| d.verify(self.keys)).map_err(OfferError::Manifest)?;
-        if manifest.platform_id != self.profile.platform_id {
-            return Err(OfferError::WrongPlatform { device: self.profile.platform_id, offer: manifest.platform_id });
+        let mut entries = [None; MAX_UPDATE_MODULES];
+        let mut count = 0usize;
+        let mut first: Option<(Kind, u16, u32)> = None;
+        let mut security_counter = 0u64;
+        for document in documents {
+            let manifest =
+                SignedDocument::parse(document).and_then(|d| d.verify(self.keys)).map_err(OfferError::Manifest)?;
+            let identity = (manifest.kind, manifest.platform_id, manifest.product_id);
+            match first {
+                None => first = Some(identity),
+                Some(seen) if seen != identity || manifest.kind == Kind::Release => {
+                    return Err(OfferError::MixedDocuments)
+                }
+                Some(_) => {}
+            }
+            security_counter = security_counter.max(manifest.security_counter);
+            for entry in manifest.modules() {
+                *entries.get_mut(count).ok_or(OfferError::TooManyModules)? = Some(*entry);
+                count += 1;
+            }
         }
-        if manifest.security_counter < st.security_counter {
-            return Err(OfferError::Downgrade { device: st.security_counter, offer: manifest.security_counter });
+        let Some((_, platform_id, _)) = first else { return Err(OfferError::MixedDocuments) };
+        if platform_id != self.profile.platform_id {
+            return Err(OfferError::WrongPlatform { device: self.profile.platform_id, offer: platform_id });
         }
-        if manifest.module_count() == 0 || manifest.module_count() > MAX_UPDATE_MODULES {
+        if security_counter < st.security_counter {
+            return Err(OfferError::Downgrade { device: st.security_counter, offer: security_counter });
+        }
+        if count == 0 {
             return Err(OfferError::TooManyModules);
         }
         let mut staged = [None; MAX_UPDATE_MODULES];
         let ex = self.profile.exchange;
         let mut next = 0u32;
         let mut total_bytes = 0u32;
-        for (i, entry) in manifest.modules().enumerate() {
+        for (i, entry) in entries.iter().flatten().enumerate() {
             let slot = self.check_entry(entry)?;
             if staged.iter().flatten().any(|m: &StagedModule| m.slot as usize == slot) {
                 return Err(OfferError::TooManyModules);
@@ -270,7 +308,7 @@ impl<'k> Agent<'k> {
             total_bytes = total_bytes.saturating_add(entry.size);
         }
         self.check_dependencies(&staged)?;
-        let count = manifest.module_count() as u8;
+        let count = count as u8;
         let blocks: u32 = staged.iter().flatten().map(|m| blocks_of(m.module.size)).sum();
         let ws = self.profile.devices[self.profile.progress.dev as usize].write_size;
         if blocks * MARKER_UNITS * ws > self.profile.progress.size {
@@ -288,7 +326,7 @@ impl<'k> Agent<'k> {
         st.phase = UpdatePhase::Preparing;
         st.staged = staged;
         st.staged_count = count;
-        st.update_counter = manifest.security_counter;
+        st.update_counter = security_counter;
         // The staging area about to be erased may hold the rollback copies.
         st.rollback = [None; MAX_SLOTS];
         st.last_result = UpdateResult::None;

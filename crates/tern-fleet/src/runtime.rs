@@ -150,7 +150,10 @@ fn offer_reason(e: &OfferError) -> Reason {
         OfferError::Manifest(_) => Reason::RejectedSignature,
         OfferError::WrongPlatform { .. } => Reason::WrongPlatform,
         OfferError::Downgrade { .. } => Reason::SecurityCounterRollback,
-        OfferError::NoSlot(..) | OfferError::WrongAddress(..) | OfferError::TooManyModules => Reason::MalformedOffer,
+        OfferError::NoSlot(..)
+        | OfferError::WrongAddress(..)
+        | OfferError::TooManyModules
+        | OfferError::MixedDocuments => Reason::MalformedOffer,
         OfferError::TooLarge => Reason::TooLarge,
         OfferError::UnsatisfiableDependency(_) => Reason::UnmetDependency,
         OfferError::Busy => Reason::Busy,
@@ -474,7 +477,7 @@ impl SimRuntime {
                             if same && agent.state().phase == UpdatePhase::Staged {
                                 return Next::Reboot(ResetCause::Software);
                             }
-                            match agent.handle_offer(storage, offer.signed) {
+                            match agent.handle_offer_documents(storage, offer.signed.iter().copied()) {
                                 Ok(_) => {
                                     self.set_attempt(offer.attempt);
                                     window = usize::from(offer.window.max(1));

@@ -198,7 +198,10 @@ fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W>
 }
 
 fn write_offer<W: Write>(e: &mut Encoder<W>, m: &UpdateOffer<'_>) -> EncodeResult<W> {
-    e.map(6)?.u8(0)?.u64(m.attempt)?.u8(1)?.bytes(m.signed)?;
+    e.map(6)?.u8(0)?.u64(m.attempt)?.u8(1)?.array(m.signed.len() as u64)?;
+    for document in m.signed.iter() {
+        e.bytes(document)?;
+    }
     e.u8(2)?.array(m.modules.len() as u64)?;
     for module in m.modules.iter() {
         e.map(5)?.u8(0)?.u8(module.function.code())?.u8(1)?.u8(module.index)?.u8(2)?.u32(module.version)?;
@@ -335,7 +338,7 @@ fn decode_offer<'b>(d: &mut Decoder<'b>) -> Result<UpdateOffer<'b>, DecodeError>
     read_map(d, "offer", |key, d| {
         match key {
             0 => attempt = Some(d.u64().map_err(malformed("attempt"))?),
-            1 => signed = Some(d.bytes().map_err(malformed("signed"))?),
+            1 => signed = Some(decode_documents(d)?),
             2 => modules = Some(decode_offered(d)?),
             3 => air_bytes = Some(d.u64().map_err(malformed("air bytes"))?),
             4 => window = Some(d.u8().map_err(malformed("window"))?),
@@ -352,6 +355,19 @@ fn decode_offer<'b>(d: &mut Decoder<'b>) -> Result<UpdateOffer<'b>, DecodeError>
         window: window.ok_or(DecodeError::Missing("window"))?,
         max_block: max_block.ok_or(DecodeError::Missing("max block"))?,
     })
+}
+
+fn decode_documents<'b>(d: &mut Decoder<'b>) -> Result<List<&'b [u8], MAX_MODULES>, DecodeError> {
+    let count = definite_array(d, "signed")?;
+    let mut list = List::new();
+    for _ in 0..count {
+        let document = d.bytes().map_err(malformed("signed"))?;
+        list.push(document).map_err(|_| DecodeError::TooMany("signed"))?;
+    }
+    if list.is_empty() {
+        return Err(DecodeError::Malformed("signed"));
+    }
+    Ok(list)
 }
 
 fn decode_offered(d: &mut Decoder<'_>) -> Result<List<OfferedModule, MAX_MODULES>, DecodeError> {

@@ -314,9 +314,10 @@ pub struct OfferedModule {
 pub struct UpdateOffer<'a> {
     /// The attempt this offer belongs to.
     pub attempt: AttemptId,
-    /// The signed release manifest or module statements (COSE_Sign1, see
-    /// `tern_image::manifest`); the device trusts only what this proves.
-    pub signed: &'a [u8],
+    /// The signed documents (COSE_Sign1, see `tern_image::manifest`): one release
+    /// manifest, or one module statement per module in the order of `modules`. The device
+    /// trusts only what these prove.
+    pub signed: List<&'a [u8], MAX_MODULES>,
     /// The modules, in install order; block requests name them by position here.
     pub modules: List<OfferedModule, MAX_MODULES>,
     /// The server's estimate of bytes on the air for the whole transfer.

@@ -69,7 +69,7 @@ fn samples() -> Vec<Message<'static>> {
         }),
         Message::UpdateOffer(UpdateOffer {
             attempt: u64::MAX,
-            signed: &[0xd2, 0x84, 0x43, 0xa1, 0x01, 0x27],
+            signed: List::from_slice(&[&[0xd2, 0x84, 0x43, 0xa1, 0x01, 0x27][..], &[0xd2, 0x84][..]]).unwrap(),
             modules: List::from_slice(&[
                 OfferedModule {
                     function: ModuleFunction::SystemPart,

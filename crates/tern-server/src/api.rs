@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -29,9 +29,11 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::link::{DeviceLink, LinkError};
+use crate::plans::{Origin, PlanError, Planner};
 use crate::platform;
 use crate::store::{
-    AttemptRecord, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlannedModule, Store, StoreError,
+    AttemptRecord, Connectivity, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlanRecord,
+    PlannedModule, Policy, Store, StoreError,
 };
 use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};
@@ -54,6 +56,8 @@ pub struct AppState {
     pub uplink: Arc<UplinkCounters>,
     /// The update task.
     pub updates: Updates,
+    /// Install plans.
+    pub planner: Planner,
     /// The configuration in force.
     pub config: Arc<Config>,
 }
@@ -115,8 +119,12 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/modules", post(upload_module).get(list_modules).layer(DefaultBodyLimit::max(max_upload)))
         .route("/api/modules/{sha256}", get(show_module))
+        .route("/api/modules/{sha256}/statement", put(put_statement))
         .route("/api/devices", post(add_device).get(list_devices))
-        .route("/api/devices/{id}", get(show_device))
+        .route("/api/devices/{id}", get(show_device).patch(set_policy))
+        .route("/api/devices/{id}/plans", post(create_plan).get(list_plans))
+        .route("/api/plans/{id}", get(show_plan))
+        .route("/api/plans/{id}/start", post(start_plan))
         .route("/api/devices/{id}/commands", post(send_command))
         .route(
             "/api/devices/{id}/attempts",
@@ -230,6 +238,7 @@ fn module_record(sha256: String, filename: Option<String>, info: &tern_image::Mo
             .collect(),
         start_address: info.start_address,
         uploaded_at: now_millis(),
+        statement: None,
     }
 }
 
@@ -246,6 +255,21 @@ async fn show_module(State(state): State<AppState>, Path(sha256): Path<String>) 
 struct AddDevice {
     id: String,
     platform: serde_json::Value,
+    /// `wifi` (default), `ethernet` or `cellular`.
+    connectivity: Option<String>,
+    /// Whether the server heals the device without asking; default: on unless cellular.
+    auto_heal: Option<bool>,
+}
+
+fn parse_connectivity(name: &str) -> ApiResult<Connectivity> {
+    Connectivity::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Connectivity::ALL.iter().map(|c| c.name()).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_connectivity",
+            format!("connectivity must be one of {}", known.join(", ")),
+        )
+    })
 }
 
 #[derive(Serialize)]
@@ -253,8 +277,15 @@ struct AddedDevice {
     id: String,
     platform_id: u16,
     platform: Option<&'static str>,
+    connectivity: &'static str,
+    /// Whether the server heals it without asking (the policy in force).
+    auto_heal: bool,
     /// Shown once; only its hash is stored.
     secret: String,
+}
+
+fn policy_json(policy: &Policy) -> serde_json::Value {
+    json!({ "connectivity": policy.connectivity.name(), "auto_heal": policy.heals_automatically() })
 }
 
 async fn add_device(
@@ -283,16 +314,27 @@ async fn add_device(
             format!("platform must be a platform id or one of {}", known.join(", ")),
         )
     })?;
+    let connectivity = body.connectivity.as_deref().map(parse_connectivity).transpose()?.unwrap_or(Connectivity::Wifi);
+    let policy = Policy { connectivity, auto_heal: body.auto_heal };
     let secret = auth::new_device_secret();
     let device = NewDevice {
         id: body.id.clone(),
         platform_id,
         secret_hash: auth::hash_secret(&secret),
         created_at: now_millis(),
+        policy,
     };
     state.store.create_device(&device).await?;
-    state.hub.publish(Some(&device.id), "device.registered", json!({ "platform_id": platform_id })).await?;
-    let added = AddedDevice { id: device.id, platform_id, platform: platform::name(platform_id), secret };
+    let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
+    state.hub.publish(Some(&device.id), "device.registered", data).await?;
+    let added = AddedDevice {
+        id: device.id,
+        platform_id,
+        platform: platform::name(platform_id),
+        connectivity: connectivity.name(),
+        auto_heal: policy.heals_automatically(),
+        secret,
+    };
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -309,15 +351,15 @@ struct DeviceSummary {
     application_version: Option<u32>,
     last_seen: Option<i64>,
     described_at: Option<i64>,
+    /// `wifi`, `ethernet` or `cellular`.
+    connectivity: &'static str,
+    /// Whether the server heals it without asking (the policy in force).
+    auto_heal: bool,
 }
 
-fn summary(
-    link: &dyn DeviceLink,
-    id: &str,
-    platform_id: u16,
-    last_seen: Option<i64>,
-    inv: Option<&Inventory>,
-) -> DeviceSummary {
+fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord) -> DeviceSummary {
+    let (id, platform_id, last_seen, inv) =
+        (device.id.as_str(), device.platform_id, device.last_seen, device.inventory.as_ref());
     let online = link.is_online(id);
     let safe_mode = inv.is_some_and(|inv| inv.boot_reason == tern_proto::BootReason::SafeMode.name());
     let application = tern_image::ModuleFunction::UserPart.code();
@@ -338,17 +380,14 @@ fn summary(
             .map(|m| m.version),
         last_seen,
         described_at: inv.map(|inv| inv.described_at),
+        connectivity: device.policy.connectivity.name(),
+        auto_heal: device.policy.heals_automatically(),
     }
 }
 
 async fn list_devices(State(state): State<AppState>) -> ApiResult<Json<Vec<DeviceSummary>>> {
     let devices = state.store.list_devices().await?;
-    Ok(Json(
-        devices
-            .iter()
-            .map(|d| summary(&*state.link, &d.id, d.platform_id, d.last_seen, d.inventory.as_ref()))
-            .collect(),
-    ))
+    Ok(Json(devices.iter().map(|d| summary(&*state.link, d)).collect()))
 }
 
 #[derive(Serialize)]
@@ -380,7 +419,7 @@ async fn show_device(State(state): State<AppState>, Path(id): Path<String>) -> A
     let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
     Ok(Json(DeviceDetail {
         attempts,
-        summary: summary(&*state.link, &device.id, device.platform_id, device.last_seen, device.inventory.as_ref()),
+        summary: summary(&*state.link, &device),
         created_at: device.created_at,
         inventory: device.inventory,
         history,
@@ -564,6 +603,7 @@ async fn start_attempt(
             version: entry.version,
             size: entry.size,
             start_address: entry.start_address,
+            reason: None,
         });
     }
     let now = now_millis();
@@ -576,7 +616,8 @@ async fn start_attempt(
         bytes_total: plan.iter().map(|m| u64::from(m.size)).sum(),
         air_bytes: estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer),
         plan,
-        signed,
+        plan_id: None,
+        signed: vec![signed],
         bytes_done: 0,
         bytes_sent: 0,
         bytes_resent: 0,
@@ -620,4 +661,175 @@ async fn cancel_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> A
     // The update task has stored the cancellation before answering.
     let attempt = state.store.get_attempt(id).await?.unwrap_or(attempt);
     Ok(Json(attempt))
+}
+
+impl From<PlanError> for ApiError {
+    fn from(err: PlanError) -> Self {
+        match err {
+            PlanError::NotFound(message) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            PlanError::Rejected { code, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+            PlanError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            PlanError::Store(err) => err.into(),
+            PlanError::Blob(err) => err.into(),
+        }
+    }
+}
+
+/// `PUT /api/modules/{sha256}/statement`: attaches a signed module statement (`tern module
+/// sign`) to a catalog module. The server holds no keys, so it cannot judge the signature
+/// (devices do); it checks that the statement is well formed and describes exactly this
+/// module.
+async fn put_statement(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ModuleRecord>> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("statement refused: {rejection}"))
+    })?;
+    let sha256 = sha256.to_ascii_lowercase();
+    let module = state
+        .store
+        .get_module(&sha256)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no module {sha256}")))?;
+    let bad = |message: String| unprocessable("bad_statement", message);
+    let document =
+        tern_image::manifest::SignedDocument::parse(&body).map_err(|e| bad(format!("not a signed document: {e}")))?;
+    let statement = tern_image::manifest::decode_document(document.payload)
+        .map_err(|e| bad(format!("unreadable statement: {e}")))?;
+    if statement.kind != tern_image::manifest::Kind::ModuleStatement {
+        return Err(bad("a release manifest, not a module statement".into()));
+    }
+    let mut entries = statement.modules();
+    let (Some(entry), None) = (entries.next(), entries.next()) else {
+        return Err(bad("a module statement lists exactly one module".into()));
+    };
+    let same = hex::encode(entry.sha256) == module.sha256
+        && entry.size == module.size
+        && entry.function.code() == module.function
+        && entry.index == module.index
+        && entry.version == module.version
+        && entry.start_address == module.start_address
+        && (module.platform_id == 0 || statement.platform_id == module.platform_id);
+    if !same {
+        return Err(bad(format!(
+            "the statement describes another module ({} {} v{}, {} bytes, SHA-256 {}) than {sha256}",
+            entry.function.name(),
+            entry.index,
+            entry.version,
+            entry.size,
+            hex::encode(entry.sha256)
+        )));
+    }
+    let address = state.blobs.put(&body).await?;
+    state.store.set_module_statement(&sha256, &address).await?;
+    let module = state.store.get_module(&sha256).await?.unwrap_or(module);
+    let data = json!({ "module": sha256, "statement": address, "key_id": hex::encode(document.kid) });
+    state.hub.publish(None, "module.signed", data).await?;
+    Ok(Json(module))
+}
+
+#[derive(Deserialize)]
+struct SetPolicy {
+    connectivity: Option<String>,
+    /// `true`, `false`, or `null` to follow the connectivity's default.
+    #[serde(default, deserialize_with = "present")]
+    auto_heal: Option<Option<bool>>,
+}
+
+/// Distinguishes a JSON field set to `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
+}
+
+/// `PATCH /api/devices/{id}`: changes a device's update policy.
+async fn set_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SetPolicy>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(body) =
+        body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let mut policy = device.policy;
+    if let Some(name) = &body.connectivity {
+        policy.connectivity = parse_connectivity(name)?;
+    }
+    if let Some(auto_heal) = body.auto_heal {
+        policy.auto_heal = auto_heal;
+    }
+    state.store.set_policy(&id, &policy).await?;
+    let data = policy_json(&policy);
+    state.hub.publish(Some(&id), "device.policy", data.clone()).await?;
+    Ok(Json(data))
+}
+
+#[derive(Deserialize)]
+struct CreatePlan {
+    /// Catalog SHA-256s of the modules wanted; empty or absent: heal only.
+    #[serde(default)]
+    modules: Vec<String>,
+}
+
+/// `POST /api/devices/{id}/plans`: computes the install plan for the modules asked for
+/// (with every missing dependency) against what the device last described. Nothing is
+/// sent until the plan is started.
+async fn create_plan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<CreatePlan>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
+    let Json(body) =
+        body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
+    if let Some(bad) = body.modules.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_module_hash",
+            format!("{bad:?} is not a SHA-256 (64 hex digits)"),
+        ));
+    }
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let plan = state.planner.build(&device, &body.modules, Origin::Operator).await?;
+    Ok((StatusCode::CREATED, Json(plan)))
+}
+
+/// How many plans `GET /api/devices/{id}/plans` lists.
+const PLANS_SHOWN: u32 = 20;
+
+async fn list_plans(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<PlanRecord>>> {
+    if state.store.get_device(&id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    Ok(Json(state.store.device_plans(&id, PLANS_SHOWN).await?))
+}
+
+async fn show_plan(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<PlanRecord>> {
+    let plan = state.store.get_plan(id).await?;
+    plan.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plan {id}")))
+}
+
+#[derive(Deserialize, Default)]
+struct StartPlan {
+    /// The plan's `air_bytes`, typed by the operator: required for cellular devices.
+    confirm_air_bytes: Option<u64>,
+}
+
+/// `POST /api/plans/{id}/start`: sends a proposed plan to its device as an update attempt.
+async fn start_plan(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    body: Option<Json<StartPlan>>,
+) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let (_, attempt) = state.planner.start(id, body.confirm_air_bytes, Origin::Operator).await?;
+    Ok((StatusCode::CREATED, Json(attempt)))
 }

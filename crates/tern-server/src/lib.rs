@@ -17,6 +17,7 @@ pub mod config;
 pub mod events;
 pub mod gateway;
 pub mod link;
+pub mod plans;
 pub mod platform;
 pub mod store;
 pub mod updates;
@@ -72,14 +73,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen for MQTT on {}", config.mqtt))?;
     let link: Arc<dyn link::DeviceLink> = Arc::new(gateway);
     let updates = updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer).await?;
+    let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), config.transfer);
     let uplink = Arc::new(uplink::UplinkCounters::default());
-    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone()));
+    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone(), planner.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http = listener.local_addr()?;
-    let state = api::AppState { store, blobs, hub, link, uplink, updates, config: Arc::new(config.clone()) };
+    let state = api::AppState { store, blobs, hub, link, uplink, updates, planner, config: Arc::new(config.clone()) };
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Running { http, mqtt, data_dir: config.data_dir, created_admin_token, http_task })

@@ -106,6 +106,10 @@ pub struct ModuleRecord {
     pub start_address: u32,
     /// Upload time, Unix milliseconds.
     pub uploaded_at: i64,
+    /// Blob address of the module's signed statement; a module without one cannot be
+    /// offered to devices.
+    #[serde(default)]
+    pub statement: Option<String>,
 }
 
 /// One module as a device described it.
@@ -176,6 +180,72 @@ pub struct NewDevice {
     pub secret_hash: String,
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
+    /// Its update policy.
+    pub policy: Policy,
+}
+
+/// How a device reaches the server, which decides what updates cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connectivity {
+    /// Wi-Fi: bytes are cheap.
+    Wifi,
+    /// Ethernet: bytes are cheap.
+    Ethernet,
+    /// Cellular: every byte is paid for; the operator confirms the cost of each plan.
+    Cellular,
+}
+
+impl Connectivity {
+    /// Every connectivity, for error messages.
+    pub const ALL: [Connectivity; 3] = [Connectivity::Wifi, Connectivity::Ethernet, Connectivity::Cellular];
+
+    /// The name used in JSON and the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Connectivity::Wifi => "wifi",
+            Connectivity::Ethernet => "ethernet",
+            Connectivity::Cellular => "cellular",
+        }
+    }
+
+    /// Parses [`Connectivity::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether devices with this connectivity heal automatically unless told otherwise.
+    pub fn auto_heal_default(self) -> bool {
+        self != Connectivity::Cellular
+    }
+}
+
+/// A device's update policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// How it reaches the server.
+    pub connectivity: Connectivity,
+    /// Whether the server heals it without asking; `None` follows the connectivity's
+    /// default (on for Wi-Fi and Ethernet, off for cellular).
+    pub auto_heal: Option<bool>,
+}
+
+impl Policy {
+    /// Whether the server may send a heal plan without an operator.
+    pub fn heals_automatically(&self) -> bool {
+        self.auto_heal.unwrap_or(self.connectivity.auto_heal_default())
+    }
+
+    /// Whether an operator must confirm the bytes on the air before a plan is sent.
+    pub fn confirms_cost(&self) -> bool {
+        self.connectivity == Connectivity::Cellular
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { connectivity: Connectivity::Wifi, auto_heal: None }
+    }
 }
 
 /// A device as stored.
@@ -191,6 +261,8 @@ pub struct DeviceRecord {
     pub last_seen: Option<i64>,
     /// Its last Describe, if it ever sent one.
     pub inventory: Option<Inventory>,
+    /// Its update policy.
+    pub policy: Policy,
 }
 
 /// One event, as stored and streamed.
@@ -225,6 +297,43 @@ pub struct PlannedModule {
     pub size: u32,
     /// Flash address of its first byte.
     pub start_address: u32,
+    /// Why it is in the plan: `requested`, or the dependency it meets
+    /// (`needed by application 2 v6: system part 1 >= v3000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An install plan: what the server would send to a device, in order, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// Plan id.
+    pub id: i64,
+    /// The device.
+    pub device: String,
+    /// The device's platform.
+    pub platform_id: u16,
+    /// `operator` (asked for by an operator) or `heal` (computed for a device in safe mode).
+    pub origin: String,
+    /// `proposed` (nothing sent), `started` (attempt `attempt` carries it), `superseded`.
+    pub status: String,
+    /// SHA-256 of the modules asked for (empty for a heal).
+    pub requested: Vec<String>,
+    /// The modules to send, in install order.
+    pub steps: Vec<PlannedModule>,
+    /// SHA-256 over the described module hashes the plan was computed from.
+    pub inventory_key: String,
+    /// The device's connectivity when the plan was made.
+    pub connectivity: Connectivity,
+    /// Total bytes of the modules.
+    pub bytes_total: u64,
+    /// Estimated bytes on the air (offer, requests, blocks and MQTT framing).
+    pub air_bytes: u64,
+    /// Whether the operator must confirm `air_bytes` before it is sent (cellular).
+    pub confirm_required: bool,
+    /// The attempt that carries it, once started.
+    pub attempt: Option<i64>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
 }
 
 /// An update attempt, as stored and shown by the API.
@@ -243,8 +352,11 @@ pub struct AttemptRecord {
     pub reason_code: Option<u16>,
     /// The modules, in install order.
     pub plan: Vec<PlannedModule>,
-    /// Blob address of the signed release manifest.
-    pub signed: String,
+    /// The plan this attempt carries (none for an attempt started from a release bundle).
+    pub plan_id: Option<i64>,
+    /// Blob addresses of the signed documents offered: one release manifest, or one
+    /// module statement per module.
+    pub signed: Vec<String>,
     /// Total bytes of the plan's modules.
     pub bytes_total: u64,
     /// Estimated bytes on the air for the whole transfer.
@@ -286,6 +398,9 @@ pub trait Store: Send + Sync {
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>>;
     /// Every module, by platform, function, index and version.
     async fn list_modules(&self) -> StoreResult<Vec<ModuleRecord>>;
+    /// Attaches the signed statement at blob address `statement` to module `sha256`;
+    /// `false` when there is no such module.
+    async fn set_module_statement(&self, sha256: &str, statement: &str) -> StoreResult<bool>;
 
     /// Registers a device; [`StoreError::Conflict`] if the id is taken.
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
@@ -299,6 +414,18 @@ pub trait Store: Send + Sync {
     async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()>;
     /// Replaces device `id`'s inventory with `inventory` (and marks it seen).
     async fn record_inventory(&self, id: &str, inventory: &Inventory) -> StoreResult<()>;
+    /// Replaces device `id`'s update policy; `false` when there is no such device.
+    async fn set_policy(&self, id: &str, policy: &Policy) -> StoreResult<bool>;
+
+    /// Stores a new plan (its `id` is ignored) and returns its id.
+    async fn create_plan(&self, plan: &PlanRecord) -> StoreResult<i64>;
+    /// The plan `id`.
+    async fn get_plan(&self, id: i64) -> StoreResult<Option<PlanRecord>>;
+    /// The `limit` most recent plans of `device`, newest first.
+    async fn device_plans(&self, device: &str, limit: u32) -> StoreResult<Vec<PlanRecord>>;
+    /// Sets plan `id`'s status and attempt, only if its status is still `from`; `false`
+    /// when it was not (another request started or superseded it first).
+    async fn transition_plan(&self, id: i64, from: &str, to: &str, attempt: Option<i64>) -> StoreResult<bool>;
 
     /// Appends an event (its `id` is ignored) and returns it with its assigned id.
     async fn append_event(&self, event: &Event) -> StoreResult<Event>;
@@ -359,6 +486,7 @@ fn module_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ModuleRecord> {
         dependencies: serde_json::from_str(row.try_get("dependencies")?)?,
         start_address: int(row.try_get("start_address")?)?,
         uploaded_at: row.try_get("uploaded_at")?,
+        statement: row.try_get("statement")?,
     })
 }
 
@@ -370,6 +498,39 @@ fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DeviceRecord> {
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
         inventory: inventory.map(|json| serde_json::from_str(&json)).transpose()?,
+        policy: policy_from_row(row)?,
+    })
+}
+
+fn policy_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Policy> {
+    let connectivity: String = row.try_get("connectivity")?;
+    let auto_heal: Option<i64> = row.try_get("auto_heal")?;
+    Ok(Policy {
+        connectivity: Connectivity::parse(&connectivity)
+            .ok_or_else(|| StoreError::Backend(format!("stored connectivity {connectivity} is unknown")))?,
+        auto_heal: auto_heal.map(|v| v != 0),
+    })
+}
+
+fn plan_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<PlanRecord> {
+    let connectivity: String = row.try_get("connectivity")?;
+    let connectivity = Connectivity::parse(&connectivity)
+        .ok_or_else(|| StoreError::Backend(format!("stored connectivity {connectivity} is unknown")))?;
+    Ok(PlanRecord {
+        id: row.try_get("id")?,
+        device: row.try_get("device")?,
+        platform_id: int(row.try_get("platform_id")?)?,
+        origin: row.try_get("origin")?,
+        status: row.try_get("status")?,
+        requested: serde_json::from_str(row.try_get("requested")?)?,
+        steps: serde_json::from_str(row.try_get("steps")?)?,
+        inventory_key: row.try_get("inventory_key")?,
+        connectivity,
+        bytes_total: int(row.try_get("bytes_total")?)?,
+        air_bytes: int(row.try_get("air_bytes")?)?,
+        confirm_required: connectivity == Connectivity::Cellular,
+        attempt: row.try_get("attempt")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -394,7 +555,8 @@ fn attempt_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AttemptRecord>
         reason: row.try_get("reason")?,
         reason_code: reason_code.map(int).transpose()?,
         plan: serde_json::from_str(row.try_get("plan")?)?,
-        signed: row.try_get("signed")?,
+        plan_id: row.try_get("plan_id")?,
+        signed: row.try_get::<String, _>("signed")?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         bytes_total: int(row.try_get("bytes_total")?)?,
         air_bytes: int(row.try_get("air_bytes")?)?,
         bytes_done: int(row.try_get("bytes_done")?)?,
@@ -490,15 +652,26 @@ impl Store for SqliteStore {
         rows.iter().map(module_from_row).collect()
     }
 
+    async fn set_module_statement(&self, sha256: &str, statement: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE modules SET statement = ? WHERE sha256 = ?")
+            .bind(statement)
+            .bind(sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
         let result = sqlx::query(
-            "INSERT INTO devices (id, platform_id, secret_hash, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&d.id)
         .bind(i64::from(d.platform_id))
         .bind(&d.secret_hash)
         .bind(d.created_at)
+        .bind(d.policy.connectivity.name())
+        .bind(d.policy.auto_heal.map(i64::from))
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 0 {
@@ -547,6 +720,64 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_policy(&self, id: &str, policy: &Policy) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET connectivity = ?, auto_heal = ? WHERE id = ?")
+            .bind(policy.connectivity.name())
+            .bind(policy.auto_heal.map(i64::from))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn create_plan(&self, p: &PlanRecord) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO plans (device, platform_id, origin, status, requested, steps, inventory_key, connectivity, \
+             bytes_total, air_bytes, attempt, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&p.device)
+        .bind(i64::from(p.platform_id))
+        .bind(&p.origin)
+        .bind(&p.status)
+        .bind(serde_json::to_string(&p.requested)?)
+        .bind(serde_json::to_string(&p.steps)?)
+        .bind(&p.inventory_key)
+        .bind(p.connectivity.name())
+        .bind(db_int(p.bytes_total))
+        .bind(db_int(p.air_bytes))
+        .bind(p.attempt)
+        .bind(p.created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn get_plan(&self, id: i64) -> StoreResult<Option<PlanRecord>> {
+        let row = sqlx::query("SELECT * FROM plans WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(plan_from_row).transpose()
+    }
+
+    async fn device_plans(&self, device: &str, limit: u32) -> StoreResult<Vec<PlanRecord>> {
+        let rows = sqlx::query("SELECT * FROM plans WHERE device = ? ORDER BY id DESC LIMIT ?")
+            .bind(device)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn transition_plan(&self, id: i64, from: &str, to: &str, attempt: Option<i64>) -> StoreResult<bool> {
+        let result =
+            sqlx::query("UPDATE plans SET status = ?, attempt = COALESCE(?, attempt) WHERE id = ? AND status = ?")
+                .bind(to)
+                .bind(attempt)
+                .bind(id)
+                .bind(from)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     async fn append_event(&self, event: &Event) -> StoreResult<Event> {
         let id: i64 =
             sqlx::query_scalar("INSERT INTO events (at, device, kind, data) VALUES (?, ?, ?, ?) RETURNING id")
@@ -582,16 +813,17 @@ impl Store for SqliteStore {
 
     async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO attempts (device, state, reason, reason_code, plan, signed, bytes_total, air_bytes, \
+            "INSERT INTO attempts (device, state, reason, reason_code, plan, plan_id, signed, bytes_total, air_bytes, \
              bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&a.device)
         .bind(&a.state)
         .bind(&a.reason)
         .bind(a.reason_code.map(i64::from))
         .bind(serde_json::to_string(&a.plan)?)
-        .bind(&a.signed)
+        .bind(a.plan_id)
+        .bind(a.signed.join(","))
         .bind(db_int(a.bytes_total))
         .bind(db_int(a.air_bytes))
         .bind(db_int(a.bytes_done))

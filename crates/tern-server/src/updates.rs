@@ -69,6 +69,7 @@ const MQTT_OVERHEAD: u64 = 5 + 2 + 2 + 4;
 /// Estimates the bytes an attempt puts on the air: the offer, then for every block its
 /// request and the block message, each with MQTT framing.
 pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usize, config: &TransferConfig) -> u64 {
+    // `signed_len` is the total of the signed documents; each has a byte-string header.
     let topic = |kind| tern_proto::Topic::new(device, kind).to_string().len() as u64;
     let request =
         Message::BlockRequest(BlockRequest { attempt: u64::MAX, module: 0, offset: u32::MAX, length: u32::MAX });
@@ -87,7 +88,8 @@ pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usiz
 struct Active {
     attempt: Attempt,
     record: AttemptRecord,
-    signed: Vec<u8>,
+    /// The signed documents the offer carries, in order.
+    signed: Vec<Vec<u8>>,
     persisted_requests: u64,
 }
 
@@ -178,10 +180,23 @@ async fn resume(ctx: &Context, record: AttemptRecord) -> anyhow::Result<Active> 
         bytes_sent: record.bytes_sent,
         bytes_resent: record.bytes_resent,
     };
-    let signed = ctx.blobs.get(&record.signed).await?.ok_or_else(|| anyhow::anyhow!("signed manifest blob missing"))?;
+    let signed = documents(ctx, &record).await?;
     let id = u64::try_from(record.id)?;
     let attempt = Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now());
     Ok(Active { persisted_requests: record.requests, attempt, record, signed })
+}
+
+/// Reads the signed documents of an attempt's offer from the blob store.
+async fn documents(ctx: &Context, record: &AttemptRecord) -> anyhow::Result<Vec<Vec<u8>>> {
+    if record.signed.is_empty() || record.signed.len() > MAX_MODULES {
+        anyhow::bail!("attempt {} lists {} signed documents", record.id, record.signed.len());
+    }
+    let mut documents = Vec::with_capacity(record.signed.len());
+    for address in &record.signed {
+        let document = ctx.blobs.get(address).await?;
+        documents.push(document.ok_or_else(|| anyhow::anyhow!("signed document {address} is missing"))?);
+    }
+    Ok(documents)
 }
 
 async fn run(ctx: Context, mut active: HashMap<String, Active>, mut rx: mpsc::Receiver<UpdateInput>) {
@@ -233,10 +248,10 @@ async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: Upda
         UpdateInput::Start(record) => {
             let device = record.device.clone();
             let modules = offered_modules(&record.plan)?;
-            let signed = match ctx.blobs.get(&record.signed).await {
-                Ok(Some(signed)) => signed,
-                other => {
-                    tracing::error!(attempt = record.id, "signed manifest unavailable: {other:?}");
+            let signed = match documents(ctx, &record).await {
+                Ok(signed) => signed,
+                Err(err) => {
+                    tracing::error!(attempt = record.id, "{err}");
                     return None;
                 }
             };
@@ -337,9 +352,14 @@ async fn transmit_one(ctx: &Context, entry: &Active, transmit: Transmit) {
     let device = &entry.record.device;
     let (kind, payload) = match transmit {
         Transmit::Offer => {
+            let mut signed = List::new();
+            for document in &entry.signed {
+                // `documents` checked that they fit.
+                let _ = signed.push(document.as_slice());
+            }
             let offer = UpdateOffer {
                 attempt: entry.attempt.id(),
-                signed: &entry.signed,
+                signed,
                 modules: *entry.attempt.modules(),
                 air_bytes: entry.record.air_bytes,
                 window: ctx.config.window,

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::auth::now_millis;
 use crate::events::EventHub;
 use crate::link::LinkEvent;
+use crate::plans::Planner;
 use crate::store::{DependencyRecord, InstalledModuleRecord, Inventory, ResultRecord, Store, StoreError};
 use crate::updates::{UpdateInput, Updates};
 
@@ -57,9 +58,10 @@ pub async fn run(
     hub: EventHub,
     counters: Arc<UplinkCounters>,
     updates: Updates,
+    planner: Planner,
 ) {
     while let Some(event) = events.recv().await {
-        if let Err(err) = handle(&event, &hub, &counters, &updates).await {
+        if let Err(err) = handle(&event, &hub, &counters, &updates, &planner).await {
             // The store failing is the one thing that can go wrong here; the message is
             // lost but the device will describe itself again on its next connect.
             tracing::error!("handling {event:?} failed: {err}");
@@ -72,6 +74,7 @@ async fn handle(
     hub: &EventHub,
     counters: &UplinkCounters,
     updates: &Updates,
+    planner: &Planner,
 ) -> Result<(), StoreError> {
     let store = hub.store().clone();
     match event {
@@ -114,6 +117,13 @@ async fn handle(
             }
             counters.handled.fetch_add(1, Ordering::Relaxed);
             handle_message(device, &message, hub, &*store).await?;
+            if let Message::Describe(describe) = &message {
+                // A device in safe mode may be healed; a failure here is the planner's to
+                // report, never a reason to drop the Describe.
+                if let Err(err) = planner.on_describe(device, &inventory(describe, now_millis())).await {
+                    tracing::error!(device, "heal check failed: {err}");
+                }
+            }
             let input = match message {
                 Message::Describe(m) => Some(UpdateInput::Describe(device.clone(), Box::new(m))),
                 Message::BlockRequest(m) => Some(UpdateInput::BlockRequest(device.clone(), m)),

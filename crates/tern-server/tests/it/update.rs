@@ -69,7 +69,7 @@ fn encode(message: &Message<'_>) -> Vec<u8> {
 }
 
 /// The offer a device holds: attempt id, signed manifest, (size, SHA-256) per module.
-type HeldOffer = (u64, Vec<u8>, Vec<(u32, [u8; 32])>);
+type HeldOffer = (u64, Vec<Vec<u8>>, Vec<(u32, [u8; 32])>);
 
 /// A device reduced to its protocol behaviour. Its "staging area" (what it received)
 /// survives reconnects, as a real device's flash survives resets.
@@ -209,7 +209,7 @@ impl ScriptedDevice {
                     self.staging = listed.iter().map(|(size, _)| vec![None; size.div_ceil(1024) as usize]).collect();
                 }
                 // The same offer again (after a reconnect) resumes: staging is kept.
-                self.offer = Some((attempt, signed.to_vec(), listed));
+                self.offer = Some((attempt, signed.iter().map(|d| d.to_vec()).collect(), listed));
             }
             Message::Block(block) => {
                 let Some((attempt, _, _)) = &self.offer else { panic!("a block before any offer") };
@@ -332,7 +332,7 @@ fn a_bundle_is_offered_pulled_and_confirmed_only_by_the_describe() {
     assert_eq!((status, &busy["error"]["code"]), (409, &json!("attempt_in_progress")));
 
     device.run_until(Duration::from_secs(60), ScriptedDevice::complete);
-    assert_eq!(device.offer.as_ref().unwrap().1, signed, "the offer carries the signed manifest as built");
+    assert_eq!(device.offer.as_ref().unwrap().1, vec![signed], "the offer carries the signed manifest as built");
     for (got, want) in device.verified_modules().iter().zip(&modules) {
         assert_eq!(got.sha256, <[u8; 32]>::from(Sha256::digest(want)));
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod flash;
 mod fleet;
 mod hexfile;
 mod image;
@@ -51,8 +52,9 @@ enum Command {
     Device(ops::DeviceCommand),
     /// Follow the server's event stream.
     Events(ops::EventsArgs),
-    /// Update a device with a signed release bundle; --wait follows it to confirmation.
-    Flash(ops::FlashArgs),
+    /// Update a device: the server plans the modules (healing missing system parts), shows
+    /// the bytes on the air, and --wait follows the attempt to confirmation.
+    Flash(flash::FlashArgs),
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]
     Sim(sim::Command),
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
         Command::Login(args) => ops::login(args),
         Command::Device(cmd) => ops::device(cmd),
         Command::Events(args) => ops::events(args),
-        Command::Flash(args) => ops::flash(args),
+        Command::Flash(args) => flash::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Up(args) => up::run(args),
     };

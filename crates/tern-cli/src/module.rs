@@ -45,10 +45,17 @@ pub enum Command {
         target: crate::release::SigningTarget,
     },
     /// Upload module files to the server's catalog (after `tern login`).
+    ///
+    /// Each module gets a signed statement (what devices verify): `FILE.stmt` beside it if
+    /// present (`tern module sign`), else one signed now with `--key`. Modules without a
+    /// statement stay in the catalog but are never offered to devices.
     Upload {
         /// Module files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Private key to sign statements with (PEM, `tern key generate`) [env: TERN_KEY].
+        #[arg(long, env = "TERN_KEY", value_name = "KEY")]
+        key: Option<PathBuf>,
     },
     /// List the server's module catalog.
     List {
@@ -73,7 +80,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
-        Command::Upload { files } => crate::ops::module_upload(&files),
+        Command::Upload { files, key } => crate::ops::module_upload(&files, key.as_deref()),
         Command::List { json } => crate::ops::module_list(json),
         Command::Sign { key, modules, target } => {
             let key = crate::key::load_signing_key(&key)?;

@@ -69,7 +69,7 @@ fn save_remote(remote: &Remote) -> anyhow::Result<PathBuf> {
 }
 
 /// A blocking JSON client for one server.
-struct Client {
+pub(crate) struct Client {
     remote: Remote,
     agent: ureq::Agent,
 }
@@ -80,7 +80,7 @@ impl Client {
         Client { remote, agent }
     }
 
-    fn connect() -> anyhow::Result<Client> {
+    pub(crate) fn connect() -> anyhow::Result<Client> {
         Ok(Client::new(load_remote()?, Some(Duration::from_secs(60))))
     }
 
@@ -106,15 +106,15 @@ impl Client {
         format!("Bearer {}", self.remote.token)
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.bearer()).call())
     }
 
-    fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.finish(self.agent.post(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
     }
 
-    fn post_bytes(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
+    pub(crate) fn post_bytes(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
         let request = self
             .agent
             .post(&self.url(path))
@@ -122,10 +122,14 @@ impl Client {
             .header("Content-Type", "application/octet-stream");
         self.finish(request.send(bytes))
     }
+
+    pub(crate) fn patch_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.finish(self.agent.patch(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
-fn query_value(value: &str) -> String {
+pub(crate) fn query_value(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -135,7 +139,7 @@ fn query_value(value: &str) -> String {
         .collect()
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -160,15 +164,17 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tern module upload FILE...`: adds module files to the server's catalog. Every file is
-/// tried; each failure is one `error:` line naming the file, and the exit status is 1 if any
-/// failed.
-pub fn module_upload(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// `tern module upload FILE... [--key KEY]`: adds module files to the server's catalog,
+/// each with a signed statement: `FILE.stmt` beside it if present (`tern module sign`),
+/// else one signed now with `key`. Every file is tried; each failure is one `error:` line
+/// naming the file, and the exit status is 1 if any failed.
+pub fn module_upload(files: &[PathBuf], key: Option<&Path>) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
+    let key = key.map(crate::key::load_signing_key).transpose()?;
     let mut failed = false;
     for file in files {
-        match upload_one(&client, file) {
-            Ok(line) => println!("{line}"),
+        match upload_module(&client, file, key.as_ref()) {
+            Ok(module) => println!("{}: {}", file.display(), module_line(&module)),
             Err(err) => {
                 eprintln!("error: {}: {err:#}", file.display());
                 failed = true;
@@ -178,20 +184,48 @@ pub fn module_upload(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn upload_one(client: &Client, file: &Path) -> anyhow::Result<String> {
+/// Uploads one module file and attaches its statement (from `FILE.stmt`, or signed with
+/// `key`); returns the catalog record. A module uploaded without either stays in the
+/// catalog but cannot be offered to devices until it is signed.
+pub(crate) fn upload_module(
+    client: &Client,
+    file: &Path,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> anyhow::Result<Value> {
     let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let module = client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &bytes)?;
-    Ok(format!(
-        "{}: in catalog: platform {} {} {} version {} ({} bytes) sha256 {}",
-        file.display(),
+    let beside = crate::statement::default_path(file);
+    let statement = if beside.exists() {
+        Some(std::fs::read(&beside).with_context(|| format!("{}: cannot read", beside.display()))?)
+    } else if let Some(key) = key {
+        let target = crate::release::SigningTarget::default();
+        let spec = file.to_str().ok_or_else(|| anyhow!("the file name is not UTF-8"))?;
+        Some(crate::statement::sign(spec, key, &target)?.1)
+    } else {
+        None
+    };
+    // With a statement, module and statement travel together as one signed module, so
+    // that the server also takes modules it cannot read itself (described by the statement).
+    let body = match &statement {
+        Some(statement) => tern_image::bundle::write_signed_module(statement, &bytes)
+            .map_err(|e| anyhow!("the statement does not fit the module: {e}"))?,
+        None => bytes,
+    };
+    client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &body)
+}
+
+/// One line about a catalog module.
+pub(crate) fn module_line(module: &Value) -> String {
+    format!(
+        "in catalog: platform {} {} {} version {} ({} bytes) sha256 {}{}",
         module["platform_id"],
         module["function_name"].as_str().unwrap_or("?"),
         module["index"],
         module["version"],
         module["size"],
         module["sha256"].as_str().unwrap_or("?"),
-    ))
+        if module["statement"].is_string() { ", signed" } else { ", UNSIGNED (pass --key to sign it)" },
+    )
 }
 
 /// `tern module list [--json]`: the server's module catalog.
@@ -202,18 +236,19 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  FILE",
-        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "SHA256"
+        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  FILE",
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "SHA256", "SIGNED"
     );
     for m in modules.as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {}",
+            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  {}",
             m["platform_id"].to_string(),
             m["function_name"].as_str().unwrap_or("?"),
             m["index"].to_string(),
             m["version"].to_string(),
             m["size"].to_string(),
             m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+            if m["statement"].is_string() { "yes" } else { "no" },
             m["filename"].as_str().unwrap_or("-"),
         );
     }
@@ -230,9 +265,28 @@ pub enum DeviceCommand {
         /// Platform name (photon, argon, …) or numeric platform id.
         #[arg(long)]
         platform: String,
+        /// How the device reaches the server; cellular devices ask the operator to
+        /// confirm the bytes of every update and do not heal automatically by default.
+        #[arg(long, value_enum, default_value_t = Connectivity::Wifi)]
+        connectivity: Connectivity,
+        /// Whether the server heals the device (sends missing system modules when it
+        /// reports safe mode) without asking [default: on, off for cellular].
+        #[arg(long, value_enum)]
+        auto_heal: Option<Switch>,
         /// Print the server's JSON answer.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a device's update policy.
+    Set {
+        /// Device id.
+        id: String,
+        /// How the device reaches the server.
+        #[arg(long, value_enum)]
+        connectivity: Option<Connectivity>,
+        /// Heal automatically: on, off, or default (on unless cellular).
+        #[arg(long, value_enum)]
+        auto_heal: Option<Switch>,
     },
     /// List devices: id, platform, status, application version, last seen.
     List {
@@ -250,36 +304,111 @@ pub enum DeviceCommand {
     },
 }
 
+/// How a device reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connectivity {
+    /// Wi-Fi.
+    Wifi,
+    /// Ethernet.
+    Ethernet,
+    /// Cellular (paid per byte).
+    Cellular,
+}
+
+impl Connectivity {
+    fn name(self) -> &'static str {
+        match self {
+            Connectivity::Wifi => "wifi",
+            Connectivity::Ethernet => "ethernet",
+            Connectivity::Cellular => "cellular",
+        }
+    }
+}
+
+/// On, off, or the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+    /// The default for the device's connectivity.
+    Default,
+}
+
+impl Switch {
+    fn json(self) -> Value {
+        match self {
+            Switch::On => Value::Bool(true),
+            Switch::Off => Value::Bool(false),
+            Switch::Default => Value::Null,
+        }
+    }
+}
+
 /// Runs a `tern device` command.
 pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
     match cmd {
-        DeviceCommand::Add { id, platform, json } => {
+        DeviceCommand::Add { id, platform, connectivity, auto_heal, json } => {
             let platform = platform.parse::<u64>().map(Value::from).unwrap_or(Value::from(platform));
-            let added = client
-                .post_json("/api/devices", serde_json::json!({ "id": id, "platform": platform }))
-                .with_context(|| format!("device {id}"))?;
+            let mut body = serde_json::json!({ "id": id, "platform": platform, "connectivity": connectivity.name() });
+            if let Some(switch) = auto_heal {
+                body["auto_heal"] = switch.json();
+            }
+            let added = client.post_json("/api/devices", body).with_context(|| format!("device {id}"))?;
             if json {
                 print_json(&added)?;
             } else {
-                println!("device {} registered (platform {})", id, added["platform_id"]);
+                println!(
+                    "device {} registered (platform {}, {}, auto-heal {})",
+                    id,
+                    added["platform_id"],
+                    connectivity.name(),
+                    if added["auto_heal"] == true { "on" } else { "off" }
+                );
                 println!("MQTT username: {id}");
                 println!("MQTT password (shown only now): {}", added["secret"].as_str().unwrap_or("?"));
             }
+        }
+        DeviceCommand::Set { id, connectivity, auto_heal } => {
+            let mut body = serde_json::json!({});
+            if let Some(connectivity) = connectivity {
+                body["connectivity"] = Value::from(connectivity.name());
+            }
+            if let Some(switch) = auto_heal {
+                body["auto_heal"] = switch.json();
+            }
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                bail!("nothing to change: pass --connectivity and/or --auto-heal");
+            }
+            let policy = client
+                .patch_json(&format!("/api/devices/{}", query_value(&id)), body)
+                .with_context(|| format!("device {id}"))?;
+            println!(
+                "device {id}: {}, auto-heal {}",
+                policy["connectivity"].as_str().unwrap_or("?"),
+                if policy["auto_heal"] == true { "on" } else { "off" }
+            );
         }
         DeviceCommand::List { json } => {
             let devices = client.get("/api/devices")?;
             if json {
                 print_json(&devices)?;
             } else {
-                println!("{:<24} {:<9} {:<10} {:>8}  LAST SEEN", "ID", "PLATFORM", "STATUS", "APP");
+                println!(
+                    "{:<24} {:<9} {:<10} {:>8}  {:<8} {:<4}  LAST SEEN",
+                    "ID", "PLATFORM", "STATUS", "APP", "LINK", "HEAL"
+                );
                 for d in devices.as_array().into_iter().flatten() {
                     println!(
-                        "{:<24} {:<9} {:<10} {:>8}  {}",
+                        "{:<24} {:<9} {:<10} {:>8}  {:<8} {:<4}  {}",
                         d["id"].as_str().unwrap_or("?"),
                         d["platform"].as_str().map(str::to_owned).unwrap_or_else(|| d["platform_id"].to_string()),
                         d["status"].as_str().unwrap_or("?"),
                         d["application_version"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        d["connectivity"].as_str().unwrap_or("?"),
+                        if d["auto_heal"] == true { "auto" } else { "ask" },
                         when(&d["last_seen"]),
                     );
                 }
@@ -321,6 +450,11 @@ fn show_device(d: &Value) {
     println!("device    {}", d["id"].as_str().unwrap_or("?"));
     println!("platform  {} ({})", d["platform"].as_str().unwrap_or("-"), d["platform_id"]);
     println!("status    {}", d["status"].as_str().unwrap_or("?"));
+    println!(
+        "policy    {}, auto-heal {}",
+        d["connectivity"].as_str().unwrap_or("?"),
+        if d["auto_heal"] == true { "on" } else { "off" }
+    );
     println!("last seen {}", when(&d["last_seen"]));
     let inventory = &d["inventory"];
     if inventory.is_null() {
@@ -433,94 +567,4 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("{}: the event stream ended", client.remote.server)
-}
-
-/// `tern flash ID BUNDLE`.
-#[derive(Args)]
-pub struct FlashArgs {
-    /// Device id.
-    device: String,
-    /// A signed release bundle (`tern release build`); its modules are installed in its order.
-    bundle: PathBuf,
-    /// Wait until the attempt ends; exit 0 only if the device confirmed the update.
-    #[arg(long)]
-    wait: bool,
-    /// Print the attempt as JSON (with --wait: the final attempt).
-    #[arg(long)]
-    json: bool,
-    /// With --wait, give up waiting after this many seconds (the attempt goes on).
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<u64>,
-}
-
-/// Starts an update attempt; with `--wait`, follows it to its end.
-pub fn flash(args: FlashArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.bundle).map_err(|e| anyhow!("{}: cannot read: {e}", args.bundle.display()))?;
-    let client = Client::connect()?;
-    let path = format!("/api/devices/{}/attempts", query_value(&args.device));
-    let attempt = client.post_bytes(&path, &bytes).map_err(|e| anyhow!("{}: {e:#}", args.bundle.display()))?;
-    let id = attempt["id"].as_i64().ok_or_else(|| anyhow!("the server returned no attempt id"))?;
-    if !args.json {
-        print_plan(&attempt);
-    }
-    if !args.wait {
-        if args.json {
-            print_json(&attempt)?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let deadline = args.timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
-    let mut last_state = String::new();
-    let attempt = loop {
-        let attempt = client.get(&format!("/api/attempts/{id}"))?;
-        let state = attempt["state"].as_str().unwrap_or("?").to_owned();
-        if state != last_state && !args.json {
-            let done = attempt["bytes_done"].as_u64().unwrap_or(0);
-            let total = attempt["bytes_total"].as_u64().unwrap_or(0).max(1);
-            println!("attempt {id}: {state} ({}%)", done * 100 / total);
-            last_state = state;
-        }
-        if attempt["finished"] == true {
-            break attempt;
-        }
-        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-            bail!(
-                "attempt {id} is still {last_state} after {} s (it goes on; see `tern device show`)",
-                args.timeout.unwrap_or(0)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    if args.json {
-        print_json(&attempt)?;
-    }
-    match attempt["state"].as_str() {
-        Some("confirmed") => {
-            if !args.json {
-                println!("attempt {id}: confirmed by device {}", args.device);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        state => {
-            let reason = attempt["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            eprintln!("error: attempt {id} on device {} ended {}{reason}", args.device, state.unwrap_or("?"));
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn print_plan(attempt: &Value) {
-    println!("attempt {} for device {}:", attempt["id"], attempt["device"].as_str().unwrap_or("?"));
-    for (i, m) in attempt["plan"].as_array().into_iter().flatten().enumerate() {
-        println!(
-            "  {}. {} {} version {} ({} bytes) at {:#010x}",
-            i + 1,
-            m["function_name"].as_str().unwrap_or("?"),
-            m["index"],
-            m["version"],
-            m["size"],
-            m["start_address"].as_u64().unwrap_or(0),
-        );
-    }
-    println!("  {} bytes of modules, about {} bytes on the air", attempt["bytes_total"], attempt["air_bytes"]);
 }

@@ -19,7 +19,7 @@ use crate::key;
 
 /// What a signed document (release manifest or module statement) targets and when it
 /// was made; shared by `tern release build` and `tern module sign`.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct SigningTarget {
     /// Target platform id (default: the platform the modules declare).
     #[arg(long)]

@@ -1,9 +1,9 @@
 //! `tern up --demo`: the server with embedded defaults, a small simulated fleet of both
-//! profiles, and three updates shown live — a confirmed application update, a safe-mode
-//! heal that installs missing system parts in order, and an automatic rollback of a bad
-//! application. Then it keeps serving.
+//! profiles, and updates shown live — a confirmed application update, a safe-mode heal the
+//! server plans and sends by itself (missing system parts in order), an automatic rollback
+//! of a bad application, and a cellular update whose plan and cost are shown before it is
+//! sent. Every plan is made by the server from its catalog. Then it keeps serving.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,6 @@ use tern_fleet::{provision, MqttLink, MqttTarget, Settings, SimRuntime};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
-use tern_plan::{Candidate, Installed, Slot};
 use tern_sim::device::{Behaviour, Image};
 
 /// `tern up`.
@@ -119,7 +118,12 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         args.data.display()
     );
 
-    // The catalog: real Device OS modules.
+    // The release key the simulated devices trust; kept in the data directory so that
+    // statements in the catalog stay valid when the demo runs again.
+    let key = demo_key(&args.data)?;
+    let demo_start = tern_server::auth::now_millis();
+
+    // The catalog: real Device OS modules, each with a statement signed by that key.
     let catalog_files = [
         "argon-softdevice@4.1.0.bin",
         "argon-bootloader@4.0.2.bin",
@@ -129,17 +133,13 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         "photon-system-part1@2.3.1.bin",
         "photon-system-part2@2.3.0.bin",
     ];
-    let mut by_hash: HashMap<String, Image> = HashMap::new();
     for f in catalog_files {
-        let bytes = std::fs::read(rel.join(f)).with_context(|| format!("{}: cannot read", rel.join(f).display()))?;
-        api.post_bytes(&format!("/api/modules?filename={f}"), &bytes).with_context(|| format!("uploading {f}"))?;
         let platform = if f.starts_with("argon") { 12 } else { 6 };
         let image = tern_sim::corpus::module(&rel.join(f), platform).map_err(anyhow::Error::msg)?;
-        by_hash.insert(hex::encode(image.entry.sha256), image);
+        upload_signed(&api, &key, platform, &image, f)?;
     }
-    println!("tern up: uploaded {} corpus modules to the catalog", catalog_files.len());
+    println!("tern up: uploaded {} corpus modules with signed statements to the catalog", catalog_files.len());
 
-    let key = SigningKey::generate(&mut rand_core::OsRng);
     let version = |f: &str, p: u16| {
         tern_sim::corpus::module(&rel.join(f), p).map(|i| i.entry.version).map_err(anyhow::Error::msg)
     };
@@ -153,23 +153,34 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         index: 1,
         version: version("argon-system-part1@4.1.0.bin", 12)?,
     };
+    let argon_old = Dependency {
+        function: ModuleFunction::SystemPart,
+        index: 1,
+        version: version("argon-system-part1@4.0.1.bin", 12)?,
+    };
     let photon = &tern_device::STM32F2;
     let argon = &tern_device::NRF52840;
     let papp = |v, b| Image::synthetic(photon, ModuleFunction::UserPart, 1, v, &[photon_sys], b, 8 * 1024);
-    let aapp = |v| Image::synthetic(argon, ModuleFunction::UserPart, 1, v, &[argon_new], Behaviour::Healthy, 8 * 1024);
+    let aapp = |v, dep| Image::synthetic(argon, ModuleFunction::UserPart, 1, v, &[dep], Behaviour::Healthy, 6 * 1024);
 
-    // The fleet: two Photons running application 1, one Argon whose application needs a
-    // newer system part than it has (so it boots safe mode), one healthy Argon.
+    // The fleet: two Photons on Wi-Fi running application 1; argon-1 on Wi-Fi whose
+    // application needs a newer system part than it has (it boots safe mode); argon-2 on
+    // cellular, healthy.
     let stop = Arc::new(AtomicBool::new(false));
-    let fleet: Vec<(&str, &str)> =
-        vec![("photon-1", "photon"), ("photon-2", "photon"), ("argon-1", "argon"), ("argon-2", "argon")];
-    for (id, platform) in &fleet {
+    let fleet = [
+        ("photon-1", "photon", "wifi"),
+        ("photon-2", "photon", "wifi"),
+        ("argon-1", "argon", "wifi"),
+        ("argon-2", "argon", "cellular"),
+    ];
+    for (id, platform, connectivity) in fleet {
         let existing = api.get(&format!("/api/devices/{id}")).is_ok();
         let secret_file = args.data.join(format!("sim-{id}.secret"));
         let secret = if existing && secret_file.exists() {
             std::fs::read_to_string(&secret_file)?
         } else {
-            let d = api.post_json("/api/devices", json!({ "id": id, "platform": platform }))?;
+            let body = json!({ "id": id, "platform": platform, "connectivity": connectivity });
+            let d = api.post_json("/api/devices", body)?;
             let s = d["secret"].as_str().ok_or_else(|| anyhow!("no secret for {id}"))?.to_owned();
             std::fs::write(&secret_file, &s)?;
             s
@@ -181,32 +192,22 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             secret,
         };
         let (corpus, keys, stop) = (corpus.clone(), vec![key.verifying_key()], stop.clone());
-        let (id, safe) = (id.to_string(), *id == "argon-1");
-        let (app1p, app1a, fac_p, fac_a) = (papp(1, Behaviour::Healthy), aapp(1), papp(0, Behaviour::Healthy), aapp(0));
-        let old_argon = Dependency { function: ModuleFunction::SystemPart, index: 1, version: 0 };
+        let id = id.to_owned();
+        let (app, factory) = match id.as_str() {
+            "argon-1" => (aapp(1, argon_new), aapp(0, argon_new)),
+            "argon-2" => (aapp(1, argon_old), aapp(0, argon_old)),
+            _ => (papp(1, Behaviour::Healthy), papp(0, Behaviour::Healthy)),
+        };
         std::thread::spawn(move || {
             let device = if id.starts_with("photon") {
-                provision::corpus_photon(keys, &corpus, "2.3.0", app1p, fac_p)
-            } else if safe {
-                provision::corpus_argon(keys, &corpus, "4.0.1", app1a, fac_a)
+                provision::corpus_photon(keys, &corpus, "2.3.0", app, factory)
             } else {
-                let app = Image::synthetic(
-                    &tern_device::NRF52840,
-                    ModuleFunction::UserPart,
-                    1,
-                    1,
-                    &[old_argon],
-                    Behaviour::Healthy,
-                    8 * 1024,
-                );
-                provision::corpus_argon(keys, &corpus, "4.0.1", app, fac_a)
+                provision::corpus_argon(keys, &corpus, "4.0.1", app, factory)
             };
             match device {
                 Ok((device, _)) => {
-                    let mut rt = SimRuntime::new(
-                        device,
-                        Settings { describe_every: Duration::from_secs(5), ..Settings::default() },
-                    );
+                    let settings = Settings { describe_every: Duration::from_secs(5), ..Settings::default() };
+                    let mut rt = SimRuntime::new(device, settings);
                     if let Err(e) = rt.run(&mut MqttLink::new(&target), &stop) {
                         eprintln!("{id}: {e}");
                     }
@@ -215,90 +216,83 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             }
         });
     }
-    for (id, _) in &fleet {
+    for (id, _, _) in fleet {
         wait(&api, &format!("{id} to connect"), |a| {
             Ok(a.get(&format!("/api/devices/{id}"))?["inventory"]["modules"].is_array())
         })?;
     }
-    println!("tern up: 4 simulated devices online (2 Photon, 2 Argon; argon-1 in safe mode: its application needs a newer system part)");
+    println!(
+        "tern up: 4 simulated devices online (photon-1, photon-2, argon-1 on Wi-Fi; argon-2 on cellular; \
+         argon-1 boots safe mode: its application needs a newer system part)"
+    );
 
     // 1. A confirmed application update.
     println!("\n== 1. application update on photon-1 ==");
-    let v2 = papp(2, Behaviour::Healthy);
-    follow(&api, "photon-1", &bundle(&key, 6, &[&v2])?)?;
+    let v2 = upload_signed(&api, &key, 6, &papp(2, Behaviour::Healthy), "photon-app-v2.bin")?;
+    let plan = make_plan(&api, "photon-1", &[v2])?;
+    follow(&api, &start_plan(&api, &plan, false)?)?;
 
-    // 2. The safe-mode heal.
-    println!("\n== 2. safe-mode heal of argon-1 ==");
-    let d = api.get("/api/devices/argon-1")?;
+    // 2. The safe-mode heal: the server planned it when argon-1 described itself in safe
+    // mode, and sent it because argon-1's policy (Wi-Fi) heals automatically.
+    println!("\n== 2. safe-mode heal of argon-1 (automatic: Wi-Fi policy) ==");
+    let described = wait_value(&api, "argon-1 to describe safe mode", |a| {
+        let d = a.get("/api/devices/argon-1")?;
+        let events = d["history"].as_array().cloned().unwrap_or_default();
+        Ok(events
+            .into_iter()
+            .find(|e| {
+                e["kind"] == "device.described"
+                    && e["data"]["boot_reason"] == "safe_mode"
+                    && e["at"].as_i64() >= Some(demo_start)
+            })
+            .map(|e| e["data"].clone()))
+    })?;
     println!(
-        "argon-1: {} ({}), unmet {}",
-        d["inventory"]["boot_reason"], d["inventory"]["safe_mode"], d["inventory"]["unmet"]
+        "argon-1 described: {} ({}), unmet {} {} >= v{}",
+        described["boot_reason"].as_str().unwrap_or("?"),
+        described["safe_mode"].as_str().unwrap_or("?"),
+        described["unmet"]["function_name"].as_str().unwrap_or("?"),
+        described["unmet"]["index"],
+        described["unmet"]["version"],
     );
-    let catalog = api.get("/api/modules")?;
-    let catalog: Vec<Value> = catalog.as_array().cloned().unwrap_or_default();
-    let deps = |v: &Value| -> Vec<Dependency> {
-        v.as_array()
+    let attempt = wait_value(&api, "the automatic heal", |a| {
+        let d = a.get("/api/devices/argon-1")?;
+        let heal = d["attempts"]
+            .as_array()
             .into_iter()
             .flatten()
-            .map(|d| Dependency {
-                function: ModuleFunction::from_code(d["function"].as_u64().unwrap_or(0) as u8),
-                index: d["index"].as_u64().unwrap_or(0) as u8,
-                version: d["version"].as_u64().unwrap_or(0) as u32,
-            })
-            .collect()
-    };
-    let slot = |m: &Value| Slot {
-        function: ModuleFunction::from_code(m["function"].as_u64().unwrap_or(0) as u8),
-        index: m["index"].as_u64().unwrap_or(0) as u8,
-    };
-    let installed: Vec<Installed> = d["inventory"]["modules"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| Installed {
-            slot: slot(m),
-            version: m["version"].as_u64().unwrap_or(0) as u32,
-            dependencies: catalog
-                .iter()
-                .find(|c| c["sha256"] == m["sha256"])
-                .map(|c| deps(&c["dependencies"]))
-                .unwrap_or_else(|| if slot(m).function == ModuleFunction::UserPart { vec![argon_new] } else { vec![] }),
-        })
-        .collect();
-    let candidates: Vec<Candidate> = catalog
-        .iter()
-        .filter_map(|m| {
-            let mut sha = [0u8; 32];
-            hex::decode_to_slice(m["sha256"].as_str()?, &mut sha).ok()?;
-            Some(Candidate {
-                sha256: sha,
-                platform_id: m["platform_id"].as_u64()? as u16,
-                slot: slot(m),
-                version: m["version"].as_u64()? as u32,
-                size: m["size"].as_u64()?,
-                dependencies: deps(&m["dependencies"]),
-            })
-        })
-        .collect();
-    let plan = tern_plan::heal(12, &installed, &candidates).map_err(|e| anyhow!("no healing plan: {e:?}"))?;
-    println!("healing plan ({} bytes of modules):", plan.module_bytes());
-    for (i, s) in plan.steps.iter().enumerate() {
-        println!("  {}. {} version {}", i + 1, s.module.slot, s.module.version);
-    }
-    let images: Vec<&Image> = plan.steps.iter().filter_map(|s| by_hash.get(&hex::encode(s.module.sha256))).collect();
-    follow(&api, "argon-1", &bundle(&key, 12, &images)?)?;
+            .find(|a| !a["plan_id"].is_null() && a["created_at"].as_i64() >= Some(demo_start))
+            .cloned();
+        Ok(heal)
+    })?;
+    let plan = api.get(&format!("/api/plans/{}", attempt["plan_id"]))?;
+    print_plan(&plan);
+    follow(&api, &attempt)?;
     let d = api.get("/api/devices/argon-1")?;
-    println!("argon-1 now: {} (status {})", d["inventory"]["boot_reason"], d["status"]);
+    println!("argon-1 now: {} (status {})", d["inventory"]["boot_reason"].as_str().unwrap_or("?"), d["status"]);
 
     // 3. An automatic rollback.
     println!("\n== 3. a bad application (panics at boot) on photon-2 ==");
-    let bad = papp(3, Behaviour::Panic);
-    follow(&api, "photon-2", &bundle(&key, 6, &[&bad])?)?;
+    let bad = upload_signed(&api, &key, 6, &papp(3, Behaviour::Panic), "photon-app-v3-panics.bin")?;
+    let plan = make_plan(&api, "photon-2", &[bad])?;
+    follow(&api, &start_plan(&api, &plan, false)?)?;
     let d = api.get("/api/devices/photon-2")?;
     println!(
         "photon-2 runs application version {} again (boot reason {})",
-        d["application_version"], d["inventory"]["boot_reason"]
+        d["application_version"],
+        d["inventory"]["boot_reason"].as_str().unwrap_or("?")
     );
+
+    // 4. A cellular device: the plan heals what the new application needs, and its cost
+    // is confirmed before anything is sent.
+    println!("\n== 4. application needing a newer system part on argon-2 (cellular) ==");
+    let app2 = upload_signed(&api, &key, 12, &aapp(2, argon_new), "argon-app-v2.bin")?;
+    let plan = make_plan(&api, "argon-2", &[app2])?;
+    println!(
+        "argon-2 is cellular: an operator confirms the {} bytes (`tern flash` asks them to type it); the demo confirms",
+        plan["air_bytes"]
+    );
+    follow(&api, &start_plan(&api, &plan, true)?)?;
 
     println!(
         "\ntern up: serving. API: http://{} (token in {}), OpenAPI at /api/openapi.json; events: tern events",
@@ -309,6 +303,82 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     println!("  tern device list");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The demo's release key: `DATA/demo-release.key` (32 raw bytes), made on first run.
+fn demo_key(data: &std::path::Path) -> Result<SigningKey> {
+    let path = data.join("demo-release.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| anyhow!("{}: not a 32-byte key", path.display()))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    let key = SigningKey::generate(&mut rand_core::OsRng);
+    std::fs::write(&path, key.to_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(key)
+}
+
+/// Uploads `image` with a statement signed by `key`; returns its catalog hash.
+fn upload_signed(api: &Api, key: &SigningKey, platform: u16, image: &Image, name: &str) -> Result<String> {
+    let statement = Document {
+        kind: Kind::ModuleStatement,
+        platform_id: platform,
+        product_id: 0,
+        security_counter: 1,
+        created: 1_790_000_000,
+        modules: vec![image.entry],
+        name: String::new(),
+    }
+    .sign(key)
+    .map_err(|e| anyhow!("signing {name}: {e:?}"))?;
+    let body = tern_image::bundle::write_signed_module(&statement, &image.bytes).map_err(|e| anyhow!("{name}: {e}"))?;
+    let module =
+        api.post_bytes(&format!("/api/modules?filename={name}"), &body).with_context(|| format!("uploading {name}"))?;
+    module["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("{name}: no hash in the answer"))
+}
+
+fn make_plan(api: &Api, device: &str, modules: &[String]) -> Result<Value> {
+    let plan = api.post_json(&format!("/api/devices/{device}/plans"), json!({ "modules": modules }))?;
+    print_plan(&plan);
+    Ok(plan)
+}
+
+fn print_plan(plan: &Value) {
+    println!(
+        "plan {} for {} ({}):",
+        plan["id"],
+        plan["device"].as_str().unwrap_or("?"),
+        plan["origin"].as_str().unwrap_or("?")
+    );
+    for (i, m) in plan["steps"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "  {}. {} {} v{} ({} bytes)  {}",
+            i + 1,
+            m["function_name"].as_str().unwrap_or("?"),
+            m["index"],
+            m["version"],
+            m["size"],
+            m["reason"].as_str().unwrap_or("")
+        );
+    }
+    println!("  about {} bytes on the air over {}", plan["air_bytes"], plan["connectivity"].as_str().unwrap_or("?"));
+}
+
+fn start_plan(api: &Api, plan: &Value, confirm: bool) -> Result<Value> {
+    let body = if confirm { json!({ "confirm_air_bytes": plan["air_bytes"] }) } else { json!({}) };
+    api.post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+}
+
+fn wait_value(api: &Api, what: &str, f: impl Fn(&Api) -> Result<Option<Value>>) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(value)) = f(api) {
+            return Ok(value);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -323,31 +393,10 @@ fn wait(api: &Api, what: &str, f: impl Fn(&Api) -> Result<bool>) -> Result<()> {
     Ok(())
 }
 
-fn bundle(key: &SigningKey, platform: u16, modules: &[&Image]) -> Result<Vec<u8>> {
-    let signed = Document {
-        kind: Kind::Release,
-        platform_id: platform,
-        product_id: 0,
-        security_counter: 1,
-        created: 1_790_000_000,
-        modules: modules.iter().map(|m| m.entry).collect(),
-        name: "tern up demo".into(),
-    }
-    .sign(key)
-    .map_err(|e| anyhow!("signing: {e:?}"))?;
-    let slices: Vec<&[u8]> = modules.iter().map(|m| m.bytes.as_slice()).collect();
-    tern_image::bundle::write(&signed, &slices).map_err(|e| anyhow!("bundle: {e:?}"))
-}
-
-/// Starts an attempt and prints its states as they change, until it ends.
-fn follow(api: &Api, device: &str, bundle: &[u8]) -> Result<Value> {
-    let a = api.post_bytes(&format!("/api/devices/{device}/attempts"), bundle)?;
+/// Prints attempt `a`'s states as they change, until it ends.
+fn follow(api: &Api, a: &Value) -> Result<Value> {
     let id = a["id"].as_i64().ok_or_else(|| anyhow!("no attempt id"))?;
-    println!(
-        "attempt {id} on {device}: {} module(s), about {} bytes on the air",
-        a["plan"].as_array().map_or(0, Vec::len),
-        a["air_bytes"]
-    );
+    println!("attempt {id} on {}:", a["device"].as_str().unwrap_or("?"));
     let mut last = String::new();
     let start = Instant::now();
     loop {

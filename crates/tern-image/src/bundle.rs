@@ -9,6 +9,11 @@
 //! | 0x0c | `m` | the signed manifest (COSE_Sign1, see [`crate::manifest`]) |
 //! | 0x0c + `m` | Σ sizes | the modules, concatenated in manifest order, each exactly the `size` its manifest entry states |
 //!
+//! The same layout with a module statement instead of a release manifest, and its one
+//! module, is a *signed module*: how `tern module upload` hands a module and its statement
+//! to the server in one request ([`write_signed_module`]). [`Bundle::verify`] accepts only
+//! releases.
+//!
 //! Nothing follows the last module. The manifest carries each module's length and SHA-256,
 //! so the bundle needs no index of its own, and a reader can stream it: verify the
 //! manifest, then hash each module as it passes. Reading needs no allocation; writing
@@ -36,6 +41,8 @@ pub enum Error {
     Manifest(manifest::Error),
     /// The signed document is a module statement, not a release manifest.
     NotARelease,
+    /// A signed module must carry a module statement, not a release manifest.
+    NotAStatement,
     /// Module `index` (0-based, manifest order) does not hash to its manifest entry.
     ModuleHash {
         /// Position of the module in the manifest.
@@ -52,6 +59,7 @@ impl fmt::Display for Error {
             Error::Truncated(what) => write!(f, "truncated bundle: {what} is cut short"),
             Error::Manifest(err) => write!(f, "manifest: {err}"),
             Error::NotARelease => f.write_str("the signed document is a module statement, not a release manifest"),
+            Error::NotAStatement => f.write_str("the signed document is a release manifest, not a module statement"),
             Error::ModuleHash { index } => {
                 write!(f, "module #{} does not match its SHA-256 in the manifest", index + 1)
             }
@@ -161,10 +169,21 @@ impl<'a> VerifiedBundle<'a> {
 /// that would fail verification is never written.
 #[cfg(feature = "alloc")]
 pub fn write(signed_manifest: &[u8], modules: &[&[u8]]) -> Result<alloc::vec::Vec<u8>, Error> {
+    write_kind(Kind::Release, signed_manifest, modules)
+}
+
+/// Writes a signed module: a module statement and its one module, in the bundle layout.
+#[cfg(feature = "alloc")]
+pub fn write_signed_module(statement: &[u8], module: &[u8]) -> Result<alloc::vec::Vec<u8>, Error> {
+    write_kind(Kind::ModuleStatement, statement, &[module])
+}
+
+#[cfg(feature = "alloc")]
+fn write_kind(kind: Kind, signed_manifest: &[u8], modules: &[&[u8]]) -> Result<alloc::vec::Vec<u8>, Error> {
     let doc = SignedDocument::parse(signed_manifest).map_err(Error::Manifest)?;
     let manifest = manifest::decode_document(doc.payload).map_err(Error::Manifest)?;
-    if manifest.kind != Kind::Release {
-        return Err(Error::NotARelease);
+    if manifest.kind != kind {
+        return Err(if kind == Kind::Release { Error::NotARelease } else { Error::NotAStatement });
     }
     if manifest.module_count() != modules.len() {
         return Err(Error::Manifest(manifest::Error::OutOfRange("module count")));

@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tern_proto::{Action, Command, Message, MessageKind};
 use tokio::sync::broadcast;
 
@@ -188,30 +189,138 @@ async fn upload_module(
     if body.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty", "the upload is empty"));
     }
-    let Some(info) = tern_image::inspect(&body).info else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unrecognised_module",
-            "not a firmware module Tern can read (neither a Particle module nor an MCUboot image)",
-        ));
-    };
-    if info.integrity == tern_image::Integrity::Invalid {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "integrity_failed",
-            "the module's own checksum or hash does not match its contents",
-        ));
-    }
-    let sha256 = state.blobs.put(&body).await?;
-    let record = module_record(sha256, query.filename.filter(|name| !name.is_empty()), &info);
-    if state.store.put_module(&record).await? {
-        state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
-        Ok((StatusCode::CREATED, Json(record)))
+    let filename = query.filename.filter(|name| !name.is_empty());
+    // A signed module (`tern module upload` with a statement): the statement and the module.
+    let (module, statement) = if body.starts_with(&tern_image::bundle::MAGIC) {
+        let bad = |e: tern_image::bundle::Error| unprocessable("bad_signed_module", e.to_string());
+        let bundle = tern_image::bundle::Bundle::parse(&body).map_err(bad)?;
+        let document = bundle.unverified_manifest().map_err(bad)?;
+        if document.kind != tern_image::manifest::Kind::ModuleStatement || document.module_count() != 1 {
+            return Err(unprocessable(
+                "bad_signed_module",
+                "a signed module carries one module statement and its module (release bundles go to `tern flash`)",
+            ));
+        }
+        bundle.check_modules(&document).map_err(bad)?;
+        let size = document.modules().map(|m| m.size as usize).sum::<usize>();
+        (&body[body.len() - size..], Some((bundle.signed_manifest, document)))
     } else {
-        // Same bytes uploaded before: the catalog entry is the earlier one.
-        let existing = state.store.get_module(&record.sha256).await?.unwrap_or(record);
-        Ok((StatusCode::OK, Json(existing)))
+        (&body[..], None)
+    };
+    let record = match (tern_image::inspect(module).info, &statement) {
+        (Some(info), _) if info.integrity == tern_image::Integrity::Invalid => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "integrity_failed",
+                "the module's own checksum or hash does not match its contents",
+            ));
+        }
+        (Some(info), _) => module_record(hex::encode(Sha256::digest(module)), filename, &info),
+        // A module Tern cannot read is described by its statement alone.
+        (None, Some((_, document))) => statement_record(module, filename, document)
+            .ok_or_else(|| unprocessable("bad_signed_module", "the statement lists no module"))?,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unrecognised_module",
+                "not a firmware module Tern can read (neither a Particle module nor an MCUboot image); \
+                 upload it with a signed statement that describes it",
+            ))
+        }
+    };
+    if let Some((_, document)) = &statement {
+        check_statement(&record, document)?;
     }
+    let address = state.blobs.put(module).await?;
+    if address != record.sha256 {
+        tracing::error!(address, sha256 = record.sha256, "the blob store's address is not the module's SHA-256");
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal storage error"));
+    }
+    let created = state.store.put_module(&record).await?;
+    if let Some((_, document)) = &statement {
+        // The same bytes were in the catalog already: the statement must fit that entry.
+        if let (false, Some(existing)) = (created, state.store.get_module(&record.sha256).await?) {
+            check_statement(&existing, document)?;
+        }
+    }
+    if let Some((signed, _)) = statement {
+        let address = state.blobs.put(signed).await?;
+        state.store.set_module_statement(&record.sha256, &address).await?;
+    }
+    let stored = state.store.get_module(&record.sha256).await?.unwrap_or(record);
+    if created {
+        state.hub.publish(None, "module.uploaded", serde_json::to_value(&stored)?).await?;
+    }
+    // Same bytes uploaded before: the catalog entry is the earlier one (now signed if a
+    // statement came with this upload).
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(stored)))
+}
+
+/// The catalog record of a module known only through its signed statement.
+fn statement_record(
+    module: &[u8],
+    filename: Option<String>,
+    document: &tern_image::manifest::Manifest,
+) -> Option<ModuleRecord> {
+    let entry = document.modules().next()?;
+    Some(ModuleRecord {
+        sha256: hex::encode(Sha256::digest(module)),
+        filename,
+        format: entry.format.name().to_owned(),
+        platform_id: document.platform_id,
+        function: entry.function.code(),
+        function_name: entry.function.name().to_owned(),
+        index: entry.index,
+        version: entry.version,
+        size: entry.size,
+        module_sha256: None,
+        integrity: "unchecked".to_owned(),
+        dependencies: entry
+            .dependencies()
+            .map(|dep| DependencyRecord {
+                function: dep.function.code(),
+                function_name: dep.function.name().to_owned(),
+                index: dep.index,
+                version: dep.version,
+            })
+            .collect(),
+        start_address: entry.start_address,
+        uploaded_at: now_millis(),
+        statement: None,
+    })
+}
+
+/// Checks that a module statement describes exactly the catalog module `module`.
+fn check_statement(module: &ModuleRecord, statement: &tern_image::manifest::Manifest) -> ApiResult<()> {
+    let bad = |message: String| unprocessable("bad_statement", message);
+    if statement.kind != tern_image::manifest::Kind::ModuleStatement {
+        return Err(bad("a release manifest, not a module statement".into()));
+    }
+    let mut entries = statement.modules();
+    let (Some(entry), None) = (entries.next(), entries.next()) else {
+        return Err(bad("a module statement lists exactly one module".into()));
+    };
+    let same = hex::encode(entry.sha256) == module.sha256
+        && entry.size == module.size
+        && entry.function.code() == module.function
+        && entry.index == module.index
+        && entry.version == module.version
+        && entry.start_address == module.start_address
+        && (module.platform_id == 0 || statement.platform_id == module.platform_id);
+    if !same {
+        return Err(bad(format!(
+            "the statement describes another module ({} {} v{}, {} bytes at {:#x}, platform {}, SHA-256 {}) than {}",
+            entry.function.name(),
+            entry.index,
+            entry.version,
+            entry.size,
+            entry.start_address,
+            statement.platform_id,
+            hex::encode(entry.sha256),
+            module.sha256
+        )));
+    }
+    Ok(())
 }
 
 fn module_record(sha256: String, filename: Option<String>, info: &tern_image::ModuleInfo) -> ModuleRecord {
@@ -698,30 +807,7 @@ async fn put_statement(
         tern_image::manifest::SignedDocument::parse(&body).map_err(|e| bad(format!("not a signed document: {e}")))?;
     let statement = tern_image::manifest::decode_document(document.payload)
         .map_err(|e| bad(format!("unreadable statement: {e}")))?;
-    if statement.kind != tern_image::manifest::Kind::ModuleStatement {
-        return Err(bad("a release manifest, not a module statement".into()));
-    }
-    let mut entries = statement.modules();
-    let (Some(entry), None) = (entries.next(), entries.next()) else {
-        return Err(bad("a module statement lists exactly one module".into()));
-    };
-    let same = hex::encode(entry.sha256) == module.sha256
-        && entry.size == module.size
-        && entry.function.code() == module.function
-        && entry.index == module.index
-        && entry.version == module.version
-        && entry.start_address == module.start_address
-        && (module.platform_id == 0 || statement.platform_id == module.platform_id);
-    if !same {
-        return Err(bad(format!(
-            "the statement describes another module ({} {} v{}, {} bytes, SHA-256 {}) than {sha256}",
-            entry.function.name(),
-            entry.index,
-            entry.version,
-            entry.size,
-            hex::encode(entry.sha256)
-        )));
-    }
+    check_statement(&module, &statement)?;
     let address = state.blobs.put(&body).await?;
     state.store.set_module_statement(&sha256, &address).await?;
     let module = state.store.get_module(&sha256).await?.unwrap_or(module);

@@ -431,7 +431,8 @@ impl Planner {
 
     /// Called with every Describe: a device in safe mode because of an unmet dependency
     /// gets a heal plan, started at once if its policy allows, else left proposed for an
-    /// operator. At most one heal plan per described inventory.
+    /// operator. A heal that is proposed or did not work is not made again for the same
+    /// described modules.
     pub async fn on_describe(&self, device_id: &str, inventory: &Inventory) -> Result<(), PlanError> {
         let unmet = inventory.safe_mode.as_deref() == Some(tern_proto::SafeModeCause::UnmetDependency.name());
         if inventory.boot_reason != tern_proto::BootReason::SafeMode.name() || !unmet {
@@ -441,9 +442,21 @@ impl Planner {
         if self.store.device_attempts(device_id, 1).await?.iter().any(|a| !a.finished) {
             return Ok(());
         }
+        // One heal per broken state: a heal waiting for an operator, in flight, or that
+        // did not work is not made again for the same modules (no loop of failing heals);
+        // a device that returns to a state a heal once fixed is healed again.
         let key = inventory_key(inventory);
-        if self.store.device_plans(device_id, 20).await?.iter().any(|p| p.origin == "heal" && p.inventory_key == key) {
-            return Ok(());
+        for earlier in self.store.device_plans(device_id, 20).await? {
+            if earlier.origin != Origin::Heal.name() || earlier.inventory_key != key {
+                continue;
+            }
+            let worked = match earlier.attempt {
+                Some(attempt) => self.store.get_attempt(attempt).await?.is_some_and(|a| a.state == "confirmed"),
+                None => false,
+            };
+            if !worked {
+                return Ok(());
+            }
         }
         let plan = match self.build(&device, &[], Origin::Heal).await {
             Ok(plan) => plan,

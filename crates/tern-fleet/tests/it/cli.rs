@@ -152,7 +152,8 @@ fn tern_flash_wait_exit_codes_and_device_show() {
 }
 
 /// `tern up --demo` (on ephemeral ports): a confirmed application update, a safe-mode heal
-/// installing the missing system parts in order, an automatic rollback; then it serves.
+/// the server plans and sends itself (missing system parts in order), an automatic
+/// rollback, a cellular update whose plan heals its dependencies; then it serves.
 #[test]
 fn tern_up_demo_shows_update_heal_and_rollback() {
     use std::io::{BufRead, BufReader};
@@ -197,6 +198,10 @@ fn tern_up_demo_shows_update_heal_and_rollback() {
     let heal = section("== 2.");
     assert!(heal.contains("1. bootloader") && heal.contains("2. system_part 1"), "{text}");
     assert!(heal.contains("  confirmed ("), "{text}");
+    assert!(heal.contains("(heal)") && heal.contains("needed by"), "the server made the heal plan: {text}");
     let rollback = section("== 3.");
     assert!(rollback.contains("rolled_back") && rollback.contains("reason: app_failed_test_boot"), "{text}");
+    let cellular = section("== 4.");
+    assert!(cellular.contains("over cellular") && cellular.contains("system_part 1"), "{text}");
+    assert!(cellular.contains("  confirmed ("), "{text}");
 }

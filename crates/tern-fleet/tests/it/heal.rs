@@ -1,23 +1,32 @@
-//! Acceptance 2 of issue 4 (the device and server half): an application that needs a newer
-//! system part than an Argon runs. The plan is computed by `tern-plan` over the server's
-//! real catalog (corpus Device OS modules uploaded through the API) and the inventory the
-//! device described; it adds the missing system modules in dependency order; the bundle of
-//! exactly that plan installs, and the attempt is confirmed.
+//! Acceptance 2 of issue 4, and section 4 (dependency healing): the *server* computes the
+//! install plan from its catalog (real Device OS modules from the corpus, each uploaded
+//! with a signed statement) and what the device described, shows it before anything is
+//! sent, and the device verifies the statements with its own trusted key.
 //!
-//! Not covered here: `tern flash FILE...` doing this itself (it takes a signed bundle).
+//! - An operator flashes an application that needs a newer system part to a cellular
+//!   Argon with the real `tern flash`: the plan adds the system part before the app; a
+//!   wrong typed amount sends nothing; the right one sends it; the attempt is confirmed.
+//! - A Wi-Fi Argon that boots safe mode (unmet dependency) is healed automatically.
+//! - A cellular Argon in safe mode is not: the server proposes the heal plan and waits;
+//!   `tern flash ID --heal --yes --wait` sends it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tern_fleet::{provision, Settings};
+use tern_image::manifest::build::Document;
+use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
-use tern_plan::{Candidate, Installed, Reason, Slot};
 use tern_sim::device::{Behaviour, Image};
 
-use crate::support::{bundle, installed_hashes, release_key, scratch, Device, Server};
+use crate::cli::tern;
+use crate::support::{installed_hashes, release_key, scratch, Device, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+const PLATFORM: u16 = 12;
 const CATALOG: &[&str] = &[
     "argon-softdevice@4.1.0.bin",
     "argon-bootloader@4.0.2.bin",
@@ -31,180 +40,244 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn deps(v: &Value) -> Vec<Dependency> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| Dependency {
-            function: ModuleFunction::from_code(d["function"].as_u64().unwrap() as u8),
-            index: d["index"].as_u64().unwrap() as u8,
-            version: d["version"].as_u64().unwrap() as u32,
-        })
-        .collect()
-}
-
-fn slot(v: &Value) -> Slot {
-    Slot {
-        function: ModuleFunction::from_code(v["function"].as_u64().unwrap() as u8),
-        index: v["index"].as_u64().unwrap() as u8,
+/// A module statement for `image`, signed with the key the devices trust.
+fn statement(image: &Image) -> Vec<u8> {
+    Document {
+        kind: Kind::ModuleStatement,
+        platform_id: PLATFORM,
+        product_id: 0,
+        security_counter: 1,
+        created: 1_790_000_000,
+        modules: vec![image.entry],
+        name: String::new(),
     }
+    .sign(&release_key())
+    .expect("the statement signs")
 }
 
-fn sha(v: &Value) -> [u8; 32] {
-    let s = v["sha256"].as_str().unwrap();
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
-}
-
-#[test]
-fn application_needing_newer_system_part_is_healed_in_order_and_confirmed() {
-    heal_case(false);
-}
-
-/// The same device, but its installed application already needs the newer system part:
-/// it boots safe mode and says why; `tern_plan::heal` over the catalog fixes it; the device
-/// leaves safe mode and runs its application.
-#[test]
-fn device_in_safe_mode_is_healed_and_leaves_safe_mode() {
-    heal_case(true);
-}
-
-fn heal_case(safe_mode: bool) {
-    let dir = scratch(if safe_mode { "fleet-heal-safe" } else { "fleet-heal" });
-    let server = Server::start(&dir.join("server"));
-    let corpus = tern_testkit::corpus();
-    let rel = corpus.join("particle/releases");
-    // The catalog, uploaded through the API; the bytes by hash for building the bundle.
-    let mut files: HashMap<String, Image> = HashMap::new();
+/// Uploads the corpus catalog with statements; returns the images by hash.
+fn upload_catalog(server: &Server) -> HashMap<String, Image> {
+    let rel = tern_testkit::corpus().join("particle/releases");
+    let mut images = HashMap::new();
     for f in CATALOG {
-        let bytes = std::fs::read(rel.join(f)).unwrap();
-        let (status, body) = server.post_bytes(&format!("/api/modules?filename={f}"), &bytes);
-        assert!(status == 201 || status == 200, "{f}: {status} {body}");
-        let image = tern_sim::corpus::module(&rel.join(f), 12).unwrap();
-        files.insert(hex(&image.entry.sha256), image);
+        let image = tern_sim::corpus::module(&rel.join(f), PLATFORM).unwrap();
+        let body = tern_image::bundle::write_signed_module(&statement(&image), &image.bytes).unwrap();
+        let (status, module) = server.post_bytes(&format!("/api/modules?filename={f}"), &body);
+        assert!(status == 201 || status == 200, "{f}: {status} {module}");
+        assert!(module["statement"].is_string(), "{f}: uploaded signed: {module}");
+        images.insert(hex(&image.entry.sha256), image);
     }
-    let (_, catalog) = server.get("/api/modules");
-    let catalog: Vec<Value> =
-        catalog.as_array().cloned().unwrap_or_else(|| catalog["modules"].as_array().unwrap().clone());
-    let version_of = |f: &str| {
-        let image = tern_sim::corpus::module(&rel.join(f), 12).unwrap();
-        image.entry.version
-    };
-    let newest_part1 = version_of("argon-system-part1@4.1.0.bin");
+    images
+}
 
-    // The device runs system part 1 4.0.1 and application v1.
-    let id = if safe_mode { "argon-safe" } else { "argon-heal" };
-    let need = Dependency { function: ModuleFunction::SystemPart, index: 1, version: newest_part1 };
-    let secret = server.add_device(id, "argon");
-    let profile = &tern_device::NRF52840;
-    let old = Dependency {
-        function: ModuleFunction::SystemPart,
-        index: 1,
-        version: version_of("argon-system-part1@4.0.1.bin"),
-    };
-    let app1_dep = if safe_mode { need } else { old };
-    let app1 = Image::synthetic(profile, ModuleFunction::UserPart, 1, 1, &[app1_dep], Behaviour::Healthy, 5000);
-    let factory = Image::synthetic(profile, ModuleFunction::UserPart, 1, 0, &[app1_dep], Behaviour::Healthy, 2000);
-    let app1_deps = vec![app1_dep];
-    let device = Device::start(&server, id, &secret, Settings::default(), None, move || {
-        provision::corpus_argon(vec![release_key().verifying_key()], &corpus, "4.0.1", app1, factory).unwrap().0
-    });
-    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
-    if safe_mode {
-        let (_, d) = server.get(&format!("/api/devices/{id}"));
-        assert_eq!(d["inventory"]["boot_reason"], "safe_mode", "{d}");
-        assert_eq!(d["inventory"]["safe_mode"], "unmet_dependency", "{d}");
-        assert_eq!(d["status"], "safe_mode", "{d}");
-    }
+fn version_of(file: &str) -> u32 {
+    let rel = tern_testkit::corpus().join("particle/releases");
+    tern_sim::corpus::module(&rel.join(file), PLATFORM).unwrap().entry.version
+}
 
-    // Application v2 needs the newest system part 1.
-    let app2 = Image::synthetic(profile, ModuleFunction::UserPart, 1, 2, &[need], Behaviour::Healthy, 7000);
+fn tern_flash(server: &Server, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(tern())
+        .arg("flash")
+        .args(args)
+        .env("TERN_SERVER", &server.http)
+        .env("TERN_TOKEN", &server.token)
+        .env("HOME", scratch("fleet-heal-home"))
+        .env_remove("TERN_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern flash starts");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
+    child.wait_with_output().expect("tern flash runs")
+}
 
-    // The plan, from what the device described and the server's catalog.
-    let (_, record) = server.get(&format!("/api/devices/{id}"));
-    let by_sha: HashMap<String, &Value> =
-        catalog.iter().map(|m| (m["sha256"].as_str().unwrap().to_owned(), m)).collect();
-    let installed: Vec<Installed> = record["inventory"]["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Installed {
-            slot: slot(m),
-            version: m["version"].as_u64().unwrap() as u32,
-            dependencies: match by_sha.get(m["sha256"].as_str().unwrap()) {
-                Some(c) => deps(&c["dependencies"]),
-                None => app1_deps.clone(),
-            },
-        })
-        .collect();
-    let candidates: Vec<Candidate> = catalog
-        .iter()
-        .map(|m| Candidate {
-            sha256: sha(m),
-            platform_id: m["platform_id"].as_u64().unwrap() as u16,
-            slot: slot(m),
-            version: m["version"].as_u64().unwrap() as u32,
-            size: m["size"].as_u64().unwrap(),
-            dependencies: deps(&m["dependencies"]),
-        })
-        .collect();
-    let requested = Candidate {
-        sha256: app2.entry.sha256,
-        platform_id: 12,
-        slot: Slot { function: ModuleFunction::UserPart, index: 1 },
-        version: 2,
-        size: app2.bytes.len() as u64,
-        dependencies: vec![need],
-    };
-    let plan = if safe_mode {
-        tern_plan::heal(12, &installed, &candidates).expect("a healing plan exists")
-    } else {
-        tern_plan::plan(12, &installed, &[requested], &candidates).expect("a plan exists")
-    };
-    assert!(plan.heals(), "{plan:?}");
-    let order: Vec<(ModuleFunction, u32)> =
-        plan.steps.iter().map(|s| (s.module.slot.function, s.module.version)).collect();
-    println!("heal plan: {order:?}");
-    // Dependency order: everything a step needs comes from the device or an earlier step.
-    for (i, step) in plan.steps.iter().enumerate() {
-        for d in &step.module.dependencies {
-            let earlier = plan.steps[..i]
-                .iter()
-                .any(|s| d.is_satisfied_by(s.module.slot.function, s.module.slot.index, s.module.version));
-            let present = installed.iter().any(|m| d.is_satisfied_by(m.slot.function, m.slot.index, m.version))
-                && !plan.steps.iter().any(|s| s.module.slot.function == d.function && s.module.slot.index == d.index);
-            assert!(earlier || present, "step {i} {:?} needs {d:?} first: {order:?}", step.module.slot);
+fn device_record(server: &Server, id: &str) -> Value {
+    let (status, d) = server.get(&format!("/api/devices/{id}"));
+    assert_eq!(status, 200, "{d}");
+    d
+}
+
+fn wait_record(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let d = device_record(server, id);
+        if check(&d) {
+            return d;
         }
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}: {d}");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let sys = plan
-        .steps
-        .iter()
-        .find(|s| s.module.slot.function == ModuleFunction::SystemPart)
-        .expect("a system part is added");
-    assert_eq!(sys.module.version, newest_part1);
-    assert!(matches!(sys.reason, Reason::Dependency { .. }));
-    let last = plan.steps.last().map(|s| s.module.slot.function);
-    assert_eq!(last, Some(if safe_mode { ModuleFunction::SystemPart } else { ModuleFunction::UserPart }), "{order:?}");
+}
 
-    let images: Vec<&Image> = plan
-        .steps
-        .iter()
-        .map(|s| if s.module.sha256 == app2.entry.sha256 { &app2 } else { &files[&hex(&s.module.sha256)] })
-        .collect();
-    let attempt = server.flash(id, &bundle(12, &images, 1));
-    let a = server.wait_final(attempt, TIMEOUT);
-    assert_eq!(a["state"], "confirmed", "{a}");
-    let hashes = installed_hashes(&server, id);
-    for image in &images {
-        assert!(hashes.contains(&hex(&image.entry.sha256)), "{} installed: {hashes:?}", image.name);
+fn has_event(d: &Value, kind: &str) -> bool {
+    d["history"].as_array().into_iter().flatten().any(|e| e["kind"] == kind)
+}
+
+/// Every step's dependencies are met by the device or by an earlier step, and every
+/// planned module is a catalog (or requested) module.
+fn assert_dependency_order(steps: &[Value], images: &HashMap<String, Image>, installed: &[Value]) {
+    let order: Vec<String> = steps.iter().map(|s| format!("{} v{}", s["function_name"], s["version"])).collect();
+    for (i, step) in steps.iter().enumerate() {
+        let image = &images[step["sha256"].as_str().unwrap()];
+        for d in image.entry.dependencies() {
+            if d.function == ModuleFunction::None {
+                continue;
+            }
+            let meets = |m: &Value| {
+                d.is_satisfied_by(
+                    ModuleFunction::from_code(m["function"].as_u64().unwrap() as u8),
+                    m["index"].as_u64().unwrap() as u8,
+                    m["version"].as_u64().unwrap() as u32,
+                )
+            };
+            let same_slot = |m: &Value| {
+                m["function"].as_u64() == Some(u64::from(d.function.code()))
+                    && m["index"].as_u64() == Some(u64::from(d.index))
+            };
+            let earlier = steps[..i].iter().any(meets);
+            let present = installed.iter().any(meets) && !steps.iter().any(same_slot);
+            assert!(earlier || present, "step {i} needs {d:?} first: {order:?}");
+        }
+        assert!(step["reason"].is_string(), "each step says why it is there: {step}");
     }
-    let running = if safe_mode { 1 } else { 2 };
-    device.wait_for("the application running", TIMEOUT, |s| s.app_version == running && s.boot_reason != "safe_mode");
-    let (_, d) = server.get(&format!("/api/devices/{id}"));
-    assert_ne!(d["inventory"]["boot_reason"], "safe_mode", "{d}");
+}
+
+/// The device under test: an Argon on system part 1 4.0.1 whose application needs
+/// `app_needs`; wifi or cellular.
+fn start_argon(server: &Server, id: &str, connectivity: &str, app_needs: Dependency) -> Device {
+    let (status, body) =
+        server.post_json("/api/devices", json!({ "id": id, "platform": "argon", "connectivity": connectivity }));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["auto_heal"], connectivity != "cellular", "the default policy: {body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let profile = &tern_device::NRF52840;
+    let app1 = Image::synthetic(profile, ModuleFunction::UserPart, 1, 1, &[app_needs], Behaviour::Healthy, 5000);
+    let factory = Image::synthetic(profile, ModuleFunction::UserPart, 1, 0, &[app_needs], Behaviour::Healthy, 2000);
+    let corpus = tern_testkit::corpus();
+    Device::start(server, id, &secret, Settings::default(), None, move || {
+        provision::corpus_argon(vec![release_key().verifying_key()], &corpus, "4.0.1", app1, factory).unwrap().0
+    })
+}
+
+fn part1_needs(file: &str) -> Dependency {
+    Dependency { function: ModuleFunction::SystemPart, index: 1, version: version_of(file) }
+}
+
+#[test]
+fn tern_flash_plans_missing_system_parts_confirms_cellular_cost_and_is_confirmed() {
+    let dir = scratch("fleet-heal-flash");
+    let server = Server::start(&dir.join("server"));
+    let mut images = upload_catalog(&server);
+    let id = "argon-cell";
+    let device = start_argon(&server, id, "cellular", part1_needs("argon-system-part1@4.0.1.bin"));
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let installed = device_record(&server, id)["inventory"]["modules"].as_array().unwrap().clone();
+
+    // Application v2 needs the newest system part 1; the operator has only the app file
+    // (and its statement, made as `tern module sign` would).
+    let need = part1_needs("argon-system-part1@4.1.0.bin");
+    let app2 =
+        Image::synthetic(&tern_device::NRF52840, ModuleFunction::UserPart, 1, 2, &[need], Behaviour::Healthy, 7000);
+    let file = dir.join("app2.bin");
+    std::fs::write(&file, &app2.bytes).unwrap();
+    std::fs::write(dir.join("app2.bin.stmt"), statement(&app2)).unwrap();
+    images.insert(hex(&app2.entry.sha256), app2.clone());
+    let file = file.to_str().unwrap();
+
+    // 1. The plan, shown before anything is sent.
+    let out = tern_flash(&server, &[id, file, "--dry-run", "--json"], "");
+    assert!(out.status.success(), "dry run: {}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("--dry-run --json prints the plan");
+    let steps = plan["steps"].as_array().unwrap().clone();
+    println!("plan: {}", serde_json::to_string_pretty(&steps).unwrap());
+    assert_eq!(steps.last().unwrap()["sha256"], hex(&app2.entry.sha256), "the app goes last: {plan}");
+    let part1 = steps.iter().find(|s| s["function_name"] == "system_part").expect("a system part is added");
+    assert_eq!(part1["version"], need.version, "the lowest version that meets the need: {plan}");
+    assert!(part1["reason"].as_str().unwrap().starts_with("needed by"), "{plan}");
+    assert_eq!(steps.last().unwrap()["reason"], "requested");
+    assert_dependency_order(&steps, &images, &installed);
+    assert_eq!(plan["confirm_required"], true, "a cellular device confirms the cost: {plan}");
+    let air = plan["air_bytes"].as_u64().unwrap();
+    assert!(air > plan["bytes_total"].as_u64().unwrap(), "{plan}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("about {air} bytes")), "the plan is printed with its bytes on the air: {stderr}");
+
+    // 2. A wrong amount typed: nothing is sent.
+    let out = tern_flash(&server, &[id, file, "--wait", "--json"], "1000\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "not confirmed: {stderr}");
+    assert!(stderr.contains(&format!("Type {air}")) && stderr.contains("nothing was sent"), "{stderr}");
+    assert_eq!(device_record(&server, id)["attempts"], json!([]), "no attempt was created");
+
+    // 3. The amount typed: sent, installed in order, confirmed.
+    let out = tern_flash(&server, &[id, file, "--wait", "--json"], &format!("{air}\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "flash: {stderr}");
+    let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the final attempt");
+    assert_eq!(attempt["state"], "confirmed", "{attempt}");
+    assert_eq!(attempt["device"], id);
+    assert!(attempt["id"].is_i64() && attempt["reason"].is_null() && attempt["plan_id"].is_i64(), "{attempt}");
+    let sent: Vec<&Value> = attempt["plan"].as_array().unwrap().iter().map(|s| &s["sha256"]).collect();
+    let planned: Vec<&Value> = steps.iter().map(|s| &s["sha256"]).collect();
+    assert_eq!(sent, planned, "the attempt carries the plan that was shown");
+    let hashes = installed_hashes(&server, id);
+    for step in &steps {
+        assert!(hashes.contains(&step["sha256"].as_str().unwrap().to_owned()), "{step} installed: {hashes:?}");
+    }
+    device.wait_for("application v2 running", TIMEOUT, |s| s.app_version == 2 && s.boot_reason != "safe_mode");
+    device.stop().expect("the device ran without error");
+}
+
+#[test]
+fn wifi_device_in_safe_mode_is_healed_automatically() {
+    let dir = scratch("fleet-heal-auto");
+    let server = Server::start(&dir.join("server"));
+    let images = upload_catalog(&server);
+    let id = "argon-wifi";
+    // Its application already needs the newest system part 1: it boots safe mode.
+    let device = start_argon(&server, id, "wifi", part1_needs("argon-system-part1@4.1.0.bin"));
+    let d = wait_record(&server, id, "an automatic heal attempt", |d| {
+        d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert!(has_event(&d, "plan.created") && has_event(&d, "attempt.created"), "{d}");
+    let id_attempt = d["attempts"][0]["id"].as_i64().unwrap();
+    let attempt = server.wait_final(id_attempt, TIMEOUT);
+    assert_eq!(attempt["state"], "confirmed", "{attempt}");
+    let (_, plan) = server.get(&format!("/api/plans/{}", attempt["plan_id"]));
+    assert_eq!((&plan["origin"], &plan["status"]), (&json!("heal"), &json!("started")), "{plan}");
+    let steps = plan["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["function_name"] == "system_part" && s["version"] == version_of("argon-system-part1@4.1.0.bin")),
+        "{plan}"
+    );
+    let described = d["inventory"]["modules"].as_array().unwrap().clone();
+    assert_dependency_order(steps, &images, &described);
+    device.wait_for("the application running", TIMEOUT, |s| s.app_version == 1 && s.boot_reason != "safe_mode");
+    let d = wait_record(&server, id, "the healed describe", |d| d["inventory"]["boot_reason"] != "safe_mode");
     assert_eq!(d["status"], "online", "{d}");
+    device.stop().expect("the device ran without error");
+}
+
+#[test]
+fn cellular_device_in_safe_mode_waits_for_the_operator() {
+    let dir = scratch("fleet-heal-ask");
+    let server = Server::start(&dir.join("server"));
+    upload_catalog(&server);
+    let id = "argon-ask";
+    let device = start_argon(&server, id, "cellular", part1_needs("argon-system-part1@4.1.0.bin"));
+    let d = wait_record(&server, id, "the heal proposal", |d| has_event(d, "heal.proposed"));
+    assert_eq!(d["status"], "safe_mode", "{d}");
+    assert_eq!(d["attempts"], json!([]), "nothing is sent to a cellular device without the operator: {d}");
+    let (_, plans) = server.get(&format!("/api/devices/{id}/plans"));
+    assert_eq!(plans[0]["status"], "proposed", "{plans}");
+
+    let out = tern_flash(&server, &[id, "--heal", "--yes", "--wait", "--json"], "");
+    assert!(out.status.success(), "heal: {}", String::from_utf8_lossy(&out.stderr));
+    let attempt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(attempt["state"], "confirmed", "{attempt}");
+    device.wait_for("the application running", TIMEOUT, |s| s.app_version == 1 && s.boot_reason != "safe_mode");
     device.stop().expect("the device ran without error");
 }

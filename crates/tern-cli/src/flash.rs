@@ -1,0 +1,258 @@
+//! `tern flash DEVICE FILE... [--heal] [--yes] [--wait] [--json]`: update one device.
+//!
+//! Module files go into the server's catalog (with their signed statements); the server
+//! builds the install plan — the modules asked for plus every missing module their
+//! dependencies need, in dependency order — against what the device last described, and
+//! the plan is printed with its estimated bytes on the air before anything is sent. A
+//! cellular device sends nothing until the operator types that number (or passes `--yes`).
+//! A release bundle (`tern release build`) is sent as it is, in its own order.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::ops::{module_line, print_json, query_value, upload_module, Client};
+
+/// `tern flash`.
+#[derive(Args)]
+pub struct FlashArgs {
+    /// Device id.
+    device: String,
+    /// Module files to install (the plan adds the system modules they need), or one
+    /// signed release bundle (`tern release build`), installed as built.
+    files: Vec<PathBuf>,
+    /// Heal the device: send whatever its installed modules are missing (no FILE needed).
+    #[arg(long)]
+    heal: bool,
+    /// Private key to sign statements for modules that have none (PEM) [env: TERN_KEY].
+    #[arg(long, env = "TERN_KEY", value_name = "KEY")]
+    key: Option<PathBuf>,
+    /// Send without asking, even to a cellular device.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Show the plan and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait until the attempt ends, with a progress bar; exit 0 only if the device
+    /// confirmed the update, non-zero with the reason otherwise.
+    #[arg(long)]
+    wait: bool,
+    /// Print the attempt as JSON (with --wait: the final attempt, including its plan).
+    #[arg(long)]
+    json: bool,
+    /// With --wait, give up waiting after this many seconds (the attempt goes on).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+}
+
+/// Exit status when the operator did not confirm (nothing was sent).
+const NOT_CONFIRMED: u8 = 3;
+
+fn is_bundle(path: &Path) -> anyhow::Result<bool> {
+    let mut magic = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let n = std::io::Read::read(&mut file, &mut magic).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    Ok(n == magic.len() && magic == tern_image::bundle::MAGIC)
+}
+
+/// Runs `tern flash`.
+pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect()?;
+    let device_path = format!("/api/devices/{}", query_value(&args.device));
+    let attempt = match args.files.as_slice() {
+        [] if !args.heal => bail!("nothing to flash: name module files (or a release bundle), or pass --heal"),
+        [single] if is_bundle(single)? => {
+            if args.heal || args.dry_run {
+                bail!(
+                    "{}: a release bundle is sent as built: --heal and --dry-run apply to module files",
+                    single.display()
+                );
+            }
+            let bytes = std::fs::read(single).map_err(|e| anyhow!("{}: cannot read: {e}", single.display()))?;
+            client
+                .post_bytes(&format!("{device_path}/attempts"), &bytes)
+                .map_err(|e| anyhow!("{}: {e:#}", single.display()))?
+        }
+        files => {
+            if let Some(bundle) = files.iter().find(|f| is_bundle(f).unwrap_or(false)) {
+                bail!("{}: a release bundle cannot be combined with other files", bundle.display());
+            }
+            let key = args.key.as_deref().map(crate::key::load_signing_key).transpose()?;
+            let mut hashes = Vec::new();
+            for file in files {
+                let module =
+                    upload_module(&client, file, key.as_ref()).map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
+                if !args.json {
+                    println!("{}: {}", file.display(), module_line(&module));
+                }
+                hashes.push(module["sha256"].as_str().unwrap_or_default().to_owned());
+            }
+            let plan = client
+                .post_json(&format!("{device_path}/plans"), json!({ "modules": hashes }))
+                .with_context(|| format!("device {}", args.device))?;
+            print_plan(&plan, args.json);
+            if args.dry_run {
+                if args.json {
+                    print_json(&plan)?;
+                }
+                eprintln!("plan {} not sent (--dry-run)", plan["id"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let air_bytes = plan["air_bytes"].as_u64().ok_or_else(|| anyhow!("the server returned no estimate"))?;
+            let mut body = json!({});
+            if plan["confirm_required"] == true {
+                if !args.yes && !confirm(&args.device, &plan, air_bytes)? {
+                    eprintln!(
+                        "error: not confirmed: nothing was sent to {} (plan {} stays proposed)",
+                        args.device, plan["id"]
+                    );
+                    return Ok(ExitCode::from(NOT_CONFIRMED));
+                }
+                body["confirm_air_bytes"] = json!(air_bytes);
+            }
+            client
+                .post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+                .with_context(|| format!("device {}", args.device))?
+        }
+    };
+    let id = attempt["id"].as_i64().ok_or_else(|| anyhow!("the server returned no attempt id"))?;
+    if !args.json {
+        if attempt["plan_id"].is_null() {
+            print_plan(&attempt, false);
+        }
+        println!("attempt {id} started on device {}", args.device);
+    }
+    if !args.wait {
+        if args.json {
+            print_json(&attempt)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let attempt = wait(&client, id, &args)?;
+    if args.json {
+        print_json(&attempt)?;
+    }
+    match attempt["state"].as_str() {
+        Some("confirmed") => {
+            if !args.json {
+                println!("attempt {id}: confirmed by device {}", args.device);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        state => {
+            let reason = attempt["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            eprintln!("error: attempt {id} on device {} ended {}{reason}", args.device, state.unwrap_or("?"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Asks the operator to type the plan's bytes on the air; `true` when they did.
+fn confirm(device: &str, plan: &Value, air_bytes: u64) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "device {device} is {}: this update puts about {air_bytes} bytes ({}) on the air.",
+        plan["connectivity"].as_str().unwrap_or("cellular"),
+        human_bytes(air_bytes)
+    )?;
+    write!(err, "Type {air_bytes} to send it (anything else cancels): ")?;
+    err.flush()?;
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line).context("cannot read the confirmation")?;
+    if read == 0 {
+        eprintln!();
+        eprintln!("(no input: pass --yes to send without asking)");
+        return Ok(false);
+    }
+    let typed: String = line.trim().chars().filter(|c| !matches!(c, ',' | '_' | ' ' | '\'')).collect();
+    Ok(typed == air_bytes.to_string())
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / f64::from(1u32 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Prints a plan (or a bundle attempt's module list): each module with why it is sent.
+fn print_plan(plan: &Value, to_stderr: bool) {
+    let mut lines = Vec::new();
+    let what = if plan["plan_id"].is_null() && plan["steps"].is_null() { "attempt" } else { "plan" };
+    lines.push(format!("{what} {} for device {}:", plan["id"], plan["device"].as_str().unwrap_or("?")));
+    let steps = plan.get("steps").or_else(|| plan.get("plan"));
+    for (i, m) in steps.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        lines.push(format!(
+            "  {}. {:<13} {:>2} v{:<6} {:>8} bytes at {:#010x}  {}",
+            i + 1,
+            m["function_name"].as_str().unwrap_or("?"),
+            m["index"],
+            m["version"],
+            m["size"],
+            m["start_address"].as_u64().unwrap_or(0),
+            m["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    let air = plan["air_bytes"].as_u64().unwrap_or(0);
+    lines.push(format!(
+        "  {} bytes of modules, about {air} bytes ({}) on the air{}",
+        plan["bytes_total"],
+        human_bytes(air),
+        plan["connectivity"].as_str().map(|c| format!(" over {c}")).unwrap_or_default()
+    ));
+    for line in lines {
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+/// Follows attempt `id` to its end with a progress bar (hidden when stderr is not a
+/// terminal; state changes are printed as lines either way unless `--json`).
+fn wait(client: &Client, id: i64, args: &FlashArgs) -> anyhow::Result<Value> {
+    let deadline = args.timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    let bar = if std::io::stderr().is_terminal() && !args.json { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut last_state = String::new();
+    let attempt = loop {
+        let attempt = client.get(&format!("/api/attempts/{id}"))?;
+        let state = attempt["state"].as_str().unwrap_or("?").to_owned();
+        bar.set_length(attempt["bytes_total"].as_u64().unwrap_or(0));
+        bar.set_position(attempt["bytes_done"].as_u64().unwrap_or(0));
+        bar.set_message(state.clone());
+        if state != last_state && !args.json {
+            let done = attempt["bytes_done"].as_u64().unwrap_or(0);
+            let total = attempt["bytes_total"].as_u64().unwrap_or(0).max(1);
+            bar.suspend(|| println!("attempt {id}: {state} ({}%)", done * 100 / total));
+            last_state = state;
+        }
+        if attempt["finished"] == true {
+            break attempt;
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            bar.finish_and_clear();
+            bail!(
+                "attempt {id} is still {last_state} after {} s (it goes on; see `tern device show`)",
+                args.timeout.unwrap_or(0)
+            );
+        }
+        bar.tick();
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    bar.finish_and_clear();
+    Ok(attempt)
+}

@@ -62,7 +62,31 @@ enum Command {
     Up(up::UpArgs),
 }
 
+/// Exit status of a command whose reader went away (`tern … | head`): 128 + SIGPIPE, as
+/// a shell reports a process killed by the signal.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe fails, and `println!` panics on that
+/// failure. The reader has gone: end quietly, as Unix tools do, instead of reporting a
+/// panic; any other panic is reported as usual.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),

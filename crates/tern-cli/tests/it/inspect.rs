@@ -180,3 +180,29 @@ fn inspect_without_files_is_a_usage_error() {
     let out = tern(&["module", "inspect"], &[]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error status");
 }
+
+/// `tern module inspect … | head -1`: when the reader goes away, tern stops quietly with
+/// the shell's broken-pipe status instead of reporting a panic.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let files = tern_testkit::corpus_files("particle/releases");
+    // Far more output than a pipe buffers (64 KiB on Linux).
+    let args: Vec<&PathBuf> = files.iter().cycle().take(files.len() * 20).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["module", "inspect", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern runs");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut first).expect("a first line");
+    // The read end is closed here.
+    let out = child.wait_with_output().expect("tern ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

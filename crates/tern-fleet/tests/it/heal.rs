@@ -281,3 +281,56 @@ fn cellular_device_in_safe_mode_waits_for_the_operator() {
     device.wait_for("the application running", TIMEOUT, |s| s.app_version == 1 && s.boot_reason != "safe_mode");
     device.stop().expect("the device ran without error");
 }
+
+/// Acceptance 8 through the catalog: an unsigned module is never planned, and a module
+/// whose statement a key the device does not trust signed is refused by the device; the
+/// attempt says so and the device keeps what it ran.
+#[test]
+fn unsigned_and_wrongly_signed_modules_are_refused() {
+    let dir = scratch("fleet-heal-signatures");
+    let server = Server::start(&dir.join("server"));
+    upload_catalog(&server);
+    let id = "argon-sig";
+    let device = start_argon(&server, id, "wifi", part1_needs("argon-system-part1@4.0.1.bin"));
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let profile = &tern_device::NRF52840;
+    let app = |v| {
+        let need = part1_needs("argon-system-part1@4.0.1.bin");
+        Image::synthetic(profile, ModuleFunction::UserPart, 1, v, &[need], Behaviour::Healthy, 3000)
+    };
+
+    // No statement and no key: the server cannot describe it, nothing is sent.
+    let unsigned = dir.join("unsigned.bin");
+    std::fs::write(&unsigned, &app(5).bytes).unwrap();
+    let out = tern_flash(&server, &[id, unsigned.to_str().unwrap(), "--yes"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("unsigned.bin") && stderr.contains("signed statement"), "{stderr}");
+
+    // A statement signed by a stranger's key: planned and offered, refused by the device.
+    let image = app(6);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let statement = Document {
+        kind: Kind::ModuleStatement,
+        platform_id: PLATFORM,
+        product_id: 0,
+        security_counter: 1,
+        created: 1_790_000_000,
+        modules: vec![image.entry],
+        name: String::new(),
+    }
+    .sign(&stranger)
+    .unwrap();
+    let forged = dir.join("forged.bin");
+    std::fs::write(&forged, &image.bytes).unwrap();
+    std::fs::write(dir.join("forged.bin.stmt"), statement).unwrap();
+    let out = tern_flash(&server, &[id, forged.to_str().unwrap(), "--yes", "--wait", "--json", "--timeout", "120"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let attempt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&attempt["state"], &attempt["reason"]), (&json!("failed"), &json!("rejected_signature")), "{attempt}");
+    assert!(stderr.contains("failed (rejected_signature)"), "{stderr}");
+    assert!(!installed_hashes(&server, id).contains(&hex(&image.entry.sha256)));
+    assert_eq!(device.stats().app_version, 1, "the device runs what it ran");
+    device.stop().expect("the device ran without error");
+}

@@ -172,5 +172,7 @@ fn server_killed_mid_transfer_continues_and_confirms() {
         a["bytes_sent"]
     );
     assert!(resent <= 16 * 1024, "only blocks in flight at the kill are sent again: {resent}");
+    let sent = a["bytes_sent"].as_u64().unwrap();
+    assert!(sent >= part2.bytes.len() as u64, "every byte counted as sent at least once despite the kill: {a}");
     device.stop().expect("the device ran without error");
 }

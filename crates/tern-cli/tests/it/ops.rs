@@ -232,7 +232,7 @@ fn login_then_manage_devices_and_follow_events() {
     assert!(stderr.trim_end().lines().count() == 1 && stderr.contains("ended timed_out"), "{stderr}");
     // Without --wait: the plan and the estimate, exit 0.
     let said = ok(&home, &["flash", "bench-1", bundle_arg]);
-    assert!(said.contains("1. bootloader") && said.contains("bytes on the air"), "{said}");
+    assert!(said.contains("1. bootloader") && said.contains("on the air"), "{said}");
     fails(&home, &["flash", "bench-1", bundle_arg], "still");
 }
 
@@ -273,4 +273,37 @@ fn module_upload_and_list() {
     }
     let table = ok(&home, &["module", "list"]);
     assert!(table.contains("photon-system-part1@1.5.2.bin") && table.contains("argon-bootloader@4.0.2.bin"), "{table}");
+    assert!(modules.iter().all(|m| m["statement"].is_null()), "uploaded without a key: unsigned: {listed}");
+    assert!(said.contains("UNSIGNED"), "{said}");
+
+    // With a key (or a FILE.stmt beside the module) the module is signed in the catalog.
+    let key = dir.join("release.pem");
+    ok(&home, &["key", "generate", "--output", key.to_str().unwrap()]);
+    let said = ok(&home, &["module", "upload", "--key", key.to_str().unwrap(), part1.to_str().unwrap()]);
+    assert!(said.contains(", signed"), "{said}");
+    let copy = dir.join("boot.bin");
+    std::fs::copy(&boot, &copy).unwrap();
+    ok(&home, &["module", "sign", "--key", key.to_str().unwrap(), copy.to_str().unwrap()]);
+    let said = ok(&home, &["module", "upload", copy.to_str().unwrap()]);
+    assert!(said.contains(", signed"), "{said}");
+    let listed: Value = serde_json::from_str(&ok(&home, &["module", "list", "--json"])).unwrap();
+    assert!(listed.as_array().unwrap().iter().all(|m| m["statement"].is_string()), "{listed}");
+    // A statement of another module beside a file is refused with the reason.
+    std::fs::copy(dir.join("boot.bin.stmt"), dir.join("part1.bin.stmt")).unwrap();
+    let part1_copy = dir.join("part1.bin");
+    std::fs::copy(&part1, &part1_copy).unwrap();
+    let out = run(&home, &["module", "upload", part1_copy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("part1.bin") && stderr.contains("statement"), "{stderr}");
+
+    // Device policy and flash refusals, one clear line each.
+    let added = ok(&home, &["device", "add", "cell-1", "--platform", "argon", "--connectivity", "cellular"]);
+    assert!(added.contains("cellular, auto-heal off"), "{added}");
+    assert!(ok(&home, &["device", "set", "cell-1", "--auto-heal", "on"]).contains("auto-heal on"));
+    assert!(ok(&home, &["device", "set", "cell-1", "--auto-heal", "default"]).contains("auto-heal off"));
+    fails(&home, &["device", "set", "cell-1"], "nothing to change");
+    fails(&home, &["device", "set", "nobody", "--auto-heal", "on"], "no device nobody");
+    fails(&home, &["flash", "cell-1"], "nothing to flash");
+    fails(&home, &["flash", "cell-1", part1.to_str().unwrap(), "--yes"], "has not described itself");
+    fails(&home, &["flash", "nobody", "--heal", "--yes"], "no device nobody");
 }

@@ -275,15 +275,7 @@ fn statement_record(
         size: entry.size,
         module_sha256: None,
         integrity: "unchecked".to_owned(),
-        dependencies: entry
-            .dependencies()
-            .map(|dep| DependencyRecord {
-                function: dep.function.code(),
-                function_name: dep.function.name().to_owned(),
-                index: dep.index,
-                version: dep.version,
-            })
-            .collect(),
+        dependencies: entry.dependencies().map(DependencyRecord::from).collect(),
         start_address: entry.start_address,
         uploaded_at: now_millis(),
         statement: None,
@@ -336,15 +328,7 @@ fn module_record(sha256: String, filename: Option<String>, info: &tern_image::Mo
         size: info.size,
         module_sha256: info.sha256.map(hex::encode),
         integrity: integrity_name(info.integrity).to_owned(),
-        dependencies: info
-            .dependencies()
-            .map(|dep| DependencyRecord {
-                function: dep.function.code(),
-                function_name: dep.function.name().to_owned(),
-                index: dep.index,
-                version: dep.version,
-            })
-            .collect(),
+        dependencies: info.dependencies().map(DependencyRecord::from).collect(),
         start_address: info.start_address,
         uploaded_at: now_millis(),
         statement: None,
@@ -715,28 +699,8 @@ async fn start_attempt(
             reason: None,
         });
     }
-    let now = now_millis();
-    let mut record = AttemptRecord {
-        id: 0,
-        device: id.clone(),
-        state: "queued".into(),
-        reason: None,
-        reason_code: None,
-        bytes_total: plan.iter().map(|m| u64::from(m.size)).sum(),
-        air_bytes: estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer),
-        plan,
-        plan_id: None,
-        signed: vec![signed],
-        bytes_done: 0,
-        bytes_sent: 0,
-        bytes_resent: 0,
-        requests: 0,
-        offers_sent: 0,
-        sent_record: Vec::new(),
-        finished: false,
-        created_at: now,
-        updated_at: now,
-    };
+    let air_bytes = estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer);
+    let mut record = AttemptRecord::queued(&id, plan, None, vec![signed], air_bytes, now_millis());
     record.id = state.store.create_attempt(&record).await?;
     let data = json!({ "attempt": record.id, "modules": record.plan.len(), "air_bytes": record.air_bytes });
     state.hub.publish(Some(&id), "attempt.created", data).await?;

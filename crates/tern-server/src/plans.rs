@@ -391,28 +391,8 @@ impl Planner {
         if !self.store.transition_plan(id, "proposed", "started", None).await? {
             return Err(conflict("plan_not_proposed", format!("plan {id} was started by another request")));
         }
-        let now = now_millis();
-        let mut record = AttemptRecord {
-            id: 0,
-            device: device.id.clone(),
-            state: "queued".into(),
-            reason: None,
-            reason_code: None,
-            plan: plan.steps.clone(),
-            plan_id: Some(id),
-            signed,
-            bytes_total: plan.bytes_total,
-            air_bytes: plan.air_bytes,
-            bytes_done: 0,
-            bytes_sent: 0,
-            bytes_resent: 0,
-            requests: 0,
-            offers_sent: 0,
-            sent_record: Vec::new(),
-            finished: false,
-            created_at: now,
-            updated_at: now,
-        };
+        let mut record =
+            AttemptRecord::queued(&device.id, plan.steps.clone(), Some(id), signed, plan.air_bytes, now_millis());
         record.id = self.store.create_attempt(&record).await?;
         self.store.transition_plan(id, "started", "started", Some(record.id)).await?;
         plan.status = "started".to_owned();

@@ -75,6 +75,17 @@ pub struct DependencyRecord {
     pub version: u32,
 }
 
+impl From<&tern_image::Dependency> for DependencyRecord {
+    fn from(dep: &tern_image::Dependency) -> Self {
+        DependencyRecord {
+            function: dep.function.code(),
+            function_name: dep.function.name().to_owned(),
+            index: dep.index,
+            version: dep.version,
+        }
+    }
+}
+
 /// One module in the catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleRecord {
@@ -380,6 +391,41 @@ pub struct AttemptRecord {
     pub created_at: i64,
     /// Last change, Unix milliseconds.
     pub updated_at: i64,
+}
+
+impl AttemptRecord {
+    /// A new attempt, `queued`, offering `plan` with the signed documents at blob
+    /// addresses `signed`; its `id` is assigned when it is stored.
+    pub fn queued(
+        device: &str,
+        plan: Vec<PlannedModule>,
+        plan_id: Option<i64>,
+        signed: Vec<String>,
+        air_bytes: u64,
+        now: i64,
+    ) -> Self {
+        AttemptRecord {
+            id: 0,
+            device: device.to_owned(),
+            state: "queued".into(),
+            reason: None,
+            reason_code: None,
+            bytes_total: plan.iter().map(|m| u64::from(m.size)).sum(),
+            plan,
+            plan_id,
+            signed,
+            air_bytes,
+            bytes_done: 0,
+            bytes_sent: 0,
+            bytes_resent: 0,
+            requests: 0,
+            offers_sent: 0,
+            sent_record: Vec::new(),
+            finished: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 /// Storage the server core needs; implemented by [`SqliteStore`].

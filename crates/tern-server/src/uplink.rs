@@ -181,12 +181,7 @@ pub fn inventory(describe: &Describe, described_at: i64) -> Inventory {
         platform_id: describe.platform,
         boot_reason: describe.boot_reason.name().to_owned(),
         safe_mode: describe.safe_mode.map(|cause| cause.name().to_owned()),
-        unmet: describe.unmet.map(|dep| DependencyRecord {
-            function: dep.function.code(),
-            function_name: dep.function.name().to_owned(),
-            index: dep.index,
-            version: dep.version,
-        }),
+        unmet: describe.unmet.map(|dep| DependencyRecord::from(&dep)),
         confirmed: describe.confirmed,
         modules: describe
             .modules

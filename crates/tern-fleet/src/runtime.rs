@@ -5,7 +5,7 @@
 //! Every boot goes through [`tern_device::boot::boot`]; the application's behaviour comes
 //! from the installed image ([`Behaviour::of_image`]). A healthy application on test is
 //! confirmed once the device reached the server (then it describes itself, so the server
-//! sees `confirmed = true`). Panicking or hanging applications reset the device with the
+//! sees `confirmed = true` and boot reason `normal`: a confirmed test boot is no longer one). Panicking or hanging applications reset the device with the
 //! matching cause until the boot manager rolls back.
 
 use std::collections::{HashMap, VecDeque};
@@ -340,6 +340,7 @@ impl SimRuntime {
                 dependencies_met: deps_met,
             });
         }
+        let confirmed = matches!(st.boot, BootState::Confirmed { .. });
         let (boot_reason, safe_mode, unmet) = match decision.run {
             Run::SafeMode(SafeModeReason::DependencyUnmet(d)) => {
                 (BootReason::SafeMode, Some(SafeModeCause::UnmetDependency), Some(d))
@@ -353,15 +354,17 @@ impl SimRuntime {
             Run::SafeMode(SafeModeReason::Requested) => (BootReason::SafeMode, Some(SafeModeCause::Requested), None),
             Run::Application { .. } if decision.events.rolled_back => (BootReason::Rollback, None, None),
             Run::Application { .. } if decision.events.factory_restored => (BootReason::FactoryRestore, None, None),
-            Run::Application { test: true } => (BootReason::TestBoot, None, None),
-            Run::Application { test: false } => (BootReason::Normal, None, None),
+            // The boot manager decided at boot time that the application runs on test; once
+            // it confirmed, it runs as any confirmed application does until the next boot.
+            Run::Application { test: true } if !confirmed => (BootReason::TestBoot, None, None),
+            Run::Application { .. } => (BootReason::Normal, None, None),
         };
         Describe {
             platform: profile.platform_id,
             boot_reason,
             safe_mode,
             unmet,
-            confirmed: !safe && matches!(st.boot, BootState::Confirmed { .. }),
+            confirmed: !safe && confirmed,
             modules,
             last_result: self.result(agent),
         }
@@ -645,5 +648,93 @@ impl SimRuntime {
     fn power_cut(&mut self) -> Next {
         self.stat(|s| s.power_cuts += 1);
         Next::Reboot(ResetCause::PowerOn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use tern_device::block::BLOCK_SIZE;
+    use tern_image::manifest::build::Document;
+    use tern_image::manifest::Kind;
+    use tern_proto::MessageKind;
+    use tern_sim::device::Image;
+
+    use super::*;
+    use crate::provision;
+
+    /// Records what the runtime sends.
+    #[derive(Default)]
+    struct Recorder(Vec<(MessageKind, Vec<u8>)>);
+
+    impl Link for Recorder {
+        fn send(&mut self, kind: MessageKind, payload: Vec<u8>) {
+            self.0.push((kind, payload));
+        }
+        fn recv(&mut self, _: Duration) -> Option<Incoming> {
+            None
+        }
+    }
+
+    /// A synthetic device whose application is replaced by version 2 with `behaviour`
+    /// (or left alone), rebooted, and connected: the boot reason and `confirmed` of the
+    /// Describe it sends on connecting.
+    fn check(update: Option<Behaviour>, expected: (BootReason, bool)) {
+        let key = SigningKey::from_bytes(&[0x42; 32]);
+        let profile = &tern_device::profile::NRF52840;
+        let device = provision::synthetic(profile, vec![key.verifying_key()], Behaviour::Healthy).unwrap();
+        let mut rt = SimRuntime::new(device, Settings::default());
+        let keys = rt.device.keys.clone();
+        let mut storage = rt.device.storage();
+        let mut cause = ResetCause::PowerOn;
+        let mut behaviour = Behaviour::Healthy;
+        if let Some(b) = update {
+            let sys = tern_image::model::Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 };
+            let app = Image::synthetic(profile, ModuleFunction::UserPart, 1, 2, &[sys], b, 3000);
+            let signed = Document {
+                kind: Kind::Release,
+                platform_id: profile.platform_id,
+                product_id: 0,
+                security_counter: 1,
+                created: 1,
+                modules: vec![app.entry],
+                name: String::new(),
+            }
+            .sign(&key)
+            .unwrap();
+            let mut agent = Agent::load(&mut storage, profile, &keys).unwrap();
+            agent.handle_offer(&mut storage, &signed).unwrap();
+            for (k, chunk) in app.bytes.chunks(BLOCK_SIZE as usize).enumerate() {
+                agent
+                    .handle_block(&mut storage, AgentBlock { module: 0, offset: k as u32 * BLOCK_SIZE, data: chunk })
+                    .unwrap();
+            }
+            cause = ResetCause::Software;
+            behaviour = b;
+        }
+        let decision = boot::boot(&mut storage, profile, cause).unwrap();
+        assert_eq!(decision.run, Run::Application { test: update.is_some() });
+        let mut agent = Agent::load(&mut storage, profile, &keys).unwrap();
+        let mut link = Recorder::default();
+        assert!(rt.on_connect(&mut link, &mut agent, &mut storage, &decision, behaviour).is_none());
+        let describes: Vec<Describe> = link
+            .0
+            .iter()
+            .filter_map(|(_, bytes)| match Message::decode(bytes) {
+                Ok(Message::Describe(d)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(describes.len(), 1, "one Describe on connecting");
+        assert_eq!((describes[0].boot_reason, describes[0].confirmed), expected, "{update:?}");
+    }
+
+    /// A test boot the device confirmed is described as a normal boot with `confirmed`;
+    /// one still on test says so and is not confirmed.
+    #[test]
+    fn confirmed_test_boot_describes_normal() {
+        check(None, (BootReason::Normal, true));
+        check(Some(Behaviour::Healthy), (BootReason::Normal, true));
+        check(Some(Behaviour::NeverConfirms), (BootReason::TestBoot, false));
     }
 }

@@ -210,6 +210,65 @@ fn malformed_messages_give_specific_errors() {
     );
 }
 
+/// An offer's key 1 is an array of signed documents (byte strings), non-empty, at most
+/// [`MAX_MODULES`]. The bytes are written out by hand from RFC 8949: an offer
+/// `{0: 1, 1: [docs…], 2: [], 3: 3, 4: 4, 5: 1024}` in the envelope `[1, 2, body]`.
+#[test]
+fn offers_carry_a_list_of_signed_documents() {
+    fn offer_bytes(signed: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x83, 0x01, 0x02, 0xa6, 0x00, 0x01, 0x01];
+        bytes.extend_from_slice(signed);
+        bytes.extend_from_slice(&[0x02, 0x80, 0x03, 0x03, 0x04, 0x04, 0x05, 0x19, 0x04, 0x00]);
+        bytes
+    }
+    fn check(signed: &[u8], expected: Result<&[&[u8]], DecodeError>) {
+        let bytes = offer_bytes(signed);
+        let decoded = Message::decode(&bytes);
+        match expected {
+            Ok(documents) => {
+                let offer = UpdateOffer {
+                    attempt: 1,
+                    signed: List::from_slice(documents).unwrap(),
+                    modules: List::new(),
+                    air_bytes: 3,
+                    window: 4,
+                    max_block: 1024,
+                };
+                assert_eq!(decoded, Ok(Message::UpdateOffer(offer)), "{signed:02x?}");
+                // Canonical: what decodes re-encodes to exactly the same bytes.
+                assert_eq!(encode(&Message::UpdateOffer(offer)), bytes, "{signed:02x?}");
+            }
+            Err(e) => assert_eq!(decoded, Err(e), "{signed:02x?}"),
+        }
+    }
+    // n one-byte documents h'00', h'01', …: array header 0x80 + n, then 0x41 k each.
+    let docs = |n: u8| -> Vec<u8> {
+        let mut out = vec![0x80 + n];
+        for k in 0..n {
+            out.extend_from_slice(&[0x41, k]);
+        }
+        out
+    };
+    let values: Vec<[u8; 1]> = (0..13u8).map(|k| [k]).collect();
+    let slices: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+    check(&docs(1), Ok(&slices[..1]));
+    // A release manifest's worth, and a statement per module up to the limit.
+    check(&[0x82, 0x41, 0xaa, 0x42, 0xbb, 0xcc], Ok(&[&[0xaa], &[0xbb, 0xcc]]));
+    check(&docs(MAX_MODULES as u8), Ok(&slices[..MAX_MODULES]));
+    check(&docs(MAX_MODULES as u8 + 1), Err(DecodeError::TooMany("signed")));
+    check(&docs(0), Err(DecodeError::Malformed("signed")));
+    // One bare byte string (not in an array), a text string inside, an indefinite array.
+    check(&[0x41, 0xaa], Err(DecodeError::Malformed("signed")));
+    check(&[0x81, 0x61, b'x'], Err(DecodeError::Malformed("signed")));
+    check(&[0x9f, 0x41, 0xaa, 0xff], Err(DecodeError::IndefiniteLength));
+    // An offer built with no document encodes, but no peer accepts it.
+    let empty =
+        UpdateOffer { attempt: 1, signed: List::new(), modules: List::new(), air_bytes: 3, window: 4, max_block: 1024 };
+    let bytes = encode(&Message::UpdateOffer(empty));
+    assert_eq!(bytes, offer_bytes(&[0x80]));
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::Malformed("signed")));
+}
+
 #[test]
 fn too_many_modules_is_refused_not_truncated() {
     let mut bytes = vec![0x83, 0x01, 0x01, 0xa4, 0x00, 0x06, 0x01, 0x00, 0x04, 0xf5, 0x05];

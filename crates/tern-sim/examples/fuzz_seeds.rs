@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tern_device::block::Block;
 use tern_device::profile::NRF52840;
 use tern_device::state::{self, RECORD_LEN};
+use tern_sim::fuzz;
 use tern_sim::scenario::{synthetic, Scenario, Task};
 
 fn main() {
@@ -36,10 +37,27 @@ fn main() {
     write("device-block", "full", &frame);
     write("device-block", "short-last", &frame[..6 + 300]);
     write("device-block", "header-only", &frame[..6]);
-    // A signed offer.
-    if let Some(Task::Update { offer, .. }) = sc.tasks.first() {
-        write("device-offer", "app-update", offer);
-    }
+    // Signed offers (documents framed as `tern_sim::fuzz::split_offer` reads them): a
+    // release manifest; module statements for a system part and an application with the
+    // first block of the system part; a release manifest mixed with a statement.
+    let documents = |name: &str| {
+        let all = synthetic(&NRF52840);
+        let sc = all.into_iter().find(|s| s.name == name).expect("scenario exists");
+        match sc.tasks.into_iter().next() {
+            Some(Task::Update { documents, modules, .. }) => (documents, modules),
+            _ => panic!("{name} starts with an update"),
+        }
+    };
+    let (release, _) = documents("app-update");
+    write("device-offer", "app-update", &fuzz::join_offer(&[&release[0]], &[]));
+    let (statements, modules) = documents("statements-system-part-and-app");
+    let refs: Vec<&[u8]> = statements.iter().map(Vec::as_slice).collect();
+    let mut first = [0u8; 6];
+    Block { module: 0, offset: 0, data: &[] }.encode_header(&mut first);
+    let mut frame = first.to_vec();
+    frame.extend_from_slice(&modules[0].bytes[..1024]);
+    write("device-offer", "statements-system-part-and-app", &fuzz::join_offer(&refs, &frame));
+    write("device-offer", "release-and-statement", &fuzz::join_offer(&[&release[0], &statements[1]], &[]));
     // Flash contents for boot: selector byte, then a pattern (a record tiled over flash).
     let mut boot = vec![1u8];
     boot.extend_from_slice(&record);

@@ -57,14 +57,14 @@ fn scenario(
     images.push(Image::synthetic(profile, ModuleFunction::UserPart, 1, 1, &[app_dep], Behaviour::Healthy, 3000));
     let factory = Image::synthetic(profile, ModuleFunction::UserPart, 1, 0, &[app_dep], Behaviour::Healthy, 2000);
     let new = load(new)?;
-    let offer = Scenario::sign(profile, std::slice::from_ref(&new), 1);
+    let documents = vec![Scenario::sign(profile, std::slice::from_ref(&new), 1)];
     Ok(Scenario {
         name: name.to_string(),
         profile,
         initial: images,
         factory,
         tasks: vec![Task::Update {
-            offer,
+            documents,
             modules: vec![new.clone()],
             wait_confirm: true,
             expect_fail: false,

@@ -47,16 +47,58 @@ pub fn boot_arbitrary_flash(data: &[u8]) {
     }
 }
 
-/// A provisioned device of the first synthetic scenario receives `data` as an offer, then
-/// as a block frame.
+/// Splits a `device-offer` fuzz input into the signed documents of an offer and a block
+/// frame, so that one input can exercise multi-document offers:
+///
+/// | bytes | meaning |
+/// |---|---|
+/// | 2 | length `n` of the next document, big-endian; `0` ends the list |
+/// | `n` | the document |
+/// | … | more documents; after the `0` terminator, the rest is a block frame |
+///
+/// A length running past the end of the input takes what is left, so every input splits
+/// (an empty input is an offer with no document; a lone last byte is ignored).
+pub fn split_offer(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut documents = Vec::new();
+    let mut rest = data;
+    while let [hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        if len == 0 {
+            return (documents, tail);
+        }
+        let (document, tail) = tail.split_at(len.min(tail.len()));
+        documents.push(document);
+        rest = tail;
+    }
+    // A lone byte left over (half a length) is ignored.
+    (documents, &[])
+}
+
+/// The inverse of [`split_offer`], for writing seeds: each document (at most 65,535
+/// bytes) with its length, then the terminator and the block frame.
+pub fn join_offer(documents: &[&[u8]], block: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for document in documents {
+        let len = u16::try_from(document.len()).expect("seed documents are shorter than 64 KiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(document);
+    }
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(block);
+    out
+}
+
+/// A provisioned device of the first synthetic scenario receives the documents of `data`
+/// (see [`split_offer`]) as one offer, then its block frame.
 pub fn offer_and_block(data: &[u8]) {
     let Some(sc) = synthetic(&tern_device::profile::NRF52840).into_iter().next() else { return };
     let dev = sc.provisioned();
     let mut storage = dev.storage();
     let keys = dev.keys.clone();
+    let (documents, frame) = split_offer(data);
     if let Ok(mut agent) = Agent::load(&mut storage, sc.profile, &keys) {
-        let _ = agent.handle_offer(&mut storage, data);
-        if let Ok(block) = Block::decode(data) {
+        let _ = agent.handle_offer_documents(&mut storage, documents.iter().copied());
+        if let Ok(block) = Block::decode(frame) {
             let _ = agent.handle_block(&mut storage, block);
         }
     }

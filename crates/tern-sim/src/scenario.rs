@@ -27,9 +27,10 @@ pub fn scenario_key() -> SigningKey {
 pub enum Task {
     /// Offer an update and deliver it.
     Update {
-        /// The signed manifest.
-        offer: Vec<u8>,
-        /// The modules, in manifest order.
+        /// The signed documents of the offer: one release manifest, or one module
+        /// statement per module (as a server composes a plan from its catalog).
+        documents: Vec<Vec<u8>>,
+        /// The modules, in offer order.
         modules: Vec<Image>,
         /// The task ends when the update is installed and confirmed (`true`) or merely
         /// installed (`false`, used to send the next update during a test boot).
@@ -114,6 +115,27 @@ impl Scenario {
         .expect("scenario manifests are within the document limits")
     }
 
+    /// One signed module statement per module, in order. The security counters differ
+    /// (`counter`, `counter + 1`, …) so that the device must take the highest.
+    pub fn statements(profile: &Profile, modules: &[Image], counter: u64) -> Vec<Vec<u8>> {
+        (0u64..)
+            .zip(modules)
+            .map(|(i, m)| {
+                Document {
+                    kind: Kind::ModuleStatement,
+                    platform_id: profile.platform_id,
+                    product_id: 0,
+                    security_counter: counter + i,
+                    created: 1_790_000_000,
+                    modules: vec![m.entry],
+                    name: String::new(),
+                }
+                .sign(&scenario_key())
+                .expect("a statement holds one module")
+            })
+            .collect()
+    }
+
     /// A simulated device provisioned with the initial modules and factory image, and its
     /// operation counter reset.
     pub fn provisioned(&self) -> SimDevice {
@@ -133,7 +155,7 @@ fn dep(function: ModuleFunction, index: u8, version: u32) -> Dependency {
 
 fn update(profile: &Profile, modules: Vec<Image>, counter: u64) -> Task {
     Task::Update {
-        offer: Scenario::sign(profile, &modules, counter),
+        documents: vec![Scenario::sign(profile, &modules, counter)],
         modules,
         wait_confirm: true,
         expect_fail: false,
@@ -188,6 +210,17 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
         let set = vec![radio2, sys1c];
         out.push(base("radio-stack-and-system-part", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
     }
+
+    // The same kind of update composed by a server from its catalog: one signed module
+    // statement per module instead of a release manifest.
+    let sys1e = img(SystemPart, 1, 104, &[], Healthy);
+    let app9 = img(UserPart, 1, 9, &[dep(SystemPart, 1, 104)], Healthy);
+    let set = vec![sys1e, app9];
+    let mut by_statements = update(p, set.clone(), 1);
+    if let Task::Update { documents, .. } = &mut by_statements {
+        *documents = Scenario::statements(p, &set, 1);
+    }
+    out.push(base("statements-system-part-and-app", vec![by_statements], Expect::New(set), &initial));
 
     let boot2 = img(Bootloader, 0, 11, &[], Healthy);
     out.push(base(
@@ -477,7 +510,7 @@ impl World<'_> {
                     }
                     return Next::Reboot(ResetCause::Software);
                 }
-                Task::Update { offer, modules, wait_confirm, expect_fail, reset_after_blocks } => {
+                Task::Update { documents, modules, wait_confirm, expect_fail, reset_after_blocks } => {
                     let installed = modules.iter().all(|m| {
                         let slot = self.sc.profile.slot_for(m.entry.function, m.entry.index);
                         slot.and_then(|s| st.installed[s]).map(|r| r.sha256) == Some(m.entry.sha256)
@@ -504,14 +537,16 @@ impl World<'_> {
                     }
                     match st.phase {
                         UpdatePhase::Staged => return Next::Reboot(ResetCause::Software),
-                        UpdatePhase::Idle | UpdatePhase::Preparing => match agent.handle_offer(storage, offer) {
-                            Ok(_) => self.offer_sent = true,
-                            Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
-                            Err(e) => {
-                                self.out.violations.push(format!("offer refused: {e:?}"));
-                                return Next::Settled;
+                        UpdatePhase::Idle | UpdatePhase::Preparing => {
+                            match agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice)) {
+                                Ok(_) => self.offer_sent = true,
+                                Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
+                                Err(e) => {
+                                    self.out.violations.push(format!("offer refused: {e:?}"));
+                                    return Next::Settled;
+                                }
                             }
-                        },
+                        }
                         UpdatePhase::Receiving => {
                             let mut window = [BlockRequest { module: 0, offset: 0, len: 0 }; 8];
                             let n = match agent.missing_blocks(storage, &mut window) {

@@ -6,11 +6,12 @@ use tern_device::agent::{Agent, BlockOutcome, BlockRequest, OfferError};
 use tern_device::block::{Block, BLOCK_SIZE};
 use tern_device::boot::{self, ResetCause, Run, SafeModeReason};
 use tern_device::profile::{Profile, NRF52840, STM32F2};
-use tern_device::state::{UpdatePhase, UpdateResult};
+use tern_device::state::{UpdatePhase, UpdateResult, MAX_UPDATE_MODULES};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::{self, Kind};
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image, SimDevice};
+use tern_sim::flash::OpKind;
 use tern_sim::scenario::{scenario_key, synthetic, Scenario};
 
 fn dep(function: ModuleFunction, index: u8, version: u32) -> Dependency {
@@ -309,4 +310,250 @@ fn safe_mode_on_request_is_one_shot() {
     Agent::load(&mut s, p, &keys).unwrap().request_safe_mode(&mut s).unwrap();
     assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::SafeMode(SafeModeReason::Requested));
     assert_eq!(boot::boot(&mut s, p, ResetCause::Software).unwrap().run, Run::Application { test: false });
+}
+
+/// A module statement (one module, signed on its own) as a server composes offers from
+/// its catalog.
+fn statement(platform: u16, product: u32, counter: u64, module: &Image, key: &SigningKey) -> Vec<u8> {
+    Document {
+        kind: Kind::ModuleStatement,
+        platform_id: platform,
+        product_id: product,
+        security_counter: counter,
+        created: 1,
+        modules: vec![module.entry],
+        name: String::new(),
+    }
+    .sign(key)
+    .expect("valid statement")
+}
+
+/// The signed documents of one offer.
+type Documents = Vec<Vec<u8>>;
+
+/// Offers `documents` to a provisioned device and checks the outcome (the number of
+/// modules accepted, or the error). A refused offer must leave the device as it was: no
+/// flash operation at all, the same state.
+fn check_documents(profile: &'static Profile, documents: &[Vec<u8>], expected: Result<u8, OfferError>) {
+    let (dev, _) = device(profile);
+    let mut s = dev.storage();
+    let keys = dev.keys.clone();
+    let mut agent = Agent::load(&mut s, profile, &keys).expect("provisioned");
+    let before = agent.state().clone();
+    let ops = dev.bench.borrow().op_count();
+    let got = agent.handle_offer_documents(&mut s, documents.iter().map(Vec::as_slice)).map(|a| a.modules);
+    assert_eq!(got, expected, "{} documents on {}", documents.len(), profile.name);
+    if expected.is_err() {
+        assert_eq!(agent.state(), &before, "a refused offer changes no state");
+        assert_eq!(dev.bench.borrow().op_count(), ops, "a refused offer erases and programs nothing");
+        assert_eq!(Agent::load(&mut s, profile, &keys).unwrap().state(), &before, "nor on flash");
+    }
+}
+
+#[test]
+fn offers_of_several_documents_are_checked() {
+    use ModuleFunction::*;
+    let key = scenario_key();
+    let other = SigningKey::from_bytes(&[1; 32]);
+    for p in [&STM32F2, &NRF52840] {
+        let id = p.platform_id;
+        let img = |f, i, v, deps: &[Dependency]| Image::synthetic(p, f, i, v, deps, Behaviour::Healthy, 3000);
+        let sys = img(SystemPart, 1, 104, &[]);
+        let app = img(UserPart, 1, 9, &[dep(SystemPart, 1, 104)]);
+        let boot = img(Bootloader, 0, 11, &[]);
+        let app_too_new = img(UserPart, 1, 9, &[dep(SystemPart, 1, 105)]);
+        let stmt = |m: &Image| statement(id, 0, 1, m, &key);
+        let release = signed(p, id, 1, &[&app], &key);
+        let five: Vec<Vec<u8>> = [&sys, &app, &boot, &sys, &app].into_iter().map(stmt).collect();
+        let cases: Vec<(Documents, Result<u8, OfferError>)> = vec![
+            (vec![stmt(&sys), stmt(&app)], Ok(2)),
+            // The application first: the order is the server's, dependencies judge the set.
+            (vec![stmt(&app), stmt(&sys)], Ok(2)),
+            (vec![stmt(&sys), stmt(&app), stmt(&boot)], Ok(3)),
+            (vec![stmt(&app)], Ok(1)),
+            (vec![], Err(OfferError::MixedDocuments)),
+            (vec![release.clone(), stmt(&sys)], Err(OfferError::MixedDocuments)),
+            (vec![stmt(&sys), release.clone()], Err(OfferError::MixedDocuments)),
+            (vec![release.clone(), release.clone()], Err(OfferError::MixedDocuments)),
+            (vec![stmt(&sys), statement(99, 0, 1, &app, &key)], Err(OfferError::MixedDocuments)),
+            (vec![stmt(&sys), statement(id, 7, 1, &app, &key)], Err(OfferError::MixedDocuments)),
+            (
+                vec![statement(99, 0, 1, &sys, &key), statement(99, 0, 1, &app, &key)],
+                Err(OfferError::WrongPlatform { device: id, offer: 99 }),
+            ),
+            // One statement signed by a key the device does not trust, among good ones.
+            (
+                vec![stmt(&sys), statement(id, 0, 1, &app, &other), stmt(&boot)],
+                Err(OfferError::Manifest(manifest::Error::UnknownKey)),
+            ),
+            (
+                vec![stmt(&sys), b"garbage".to_vec()],
+                Err(OfferError::Manifest(manifest::Error::Malformed("COSE_Sign1 tag"))),
+            ),
+            (five, Err(OfferError::TooManyModules)),
+            (vec![stmt(&app), stmt(&app)], Err(OfferError::TooManyModules)),
+            (vec![stmt(&sys), stmt(&app_too_new)], Err(OfferError::UnsatisfiableDependency(dep(SystemPart, 1, 105)))),
+        ];
+        const { assert!(MAX_UPDATE_MODULES < 5, "the five-statement case must exceed the limit") };
+        for (documents, expected) in cases {
+            check_documents(p, &documents, expected);
+        }
+    }
+}
+
+/// Delivers every block of the accepted offer, in order.
+fn deliver_all(agent: &mut Agent<'_>, s: &mut tern_sim::device::SimStorage, modules: &[&Image]) {
+    let mut last = None;
+    for (i, m) in modules.iter().enumerate() {
+        for (k, chunk) in m.bytes.chunks(BLOCK_SIZE as usize).enumerate() {
+            let block = Block { module: i as u8, offset: k as u32 * BLOCK_SIZE, data: chunk };
+            last = Some(agent.handle_block(s, block).expect("block stored"));
+        }
+    }
+    assert_eq!(last, Some(BlockOutcome::Complete));
+}
+
+/// Module statements for a system part, an application needing it and a bootloader are
+/// received, verified and installed by the boot manager in the order the documents list
+/// them (the bootloader last whatever its place: the one copy that may not be power-safe).
+#[test]
+fn statements_install_in_document_order() {
+    use ModuleFunction::*;
+    fn check(profile: &'static Profile, order: &[ModuleFunction], expected_writes: &[ModuleFunction]) {
+        let p = profile;
+        let key = scenario_key();
+        let img = |f: ModuleFunction| {
+            let (i, v, deps) = match f {
+                SystemPart => (1, 104, vec![]),
+                UserPart => (1, 9, vec![dep(SystemPart, 1, 104)]),
+                _ => (0, 11, vec![]),
+            };
+            Image::synthetic(p, f, i, v, &deps, Behaviour::Healthy, 3000)
+        };
+        let images: Vec<Image> = order.iter().map(|&f| img(f)).collect();
+        let refs: Vec<&Image> = images.iter().collect();
+        let documents: Vec<Vec<u8>> = images.iter().map(|m| statement(p.platform_id, 0, 1, m, &key)).collect();
+        let (dev, _) = device(p);
+        let keys = dev.keys.clone();
+        let mut s = dev.storage();
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        let accepted = agent.handle_offer_documents(&mut s, documents.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!((accepted.modules, accepted.resumed), (order.len() as u8, false));
+        let staged: Vec<ModuleFunction> = agent.state().staged().map(|m| m.module.function).collect();
+        assert_eq!(staged, order, "staged in document order");
+        deliver_all(&mut agent, &mut s, &refs);
+
+        dev.bench.borrow_mut().reset_counter();
+        let d = boot::boot(&mut s, p, ResetCause::Software).unwrap();
+        assert!(d.events.installed_update);
+        assert_eq!(d.run, Run::Application { test: true });
+        // The order of the first program operation into each slot is the install order.
+        let ops = dev.bench.borrow().ops.clone();
+        let first_write = |f: ModuleFunction| {
+            let r = p.slots[p.slot_for(f, if f == Bootloader { 0 } else { 1 }).unwrap()].region;
+            ops.iter()
+                .position(|op| {
+                    op.kind == OpKind::Write && op.dev == r.dev && op.offset >= r.offset && op.offset < r.end()
+                })
+                .expect("the slot was written")
+        };
+        let mut writes: Vec<ModuleFunction> = order.to_vec();
+        writes.sort_by_key(|&f| first_write(f));
+        assert_eq!(writes, expected_writes, "install order on {}", p.name);
+        let agent = Agent::load(&mut s, p, &keys).unwrap();
+        for m in &images {
+            let slot = p.slot_for(m.entry.function, m.entry.index).unwrap();
+            assert_eq!(agent.state().installed[slot].map(|r| r.sha256), Some(m.entry.sha256));
+            assert!(dev.slot_holds(slot, &m.bytes), "{} on flash", m.name);
+        }
+    }
+    for p in [&STM32F2, &NRF52840] {
+        check(p, &[SystemPart, UserPart], &[SystemPart, UserPart]);
+        check(p, &[UserPart, SystemPart], &[UserPart, SystemPart]);
+        check(p, &[Bootloader, SystemPart, UserPart], &[SystemPart, UserPart, Bootloader]);
+    }
+}
+
+/// The security counter of a multi-document offer is the highest of its documents: it is
+/// what the downgrade check compares and what the device keeps after installing.
+#[test]
+fn security_counter_of_several_documents_is_the_highest() {
+    use ModuleFunction::*;
+    let p = &NRF52840;
+    let key = scenario_key();
+    let sys = Image::synthetic(p, SystemPart, 1, 104, &[], Behaviour::Healthy, 2000);
+    let app = Image::synthetic(p, UserPart, 1, 9, &[dep(SystemPart, 1, 104)], Behaviour::Healthy, 2000);
+    let (dev, _) = device(p);
+    let keys = dev.keys.clone();
+    let mut s = dev.storage();
+    let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+    let offer = [statement(p.platform_id, 0, 3, &sys, &key), statement(p.platform_id, 0, 7, &app, &key)];
+    agent.handle_offer_documents(&mut s, offer.iter().map(Vec::as_slice)).unwrap();
+    deliver_all(&mut agent, &mut s, &[&sys, &app]);
+    boot::boot(&mut s, p, ResetCause::Software).unwrap();
+    let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+    assert_eq!(agent.state().security_counter, 7);
+    agent.confirm(&mut s).unwrap();
+
+    let newer = Image::synthetic(p, UserPart, 1, 10, &[dep(SystemPart, 1, 104)], Behaviour::Healthy, 2000);
+    let check = |counters: [u64; 2], expected: Result<u8, OfferError>| {
+        let (dev2, _) = device(p);
+        // The same device state each time: a copy of the flash after the install.
+        dev2.bench.borrow_mut().clone_from(&dev.bench.borrow());
+        let mut s2 = dev2.storage();
+        let mut agent = Agent::load(&mut s2, p, &keys).unwrap();
+        let offer = [
+            statement(p.platform_id, 0, counters[0], &sys, &key),
+            statement(p.platform_id, 0, counters[1], &newer, &key),
+        ];
+        let got = agent.handle_offer_documents(&mut s2, offer.iter().map(Vec::as_slice)).map(|a| a.modules);
+        assert_eq!(got, expected, "counters {counters:?}");
+    };
+    check([6, 5], Err(OfferError::Downgrade { device: 7, offer: 6 }));
+    check([7, 2], Ok(2));
+    check([1, 9], Ok(2));
+    check([0, 0], Err(OfferError::Downgrade { device: 7, offer: 0 }));
+}
+
+/// A multi-document transfer interrupted by a reset resumes with the same documents:
+/// blocks of both modules received before the reset are kept. The same statements in
+/// another order are another offer and start over.
+#[test]
+fn multi_document_offer_resumes_after_reset() {
+    use ModuleFunction::*;
+    for p in [&STM32F2, &NRF52840] {
+        let key = scenario_key();
+        let sys = Image::synthetic(p, SystemPart, 1, 104, &[], Behaviour::Healthy, 5 * 1024 + 10);
+        let app = Image::synthetic(p, UserPart, 1, 9, &[dep(SystemPart, 1, 104)], Behaviour::Healthy, 3 * 1024);
+        let offer = [statement(p.platform_id, 0, 1, &sys, &key), statement(p.platform_id, 0, 1, &app, &key)];
+        let (dev, _) = device(p);
+        let keys = dev.keys.clone();
+        let mut s = dev.storage();
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        assert!(!agent.handle_offer_documents(&mut s, offer.iter().map(Vec::as_slice)).unwrap().resumed);
+        let block = |module: u8, k: u32| {
+            let m = if module == 0 { &sys } else { &app };
+            let start = (k * BLOCK_SIZE) as usize;
+            Block { module, offset: k * BLOCK_SIZE, data: &m.bytes[start..(start + 1024).min(m.bytes.len())] }
+        };
+        for (module, k) in [(0, 0), (0, 5), (1, 1)] {
+            assert_eq!(agent.handle_block(&mut s, block(module, k)), Ok(BlockOutcome::Stored));
+        }
+
+        let missing = |agent: &Agent<'_>, s: &mut _| {
+            let mut out = [BlockRequest { module: 0, offset: 0, len: 0 }; 16];
+            let n = agent.missing_blocks(s, &mut out).unwrap();
+            out[..n].iter().map(|r| (r.module, r.offset / BLOCK_SIZE)).collect::<Vec<_>>()
+        };
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        assert!(agent.handle_offer_documents(&mut s, offer.iter().map(Vec::as_slice)).unwrap().resumed);
+        assert_eq!(missing(&agent, &mut s), vec![(0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 2)], "{}", p.name);
+        assert_eq!(agent.progress().0, 3 * u64::from(BLOCK_SIZE));
+
+        // Reversed: a different offer, every block missing again.
+        let reversed = [offer[1].clone(), offer[0].clone()];
+        let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+        assert!(!agent.handle_offer_documents(&mut s, reversed.iter().map(Vec::as_slice)).unwrap().resumed);
+        assert_eq!(missing(&agent, &mut s).len(), 3 + 6, "{}", p.name);
+    }
 }

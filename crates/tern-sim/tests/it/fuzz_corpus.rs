@@ -50,3 +50,51 @@ fn random_inputs_never_panic() {
         }
     }
 }
+
+/// The `device-offer` input framing: length-prefixed documents, a zero terminator, then a
+/// block frame; lengths past the end take what is left.
+#[test]
+fn offer_inputs_split_into_documents_and_a_block() {
+    fn check(input: &[u8], documents: &[&[u8]], frame: &[u8]) {
+        assert_eq!(fuzz::split_offer(input), (documents.to_vec(), frame), "{input:02x?}");
+    }
+    check(&[], &[], &[]);
+    check(&[7], &[], &[]);
+    check(&[0, 0], &[], &[]);
+    check(&[0, 0, 1, 2, 3], &[], &[1, 2, 3]);
+    check(&[0, 2, 0xA, 0xB, 0, 1, 0xC, 0, 0, 9], &[&[0xA, 0xB], &[0xC]], &[9]);
+    check(&[0, 2, 0xA, 0xB, 0, 1, 0xC], &[&[0xA, 0xB], &[0xC]], &[]);
+    // A length past the end takes the rest; a length with nothing left is an empty document.
+    check(&[0x01, 0x00, 0xA, 0xB], &[&[0xA, 0xB]], &[]);
+    check(&[0, 1, 0xA, 0, 5], &[&[0xA], &[]], &[]);
+    // Seeds are written with the inverse.
+    let joined = fuzz::join_offer(&[&[1, 2, 3], &[4]], &[5, 6]);
+    assert_eq!(joined, [0, 3, 1, 2, 3, 0, 1, 4, 0, 0, 5, 6]);
+    check(&joined, &[&[1, 2, 3], &[4]], &[5, 6]);
+}
+
+/// The hand-made `device-offer` seeds reach the agent paths their names say (so the
+/// fuzzer starts from accepted multi-document offers, not only from rejections).
+#[test]
+fn named_offer_seeds_reach_their_paths() {
+    use tern_device::agent::{Agent, BlockOutcome, OfferError};
+    use tern_device::block::Block;
+
+    fn check(seed: &str, expected_offer: Result<u8, OfferError>, expected_block: Option<BlockOutcome>) {
+        let data = std::fs::read(tern_testkit::repo_root().join("fuzz/corpus/device-offer").join(seed))
+            .unwrap_or_else(|e| panic!("{seed}: {e}"));
+        let sc = tern_sim::scenario::synthetic(&tern_device::profile::NRF52840).into_iter().next().unwrap();
+        let dev = sc.provisioned();
+        let mut storage = dev.storage();
+        let keys = dev.keys.clone();
+        let mut agent = Agent::load(&mut storage, sc.profile, &keys).unwrap();
+        let (documents, frame) = fuzz::split_offer(&data);
+        let offer = agent.handle_offer_documents(&mut storage, documents.iter().copied()).map(|a| a.modules);
+        assert_eq!(offer, expected_offer, "{seed}");
+        let block = Block::decode(frame).ok().map(|b| agent.handle_block(&mut storage, b).unwrap());
+        assert_eq!(block, expected_block, "{seed}");
+    }
+    check("app-update", Ok(1), None);
+    check("statements-system-part-and-app", Ok(2), Some(BlockOutcome::Stored));
+    check("release-and-statement", Err(OfferError::MixedDocuments), None);
+}

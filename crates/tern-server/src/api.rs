@@ -824,12 +824,19 @@ struct StartPlan {
 }
 
 /// `POST /api/plans/{id}/start`: sends a proposed plan to its device as an update attempt.
+/// The body is optional (Wi-Fi plans need no confirmation); when present it is JSON.
 async fn start_plan(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    body: Option<Json<StartPlan>>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    let body = body.map_err(|rejection| bad(rejection.body_text()))?;
+    let body: StartPlan = if body.iter().all(u8::is_ascii_whitespace) {
+        StartPlan::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the start request is not the expected JSON: {e}")))?
+    };
     let (_, attempt) = state.planner.start(id, body.confirm_air_bytes, Origin::Operator).await?;
     Ok((StatusCode::CREATED, Json(attempt)))
 }

@@ -807,11 +807,21 @@ fn plan_requests_that_cannot_be_planned_are_refused() {
     assert_eq!(status, 201, "{plan}");
     assert_eq!(plan["requested"], json!([argon.app.hex()]));
     assert_eq!(plans(&api, "argon-r").len(), 1, "refused requests store no plan");
-    // Unknown plans and devices.
-    assert_eq!(api.get("/api/plans/999").0, 404);
-    assert_eq!(api.get("/api/devices/nobody/plans").0, 404);
-    let (status, reply) = api.post_json("/api/plans/999/start", json!({}));
-    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")), "{reply}");
+    // Unknown plans and devices; ids that are not numbers name nothing either.
+    let unknown = [
+        api.get("/api/plans/999"),
+        api.get("/api/plans/abc"),
+        api.get("/api/plans/99999999999999999999999"),
+        api.get("/api/devices/nobody/plans"),
+        api.get("/api/attempts/abc"),
+        api.post_json("/api/plans/999/start", json!({})),
+        api.post_json("/api/plans/-1/start", json!({})),
+        api.post_json("/api/plans/abc/start", json!({})),
+        api.post_json("/api/attempts/abc/cancel", json!({})),
+    ];
+    for (status, reply) in unknown {
+        assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")), "{reply}");
+    }
     let (status, reply) =
         api.post_json(&format!("/api/plans/{}/start", plan["id"]), json!({ "confirm_air_bytes": "all" }));
     assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("bad_request")), "{reply}");

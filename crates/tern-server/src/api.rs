@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -708,12 +708,27 @@ async fn start_attempt(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-async fn show_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+/// A numeric id from the path; one that is not a number names nothing (`404`, in the API's
+/// error format rather than axum's plain-text rejection).
+fn numeric_id(id: Result<Path<i64>, PathRejection>, what: &str) -> ApiResult<i64> {
+    id.map(|Path(id)| id)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with that id")))
+}
+
+async fn show_attempt(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<Json<AttemptRecord>> {
+    let id = numeric_id(id, "attempt")?;
     let attempt = state.store.get_attempt(id).await?;
     attempt.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no attempt {id}")))
 }
 
-async fn cancel_attempt(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<AttemptRecord>> {
+async fn cancel_attempt(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<Json<AttemptRecord>> {
+    let id = numeric_id(id, "attempt")?;
     let attempt = state
         .store
         .get_attempt(id)
@@ -862,7 +877,8 @@ async fn list_plans(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok(Json(state.store.device_plans(&id, PLANS_SHOWN).await?))
 }
 
-async fn show_plan(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<PlanRecord>> {
+async fn show_plan(State(state): State<AppState>, id: Result<Path<i64>, PathRejection>) -> ApiResult<Json<PlanRecord>> {
+    let id = numeric_id(id, "plan")?;
     let plan = state.store.get_plan(id).await?;
     plan.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plan {id}")))
 }
@@ -874,12 +890,20 @@ struct StartPlan {
 }
 
 /// `POST /api/plans/{id}/start`: sends a proposed plan to its device as an update attempt.
+/// The body is optional (Wi-Fi plans need no confirmation); when present it is JSON.
 async fn start_plan(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    body: Option<Json<StartPlan>>,
+    id: Result<Path<i64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let id = numeric_id(id, "plan")?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    let body = body.map_err(|rejection| bad(rejection.body_text()))?;
+    let body: StartPlan = if body.iter().all(u8::is_ascii_whitespace) {
+        StartPlan::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the start request is not the expected JSON: {e}")))?
+    };
     let (_, attempt) = state.planner.start(id, body.confirm_air_bytes, Origin::Operator).await?;
     Ok((StatusCode::CREATED, Json(attempt)))
 }

@@ -30,6 +30,8 @@ fn routes_need_a_valid_token_except_health_and_openapi() {
         ("/api/stats", Some(wrong), 401),
         ("/api/stats", Some(&server.token), 200),
         ("/api/events", None, 401),
+        ("/api/devices/x/plans", None, 401),
+        ("/api/plans/1", Some(wrong), 401),
         ("/api/nothing-here", Some(&server.token), 404),
     ];
     for (path, token, expected) in cases {
@@ -41,6 +43,16 @@ fn routes_need_a_valid_token_except_health_and_openapi() {
     }
     let (status, _) = api.with_token(None).post_bytes("/api/modules", b"x");
     assert_eq!(status, 401, "uploads need a token too");
+    let anonymous = api.with_token(None);
+    let writes = [
+        anonymous.put_bytes(&format!("/api/modules/{}/statement", "0".repeat(64)), b"x"),
+        anonymous.patch_json("/api/devices/x", json!({ "auto_heal": true })),
+        anonymous.post_json("/api/devices/x/plans", json!({ "modules": [] })),
+        anonymous.post_json("/api/plans/1/start", json!({})),
+    ];
+    for (status, body) in writes {
+        assert_eq!((status, &body["error"]["code"]), (401, &json!("unauthorized")), "{body}");
+    }
 }
 
 #[test]
@@ -57,9 +69,15 @@ fn openapi_document_lists_every_route() {
         ("/api/modules", "get"),
         ("/api/modules", "post"),
         ("/api/modules/{sha256}", "get"),
+        ("/api/modules/{sha256}/statement", "put"),
         ("/api/devices", "get"),
         ("/api/devices", "post"),
         ("/api/devices/{id}", "get"),
+        ("/api/devices/{id}", "patch"),
+        ("/api/devices/{id}/plans", "get"),
+        ("/api/devices/{id}/plans", "post"),
+        ("/api/plans/{id}", "get"),
+        ("/api/plans/{id}/start", "post"),
         ("/api/devices/{id}/commands", "post"),
         ("/api/events", "get"),
         ("/api/devices/{id}/attempts", "post"),
@@ -68,6 +86,27 @@ fn openapi_document_lists_every_route() {
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
+    }
+    // Every reference inside the document names a component it defines.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 20, "{refs:?}");
+    for reference in refs {
+        let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("{reference} is local"));
+        assert!(doc.pointer(pointer).is_some(), "{reference} names nothing in the document");
+    }
+}
+
+fn collect_refs(value: &Value, refs: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                refs.push(reference.clone());
+            }
+            map.values().for_each(|v| collect_refs(v, refs));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
+        _ => {}
     }
 }
 

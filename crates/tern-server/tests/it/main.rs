@@ -4,6 +4,7 @@ mod api;
 mod config;
 mod gateway;
 mod mqtt;
+mod plans;
 mod restart;
 mod support;
 mod update;

@@ -162,6 +162,17 @@ impl Api {
         finish(self.auth(agent().post(&format!("{}{path}", self.base))).send_json(body))
     }
 
+    /// PUT raw bytes to `path`.
+    pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> (u16, Value) {
+        let request = agent().put(&format!("{}{path}", self.base)).header("Content-Type", "application/octet-stream");
+        finish(self.auth(request).send(bytes))
+    }
+
+    /// PATCH JSON to `path`.
+    pub fn patch_json(&self, path: &str, body: Value) -> (u16, Value) {
+        finish(self.auth(agent().patch(&format!("{}{path}", self.base))).send_json(body))
+    }
+
     /// Opens the event stream at `path` and returns its lines as they arrive.
     pub fn stream_lines(&self, path: &str) -> mpsc::Receiver<String> {
         let response = self.auth(agent().get(&format!("{}{path}", self.base))).call().expect("the stream opens");

@@ -831,6 +831,12 @@ async fn set_policy(
     state.store.set_policy(&id, &policy).await?;
     let data = policy_json(&policy);
     state.hub.publish(Some(&id), "device.policy", data.clone()).await?;
+    if policy.heals_automatically() && !device.policy.heals_automatically() {
+        // A heal that waited for an operator goes now that the policy allows it.
+        if let Err(err) = state.planner.start_proposed_heal(&id).await {
+            tracing::warn!(device = id, "the proposed heal did not start: {err}");
+        }
+    }
     Ok(Json(data))
 }
 

@@ -409,6 +409,21 @@ impl Planner {
         Ok((plan, record))
     }
 
+    /// Starts the heal plan proposed for device `id`'s current inventory, if there is one
+    /// (called when its policy starts allowing automatic heals); `None` when there is none.
+    pub async fn start_proposed_heal(&self, id: &str) -> Result<Option<AttemptRecord>, PlanError> {
+        let Some(device) = self.store.get_device(id).await? else { return Ok(None) };
+        let Some(inventory) = &device.inventory else { return Ok(None) };
+        let key = inventory_key(inventory);
+        let plans = self.store.device_plans(id, 20).await?;
+        let proposed =
+            plans.iter().find(|p| p.origin == Origin::Heal.name() && p.status == "proposed" && p.inventory_key == key);
+        match proposed {
+            Some(plan) => Ok(Some(self.start(plan.id, None, Origin::Heal).await?.1)),
+            None => Ok(None),
+        }
+    }
+
     /// Called with every Describe: a device in safe mode because of an unmet dependency
     /// gets a heal plan, started at once if its policy allows, else left proposed for an
     /// operator. A heal that is proposed or did not work is not made again for the same

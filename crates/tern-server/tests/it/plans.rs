@@ -1137,4 +1137,13 @@ fn automatic_healing_follows_the_device_policy() {
     let offer = device.next_offer(SETTLE).expect("the heal is offered once sent");
     assert_eq!(offer.attempt, attempt["id"].as_u64().unwrap());
     assert_eq!(offer.signed.len(), photon.heal().len());
+
+    // Turning auto-heal on sends the heal that was waiting for it.
+    let device = Device::connect(&server, "heal-wifi-off", &secrets[4], &unmet);
+    let (status, policy) = api.patch_json("/api/devices/heal-wifi-off", json!({ "auto_heal": true }));
+    assert_eq!(status, 200, "{policy}");
+    let offer = device.next_offer(SETTLE).expect("the proposed heal is offered once the policy allows it");
+    let plans = plans(&api, "heal-wifi-off");
+    assert_eq!((plans.len(), &plans[0]["status"]), (1, &json!("started")), "{plans:?}");
+    assert_eq!(attempts(&api, "heal-wifi-off")[0]["id"].as_u64(), Some(offer.attempt));
 }

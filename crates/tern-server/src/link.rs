@@ -75,6 +75,10 @@ pub struct LinkStats {
     pub messages_in: u64,
     /// Messages delivered to devices.
     pub messages_out: u64,
+    /// MQTT bytes received from authenticated devices (every packet after CONNACK).
+    pub bytes_in: u64,
+    /// MQTT bytes sent to authenticated devices (every packet after CONNACK).
+    pub bytes_out: u64,
 }
 
 /// The server core's view of the link to its devices.

@@ -53,11 +53,12 @@ async fn read_packet(
     }
 }
 
-async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: usize) -> std::io::Result<()> {
+/// Writes one packet; returns the bytes written.
+async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: usize) -> std::io::Result<usize> {
     let mut out = BytesMut::new();
     packet.write(&mut out, max_packet.max(1 << 20)).map_err(std::io::Error::other)?;
     timeout(WRITE_TIMEOUT, writer.write_all(&out)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
-    Ok(())
+    Ok(out.len())
 }
 
 /// The protocol level a CONNECT at the start of `buf` asks for (MQTT 3.1.1 §3.1.2.2: fixed
@@ -289,16 +290,19 @@ async fn run(
                 }
             };
             if let Some(reply) = reply {
-                if write_packet(writer, reply, max).await.is_err() {
-                    return End::Gone;
-                }
+                match write_packet(writer, reply, max).await {
+                    Ok(n) => counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
+                    Err(_) => return End::Gone,
+                };
             }
         }
 
         tokio::select! {
             read = reader.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return End::Gone,
-                Ok(_) => {}
+                Ok(n) => {
+                    counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Publish { topic, payload }) => {
@@ -316,9 +320,10 @@ async fn run(
                         next_packet_id = next_packet_id.checked_add(1).unwrap_or(1);
                         publish.pkid = next_packet_id;
                     }
-                    if write_packet(writer, Packet::Publish(publish), max).await.is_err() {
-                        return End::Gone;
-                    }
+                    match write_packet(writer, Packet::Publish(publish), max).await {
+                        Ok(n) => counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
+                        Err(_) => return End::Gone,
+                    };
                     counters.messages_out.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Outbound::Replaced) | None => return End::Replaced,

@@ -74,6 +74,8 @@ struct Counters {
     protocol_errors: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
 }
 
 struct Inner {
@@ -160,6 +162,8 @@ impl DeviceLink for Gateway {
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             messages_in: c.messages_in.load(Ordering::Relaxed),
             messages_out: c.messages_out.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
         }
     }
 }

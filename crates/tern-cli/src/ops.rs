@@ -500,6 +500,43 @@ fn show_device(d: &Value) {
             );
         }
     }
+    for plan in d["plans"].as_array().into_iter().flatten().filter(|p| p["status"] == "proposed") {
+        let modules: Vec<String> = plan["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} {} v{}", m["function_name"].as_str().unwrap_or("?"), m["index"], m["version"]))
+            .collect();
+        let id = d["id"].as_str().unwrap_or("ID");
+        let send = if plan["origin"] == "heal" {
+            format!("tern flash {id} --heal")
+        } else {
+            format!("tern flash {id} FILE...")
+        };
+        println!(
+            "proposed  plan {} ({}): {}; about {} bytes on the air (send: {send})",
+            plan["id"],
+            plan["origin"].as_str().unwrap_or("?"),
+            modules.join(", "),
+            plan["air_bytes"]
+        );
+    }
+    let attempts = d["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !attempts.is_empty() {
+        println!("attempts");
+        for a in attempts.iter().take(5) {
+            let reason = a["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            println!(
+                "  {}  #{:<5} {}{reason}, {} module(s), {} of {} bytes",
+                when(&a["created_at"]),
+                a["id"].to_string(),
+                a["state"].as_str().unwrap_or("?"),
+                a["plan"].as_array().map_or(0, Vec::len),
+                a["bytes_done"],
+                a["bytes_total"]
+            );
+        }
+    }
     let history = d["history"].as_array().map(Vec::as_slice).unwrap_or_default();
     if !history.is_empty() {
         println!("history");

@@ -492,6 +492,8 @@ struct DeviceDetail {
     inventory: Option<Inventory>,
     /// Its most recent update attempts, newest first.
     attempts: Vec<AttemptRecord>,
+    /// Its most recent plans, newest first (a proposed heal waits here for an operator).
+    plans: Vec<PlanRecord>,
     /// Its most recent events, oldest first.
     history: Vec<Event>,
 }
@@ -510,8 +512,10 @@ async fn show_device(State(state): State<AppState>, Path(id): Path<String>) -> A
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
     let history = state.store.recent_events(&id, HISTORY_LEN).await?;
     let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
+    let plans = state.store.device_plans(&id, ATTEMPTS_SHOWN).await?;
     Ok(Json(DeviceDetail {
         attempts,
+        plans,
         summary: summary(&*state.link, &device),
         created_at: device.created_at,
         inventory: device.inventory,

@@ -395,6 +395,9 @@ impl Planner {
             AttemptRecord::queued(&device.id, plan.steps.clone(), Some(id), signed, plan.air_bytes, now_millis());
         record.id = self.store.create_attempt(&record).await?;
         self.store.transition_plan(id, "started", "started", Some(record.id)).await?;
+        // Whatever else was proposed for the device was made for what it runs now, which
+        // this attempt changes: those plans can no longer start.
+        self.store.supersede_plans(&device.id, id).await?;
         plan.status = "started".to_owned();
         plan.attempt = Some(record.id);
         let data = json!({

@@ -469,6 +469,9 @@ pub trait Store: Send + Sync {
     async fn get_plan(&self, id: i64) -> StoreResult<Option<PlanRecord>>;
     /// The `limit` most recent plans of `device`, newest first.
     async fn device_plans(&self, device: &str, limit: u32) -> StoreResult<Vec<PlanRecord>>;
+    /// Marks every plan of `device` still `proposed` as `superseded`, except `keep`;
+    /// returns how many.
+    async fn supersede_plans(&self, device: &str, keep: i64) -> StoreResult<u64>;
     /// Sets plan `id`'s status and attempt, only if its status is still `from`; `false`
     /// when it was not (another request started or superseded it first).
     async fn transition_plan(&self, id: i64, from: &str, to: &str, attempt: Option<i64>) -> StoreResult<bool>;
@@ -810,6 +813,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn supersede_plans(&self, device: &str, keep: i64) -> StoreResult<u64> {
+        let result =
+            sqlx::query("UPDATE plans SET status = 'superseded' WHERE device = ? AND status = 'proposed' AND id != ?")
+                .bind(device)
+                .bind(keep)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected())
     }
 
     async fn transition_plan(&self, id: i64, from: &str, to: &str, attempt: Option<i64>) -> StoreResult<bool> {

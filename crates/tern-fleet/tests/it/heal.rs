@@ -76,8 +76,13 @@ fn version_of(file: &str) -> u32 {
 }
 
 fn tern_flash(server: &Server, args: &[&str], stdin: &str) -> Output {
+    let mut all = vec!["flash"];
+    all.extend_from_slice(args);
+    tern_run(server, &all, stdin)
+}
+
+fn tern_run(server: &Server, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(tern())
-        .arg("flash")
         .args(args)
         .env("TERN_SERVER", &server.http)
         .env("TERN_TOKEN", &server.token)
@@ -87,9 +92,9 @@ fn tern_flash(server: &Server, args: &[&str], stdin: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("tern flash starts");
+        .expect("tern starts");
     child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
-    child.wait_with_output().expect("tern flash runs")
+    child.wait_with_output().expect("tern runs")
 }
 
 fn device_record(server: &Server, id: &str) -> Value {
@@ -284,6 +289,10 @@ fn cellular_device_in_safe_mode_waits_for_the_operator() {
     assert_eq!(d["attempts"], json!([]), "nothing is sent to a cellular device without the operator: {d}");
     let (_, plans) = server.get(&format!("/api/devices/{id}/plans"));
     assert_eq!(plans[0]["status"], "proposed", "{plans}");
+    let shown = tern_run(&server, &["device", "show", id], "");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("status    safe_mode") && shown.contains("policy    cellular, auto-heal off"), "{shown}");
+    assert!(shown.contains("proposed  plan") && shown.contains(&format!("tern flash {id} --heal")), "{shown}");
 
     let out = tern_flash(&server, &[id, "--heal", "--yes", "--wait", "--json"], "");
     assert!(out.status.success(), "heal: {}", String::from_utf8_lossy(&out.stderr));

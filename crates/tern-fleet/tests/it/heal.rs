@@ -42,6 +42,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A module statement for `image`, signed with the key the devices trust.
 fn statement(image: &Image) -> Vec<u8> {
+    statement_signed_by(image, &release_key())
+}
+
+/// A module statement for `image`, signed with `key`.
+fn statement_signed_by(image: &Image, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     Document {
         kind: Kind::ModuleStatement,
         platform_id: PLATFORM,
@@ -51,7 +56,7 @@ fn statement(image: &Image) -> Vec<u8> {
         modules: vec![image.entry],
         name: String::new(),
     }
-    .sign(&release_key())
+    .sign(key)
     .expect("the statement signs")
 }
 
@@ -330,17 +335,7 @@ fn unsigned_and_wrongly_signed_modules_are_refused() {
     // A statement signed by a stranger's key: planned and offered, refused by the device.
     let image = app(6);
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let statement = Document {
-        kind: Kind::ModuleStatement,
-        platform_id: PLATFORM,
-        product_id: 0,
-        security_counter: 1,
-        created: 1_790_000_000,
-        modules: vec![image.entry],
-        name: String::new(),
-    }
-    .sign(&stranger)
-    .unwrap();
+    let statement = statement_signed_by(&image, &stranger);
     let forged = dir.join("forged.bin");
     std::fs::write(&forged, &image.bytes).unwrap();
     std::fs::write(dir.join("forged.bin.stmt"), statement).unwrap();

@@ -30,7 +30,7 @@ pub struct FlashArgs {
     /// Heal the device: send whatever its installed modules are missing (no FILE needed).
     #[arg(long)]
     heal: bool,
-    /// Private key to sign statements for modules that have none (PEM) [env: TERN_KEY].
+    /// Private key to sign statements for modules that have none (PEM).
     #[arg(long, env = "TERN_KEY", value_name = "KEY")]
     key: Option<PathBuf>,
     /// Send without asking, even to a cellular device.

@@ -54,6 +54,10 @@ enum Command {
     Events(ops::EventsArgs),
     /// Update a device: the server plans the modules (healing missing system parts), shows
     /// the bytes on the air, and --wait follows the attempt to confirmation.
+    #[command(after_help = "Exit status: 0 sent (with --wait: confirmed by the device); 1 an error, or with \
+                            --wait the attempt ended failed, rolled_back, timed_out or cancelled (the \
+                            reason is printed); 3 the operator did not confirm the bytes on the air \
+                            (nothing was sent).")]
     Flash(flash::FlashArgs),
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]

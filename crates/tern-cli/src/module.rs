@@ -53,7 +53,7 @@ pub enum Command {
         /// Module files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Private key to sign statements with (PEM, `tern key generate`) [env: TERN_KEY].
+        /// Private key to sign statements with (PEM, `tern key generate`).
         #[arg(long, env = "TERN_KEY", value_name = "KEY")]
         key: Option<PathBuf>,
     },

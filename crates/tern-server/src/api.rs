@@ -228,8 +228,9 @@ async fn upload_module(
             ))
         }
     };
-    if let Some((_, document)) = &statement {
+    if let Some((signed, document)) = &statement {
         check_statement(&record, document)?;
+        check_signature(&state.config, signed)?;
     }
     let address = state.blobs.put(module).await?;
     if address != record.sha256 {
@@ -279,6 +280,25 @@ fn statement_record(
         start_address: entry.start_address,
         uploaded_at: now_millis(),
         statement: None,
+    })
+}
+
+/// With trusted keys configured, checks that one of them signed `signed`.
+fn check_signature(config: &Config, signed: &[u8]) -> ApiResult<()> {
+    if config.trusted_keys.is_empty() {
+        return Ok(());
+    }
+    let document = tern_image::manifest::SignedDocument::parse(signed)
+        .map_err(|e| unprocessable("bad_statement", format!("not a signed document: {e}")))?;
+    document.verify(&config.trusted_keys).map(|_| ()).map_err(|e| {
+        unprocessable(
+            "bad_signature",
+            format!(
+                "the statement (key id {}) is not signed by a key this server trusts: {e}; \
+                 devices trusting the same keys would refuse it",
+                hex::encode(document.kid)
+            ),
+        )
     })
 }
 
@@ -791,6 +811,7 @@ async fn put_statement(
     let statement = tern_image::manifest::decode_document(document.payload)
         .map_err(|e| bad(format!("unreadable statement: {e}")))?;
     check_statement(&module, &statement)?;
+    check_signature(&state.config, &body)?;
     let address = state.blobs.put(&body).await?;
     state.store.set_module_statement(&sha256, &address).await?;
     let module = state.store.get_module(&sha256).await?.unwrap_or(module);

@@ -10,6 +10,12 @@
 //! | largest MQTT packet (bytes) | 64 KiB | `max_mqtt_packet` | — | — |
 //! | offer re-sent after (ms) | 5000 | `offer_retry_ms` | — | — |
 //! | attempt times out after device silence (ms) | 900000 | `give_up_after_ms` | — | — |
+//! | public keys statements must be signed with | none | `trusted_keys` | — | `--trusted-key` |
+//!
+//! `trusted_keys` are PEM files (relative paths are relative to the file's directory);
+//! `--trusted-key` adds to them. With none, the server accepts any well-formed statement
+//! and leaves the signature to the devices; with some, it refuses a statement no trusted
+//! key signed, at upload, so an operator learns of a wrong key before any device does.
 //!
 //! The file is the one named by `--config` or `TERN_CONFIG`, else `tern.toml` in the data
 //! directory if it exists. Unknown keys in the file are an error, so a typo is not silently
@@ -36,6 +42,8 @@ pub struct Config {
     pub max_mqtt_packet: usize,
     /// Block transfer settings (window, block size, offer retry, give-up time).
     pub transfer: tern_proto::attempt::TransferConfig,
+    /// Keys a module statement must be signed with to enter the catalog (none: any).
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 impl Default for Config {
@@ -47,6 +55,7 @@ impl Default for Config {
             max_module_size: 16 << 20,
             max_mqtt_packet: 64 << 10,
             transfer: tern_proto::attempt::TransferConfig::default(),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -62,6 +71,7 @@ struct FileConfig {
     max_mqtt_packet: Option<usize>,
     offer_retry_ms: Option<u64>,
     give_up_after_ms: Option<u64>,
+    trusted_keys: Option<Vec<PathBuf>>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -79,6 +89,10 @@ pub struct ServerArgs {
     /// MQTT device gateway listen address [env: TERN_MQTT; default: 127.0.0.1:1883].
     #[arg(long, value_name = "ADDR")]
     pub mqtt: Option<SocketAddr>,
+    /// A public key (PEM) module statements must be signed with to enter the catalog;
+    /// repeat for several [default: any key; devices judge signatures].
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Vec<PathBuf>,
 }
 
 impl Config {
@@ -91,19 +105,15 @@ impl Config {
 
         // Where to look for the file depends on the data directory as known without it.
         let explicit = args.config.clone().or_else(|| env("TERN_CONFIG").map(PathBuf::from));
-        let file = match explicit {
-            Some(path) => Some(read_file(&path)?),
+        let path = match explicit {
+            Some(path) => Some(path),
             None => {
                 let data = args.data.clone().or_else(|| env_data.clone()).unwrap_or_else(|| Config::default().data_dir);
-                let path = data.join("tern.toml");
-                if path.is_file() {
-                    Some(read_file(&path)?)
-                } else {
-                    None
-                }
+                Some(data.join("tern.toml")).filter(|path| path.is_file())
             }
-        }
-        .unwrap_or_default();
+        };
+        let file = path.as_deref().map(read_file).transpose()?.unwrap_or_default();
+        let file_dir = path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
 
         let mut config = Config::default();
         config.data_dir = file.data_dir.unwrap_or(config.data_dir);
@@ -113,6 +123,12 @@ impl Config {
         config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
         config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
         config.transfer.give_up_after_ms = file.give_up_after_ms.unwrap_or(config.transfer.give_up_after_ms);
+        for key in file.trusted_keys.iter().flatten() {
+            config.trusted_keys.push(load_public_key(&file_dir.join(key))?);
+        }
+        for key in &args.trusted_key {
+            config.trusted_keys.push(load_public_key(key)?);
+        }
 
         config.data_dir = env_data.unwrap_or(config.data_dir);
         config.http = env_addr("TERN_HTTP")?.unwrap_or(config.http);
@@ -123,6 +139,14 @@ impl Config {
         config.mqtt = args.mqtt.unwrap_or(config.mqtt);
         Ok(config)
     }
+}
+
+/// Reads an ED25519 public key (SubjectPublicKeyInfo PEM, as `tern key generate` writes).
+fn load_public_key(path: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(&text)
+        .map_err(|_| anyhow::anyhow!("{}: not an ED25519 public key in PEM", path.display()))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -26,6 +26,7 @@ fn each_layer_overrides_the_one_before() {
         data: Some(PathBuf::from("/from/flag")),
         http: Some(addr("127.0.0.1:3001")),
         mqtt: None,
+        trusted_key: Vec::new(),
     };
     let env_http: HashMap<&str, &str> = HashMap::from([("TERN_HTTP", "127.0.0.1:2001")]);
     let env_all: HashMap<&str, &str> =
@@ -71,6 +72,10 @@ fn bad_configuration_is_a_clear_error() {
     let bad_addr = dir.join("addr.toml");
     std::fs::write(&bad_addr, "http = \"localhost\"\n").unwrap();
     let missing = dir.join("missing.toml");
+    let not_a_key = dir.join("not-a-key.pem");
+    std::fs::write(&not_a_key, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
+    let bad_key = dir.join("keys.toml");
+    std::fs::write(&bad_key, "trusted_keys = [\"not-a-key.pem\"]\n").unwrap();
     // (args, env, text the error must contain)
     let cases: Vec<BadCase> = vec![
         (ServerArgs { config: Some(typo.clone()), ..ServerArgs::default() }, vec![], "unknown field `htp`".into()),
@@ -81,6 +86,17 @@ fn bad_configuration_is_a_clear_error() {
         ),
         (ServerArgs { config: Some(missing.clone()), ..ServerArgs::default() }, vec![], missing.display().to_string()),
         (ServerArgs::default(), vec![("TERN_MQTT", "nowhere")], "TERN_MQTT=nowhere".into()),
+        // A key file named in the file resolves beside it, and must be a public key.
+        (
+            ServerArgs { config: Some(bad_key.clone()), ..ServerArgs::default() },
+            vec![],
+            format!("{}: not an ED25519 public key", not_a_key.display()),
+        ),
+        (
+            ServerArgs { trusted_key: vec![missing.clone()], ..ServerArgs::default() },
+            vec![],
+            format!("{}: cannot read", missing.display()),
+        ),
     ];
     for (args, env, needle) in cases {
         let err = Config::resolve(&args, |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))

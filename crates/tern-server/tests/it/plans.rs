@@ -1147,3 +1147,55 @@ fn automatic_healing_follows_the_device_policy() {
     assert_eq!((plans.len(), &plans[0]["status"]), (1, &json!("started")), "{plans:?}");
     assert_eq!(attempts(&api, "heal-wifi-off")[0]["id"].as_u64(), Some(offer.attempt));
 }
+
+/// With trusted keys configured, the catalog refuses a statement none of them signed, at
+/// upload (both ways a statement arrives), naming the key id; a trusted one is accepted.
+#[test]
+fn statements_must_be_signed_by_a_trusted_key_when_keys_are_configured() {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let dir = tern_testkit::scratch("plans-trusted-keys");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let pem = release_key().verifying_key().to_public_key_pem(Default::default()).unwrap();
+    std::fs::write(data.join("release.pub.pem"), pem).unwrap();
+    std::fs::write(data.join("tern.toml"), "trusted_keys = [\"release.pub.pem\"]\n").unwrap();
+    let server = Server::start(&data);
+    let api = server.api();
+    let boot = Module::load("releases/photon-bootloader@2.0.0+lto.bin");
+    let part1 = Module::load("releases/photon-system-part1@2.0.1.bin");
+    let stranger = SigningKey::from_bytes(&[0x5a; 32]);
+    let by_stranger = |m: &Module| {
+        Document {
+            kind: Kind::ModuleStatement,
+            platform_id: 6,
+            product_id: 0,
+            security_counter: 1,
+            created: 1_700_000_000,
+            modules: vec![m.entry()],
+            name: String::new(),
+        }
+        .sign(&stranger)
+        .unwrap()
+    };
+
+    // Attached to an uploaded module.
+    upload(&api, &boot, false);
+    let path = format!("/api/modules/{}/statement", boot.hex());
+    let (status, reply) = api.put_bytes(&path, &by_stranger(&boot));
+    assert_eq!((status, reply["error"]["code"].as_str()), (422, Some("bad_signature")), "{reply}");
+    let kid = hex::encode(tern_image::manifest::key_id(&stranger.verifying_key()));
+    assert!(reply["error"]["message"].as_str().unwrap().contains(&kid), "names the key id: {reply}");
+    let (status, reply) = api.put_bytes(&path, &statement(&boot));
+    assert_eq!(status, 200, "{reply}");
+
+    // Sent with the module as one signed module.
+    let forged = tern_image::bundle::write_signed_module(&by_stranger(&part1), &part1.bytes).unwrap();
+    let (status, reply) = api.post_bytes("/api/modules", &forged);
+    assert_eq!((status, reply["error"]["code"].as_str()), (422, Some("bad_signature")), "{reply}");
+    let (_, list) = api.get("/api/modules");
+    assert_eq!(list.as_array().unwrap().len(), 1, "the refused module did not enter the catalog: {list}");
+    let signed = tern_image::bundle::write_signed_module(&statement(&part1), &part1.bytes).unwrap();
+    let (status, reply) = api.post_bytes("/api/modules", &signed);
+    assert_eq!(status, 201, "{reply}");
+    assert!(reply["statement"].is_string(), "{reply}");
+}

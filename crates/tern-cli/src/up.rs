@@ -97,8 +97,18 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         bail!("{}: the firmware corpus is missing (pass --corpus DIR)", rel.display());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let config =
-        tern_server::Config { data_dir: args.data.clone(), http: args.http, mqtt: args.mqtt, ..Default::default() };
+    // The release key the simulated devices trust; kept in the data directory so that
+    // statements in the catalog stay valid when the demo runs again. The server trusts its
+    // public half too, so a statement signed with another key would be refused at upload.
+    std::fs::create_dir_all(&args.data).with_context(|| format!("{}: cannot create", args.data.display()))?;
+    let key = demo_key(&args.data)?;
+    let config = tern_server::Config {
+        data_dir: args.data.clone(),
+        http: args.http,
+        mqtt: args.mqtt,
+        trusted_keys: vec![key.verifying_key()],
+        ..Default::default()
+    };
     let running = runtime.block_on(tern_server::start(config))?;
     let token = std::fs::read_to_string(args.data.join(tern_server::ADMIN_TOKEN_FILE))
         .with_context(|| format!("{}: no admin token", args.data.display()))?;
@@ -118,9 +128,6 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         args.data.display()
     );
 
-    // The release key the simulated devices trust; kept in the data directory so that
-    // statements in the catalog stay valid when the demo runs again.
-    let key = demo_key(&args.data)?;
     let demo_start = tern_server::auth::now_millis();
 
     // The catalog: real Device OS modules, each with a statement signed by that key.

@@ -53,6 +53,9 @@ pub struct Settings {
     /// Test hook: cut the power at this flash operation of the boot that installs a
     /// completed download (a power cut during the install). One-shot.
     pub cut_install_at_op: Option<u64>,
+    /// Time the device spends on each stored block beyond the work itself (a slow link
+    /// or slow flash); zero by default.
+    pub block_pace: Duration,
 }
 
 impl Default for Settings {
@@ -64,6 +67,7 @@ impl Default for Settings {
             describe_every: Duration::from_secs(30),
             cut_after_blocks: None,
             cut_install_at_op: None,
+            block_pace: Duration::ZERO,
         }
     }
 }
@@ -515,6 +519,9 @@ impl SimRuntime {
                                     if self.settings.cut_after_blocks == Some(n) {
                                         self.settings.cut_after_blocks = None;
                                         self.cut_power_soon();
+                                    }
+                                    if !self.settings.block_pace.is_zero() {
+                                        std::thread::sleep(self.settings.block_pace);
                                     }
                                 }
                                 Ok(BlockOutcome::Duplicate) => self.stat(|s| s.duplicate_blocks += 1),

@@ -315,6 +315,17 @@ impl Attempt {
     fn set_state(&mut self, state: AttemptState) {
         if self.state != state && !self.state.is_final() {
             self.state = state;
+            // Past downloading (and once confirmed) the device holds every byte, so each
+            // was sent at least once. After a server restart, sends since the last
+            // persisted record are missing from `stats`; this floor puts them back.
+            let delivered = matches!(
+                state,
+                AttemptState::Verifying | AttemptState::Staged | AttemptState::Rebooting | AttemptState::Confirmed
+            );
+            if delivered {
+                let total: u64 = self.modules.iter().map(|m| u64::from(m.size)).sum();
+                self.stats.bytes_sent = self.stats.bytes_sent.max(total);
+            }
             if state.is_final() {
                 self.next_offer = None;
                 self.queued = 0;
@@ -428,13 +439,6 @@ impl Attempt {
             self.next_offer = None;
         }
         self.set_state(state);
-        // Past downloading, the device holds every byte, so each was sent at least once.
-        // After a server restart, sends since the last persisted record are missing from
-        // `stats`; this floor puts them back.
-        if matches!(state, AttemptState::Verifying | AttemptState::Staged | AttemptState::Rebooting) {
-            let total: u64 = self.modules.iter().map(|m| u64::from(m.size)).sum();
-            self.stats.bytes_sent = self.stats.bytes_sent.max(total);
-        }
         self.event(AttemptEvent::Progress { bytes_done: progress.bytes_done, bytes_total: progress.bytes_total });
         Ok(())
     }

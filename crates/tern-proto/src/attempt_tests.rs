@@ -436,3 +436,40 @@ fn a_resumed_attempt_keeps_its_state_and_sent_record() {
     assert_eq!(resumed.stats().bytes_resent, 1024, "the block sent before the restart counts as re-sent");
     assert_eq!(resumed.poll_timeout(), Some(1_000_003 + TransferConfig::default().give_up_after_ms));
 }
+
+/// A server killed after sending a whole module but before persisting the count: once
+/// resumed, the device's confirmation (or its later phases) restores every byte as sent.
+#[test]
+fn delivery_restores_sends_lost_with_a_restart() {
+    let sizes = [4096u32];
+    let delivered = |state_after: &dyn Fn(&mut Attempt)| {
+        let lost = TransferStats { bytes_sent: 1024, ..TransferStats::default() };
+        let mut resumed = Attempt::resume(
+            ATTEMPT,
+            offered(&sizes),
+            TransferConfig::default(),
+            AttemptState::Downloading,
+            lost,
+            &[],
+            0,
+        );
+        state_after(&mut resumed);
+        resumed.stats().bytes_sent
+    };
+    let confirm = |a: &mut Attempt| {
+        let describe = describe_with(&[([1; 32], Integrity::Valid)], BootReason::Normal, true, None);
+        a.handle_describe(&describe, 1).unwrap();
+        assert_eq!(a.state(), AttemptState::Confirmed);
+    };
+    let staged = |a: &mut Attempt| {
+        let progress = Progress { attempt: ATTEMPT, phase: Phase::Staged, bytes_done: 4096, bytes_total: 4096 };
+        a.handle_progress(&progress, 1).unwrap();
+    };
+    let still_downloading = |a: &mut Attempt| {
+        let progress = Progress { attempt: ATTEMPT, phase: Phase::Downloading, bytes_done: 3072, bytes_total: 4096 };
+        a.handle_progress(&progress, 1).unwrap();
+    };
+    assert_eq!(delivered(&confirm), 4096);
+    assert_eq!(delivered(&staged), 4096);
+    assert_eq!(delivered(&still_downloading), 1024, "nothing is assumed before the device holds it all");
+}

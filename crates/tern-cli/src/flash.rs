@@ -65,9 +65,13 @@ fn is_bundle(path: &Path) -> anyhow::Result<bool> {
 pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
     let device_path = format!("/api/devices/{}", query_value(&args.device));
-    let attempt = match args.files.as_slice() {
-        [] if !args.heal => bail!("nothing to flash: name module files (or a release bundle), or pass --heal"),
-        [single] if is_bundle(single)? => {
+    let bundles: Vec<bool> = args.files.iter().map(|f| is_bundle(f)).collect::<anyhow::Result<_>>()?;
+    if let (true, Some(i)) = (args.files.len() > 1, bundles.iter().position(|&b| b)) {
+        bail!("{}: a release bundle cannot be combined with other files", args.files[i].display());
+    }
+    let attempt = match (args.files.as_slice(), bundles.as_slice()) {
+        ([], _) if !args.heal => bail!("nothing to flash: name module files (or a release bundle), or pass --heal"),
+        ([single], [true]) => {
             if args.heal || args.dry_run {
                 bail!(
                     "{}: a release bundle is sent as built: --heal and --dry-run apply to module files",
@@ -79,10 +83,7 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
                 .post_bytes(&format!("{device_path}/attempts"), &bytes)
                 .map_err(|e| anyhow!("{}: {e:#}", single.display()))?
         }
-        files => {
-            if let Some(bundle) = files.iter().find(|f| is_bundle(f).unwrap_or(false)) {
-                bail!("{}: a release bundle cannot be combined with other files", bundle.display());
-            }
+        (files, _) => {
             let key = args.key.as_deref().map(crate::key::load_signing_key).transpose()?;
             let mut hashes = Vec::new();
             for file in files {

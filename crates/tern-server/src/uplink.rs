@@ -116,11 +116,10 @@ async fn handle(
                 return Ok(());
             }
             counters.handled.fetch_add(1, Ordering::Relaxed);
-            handle_message(device, &message, hub, &*store).await?;
-            if let Message::Describe(describe) = &message {
+            if let Some(described) = handle_message(device, &message, hub, &*store).await? {
                 // A device in safe mode may be healed; a failure here is the planner's to
                 // report, never a reason to drop the Describe.
-                if let Err(err) = planner.on_describe(device, &inventory(describe, now_millis())).await {
+                if let Err(err) = planner.on_describe(device, &described).await {
                     tracing::error!(device, "heal check failed: {err}");
                 }
             }
@@ -139,17 +138,19 @@ async fn handle(
     Ok(())
 }
 
+/// Stores and announces what `message` says; returns the inventory a Describe recorded.
 async fn handle_message(
     device: &str,
     message: &Message<'_>,
     hub: &EventHub,
     store: &dyn Store,
-) -> Result<(), StoreError> {
+) -> Result<Option<Inventory>, StoreError> {
     match message {
         Message::Describe(describe) => {
             let inventory = inventory(describe, now_millis());
             store.record_inventory(device, &inventory).await?;
             hub.publish(Some(device), "device.described", serde_json::to_value(&inventory)?).await?;
+            return Ok(Some(inventory));
         }
         Message::Progress(progress) => {
             store.touch_device(device, now_millis()).await?;
@@ -171,7 +172,7 @@ async fn handle_message(
         // and payload kinds were checked to agree.
         Message::UpdateOffer(_) | Message::Block(_) | Message::Command(_) => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The stored form of a Describe.

@@ -370,6 +370,8 @@ impl SimRuntime {
             unmet,
             confirmed: !safe && confirmed,
             modules,
+            capacity: None,
+            security_counter: None,
             last_result: self.result(agent),
         }
     }

@@ -179,6 +179,8 @@ fn run(sizes: &[u32], faults: Faults, seed: u64) -> Attempt {
                 unmet: None,
                 confirmed: true,
                 modules: List::from_slice(&installed).unwrap(),
+                capacity: None,
+                security_counter: None,
                 last_result: Some(UpdateResult {
                     attempt: ATTEMPT,
                     outcome: Outcome::Confirmed,
@@ -320,6 +322,8 @@ fn describe_with(
         unmet: None,
         confirmed,
         modules: List::from_slice(&installed).unwrap(),
+        capacity: None,
+        security_counter: None,
         last_result: last,
     }
 }

@@ -174,8 +174,12 @@ fn integrity_code(integrity: Integrity) -> u8 {
 }
 
 fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W> {
-    let fields =
-        4 + u64::from(m.safe_mode.is_some()) + u64::from(m.unmet.is_some()) + u64::from(m.last_result.is_some());
+    let fields = 4
+        + u64::from(m.safe_mode.is_some())
+        + u64::from(m.unmet.is_some())
+        + u64::from(m.last_result.is_some())
+        + u64::from(m.capacity.is_some())
+        + u64::from(m.security_counter.is_some());
     e.map(fields)?.u8(0)?.u16(m.platform)?.u8(1)?.u8(m.boot_reason.code())?;
     if let Some(cause) = m.safe_mode {
         e.u8(2)?.u8(cause.code())?;
@@ -193,6 +197,12 @@ fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W>
     if let Some(result) = &m.last_result {
         e.u8(6)?;
         write_result(e, result)?;
+    }
+    if let Some(c) = &m.capacity {
+        e.u8(7)?.array(3)?.u32(c.staging_bytes)?.u8(c.max_modules)?.u32(c.block_size)?;
+    }
+    if let Some(counter) = m.security_counter {
+        e.u8(8)?.u64(counter)?;
     }
     Ok(())
 }
@@ -266,6 +276,7 @@ fn integrity(code: u8) -> Result<Integrity, DecodeError> {
 fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
     let (mut platform, mut boot_reason, mut safe_mode, mut unmet, mut confirmed, mut modules, mut last_result) =
         (None, None, None, None, None, None, None);
+    let (mut capacity, mut security_counter) = (None, None);
     read_map(d, "describe", |key, d| {
         match key {
             0 => platform = Some(d.u16().map_err(malformed("platform"))?),
@@ -284,6 +295,17 @@ fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
             4 => confirmed = Some(d.bool().map_err(malformed("confirmed"))?),
             5 => modules = Some(decode_installed(d)?),
             6 => last_result = Some(decode_result(d)?),
+            7 => {
+                if definite_array(d, "capacity")? != 3 {
+                    return Err(DecodeError::Malformed("capacity"));
+                }
+                capacity = Some(Capacity {
+                    staging_bytes: d.u32().map_err(malformed("capacity"))?,
+                    max_modules: d.u8().map_err(malformed("capacity"))?,
+                    block_size: d.u32().map_err(malformed("capacity"))?,
+                });
+            }
+            8 => security_counter = Some(d.u64().map_err(malformed("security counter"))?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -296,6 +318,8 @@ fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
         confirmed: confirmed.ok_or(DecodeError::Missing("confirmed"))?,
         modules: modules.ok_or(DecodeError::Missing("modules"))?,
         last_result,
+        capacity,
+        security_counter,
     })
 }
 

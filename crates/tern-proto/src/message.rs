@@ -292,6 +292,31 @@ pub struct Describe {
     pub modules: List<InstalledModule, MAX_MODULES>,
     /// How the last update attempt ended, if the device remembers one.
     pub last_result: Option<UpdateResult>,
+    /// What one offer can hold on this device (absent from older devices: the server then
+    /// assumes an offer of any size fits and lets the device refuse it).
+    pub capacity: Option<Capacity>,
+    /// The device's security counter: offers whose signed counter is lower are refused.
+    pub security_counter: Option<u64>,
+}
+
+/// How much one update offer can carry on a device: what the server plans stages with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// The most module bytes one offer may stage, each module rounded up to whole
+    /// `block_size` units (the exchange area, or less when its progress markers run out).
+    pub staging_bytes: u32,
+    /// The most modules one offer may list.
+    pub max_modules: u8,
+    /// The unit module sizes are rounded up to in `staging_bytes` (the agent's block).
+    pub block_size: u32,
+}
+
+impl Capacity {
+    /// Staging bytes a module of `size` bytes takes.
+    pub const fn staged_size(&self, size: u32) -> u64 {
+        let unit = if self.block_size == 0 { 1 } else { self.block_size as u64 };
+        (size as u64).div_ceil(unit) * unit
+    }
 }
 
 /// One module of an update offer.

@@ -47,6 +47,8 @@ fn samples() -> Vec<Message<'static>> {
             unmet: None,
             confirmed: true,
             modules: List::from_slice(&photon[..3]).unwrap(),
+            capacity: None,
+            security_counter: None,
             last_result: None,
         }),
         Message::Describe(Describe {
@@ -56,6 +58,8 @@ fn samples() -> Vec<Message<'static>> {
             unmet: Some(Dependency { function: ModuleFunction::SystemPart, index: 1, version: 4100 }),
             confirmed: false,
             modules: List::from_slice(&photon).unwrap(),
+            capacity: Some(Capacity { staging_bytes: 256 * 1024, max_modules: 4, block_size: 1024 }),
+            security_counter: Some(u64::MAX),
             last_result: Some(result),
         }),
         Message::Describe(Describe {
@@ -65,6 +69,8 @@ fn samples() -> Vec<Message<'static>> {
             unmet: None,
             confirmed: false,
             modules: List::new(),
+            capacity: None,
+            security_counter: None,
             last_result: None,
         }),
         Message::UpdateOffer(UpdateOffer {
@@ -281,6 +287,8 @@ fn too_many_modules_is_refused_not_truncated() {
         unmet: None,
         confirmed: true,
         modules: List::from_slice(&[installed(ModuleFunction::Asset, 1, 1, 1)]).unwrap(),
+        capacity: None,
+        security_counter: None,
         last_result: None,
     }));
     // The single module's map is everything after the `0x05 0x81` (key 5, array of 1).

@@ -153,6 +153,8 @@ fn login_then_manage_devices_and_follow_events() {
                 module(ModuleFunction::UserPart, 1, 7, 0xb2),
             ])
             .unwrap(),
+            capacity: None,
+            security_counter: None,
             last_result: None,
         });
         let mut payload = vec![0; describe.encoded_len()];

@@ -163,6 +163,8 @@ pub fn sample_describe(boot_reason: BootReason) -> Describe {
             module(ModuleFunction::UserPart, 1, 6, 0x44),
         ])
         .unwrap(),
+        capacity: None,
+        security_counter: None,
         last_result: Some(UpdateResult {
             attempt: 9,
             outcome: Outcome::RolledBack,

@@ -320,6 +320,8 @@ fn running(platform: u16, modules: &[InstalledModule]) -> Describe {
         unmet: None,
         confirmed: true,
         modules: List::from_slice(modules).expect("few modules"),
+        capacity: None,
+        security_counter: None,
         last_result: None,
     }
 }

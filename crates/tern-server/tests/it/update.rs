@@ -135,6 +135,8 @@ impl ScriptedDevice {
             unmet: None,
             confirmed,
             modules: List::from_slice(modules).unwrap(),
+            capacity: None,
+            security_counter: None,
             last_result: None,
         };
         self.publish(MessageKind::Describe, encode(&Message::Describe(describe)));

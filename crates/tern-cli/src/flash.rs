@@ -1,11 +1,14 @@
-//! `tern flash DEVICE FILE... [--heal] [--yes] [--wait] [--json]`: update one device.
+//! `tern flash DEVICE [FILE...] [--target VERSION] [--heal] [--yes] [--dry-run] [--wait]
+//! [--json]`: update one device.
 //!
 //! Module files go into the server's catalog (with their signed statements); the server
 //! builds the install plan — the modules asked for plus every missing module their
-//! dependencies need, in dependency order — against what the device last described, and
-//! the plan is printed with its estimated bytes on the air before anything is sent. A
+//! dependencies need, whole Device OS releases, in dependency order, split into stages
+//! that fit what the device can stage at once — against what the device last described,
+//! and the plan is printed with its estimated bytes on the air before anything is sent. A
 //! cellular device sends nothing until the operator types that number (or passes `--yes`).
-//! A release bundle (`tern release build`) is sent as it is, in its own order.
+//! A release bundle (`tern release build`) is planned the same way: only the modules the
+//! device does not already run, under the same rules.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -25,8 +28,16 @@ pub struct FlashArgs {
     /// Device id.
     device: String,
     /// Module files to install (the plan adds the system modules they need), or one
-    /// signed release bundle (`tern release build`), installed as built.
+    /// signed release bundle (`tern release build`: the modules the device does not run).
     files: Vec<PathBuf>,
+    /// Bring the device to this Device OS release, like `particle update --target`: a
+    /// release name ("2.3.1") or a system module version ("2302"). Every system part of
+    /// that release goes (with the bootloader it needs), from the catalog.
+    #[arg(long, value_name = "VERSION")]
+    target: Option<String>,
+    /// Allow --target (or the files) to install Device OS modules older than the device's.
+    #[arg(long)]
+    allow_downgrade: bool,
     /// Heal the device: send whatever its installed modules are missing (no FILE needed).
     #[arg(long)]
     heal: bool,
@@ -69,19 +80,21 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
     if let (true, Some(i)) = (args.files.len() > 1, bundles.iter().position(|&b| b)) {
         bail!("{}: a release bundle cannot be combined with other files", args.files[i].display());
     }
-    let attempt = match (args.files.as_slice(), bundles.as_slice()) {
-        ([], _) if !args.heal => bail!("nothing to flash: name module files (or a release bundle), or pass --heal"),
+    let plan = match (args.files.as_slice(), bundles.as_slice()) {
+        ([], _) if !args.heal && args.target.is_none() => {
+            bail!("nothing to flash: name module files (or a release bundle), --target VERSION, or --heal")
+        }
         ([single], [true]) => {
-            if args.heal || args.dry_run {
+            if args.heal || args.target.is_some() {
                 bail!(
-                    "{}: a release bundle is sent as built: --heal and --dry-run apply to module files",
+                    "{}: a release bundle is sent as built: --heal and --target apply to module files",
                     single.display()
                 );
             }
             let bytes = std::fs::read(single).map_err(|e| anyhow!("{}: cannot read: {e}", single.display()))?;
             client
-                .post_bytes(&format!("{device_path}/attempts"), &bytes)
-                .map_err(|e| anyhow!("{}: {e:#}", single.display()))?
+                .post_bytes(&format!("{device_path}/plans"), &bytes)
+                .map_err(|e| anyhow!("{}: device {}: {e:#}", single.display(), args.device))?
         }
         (files, _) => {
             let key = args.key.as_deref().map(crate::key::load_signing_key).transpose()?;
@@ -94,39 +107,37 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
                 }
                 hashes.push(module["sha256"].as_str().unwrap_or_default().to_owned());
             }
-            let plan = client
-                .post_json(&format!("{device_path}/plans"), json!({ "modules": hashes }))
-                .with_context(|| format!("device {}", args.device))?;
-            print_plan(&plan, args.json);
-            if args.dry_run {
-                if args.json {
-                    print_json(&plan)?;
-                }
-                eprintln!("plan {} not sent (--dry-run)", plan["id"]);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let air_bytes = plan["air_bytes"].as_u64().ok_or_else(|| anyhow!("the server returned no estimate"))?;
-            let mut body = json!({});
-            if plan["confirm_required"] == true {
-                if !args.yes && !confirm(&args.device, &plan, air_bytes)? {
-                    eprintln!(
-                        "error: not confirmed: nothing was sent to {} (plan {} stays proposed)",
-                        args.device, plan["id"]
-                    );
-                    return Ok(ExitCode::from(NOT_CONFIRMED));
-                }
-                body["confirm_air_bytes"] = json!(air_bytes);
+            let mut request = json!({ "modules": hashes, "allow_downgrade": args.allow_downgrade });
+            if let Some(target) = &args.target {
+                request["device_os"] = json!(target);
             }
             client
-                .post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+                .post_json(&format!("{device_path}/plans"), request)
                 .with_context(|| format!("device {}", args.device))?
         }
     };
+    print_plan(&plan, args.json);
+    if args.dry_run {
+        if args.json {
+            print_json(&plan)?;
+        }
+        eprintln!("plan {} not sent (--dry-run)", plan["id"]);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let air_bytes = plan["air_bytes"].as_u64().ok_or_else(|| anyhow!("the server returned no estimate"))?;
+    let mut body = json!({});
+    if plan["confirm_required"] == true {
+        if !args.yes && !confirm(&args.device, &plan, air_bytes)? {
+            eprintln!("error: not confirmed: nothing was sent to {} (plan {} stays proposed)", args.device, plan["id"]);
+            return Ok(ExitCode::from(NOT_CONFIRMED));
+        }
+        body["confirm_air_bytes"] = json!(air_bytes);
+    }
+    let attempt = client
+        .post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+        .with_context(|| format!("device {}", args.device))?;
     let id = attempt["id"].as_i64().ok_or_else(|| anyhow!("the server returned no attempt id"))?;
     if !args.json {
-        if attempt["plan_id"].is_null() {
-            print_plan(&attempt, false);
-        }
         println!("attempt {id} started on device {}", args.device);
     }
     if !args.wait {
@@ -184,13 +195,34 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Prints a plan (or a bundle attempt's module list): each module with why it is sent.
+/// Prints a plan: each module with why it is sent and, when the update goes in several
+/// stages, what each stage carries, costs and leaves the device running.
 fn print_plan(plan: &Value, to_stderr: bool) {
     let mut lines = Vec::new();
-    let what = if plan["plan_id"].is_null() && plan["steps"].is_null() { "attempt" } else { "plan" };
-    lines.push(format!("{what} {} for device {}:", plan["id"], plan["device"].as_str().unwrap_or("?")));
-    let steps = plan.get("steps").or_else(|| plan.get("plan"));
-    for (i, m) in steps.and_then(Value::as_array).into_iter().flatten().enumerate() {
+    lines.push(format!("plan {} for device {}:", plan["id"], plan["device"].as_str().unwrap_or("?")));
+    let stages = plan["stages"].as_array().map_or(&[][..], Vec::as_slice);
+    let steps = plan["steps"].as_array().map_or(&[][..], Vec::as_slice);
+    let staged = stages.len() > 1;
+    let mut shown_stage = None;
+    for (i, m) in steps.iter().enumerate() {
+        let stage = m["stage"].as_u64().unwrap_or(0);
+        if staged && shown_stage != Some(stage) {
+            shown_stage = Some(stage);
+            let s = &stages[usize::try_from(stage).unwrap_or(0).min(stages.len() - 1)];
+            let after = match s["expect"].as_str() {
+                Some("safe_mode") => {
+                    format!("then safe mode ({})", s["expect_detail"].as_str().unwrap_or("until a later stage"))
+                }
+                _ => "then runs normally".to_owned(),
+            };
+            lines.push(format!(
+                "  stage {} of {}: {} bytes, about {} bytes on the air, one reboot; {after}",
+                stage + 1,
+                stages.len(),
+                s["bytes"],
+                s["air_bytes"]
+            ));
+        }
         lines.push(format!(
             "  {}. {:<13} {:>2} v{:<6} {:>8} bytes at {:#010x}  {}",
             i + 1,
@@ -203,8 +235,9 @@ fn print_plan(plan: &Value, to_stderr: bool) {
         ));
     }
     let air = plan["air_bytes"].as_u64().unwrap_or(0);
+    let in_stages = if staged { format!(" in {} stages", stages.len()) } else { String::new() };
     lines.push(format!(
-        "  {} bytes of modules, about {air} bytes ({}) on the air{}",
+        "  {} bytes of modules{in_stages}, about {air} bytes ({}) on the air{}",
         plan["bytes_total"],
         human_bytes(air),
         plan["connectivity"].as_str().map(|c| format!(" over {c}")).unwrap_or_default()
@@ -235,6 +268,12 @@ fn wait(client: &Client, id: i64, args: &FlashArgs) -> anyhow::Result<Value> {
         bar.set_length(attempt["bytes_total"].as_u64().unwrap_or(0));
         bar.set_position(attempt["bytes_done"].as_u64().unwrap_or(0));
         bar.set_message(state.clone());
+        let stages = attempt["stages"].as_array().map_or(0, Vec::len);
+        let state = if stages > 1 && attempt["finished"] != true {
+            format!("stage {} of {stages}: {state}", attempt["stage"].as_u64().unwrap_or(0) + 1)
+        } else {
+            state
+        };
         if state != last_state && !args.json {
             let done = attempt["bytes_done"].as_u64().unwrap_or(0);
             let total = attempt["bytes_total"].as_u64().unwrap_or(0).max(1);

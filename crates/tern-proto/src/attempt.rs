@@ -16,6 +16,7 @@
 //! | any non-final | Result failed, rolled back, cancelled | Failed / RolledBack / Cancelled (with reason) |
 //! | any non-final | Describe: boot reason rollback, or last result of this attempt rolled back | RolledBack |
 //! | any non-final | Describe: confirmed, and every offered module's SHA-256 installed with valid integrity | **Confirmed** |
+//! | any non-final (an intermediate stage, see [`Attempt::accept_safe_mode`]) | Describe: safe mode for an unmet dependency, every offered module installed and valid | **Confirmed** |
 //! | any non-final | no message from the device for `give_up_after_ms` | TimedOut |
 //! | any non-final | [`Attempt::cancel`] | Cancelled |
 //!
@@ -31,8 +32,8 @@
 
 use crate::list::List;
 use crate::message::{
-    AttemptId, BlockRequest, BootReason, Describe, OfferedModule, Outcome, Phase, Progress, Reason, UpdateResult,
-    MAX_MODULES,
+    AttemptId, BlockRequest, BootReason, Describe, OfferedModule, Outcome, Phase, Progress, Reason, SafeModeCause,
+    UpdateResult, MAX_MODULES,
 };
 use tern_image::Integrity;
 
@@ -209,6 +210,7 @@ pub struct Attempt {
     last_heard: u64,
     next_offer: Option<u64>,
     confirmed_reported: bool,
+    accept_safe_mode: bool,
 }
 
 impl Attempt {
@@ -228,6 +230,7 @@ impl Attempt {
             last_heard: now,
             next_offer: None,
             confirmed_reported: false,
+            accept_safe_mode: false,
         };
         attempt.send_offer(now);
         attempt.event(AttemptEvent::State(AttemptState::Offered));
@@ -256,6 +259,14 @@ impl Attempt {
         let len = sent_record.len().min(attempt.sent.len());
         attempt.sent[..len].copy_from_slice(&sent_record[..len]);
         attempt
+    }
+
+    /// Marks this offer as an intermediate stage of a larger update after which the device
+    /// is expected to run safe mode (its application needs what a later stage brings):
+    /// the offer is then confirmed by a Describe in safe mode for an unmet dependency
+    /// that lists every offered module installed and valid.
+    pub fn accept_safe_mode(&mut self, accept: bool) {
+        self.accept_safe_mode = accept;
     }
 
     /// Which [`TRACK_UNIT`]s were sent at least once, one bit each: persist it with the
@@ -487,7 +498,11 @@ impl Attempt {
                 .iter()
                 .any(|m| m.sha256 == offered.sha256 && m.integrity == Integrity::Valid && m.dependencies_met)
         });
-        if installed && describe.confirmed && describe.boot_reason != BootReason::SafeMode {
+        let running = describe.confirmed && describe.boot_reason != BootReason::SafeMode;
+        let expected_safe_mode = self.accept_safe_mode
+            && describe.boot_reason == BootReason::SafeMode
+            && describe.safe_mode == Some(SafeModeCause::UnmetDependency);
+        if installed && (running || expected_safe_mode) {
             self.set_state(AttemptState::Confirmed);
         } else if describe.boot_reason == BootReason::Rollback
             && matches!(self.state, AttemptState::Staged | AttemptState::Rebooting)

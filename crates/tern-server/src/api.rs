@@ -30,13 +30,13 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::link::{DeviceLink, LinkError};
-use crate::plans::{Origin, PlanError, Planner};
+use crate::plans::{Origin, PlanError, PlanOptions, Planner};
 use crate::platform;
 use crate::store::{
-    AttemptRecord, Connectivity, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlanRecord,
-    PlannedModule, Policy, Store, StoreError,
+    AttemptRecord, Connectivity, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlanRecord, Policy,
+    Store, StoreError,
 };
-use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
+use crate::updates::{UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};
 
 /// The OpenAPI 3.1 document served at `/api/openapi.json`.
@@ -123,7 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/modules/{sha256}/statement", put(put_statement))
         .route("/api/devices", post(add_device).get(list_devices))
         .route("/api/devices/{id}", get(show_device).patch(set_policy))
-        .route("/api/devices/{id}/plans", post(create_plan).get(list_plans))
+        .route(
+            "/api/devices/{id}/plans",
+            post(create_plan).get(list_plans).layer(DefaultBodyLimit::max(max_upload.saturating_mul(4))),
+        )
         .route("/api/plans/{id}", get(show_plan))
         .route("/api/plans/{id}/start", post(start_plan))
         .route("/api/devices/{id}/commands", post(send_command))
@@ -244,9 +247,9 @@ async fn upload_module(
             check_statement(&existing, document)?;
         }
     }
-    if let Some((signed, _)) = statement {
+    if let Some((signed, document)) = statement {
         let address = state.blobs.put(signed).await?;
-        state.store.set_module_statement(&record.sha256, &address).await?;
+        state.store.set_module_statement(&record.sha256, &address, document.security_counter).await?;
     }
     let stored = state.store.get_module(&record.sha256).await?.unwrap_or(record);
     if created {
@@ -280,6 +283,7 @@ fn statement_record(
         start_address: entry.start_address,
         uploaded_at: now_millis(),
         statement: None,
+        security_counter: 0,
     })
 }
 
@@ -335,7 +339,7 @@ fn check_statement(module: &ModuleRecord, statement: &tern_image::manifest::Mani
     Ok(())
 }
 
-fn module_record(sha256: String, filename: Option<String>, info: &tern_image::ModuleInfo) -> ModuleRecord {
+pub(crate) fn module_record(sha256: String, filename: Option<String>, info: &tern_image::ModuleInfo) -> ModuleRecord {
     ModuleRecord {
         sha256,
         filename,
@@ -352,6 +356,7 @@ fn module_record(sha256: String, filename: Option<String>, info: &tern_image::Mo
         start_address: info.start_address,
         uploaded_at: now_millis(),
         statement: None,
+        security_counter: 0,
     }
 }
 
@@ -651,11 +656,21 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
-/// `POST /api/devices/{id}/attempts`: the body is a release bundle (`tern release build`);
-/// its modules are offered to the device in manifest order.
+#[derive(Deserialize, Default)]
+struct BundleQuery {
+    /// The plan's bytes on the air, typed by the operator: required for cellular devices.
+    confirm_air_bytes: Option<u64>,
+}
+
+/// `POST /api/devices/{id}/attempts`: the body is a signed release bundle (`tern release
+/// build`). The same as making a plan from the bundle and starting it at once: only what
+/// the device does not run is sent, in stages that fit it, and a cellular device's plan
+/// starts only with `?confirm_air_bytes=N` equal to its estimate (else `409
+/// confirmation_required`, and the plan stays proposed).
 async fn start_attempt(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<BundleQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
     let body = body.map_err(|rejection| {
@@ -666,70 +681,9 @@ async fn start_attempt(
         .get_device(&id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
-    let bundle = tern_image::bundle::Bundle::parse(&body).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
-    // The server does not hold the signing keys: the device verifies the signature. The
-    // server checks everything it can without them, so that it never offers a bundle that
-    // is broken on its face.
-    let manifest = bundle.unverified_manifest().map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
-    if manifest.kind != tern_image::manifest::Kind::Release {
-        return Err(unprocessable("bad_bundle", "the bundle's signed document is not a release manifest"));
-    }
-    bundle.check_modules(&manifest).map_err(|e| unprocessable("bad_bundle", e.to_string()))?;
-    if manifest.platform_id != device.platform_id {
-        return Err(unprocessable(
-            "wrong_platform",
-            format!(
-                "the release is for platform {}, device {id} is platform {}",
-                manifest.platform_id, device.platform_id
-            ),
-        ));
-    }
-    if manifest.module_count() > tern_proto::MAX_MODULES {
-        return Err(unprocessable(
-            "too_many_modules",
-            format!("an offer carries at most {} modules", tern_proto::MAX_MODULES),
-        ));
-    }
-    if let Some(busy) = state.store.device_attempts(&id, 1).await?.into_iter().find(|a| !a.finished) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "attempt_in_progress",
-            format!("attempt {} for device {id} is still {}", busy.id, busy.state),
-        ));
-    }
-    let signed = state.blobs.put(bundle.signed_manifest).await?;
-    let mut plan = Vec::new();
-    let mut offset = 0usize;
-    let modules_area = &body[body.len() - manifest.modules().map(|m| m.size as usize).sum::<usize>()..];
-    for entry in manifest.modules() {
-        let bytes = &modules_area[offset..offset + entry.size as usize];
-        offset += entry.size as usize;
-        let sha256 = state.blobs.put(bytes).await?;
-        // Modules Tern can read also enter the catalog.
-        if let Some(info) = tern_image::inspect(bytes).info {
-            let record = module_record(sha256.clone(), None, &info);
-            if state.store.put_module(&record).await? {
-                state.hub.publish(None, "module.uploaded", serde_json::to_value(&record)?).await?;
-            }
-        }
-        plan.push(PlannedModule {
-            sha256,
-            function: entry.function.code(),
-            function_name: entry.function.name().to_owned(),
-            index: entry.index,
-            version: entry.version,
-            size: entry.size,
-            start_address: entry.start_address,
-            reason: None,
-        });
-    }
-    let air_bytes = estimate_air_bytes(&id, &plan, bundle.signed_manifest.len(), &state.config.transfer);
-    let mut record = AttemptRecord::queued(&id, plan, None, vec![signed], air_bytes, now_millis());
-    record.id = state.store.create_attempt(&record).await?;
-    let data = json!({ "attempt": record.id, "modules": record.plan.len(), "air_bytes": record.air_bytes });
-    state.hub.publish(Some(&id), "attempt.created", data).await?;
-    state.updates.send(UpdateInput::Start(record.clone())).await;
-    Ok((StatusCode::CREATED, Json(record)))
+    let plan = state.planner.build_from_bundle(&device, &body).await?;
+    let (_, attempt) = state.planner.start(plan.id, query.confirm_air_bytes, Origin::Operator).await?;
+    Ok((StatusCode::CREATED, Json(attempt)))
 }
 
 /// A numeric id from the path; one that is not a number names nothing (`404`, in the API's
@@ -813,7 +767,7 @@ async fn put_statement(
     check_statement(&module, &statement)?;
     check_signature(&state.config, &body)?;
     let address = state.blobs.put(&body).await?;
-    state.store.set_module_statement(&sha256, &address).await?;
+    state.store.set_module_statement(&sha256, &address, statement.security_counter).await?;
     let module = state.store.get_module(&sha256).await?.unwrap_or(module);
     let data = json!({ "module": sha256, "statement": address, "key_id": hex::encode(document.kid) });
     state.hub.publish(None, "module.signed", data).await?;
@@ -867,21 +821,43 @@ async fn set_policy(
 
 #[derive(Deserialize)]
 struct CreatePlan {
-    /// Catalog SHA-256s of the modules wanted; empty or absent: heal only.
+    /// Catalog SHA-256s of the modules wanted; empty or absent: heal only (or the Device
+    /// OS release `device_os` names).
     #[serde(default)]
     modules: Vec<String>,
+    /// A Device OS release to bring the device to ("2.3.1", or a system module version).
+    #[serde(default)]
+    device_os: Option<String>,
+    /// Allow Device OS modules older than the installed ones.
+    #[serde(default)]
+    allow_downgrade: bool,
 }
 
 /// `POST /api/devices/{id}/plans`: computes the install plan for the modules asked for
-/// (with every missing dependency) against what the device last described. Nothing is
-/// sent until the plan is started.
+/// (with every missing dependency, whole Device OS releases, split into stages that fit
+/// the device) against what the device last described. The body is JSON, or a signed
+/// release bundle (`tern release build`: only what the device does not run is planned).
+/// Nothing is sent until the plan is started.
 async fn create_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<CreatePlan>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
-    let Json(body) =
-        body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
+    let body = body.map_err(|rejection| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("plan request refused: {rejection}"))
+    })?;
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    if body.starts_with(&tern_image::bundle::MAGIC) {
+        let plan = state.planner.build_from_bundle(&device, &body).await?;
+        return Ok((StatusCode::CREATED, Json(plan)));
+    }
+    let body: CreatePlan = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the plan request is not the expected JSON: {e}"))
+    })?;
     if let Some(bad) = body.modules.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -889,12 +865,8 @@ async fn create_plan(
             format!("{bad:?} is not a SHA-256 (64 hex digits)"),
         ));
     }
-    let device = state
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
-    let plan = state.planner.build(&device, &body.modules, Origin::Operator).await?;
+    let options = PlanOptions { device_os: body.device_os, allow_downgrade: body.allow_downgrade };
+    let plan = state.planner.build(&device, &body.modules, Origin::Operator, &options).await?;
     Ok((StatusCode::CREATED, Json(plan)))
 }
 

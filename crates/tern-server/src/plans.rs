@@ -30,7 +30,7 @@ use crate::auth::now_millis;
 use crate::blob::{BlobError, BlobStore};
 use crate::events::EventHub;
 use crate::store::{
-    AttemptRecord, DeviceRecord, Inventory, ModuleRecord, PlanRecord, PlannedModule, Store, StoreError,
+    AttemptRecord, DeviceRecord, Inventory, ModuleRecord, PlanRecord, PlannedModule, StageRecord, Store, StoreError,
 };
 use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
 
@@ -145,7 +145,46 @@ fn candidate(module: &ModuleRecord) -> Option<Candidate> {
         version: module.version,
         size: u64::from(module.size),
         dependencies: module.dependencies.iter().map(dependency).collect(),
+        security_counter: module.security_counter,
     })
+}
+
+/// What an operator asks of a plan besides modules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Bring the device to this Device OS release ("2.3.1", or a system module version).
+    pub device_os: Option<String>,
+    /// Allow Device OS modules older than the installed ones.
+    pub allow_downgrade: bool,
+}
+
+/// The machine-readable code of a planning error.
+fn plan_error_code(err: &tern_plan::Error) -> &'static str {
+    match err {
+        tern_plan::Error::WrongPlatform { .. } => "wrong_platform",
+        tern_plan::Error::SameSlotTwice(_) => "same_slot_twice",
+        tern_plan::Error::Unsatisfiable { .. } => "unsatisfiable",
+        tern_plan::Error::Conflict { .. } => "conflict",
+        tern_plan::Error::Downgrade { .. } => "downgrade",
+        tern_plan::Error::BelowSecurityCounter { .. } => "below_security_counter",
+        tern_plan::Error::IncompleteRelease { .. } => "incomplete_release",
+        tern_plan::Error::TooLarge { .. } => "does_not_fit",
+        tern_plan::Error::NoSafeStages { .. } => "does_not_fit",
+    }
+}
+
+/// What the device runs after a stage, for the plan record.
+fn expect_record(expect: &tern_plan::Expect) -> (String, Option<String>) {
+    match expect {
+        tern_plan::Expect::Normal => ("normal".to_owned(), None),
+        tern_plan::Expect::SafeMode(dep) => {
+            let slot = Slot { function: dep.function, index: dep.index };
+            (
+                "safe_mode".to_owned(),
+                Some(format!("the application needs {slot} >= v{} until a later stage", dep.version)),
+            )
+        }
+    }
 }
 
 /// A module's name for messages: `system part 1 v3000 (1a2b3c4d)`.
@@ -157,10 +196,104 @@ fn describe(module: &ModuleRecord) -> String {
 fn reason_text(reason: &Reason) -> String {
     match reason {
         Reason::Requested => "requested".to_owned(),
+        Reason::SameRelease { version } => {
+            format!("same Device OS release: {}", tern_plan::device_os::label(*version))
+        }
+        Reason::Target { version } => format!("Device OS {} asked for", tern_plan::device_os::label(*version)),
         Reason::Dependency { needed_by: (slot, version), requirement } => {
             let needed = Slot { function: requirement.function, index: requirement.index };
             format!("needed by {slot} v{version}: {needed} >= v{}", requirement.version)
         }
+    }
+}
+
+/// Sizes of the signed documents a plan's offers carry.
+enum SignedSizes {
+    /// One statement per module, in plan order.
+    PerModule(Vec<usize>),
+    /// One release manifest, carried by every stage.
+    One(usize),
+}
+
+/// The device's last Describe, or why there is none.
+fn described(device: &DeviceRecord) -> Result<&Inventory, PlanError> {
+    device.inventory.as_ref().ok_or_else(|| {
+        rejected(
+            "not_described",
+            format!("device {} has not described itself yet: the server does not know what it runs", device.id),
+        )
+    })
+}
+
+fn check_platform(device: &DeviceRecord, module: &ModuleRecord) -> Result<(), PlanError> {
+    if module.platform_id != device.platform_id {
+        return Err(rejected(
+            "wrong_platform",
+            format!(
+                "{} is built for platform {}, device {} is platform {}",
+                describe(module),
+                module.platform_id,
+                device.id,
+                device.platform_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What the device runs, for the planner: each described module with what it needs (from
+/// the catalog when it knows these exact bytes, else the unmet dependency the device
+/// reported for it).
+fn installed(inventory: &Inventory, by_hash: &HashMap<&str, &ModuleRecord>) -> Vec<Installed> {
+    inventory
+        .modules
+        .iter()
+        .map(|m| {
+            let slot = Slot { function: ModuleFunction::from_code(m.function), index: m.index };
+            let dependencies = match by_hash.get(m.sha256.as_str()) {
+                Some(known) => known.dependencies.iter().map(dependency).collect(),
+                None if !m.dependencies_met => inventory.unmet.iter().map(dependency).collect(),
+                None => Vec::new(),
+            };
+            let mut sha256 = [0u8; 32];
+            let sha256 = hex::decode_to_slice(&m.sha256, &mut sha256).ok().map(|()| sha256);
+            Installed { slot, version: m.version, dependencies, sha256 }
+        })
+        .collect()
+}
+
+/// The planner's options for `device`: the operator's, and the device's security counter.
+fn plan_options(inventory: &Inventory, options: &PlanOptions) -> Result<tern_plan::Options, PlanError> {
+    let device_os = match &options.device_os {
+        Some(target) => Some(tern_plan::device_os::parse_target(target).map_err(|e| rejected("unknown_release", e))?),
+        None => None,
+    };
+    Ok(tern_plan::Options {
+        device_os,
+        allow_downgrade: options.allow_downgrade,
+        security_counter: inventory.security_counter.unwrap_or(0),
+    })
+}
+
+/// A proposed plan for `device` with nothing in it yet.
+fn empty_record(device: &DeviceRecord, inventory: &Inventory, origin: Origin) -> PlanRecord {
+    PlanRecord {
+        id: 0,
+        device: device.id.clone(),
+        platform_id: device.platform_id,
+        origin: origin.name().to_owned(),
+        status: "proposed".to_owned(),
+        requested: Vec::new(),
+        steps: Vec::new(),
+        stages: Vec::new(),
+        manifest: None,
+        bytes_total: 0,
+        air_bytes: 0,
+        inventory_key: inventory_key(inventory),
+        connectivity: device.policy.connectivity,
+        confirm_required: device.policy.confirms_cost(),
+        attempt: None,
+        created_at: now_millis(),
     }
 }
 
@@ -177,19 +310,16 @@ impl Planner {
     }
 
     /// Computes and stores a plan installing `requested` (catalog SHA-256s; empty: heal
-    /// only) on `device`, as it last described itself.
+    /// only, or the Device OS release `options` names) on `device`, as it last described
+    /// itself.
     pub async fn build(
         &self,
         device: &DeviceRecord,
         requested: &[String],
         origin: Origin,
+        options: &PlanOptions,
     ) -> Result<PlanRecord, PlanError> {
-        let inventory = device.inventory.as_ref().ok_or_else(|| {
-            rejected(
-                "not_described",
-                format!("device {} has not described itself yet: the server does not know what it runs", device.id),
-            )
-        })?;
+        let inventory = described(device)?;
         let modules = self.store.list_modules().await?;
         let by_hash: HashMap<&str, &ModuleRecord> = modules.iter().map(|m| (m.sha256.as_str(), m)).collect();
 
@@ -203,18 +333,7 @@ impl Planner {
                     format!("no module {hash} in the catalog: upload it with `tern module upload`"),
                 )
             })?;
-            if module.platform_id != device.platform_id {
-                return Err(rejected(
-                    "wrong_platform",
-                    format!(
-                        "{} is built for platform {}, device {} is platform {}",
-                        describe(module),
-                        module.platform_id,
-                        device.id,
-                        device.platform_id
-                    ),
-                ));
-            }
+            check_platform(device, module)?;
             if module.statement.is_none() {
                 return Err(rejected(
                     "unsigned_module",
@@ -231,101 +350,254 @@ impl Planner {
             }
             wanted.push(candidate(module).ok_or_else(|| rejected("bad_module", "catalog hash is not hex"))?);
         }
-        if !requested.is_empty() && wanted.is_empty() {
+        if !requested.is_empty() && wanted.is_empty() && options.device_os.is_none() {
             return Err(rejected(
                 "already_installed",
                 format!("device {} already runs {}", device.id, already.join(", ")),
             ));
         }
-
-        let installed: Vec<Installed> = inventory
-            .modules
-            .iter()
-            .map(|m| {
-                let slot = Slot { function: ModuleFunction::from_code(m.function), index: m.index };
-                // What the module needs: from the catalog when it knows these exact bytes,
-                // else the unmet dependency the device reported for it.
-                let dependencies = match by_hash.get(m.sha256.as_str()) {
-                    Some(known) => known.dependencies.iter().map(dependency).collect(),
-                    None if !m.dependencies_met => inventory.unmet.iter().map(dependency).collect(),
-                    None => Vec::new(),
-                };
-                Installed { slot, version: m.version, dependencies }
-            })
-            .collect();
         // Only signed modules of the device's platform can heal it.
         let catalog: Vec<Candidate> = modules
             .iter()
             .filter(|m| m.platform_id == device.platform_id && m.statement.is_some())
             .filter_map(candidate)
             .collect();
-
-        let plan = tern_plan::plan(device.platform_id, &installed, &wanted, &catalog).map_err(|err| {
-            let code = match err {
-                tern_plan::Error::WrongPlatform { .. } => "wrong_platform",
-                tern_plan::Error::SameSlotTwice(_) => "same_slot_twice",
-                tern_plan::Error::Unsatisfiable { .. } => "unsatisfiable",
-                tern_plan::Error::Conflict { .. } => "conflict",
-            };
-            rejected(code, format!("no plan for device {}: {err}", device.id))
-        })?;
+        let plan_options = plan_options(inventory, options)?;
+        let installed = installed(inventory, &by_hash);
+        let plan = tern_plan::plan_with(device.platform_id, &installed, &wanted, &catalog, &plan_options)
+            .map_err(|err| rejected(plan_error_code(&err), format!("no plan for device {}: {err}", device.id)))?;
         if plan.steps.is_empty() {
-            return Err(rejected(
-                "nothing_to_do",
-                format!("device {} needs nothing: every dependency of its modules is met", device.id),
-            ));
-        }
-        if plan.steps.len() > tern_proto::MAX_MODULES {
-            return Err(rejected(
-                "too_many_modules",
-                format!(
-                    "the plan has {} modules; an offer carries at most {}",
-                    plan.steps.len(),
-                    tern_proto::MAX_MODULES
+            let (code, message) = match &options.device_os {
+                Some(target) => ("already_installed", format!("device {} already runs Device OS {target}", device.id)),
+                None if !already.is_empty() => {
+                    ("already_installed", format!("device {} already runs {}", device.id, already.join(", ")))
+                }
+                None => (
+                    "nothing_to_do",
+                    format!("device {} needs nothing: every dependency of its modules is met", device.id),
                 ),
-            ));
+            };
+            return Err(rejected(code, message));
         }
-
-        let mut steps = Vec::with_capacity(plan.steps.len());
-        let mut signed_len = 0usize;
+        let mut statements = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             let sha256 = hex::encode(step.module.sha256);
             let module =
                 by_hash.get(sha256.as_str()).ok_or_else(|| rejected("bad_module", "planned module vanished"))?;
             let statement = module.statement.as_deref().unwrap_or_default();
-            signed_len += self.blobs.get(statement).await?.map_or(0, |doc| doc.len());
+            statements.push(self.blobs.get(statement).await?.map_or(0, |doc| doc.len()));
+        }
+        let record = PlanRecord {
+            requested: requested.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            ..empty_record(device, inventory, origin)
+        };
+        let place = |module: &Candidate| {
+            by_hash.get(hex::encode(module.sha256).as_str()).map(|m| (m.start_address, m.function_name.clone()))
+        };
+        self.finish(device, inventory, &installed, plan, place, SignedSizes::PerModule(statements), record).await
+    }
+
+    /// Computes and stores a plan sending a signed release bundle to `device`: only the
+    /// modules it does not already run, staged to fit it. The bundle's modules enter the
+    /// catalog; its manifest is the signed document of every stage. A device that never
+    /// described itself (factory-fresh) gets the whole release in one offer.
+    pub async fn build_from_bundle(&self, device: &DeviceRecord, body: &[u8]) -> Result<PlanRecord, PlanError> {
+        let unknown = Inventory {
+            described_at: 0,
+            platform_id: device.platform_id,
+            boot_reason: "unknown".to_owned(),
+            safe_mode: None,
+            unmet: None,
+            confirmed: false,
+            modules: Vec::new(),
+            last_result: None,
+            capacity: None,
+            security_counter: None,
+        };
+        let inventory = device.inventory.as_ref().unwrap_or(&unknown);
+        let bundle = tern_image::bundle::Bundle::parse(body).map_err(|e| rejected("bad_bundle", e.to_string()))?;
+        // The server does not hold the signing keys: the device verifies the signature.
+        // The server checks everything it can without them, so that it never offers a
+        // bundle that is broken on its face.
+        let manifest = bundle.unverified_manifest().map_err(|e| rejected("bad_bundle", e.to_string()))?;
+        if manifest.kind != tern_image::manifest::Kind::Release {
+            return Err(rejected("bad_bundle", "the bundle's signed document is not a release manifest"));
+        }
+        bundle.check_modules(&manifest).map_err(|e| rejected("bad_bundle", e.to_string()))?;
+        if manifest.platform_id != device.platform_id {
+            return Err(rejected(
+                "wrong_platform",
+                format!(
+                    "the release is for platform {}, device {} is platform {}",
+                    manifest.platform_id, device.id, device.platform_id
+                ),
+            ));
+        }
+        let plan_options = plan_options(inventory, &PlanOptions::default())?;
+        if manifest.security_counter < plan_options.security_counter {
+            return Err(rejected(
+                "below_security_counter",
+                format!(
+                    "the release is signed with security counter {}, below device {}'s {}: the device would refuse it",
+                    manifest.security_counter, device.id, plan_options.security_counter
+                ),
+            ));
+        }
+        let signed = self.blobs.put(bundle.signed_manifest).await?;
+        let total: usize = manifest.modules().map(|m| m.size as usize).sum();
+        let modules_area = &body[body.len() - total..];
+        let mut offset = 0usize;
+        let mut steps = Vec::new();
+        let mut places = HashMap::new();
+        for entry in manifest.modules() {
+            let bytes = &modules_area[offset..offset + entry.size as usize];
+            offset += entry.size as usize;
+            let sha256 = self.blobs.put(bytes).await?;
+            // Modules Tern can read also enter the catalog.
+            if let Some(info) = tern_image::inspect(bytes).info {
+                let record = crate::api::module_record(sha256.clone(), None, &info);
+                if self.store.put_module(&record).await? {
+                    let data = serde_json::to_value(&record).unwrap_or_default();
+                    self.hub.publish(None, "module.uploaded", data).await?;
+                }
+            }
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&sha256, &mut hash).map_err(|_| rejected("bad_module", "blob address is not hex"))?;
+            places.insert(hash, (entry.start_address, entry.function.name().to_owned()));
+            let candidate = Candidate {
+                sha256: hash,
+                platform_id: manifest.platform_id,
+                slot: Slot { function: entry.function, index: entry.index },
+                version: entry.version,
+                size: u64::from(entry.size),
+                dependencies: entry.dependencies.iter().flatten().copied().collect(),
+                security_counter: manifest.security_counter,
+            };
+            steps.push(tern_plan::Step { module: candidate, reason: Reason::Requested });
+        }
+        let modules = self.store.list_modules().await?;
+        let by_hash: HashMap<&str, &ModuleRecord> = modules.iter().map(|m| (m.sha256.as_str(), m)).collect();
+        let installed = installed(inventory, &by_hash);
+        // Only what the device does not run already, byte for byte.
+        let runs = |step: &tern_plan::Step| installed.iter().any(|i| i.sha256 == Some(step.module.sha256));
+        let already: Vec<String> =
+            steps.iter().filter(|s| runs(s)).map(|s| format!("{} v{}", s.module.slot, s.module.version)).collect();
+        steps.retain(|s| !runs(s));
+        if steps.is_empty() {
+            return Err(rejected(
+                "already_installed",
+                format!("device {} already runs every module of the release ({})", device.id, already.join(", ")),
+            ));
+        }
+        for step in &steps {
+            let downgrade = installed.iter().find(|i| {
+                i.slot == step.module.slot
+                    && i.version > step.module.version
+                    && !matches!(i.slot.function, ModuleFunction::UserPart | ModuleFunction::Asset)
+            });
+            if let Some(old) = downgrade {
+                return Err(rejected(
+                    "downgrade",
+                    format!(
+                        "the release's {} v{} is older than device {}'s v{}: Device OS is not downgraded from a bundle",
+                        step.module.slot, step.module.version, device.id, old.version
+                    ),
+                ));
+            }
+        }
+        let mut plan = tern_plan::Plan { steps };
+        tern_plan::install_order_by(&installed, &mut plan.steps, |s| {
+            (s.module.slot, s.module.version, &s.module.dependencies[..])
+        });
+        let mut record = PlanRecord { manifest: Some(signed), ..empty_record(device, inventory, Origin::Operator) };
+        if device.inventory.is_none() {
+            // What `start` compares against for a device that has not described itself.
+            record.inventory_key = String::new();
+        }
+        let size = bundle.signed_manifest.len();
+        let place = |m: &Candidate| places.get(&m.sha256).cloned();
+        self.finish(device, inventory, &installed, plan, place, SignedSizes::One(size), record).await
+    }
+
+    /// Splits `plan` into stages that fit the device, fills `record` with its steps,
+    /// stages and estimates, stores it and announces it.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        device: &DeviceRecord,
+        inventory: &Inventory,
+        installed: &[Installed],
+        mut plan: tern_plan::Plan,
+        place: impl Fn(&Candidate) -> Option<(u32, String)>,
+        signed: SignedSizes,
+        mut record: PlanRecord,
+    ) -> Result<PlanRecord, PlanError> {
+        // Signed-document sizes follow the modules through the reordering stages make.
+        let mut sizes: HashMap<[u8; 32], usize> = HashMap::new();
+        if let SignedSizes::PerModule(per) = &signed {
+            for (step, size) in plan.steps.iter().zip(per) {
+                sizes.insert(step.module.sha256, *size);
+            }
+        }
+        let capacity = match inventory.capacity {
+            Some(c) => tern_plan::Capacity {
+                staging_bytes: u64::from(c.staging_bytes),
+                max_modules: usize::from(c.max_modules).min(tern_proto::MAX_MODULES),
+                block_size: u64::from(c.block_size),
+            },
+            // A device that does not say what it can hold gets one offer; it refuses
+            // what does not fit (`too_large`).
+            None => {
+                tern_plan::Capacity { staging_bytes: u64::MAX, max_modules: tern_proto::MAX_MODULES, block_size: 1 }
+            }
+        };
+        let stages = tern_plan::stages(&mut plan, installed, &capacity)
+            .map_err(|err| rejected(plan_error_code(&err), format!("no plan for device {}: {err}", device.id)))?;
+        let mut steps = Vec::with_capacity(plan.steps.len());
+        for (index, step) in plan.steps.iter().enumerate() {
+            let stage = stages.iter().position(|s| s.steps.contains(&index)).unwrap_or(0);
+            let (start_address, function_name) =
+                place(&step.module).unwrap_or((0, step.module.slot.function.name().to_owned()));
             steps.push(PlannedModule {
-                sha256,
-                function: module.function,
-                function_name: module.function_name.clone(),
-                index: module.index,
-                version: module.version,
-                size: module.size,
-                start_address: module.start_address,
+                sha256: hex::encode(step.module.sha256),
+                function: step.module.slot.function.code(),
+                function_name,
+                index: step.module.slot.index,
+                version: step.module.version,
+                size: u32::try_from(step.module.size).unwrap_or(u32::MAX),
+                start_address,
                 reason: Some(reason_text(&step.reason)),
+                stage: u32::try_from(stage).unwrap_or(0),
+                security_counter: step.module.security_counter,
             });
         }
-        let mut record = PlanRecord {
-            id: 0,
-            device: device.id.clone(),
-            platform_id: device.platform_id,
-            origin: origin.name().to_owned(),
-            status: "proposed".to_owned(),
-            requested: requested.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            bytes_total: steps.iter().map(|m| u64::from(m.size)).sum(),
-            air_bytes: estimate_air_bytes(&device.id, &steps, signed_len, &self.transfer),
-            steps,
-            inventory_key: inventory_key(inventory),
-            connectivity: device.policy.connectivity,
-            confirm_required: device.policy.confirms_cost(),
-            attempt: None,
-            created_at: now_millis(),
-        };
+        let mut stage_records = Vec::with_capacity(stages.len());
+        for (k, stage) in stages.iter().enumerate() {
+            let modules: Vec<PlannedModule> = steps.iter().filter(|m| m.stage as usize == k).cloned().collect();
+            let signed_len = match &signed {
+                SignedSizes::One(size) => *size,
+                SignedSizes::PerModule(_) => {
+                    stage.steps.iter().map(|&i| sizes.get(&plan.steps[i].module.sha256).copied().unwrap_or(0)).sum()
+                }
+            };
+            let (expect, expect_detail) = expect_record(&stage.expect);
+            stage_records.push(StageRecord {
+                bytes: stage.bytes,
+                air_bytes: estimate_air_bytes(&device.id, &modules, signed_len, &self.transfer),
+                expect,
+                expect_detail,
+            });
+        }
+        record.bytes_total = steps.iter().map(|m| u64::from(m.size)).sum();
+        record.air_bytes = stage_records.iter().map(|s| s.air_bytes).sum();
+        record.steps = steps;
+        record.stages = stage_records;
         record.id = self.store.create_plan(&record).await?;
         let data = json!({
             "plan": record.id,
             "origin": record.origin,
             "modules": record.steps.len(),
+            "stages": record.stages.len(),
             "heals": record.steps.iter().any(|s| s.reason.as_deref() != Some("requested")),
             "air_bytes": record.air_bytes,
         });
@@ -381,11 +653,15 @@ impl Planner {
             ));
         }
         let mut signed = Vec::with_capacity(plan.steps.len());
-        for step in &plan.steps {
-            let statement = self.store.get_module(&step.sha256).await?.and_then(|m| m.statement);
-            signed.push(statement.ok_or_else(|| {
-                rejected("unsigned_module", format!("module {} lost its signed statement", step.sha256))
-            })?);
+        if let Some(manifest) = &plan.manifest {
+            signed.push(manifest.clone());
+        } else {
+            for step in &plan.steps {
+                let statement = self.store.get_module(&step.sha256).await?.and_then(|m| m.statement);
+                signed.push(statement.ok_or_else(|| {
+                    rejected("unsigned_module", format!("module {} lost its signed statement", step.sha256))
+                })?);
+            }
         }
         // Claim the plan before creating the attempt, so two starts cannot both succeed.
         if !self.store.transition_plan(id, "proposed", "started", None).await? {
@@ -393,6 +669,7 @@ impl Planner {
         }
         let mut record =
             AttemptRecord::queued(&device.id, plan.steps.clone(), Some(id), signed, plan.air_bytes, now_millis());
+        record.stages = plan.stages.clone();
         record.id = self.store.create_attempt(&record).await?;
         self.store.transition_plan(id, "started", "started", Some(record.id)).await?;
         // Whatever else was proposed for the device was made for what it runs now, which
@@ -405,10 +682,11 @@ impl Planner {
             "plan": id,
             "origin": origin.name(),
             "modules": record.plan.len(),
+            "stages": record.stages.len().max(1),
             "air_bytes": record.air_bytes,
         });
         self.hub.publish(Some(&device.id), "attempt.created", data).await?;
-        self.updates.send(UpdateInput::Start(record.clone())).await;
+        self.updates.send(UpdateInput::Start(Box::new(record.clone()))).await;
         Ok((plan, record))
     }
 
@@ -456,7 +734,7 @@ impl Planner {
                 return Ok(());
             }
         }
-        let plan = match self.build(&device, &[], Origin::Heal).await {
+        let plan = match self.build(&device, &[], Origin::Heal, &PlanOptions::default()).await {
             Ok(plan) => plan,
             Err(PlanError::Rejected { code, message }) => {
                 let data = json!({ "code": code, "message": message });

@@ -121,6 +121,10 @@ pub struct ModuleRecord {
     /// offered to devices.
     #[serde(default)]
     pub statement: Option<String>,
+    /// The security counter its signed statement carries (0 without one): a device whose
+    /// counter is higher refuses it.
+    #[serde(default)]
+    pub security_counter: u64,
 }
 
 /// One module as a device described it.
@@ -149,6 +153,9 @@ pub struct InstalledModuleRecord {
 pub struct ResultRecord {
     /// Attempt id.
     pub attempt: u64,
+    /// The stage of that attempt the result is about (0 for single-stage attempts).
+    #[serde(default)]
+    pub stage: u32,
     /// `confirmed`, `failed`, `rolled_back`, `cancelled`.
     pub outcome: String,
     /// Reason name (`none`, `rejected_signature`, …).
@@ -178,6 +185,23 @@ pub struct Inventory {
     pub modules: Vec<InstalledModuleRecord>,
     /// The last update result it remembers.
     pub last_result: Option<ResultRecord>,
+    /// What one offer can stage on it (absent from devices that do not say).
+    #[serde(default)]
+    pub capacity: Option<CapacityRecord>,
+    /// Its security counter: offers signed with a lower one are refused.
+    #[serde(default)]
+    pub security_counter: Option<u64>,
+}
+
+/// What one offer can carry on a device, as it described it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityRecord {
+    /// The most module bytes one offer may stage (each module rounded up to `block_size`).
+    pub staging_bytes: u32,
+    /// The most modules one offer may list.
+    pub max_modules: u8,
+    /// The unit module sizes are rounded up to.
+    pub block_size: u32,
 }
 
 /// A device to register.
@@ -312,6 +336,41 @@ pub struct PlannedModule {
     /// (`needed by application 2 v6: system part 1 >= v3000`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The stage (offer) that carries it, from 0.
+    #[serde(default)]
+    pub stage: u32,
+    /// The security counter of its signed statement.
+    #[serde(default)]
+    pub security_counter: u64,
+}
+
+/// One stage of a plan: one offer, installed at one reboot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Module bytes of the stage.
+    pub bytes: u64,
+    /// Estimated bytes on the air of the stage.
+    pub air_bytes: u64,
+    /// What the device runs after it: `normal`, or `safe_mode` until a later stage.
+    pub expect: String,
+    /// Why, for safe mode (`application needs system part 2 >= v2302`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_detail: Option<String>,
+}
+
+/// Transfer counters of the stages an attempt has finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageBase {
+    /// Offers sent.
+    pub offers_sent: u32,
+    /// Valid block requests.
+    pub requests: u64,
+    /// Block bytes sent.
+    pub bytes_sent: u64,
+    /// Of those, re-sent.
+    pub bytes_resent: u64,
+    /// Bytes the device held at the end of those stages.
+    pub bytes_done: u64,
 }
 
 /// An install plan: what the server would send to a device, in order, and why.
@@ -331,6 +390,13 @@ pub struct PlanRecord {
     pub requested: Vec<String>,
     /// The modules to send, in install order.
     pub steps: Vec<PlannedModule>,
+    /// The offers the steps go in, in order (one when everything fits at once).
+    #[serde(default)]
+    pub stages: Vec<StageRecord>,
+    /// Blob address of the signed release manifest every stage offers, for a plan made
+    /// from a release bundle (else each module's statement is offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// SHA-256 over the described module hashes the plan was computed from.
     pub inventory_key: String,
     /// The device's connectivity when the plan was made.
@@ -382,9 +448,18 @@ pub struct AttemptRecord {
     pub requests: u64,
     /// Offers sent.
     pub offers_sent: u32,
-    /// Which KiB units were sent (internal; not shown).
+    /// Which KiB units of the current stage were sent (internal; not shown).
     #[serde(skip)]
     pub sent_record: Vec<u8>,
+    /// The plan's stages (empty: one stage with every module).
+    #[serde(default)]
+    pub stages: Vec<StageRecord>,
+    /// The stage in flight, from 0.
+    #[serde(default)]
+    pub stage: u32,
+    /// Counters of the finished stages (included in `bytes_sent` and the others).
+    #[serde(skip)]
+    pub stage_base: StageBase,
     /// Whether the state is final.
     pub finished: bool,
     /// Creation time, Unix milliseconds.
@@ -421,6 +496,9 @@ impl AttemptRecord {
             requests: 0,
             offers_sent: 0,
             sent_record: Vec::new(),
+            stages: Vec::new(),
+            stage: 0,
+            stage_base: StageBase::default(),
             finished: false,
             created_at: now,
             updated_at: now,
@@ -446,7 +524,7 @@ pub trait Store: Send + Sync {
     async fn list_modules(&self) -> StoreResult<Vec<ModuleRecord>>;
     /// Attaches the signed statement at blob address `statement` to module `sha256`;
     /// `false` when there is no such module.
-    async fn set_module_statement(&self, sha256: &str, statement: &str) -> StoreResult<bool>;
+    async fn set_module_statement(&self, sha256: &str, statement: &str, security_counter: u64) -> StoreResult<bool>;
 
     /// Registers a device; [`StoreError::Conflict`] if the id is taken.
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
@@ -536,6 +614,7 @@ fn module_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ModuleRecord> {
         start_address: int(row.try_get("start_address")?)?,
         uploaded_at: row.try_get("uploaded_at")?,
         statement: row.try_get("statement")?,
+        security_counter: int(row.try_get("security_counter")?)?,
     })
 }
 
@@ -573,6 +652,8 @@ fn plan_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<PlanRecord> {
         status: row.try_get("status")?,
         requested: serde_json::from_str(row.try_get("requested")?)?,
         steps: serde_json::from_str(row.try_get("steps")?)?,
+        stages: serde_json::from_str(row.try_get("stages")?)?,
+        manifest: row.try_get("manifest")?,
         inventory_key: row.try_get("inventory_key")?,
         connectivity,
         bytes_total: int(row.try_get("bytes_total")?)?,
@@ -597,6 +678,7 @@ fn attempt_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AttemptRecord>
     let reason_code: Option<i64> = row.try_get("reason_code")?;
     let finished: i64 = row.try_get("finished")?;
     let sent_record: Option<Vec<u8>> = row.try_get("sent_record")?;
+    let stage_base: Option<String> = row.try_get("stage_base")?;
     Ok(AttemptRecord {
         id: row.try_get("id")?,
         device: row.try_get("device")?,
@@ -614,6 +696,9 @@ fn attempt_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AttemptRecord>
         requests: int(row.try_get("requests")?)?,
         offers_sent: int(row.try_get("offers_sent")?)?,
         sent_record: sent_record.unwrap_or_default(),
+        stages: serde_json::from_str(row.try_get("stages")?)?,
+        stage: int(row.try_get("stage")?)?,
+        stage_base: stage_base.map(|json| serde_json::from_str(&json)).transpose()?.unwrap_or_default(),
         finished: finished != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -701,9 +786,10 @@ impl Store for SqliteStore {
         rows.iter().map(module_from_row).collect()
     }
 
-    async fn set_module_statement(&self, sha256: &str, statement: &str) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE modules SET statement = ? WHERE sha256 = ?")
+    async fn set_module_statement(&self, sha256: &str, statement: &str, security_counter: u64) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE modules SET statement = ?, security_counter = ? WHERE sha256 = ?")
             .bind(statement)
+            .bind(db_int(security_counter))
             .bind(sha256)
             .execute(&self.pool)
             .await?;
@@ -782,7 +868,9 @@ impl Store for SqliteStore {
     async fn create_plan(&self, p: &PlanRecord) -> StoreResult<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO plans (device, platform_id, origin, status, requested, steps, inventory_key, connectivity, \
-             bytes_total, air_bytes, attempt, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             bytes_total, air_bytes, attempt, created_at, stages, manifest) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id",
         )
         .bind(&p.device)
         .bind(i64::from(p.platform_id))
@@ -796,6 +884,8 @@ impl Store for SqliteStore {
         .bind(db_int(p.air_bytes))
         .bind(p.attempt)
         .bind(p.created_at)
+        .bind(serde_json::to_string(&p.stages)?)
+        .bind(&p.manifest)
         .fetch_one(&self.pool)
         .await?;
         Ok(id)
@@ -873,8 +963,9 @@ impl Store for SqliteStore {
     async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO attempts (device, state, reason, reason_code, plan, plan_id, signed, bytes_total, air_bytes, \
-             bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at, \
+             stages, stage, stage_base) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&a.device)
         .bind(&a.state)
@@ -894,6 +985,9 @@ impl Store for SqliteStore {
         .bind(i64::from(a.finished))
         .bind(a.created_at)
         .bind(a.updated_at)
+        .bind(serde_json::to_string(&a.stages)?)
+        .bind(i64::from(a.stage))
+        .bind(serde_json::to_string(&a.stage_base)?)
         .fetch_one(&self.pool)
         .await?;
         Ok(id)
@@ -902,7 +996,8 @@ impl Store for SqliteStore {
     async fn update_attempt(&self, a: &AttemptRecord) -> StoreResult<()> {
         sqlx::query(
             "UPDATE attempts SET state = ?, reason = ?, reason_code = ?, bytes_done = ?, bytes_sent = ?, \
-             bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ? WHERE id = ?",
+             bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ?, stage = ?, \
+             stage_base = ? WHERE id = ?",
         )
         .bind(&a.state)
         .bind(&a.reason)
@@ -915,6 +1010,8 @@ impl Store for SqliteStore {
         .bind(&a.sent_record)
         .bind(i64::from(a.finished))
         .bind(a.updated_at)
+        .bind(i64::from(a.stage))
+        .bind(serde_json::to_string(&a.stage_base)?)
         .bind(a.id)
         .execute(&self.pool)
         .await?;

@@ -28,8 +28,9 @@ use crate::store::{AttemptRecord, PlannedModule, Store};
 /// What the update task is told.
 #[derive(Debug)]
 pub enum UpdateInput {
-    /// A new attempt, already stored: start offering it.
-    Start(AttemptRecord),
+    /// A new attempt, already stored: start offering it (boxed: a record is large next
+    /// to the other inputs).
+    Start(Box<AttemptRecord>),
     /// The operator cancels attempt `id`; the reply says whether it was in flight.
     Cancel(i64, oneshot::Sender<bool>),
     /// A device connected.
@@ -84,13 +85,62 @@ pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usiz
     offer + data + blocks * (per_request + per_block)
 }
 
-/// An attempt in flight.
+/// An attempt in flight: the protocol machine of its current stage.
 struct Active {
     attempt: Attempt,
     record: AttemptRecord,
-    /// The signed documents the offer carries, in order.
+    /// Every signed document of the attempt, in order (one per module, or one manifest).
     signed: Vec<Vec<u8>>,
+    /// The modules of the current stage, in offer order.
+    stage_plan: Vec<PlannedModule>,
     persisted_requests: u64,
+}
+
+/// The protocol attempt id of stage `stage` of attempt `id`: stage 0 is the attempt id
+/// itself, later stages carry their number in the top 16 bits, so that a device never
+/// mistakes one stage's offer, blocks or result for another's.
+pub fn stage_attempt_id(id: i64, stage: u32) -> u64 {
+    (id as u64 & ((1 << 48) - 1)) | (u64::from(stage) << 48)
+}
+
+/// How many stages an attempt has (a record without stages is one stage).
+fn stage_count(record: &AttemptRecord) -> u32 {
+    u32::try_from(record.stages.len()).unwrap_or(u32::MAX).max(1)
+}
+
+/// The modules of stage `stage`, in offer order.
+fn stage_plan(record: &AttemptRecord, stage: u32) -> Vec<PlannedModule> {
+    record.plan.iter().filter(|m| m.stage == stage).cloned().collect()
+}
+
+/// The signed documents stage `stage` offers: its modules' statements, or the release
+/// manifest (which every stage carries; the offer's module list selects the stage).
+fn stage_documents<'a>(record: &AttemptRecord, signed: &'a [Vec<u8>], stage: u32) -> Vec<&'a [u8]> {
+    if signed.len() == record.plan.len() {
+        record.plan.iter().zip(signed).filter(|(m, _)| m.stage == stage).map(|(_, d)| d.as_slice()).collect()
+    } else {
+        signed.iter().map(Vec::as_slice).collect()
+    }
+}
+
+/// A protocol machine for stage `stage` of `record`, new (`stats` none) or resumed.
+fn stage_machine(
+    ctx: &Context,
+    record: &AttemptRecord,
+    stage: u32,
+    resumed: Option<(AttemptState, TransferStats)>,
+) -> Option<(Attempt, Vec<PlannedModule>)> {
+    let plan = stage_plan(record, stage);
+    let modules = offered_modules(&plan)?;
+    let id = stage_attempt_id(record.id, stage);
+    let mut attempt = match resumed {
+        None => Attempt::new(id, modules, ctx.config, ctx.now()),
+        Some((state, stats)) => Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now()),
+    };
+    let last = stage + 1 >= stage_count(record);
+    let safe_mode = record.stages.get(stage as usize).is_some_and(|s| s.expect == "safe_mode");
+    attempt.accept_safe_mode(!last && safe_mode);
+    Some((attempt, plan))
 }
 
 /// Everything the update task uses.
@@ -170,20 +220,21 @@ pub async fn start(
 }
 
 async fn resume(ctx: &Context, record: AttemptRecord) -> anyhow::Result<Active> {
-    let modules = offered_modules(&record.plan).ok_or_else(|| anyhow::anyhow!("stored plan is invalid"))?;
     let state = parse_state(&record.state, record.reason_code)
         .ok_or_else(|| anyhow::anyhow!("stored state {} is unknown", record.state))?;
+    // The machine counts the current stage only; the record holds every stage's.
+    let base = record.stage_base;
     let stats = TransferStats {
-        offers_sent: record.offers_sent,
-        requests: record.requests,
+        offers_sent: record.offers_sent.saturating_sub(base.offers_sent),
+        requests: record.requests.saturating_sub(base.requests),
         requests_ignored: 0,
-        bytes_sent: record.bytes_sent,
-        bytes_resent: record.bytes_resent,
+        bytes_sent: record.bytes_sent.saturating_sub(base.bytes_sent),
+        bytes_resent: record.bytes_resent.saturating_sub(base.bytes_resent),
     };
     let signed = documents(ctx, &record).await?;
-    let id = u64::try_from(record.id)?;
-    let attempt = Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now());
-    Ok(Active { persisted_requests: record.requests, attempt, record, signed })
+    let (attempt, stage_plan) = stage_machine(ctx, &record, record.stage, Some((state, stats)))
+        .ok_or_else(|| anyhow::anyhow!("stored plan is invalid"))?;
+    Ok(Active { persisted_requests: stats.requests, attempt, record, signed, stage_plan })
 }
 
 /// Reads the signed documents of an attempt's offer from the blob store.
@@ -246,8 +297,8 @@ async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: Upda
     let now = ctx.now();
     match input {
         UpdateInput::Start(record) => {
+            let record = *record;
             let device = record.device.clone();
-            let modules = offered_modules(&record.plan)?;
             let signed = match documents(ctx, &record).await {
                 Ok(signed) => signed,
                 Err(err) => {
@@ -255,9 +306,8 @@ async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: Upda
                     return None;
                 }
             };
-            let id = u64::try_from(record.id).ok()?;
-            let attempt = Attempt::new(id, modules, ctx.config, now);
-            active.insert(device.clone(), Active { attempt, persisted_requests: 0, record, signed });
+            let (attempt, stage_plan) = stage_machine(ctx, &record, 0, None)?;
+            active.insert(device.clone(), Active { attempt, persisted_requests: 0, record, signed, stage_plan });
             Some(device)
         }
         // Handled by `run`, which answers after storing the change.
@@ -295,51 +345,116 @@ fn encode(message: &Message<'_>) -> Vec<u8> {
     buf
 }
 
-/// Sends what the device's attempt wants sent, persists and publishes what changed, and
-/// retires a finished attempt.
+/// Sends what the device's attempt wants sent, persists and publishes what changed, moves
+/// a staged attempt to its next stage when one is confirmed, and retires a finished
+/// attempt.
 async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str) {
     let Some(entry) = active.get_mut(device) else { return };
-    while let Some(transmit) = entry.attempt.poll_transmit() {
-        transmit_one(ctx, entry, transmit).await;
-    }
-    let mut progressed = false;
-    while let Some(event) = entry.attempt.poll_event() {
-        match event {
-            AttemptEvent::State(state) => {
-                entry.record.state = state.name().to_owned();
-                entry.record.reason = state.reason().map(|r| r.name().to_owned());
-                entry.record.reason_code = state.reason().map(|r| r.code());
-                entry.record.finished = state.is_final();
-                let data = json!({
-                    "attempt": entry.record.id,
-                    "state": entry.record.state,
-                    "reason": entry.record.reason,
-                });
-                persist(ctx, entry).await;
-                let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
-            }
-            AttemptEvent::Progress { bytes_done, bytes_total } => {
-                entry.record.bytes_done = bytes_done;
-                progressed = true;
-                let data = json!({ "attempt": entry.record.id, "bytes_done": bytes_done, "bytes_total": bytes_total });
-                let _ = ctx.hub.publish(Some(device), "attempt.progress", data).await;
+    loop {
+        while let Some(transmit) = entry.attempt.poll_transmit() {
+            transmit_one(ctx, entry, transmit).await;
+        }
+        let mut progressed = false;
+        let mut next_stage = false;
+        while let Some(event) = entry.attempt.poll_event() {
+            match event {
+                AttemptEvent::State(AttemptState::Confirmed) if entry.record.stage + 1 < stage_count(&entry.record) => {
+                    next_stage = true;
+                }
+                AttemptEvent::State(state) => {
+                    entry.record.state = state.name().to_owned();
+                    entry.record.reason = state.reason().map(|r| r.name().to_owned());
+                    entry.record.reason_code = state.reason().map(|r| r.code());
+                    entry.record.finished = state.is_final();
+                    let data = json!({
+                        "attempt": entry.record.id,
+                        "state": entry.record.state,
+                        "reason": entry.record.reason,
+                        "stage": entry.record.stage,
+                        "stages": stage_count(&entry.record),
+                    });
+                    persist(ctx, entry).await;
+                    let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
+                }
+                AttemptEvent::Progress { bytes_done, bytes_total: _ } => {
+                    entry.record.bytes_done = entry.record.stage_base.bytes_done + bytes_done;
+                    progressed = true;
+                    let data = json!({
+                        "attempt": entry.record.id,
+                        "bytes_done": entry.record.bytes_done,
+                        "bytes_total": entry.record.bytes_total,
+                        "stage": entry.record.stage,
+                    });
+                    let _ = ctx.hub.publish(Some(device), "attempt.progress", data).await;
+                }
             }
         }
-    }
-    if progressed || entry.attempt.stats().requests >= entry.persisted_requests + PERSIST_EVERY {
-        persist(ctx, entry).await;
+        if next_stage {
+            advance_stage(ctx, entry, device).await;
+            // The next stage's offer is waiting to be sent.
+            continue;
+        }
+        if progressed || entry.attempt.stats().requests >= entry.persisted_requests + PERSIST_EVERY {
+            persist(ctx, entry).await;
+        }
+        break;
     }
     if entry.attempt.state().is_final() {
         active.remove(device);
     }
 }
 
+/// The current stage is confirmed and another follows: fold the stage's counters into the
+/// record, start the next stage's machine (its offer goes out at once), persist, announce.
+async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
+    let stats = entry.attempt.stats();
+    let done: u64 = entry.stage_plan.iter().map(|m| u64::from(m.size)).sum();
+    let base = &mut entry.record.stage_base;
+    base.offers_sent += stats.offers_sent;
+    base.requests += stats.requests;
+    base.bytes_sent += stats.bytes_sent;
+    base.bytes_resent += stats.bytes_resent;
+    base.bytes_done += done;
+    let finished = entry.record.stage;
+    entry.record.stage += 1;
+    entry.record.sent_record.clear();
+    entry.record.bytes_done = entry.record.stage_base.bytes_done;
+    let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, entry.record.stage, None) else {
+        tracing::error!(attempt = entry.record.id, stage = entry.record.stage, "stage plan is invalid");
+        return;
+    };
+    entry.attempt = attempt;
+    entry.stage_plan = stage_plan;
+    entry.persisted_requests = 0;
+    // The new machine announces `offered` first; that is the record's state now.
+    while let Some(event) = entry.attempt.poll_event() {
+        if let AttemptEvent::State(state) = event {
+            entry.record.state = state.name().to_owned();
+        }
+    }
+    persist(ctx, entry).await;
+    let stages = stage_count(&entry.record);
+    let data = json!({
+        "attempt": entry.record.id,
+        "stage": entry.record.stage,
+        "stages": stages,
+        "completed": finished,
+        "message": format!(
+            "stage {} of {stages} confirmed on the device; stage {} of {stages} offered",
+            finished + 1,
+            entry.record.stage + 1
+        ),
+    });
+    let _ = ctx.hub.publish(Some(device), "attempt.stage", data).await;
+}
+
 async fn persist(ctx: &Context, entry: &mut Active) {
     let stats = entry.attempt.stats();
-    entry.record.bytes_sent = stats.bytes_sent;
-    entry.record.bytes_resent = stats.bytes_resent;
-    entry.record.requests = stats.requests;
-    entry.record.offers_sent = stats.offers_sent;
+    let base = entry.record.stage_base;
+    entry.record.bytes_sent = base.bytes_sent + stats.bytes_sent;
+    entry.record.bytes_resent = base.bytes_resent + stats.bytes_resent;
+    entry.record.requests = base.requests + stats.requests;
+    entry.record.offers_sent = base.offers_sent + stats.offers_sent;
     entry.record.sent_record = entry.attempt.sent_record().to_vec();
     entry.record.updated_at = now_millis();
     entry.persisted_requests = stats.requests;
@@ -353,22 +468,24 @@ async fn transmit_one(ctx: &Context, entry: &Active, transmit: Transmit) {
     let (kind, payload) = match transmit {
         Transmit::Offer => {
             let mut signed = List::new();
-            for document in &entry.signed {
+            for document in stage_documents(&entry.record, &entry.signed, entry.record.stage) {
                 // `documents` checked that they fit.
-                let _ = signed.push(document.as_slice());
+                let _ = signed.push(document);
             }
+            let air_bytes =
+                entry.record.stages.get(entry.record.stage as usize).map_or(entry.record.air_bytes, |s| s.air_bytes);
             let offer = UpdateOffer {
                 attempt: entry.attempt.id(),
                 signed,
                 modules: *entry.attempt.modules(),
-                air_bytes: entry.record.air_bytes,
+                air_bytes,
                 window: ctx.config.window,
                 max_block: ctx.config.max_block,
             };
             (MessageKind::UpdateOffer, encode(&Message::UpdateOffer(offer)))
         }
         Transmit::Block { module, offset, length } => {
-            let Some(planned) = entry.record.plan.get(usize::from(module)) else { return };
+            let Some(planned) = entry.stage_plan.get(usize::from(module)) else { return };
             let data = match ctx.blobs.read_range(&planned.sha256, u64::from(offset), length as usize).await {
                 Ok(Some(data)) => data,
                 other => {

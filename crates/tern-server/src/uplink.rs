@@ -16,7 +16,9 @@ use crate::auth::now_millis;
 use crate::events::EventHub;
 use crate::link::LinkEvent;
 use crate::plans::Planner;
-use crate::store::{DependencyRecord, InstalledModuleRecord, Inventory, ResultRecord, Store, StoreError};
+use crate::store::{
+    CapacityRecord, DependencyRecord, InstalledModuleRecord, Inventory, ResultRecord, Store, StoreError,
+};
 use crate::updates::{UpdateInput, Updates};
 
 /// Counters of the uplink handler, shown by `/api/stats`.
@@ -199,12 +201,20 @@ pub fn inventory(describe: &Describe, described_at: i64) -> Inventory {
             })
             .collect(),
         last_result: describe.last_result.as_ref().map(result_record),
+        capacity: describe.capacity.map(|c| CapacityRecord {
+            staging_bytes: c.staging_bytes,
+            max_modules: c.max_modules,
+            block_size: c.block_size,
+        }),
+        security_counter: describe.security_counter,
     }
 }
 
 fn result_record(result: &UpdateResult) -> ResultRecord {
     ResultRecord {
-        attempt: result.attempt,
+        // Later stages of a staged attempt carry their number in the top bits of the id.
+        attempt: result.attempt & ((1 << 48) - 1),
+        stage: u32::try_from(result.attempt >> 48).unwrap_or(0),
         outcome: result.outcome.name().to_owned(),
         reason: result.reason.name().to_owned(),
         reason_code: result.reason.code(),

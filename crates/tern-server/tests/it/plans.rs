@@ -22,8 +22,8 @@ use tern_image::manifest::build::Document;
 use tern_image::manifest::{Kind, ModuleEntry, SignedDocument};
 use tern_image::{Dependency, Integrity, ModuleFunction, ModuleInfo};
 use tern_proto::{
-    BlockRequest, BootReason, Describe, InstalledModule, List, Message, MessageKind, OfferedModule, Phase, Progress,
-    SafeModeCause, Topic,
+    BlockRequest, BootReason, Capacity, Describe, InstalledModule, List, Message, MessageKind, OfferedModule, Phase,
+    Progress, SafeModeCause, Topic,
 };
 
 use crate::support::{wait_for, Api, Server};
@@ -787,7 +787,7 @@ fn plan_requests_that_cannot_be_planned_are_refused() {
         // The application needs system part 1 6.1.1; the catalog stops at 4.1.0.
         ("argon-r", hashes(&[&argon.app_620]), 422, "unsatisfiable"),
         // System part 1 1.2.1 is older than the installed SoftDevice needs.
-        ("argon-r", hashes(&[&argon.part1_121]), 422, "conflict"),
+        ("argon-r", hashes(&[&argon.part1_121]), 422, "downgrade"),
         ("argon-r", hashes(&[&argon.part1_402, &argon.part1_410]), 422, "same_slot_twice"),
         ("argon-silent", hashes(&[&argon.app]), 422, "not_described"),
         ("nobody", hashes(&[&argon.app]), 404, "not_found"),
@@ -965,9 +965,12 @@ impl Photon {
         Dependency { function: ModuleFunction::SystemPart, index: 2, version: self.part2_201.info.version }
     }
 
-    /// The heal plan the catalog allows, in an order a device can install.
+    /// The heal plan the catalog allows, in an order a device can install: the lowest
+    /// Device OS release the catalog holds whole and signed (2.1.0: 2.0.1 lacks a signed
+    /// part 1), with the bootloader shipped with it — never part 1 of one release with
+    /// part 2 of another.
     fn heal(&self) -> [&Module; 3] {
-        [&self.boot_200, &self.part1_210, &self.part2_201]
+        [&self.boot_210, &self.part1_210, &self.part2_210]
     }
 }
 
@@ -991,14 +994,20 @@ fn a_device_in_safe_mode_is_healed_in_order_and_leaves_safe_mode() {
         .map(|o| *heal.iter().find(|m| m.sha256 == o.sha256).expect("a module of the expected heal"))
         .collect();
     assert_eq!(offered.len(), heal.len(), "exactly the missing system modules");
-    assert_eq!(offered.last().map(|m| m.name), Some(photon.part2_201.name), "the needed part goes last");
+    assert_eq!(offered.last().map(|m| m.name), Some(photon.part2_210.name), "the needed part goes last");
     assert_dependency_order(&offered, &installed);
     assert_offer_is(&offer, &offered);
     let plan = plans(&api, "photon-h").pop().expect("a heal plan");
     assert_eq!((&plan["origin"], &plan["status"]), (&json!("heal"), &json!("started")), "{plan}");
     assert_eq!(plan["requested"], json!([]));
     assert_eq!(plan["attempt"].as_u64(), Some(offer.attempt));
-    assert!(plan["steps"].as_array().unwrap().iter().all(|s| s["reason"].as_str().unwrap().starts_with("needed by ")));
+    // Each module says why: a dependency it meets, or the release it belongs to.
+    let reasons: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["reason"].as_str().unwrap()).collect();
+    assert!(
+        reasons.iter().all(|r| r.starts_with("needed by ") || r.starts_with("same Device OS release: 2.1.0 (v2101)")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.starts_with("same Device OS release")), "{reasons:?}");
     let attempt = api.get(&format!("/api/attempts/{}", offer.attempt)).1;
     assert_eq!(attempt["plan_id"], plan["id"], "{attempt}");
     assert_eq!(shown(&api, "photon-h")["status"], "safe_mode");
@@ -1200,4 +1209,142 @@ fn statements_must_be_signed_by_a_trusted_key_when_keys_are_configured() {
     let (status, reply) = api.post_bytes("/api/modules", &signed);
     assert_eq!(status, 201, "{reply}");
     assert!(reply["statement"].is_string(), "{reply}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Device OS releases and stages
+
+/// A Photon on 1.5.2 that says it stages `staging` bytes per offer and has security
+/// counter `counter`.
+fn staged_photon(photon: &Photon, staging: u32, counter: u64) -> Describe {
+    Describe {
+        capacity: Some(Capacity { staging_bytes: staging, max_modules: 4, block_size: 1024 }),
+        security_counter: Some(counter),
+        ..running(6, &[photon.boot_152.installed(), photon.part1_152.installed(), photon.part2_152.installed()])
+    }
+}
+
+/// Photon 1.5.2 → 2.3.1 (`--target`): one release (bootloader 2.3.1 and both parts, no
+/// mixture), split in two stages that fit the 256 KiB the device reports; one attempt
+/// walks both, each stage offered with its own protocol attempt id, the next stage only
+/// after the device described the first installed; confirmed after the last. Requests that
+/// can never work are refused before anything is sent.
+#[test]
+fn a_device_os_release_goes_in_stages_that_fit_under_one_attempt() {
+    let dir = tern_testkit::scratch("plans-stages");
+    let server = Server::start(&dir.join("data"));
+    let api = server.api();
+    let photon = Photon::load();
+    let part1_231 = Module::load("releases/photon-system-part1@2.3.1.bin");
+    let part2_231 = Module::load("releases/photon-system-part2@2.3.1.bin");
+    for module in [&photon.boot_200, &photon.part1_201, &photon.part2_201, &photon.boot_231, &part1_231, &part2_231] {
+        upload(&api, module, true);
+    }
+    let secret = add_device(&api, "photon-s", "photon", json!({}));
+    let mut describe = staged_photon(&photon, 256 * 1024, 1);
+    let device = Device::connect(&server, "photon-s", &secret, &describe);
+    wait_described(&api, "photon-s", &describe.modules.iter().copied().collect::<Vec<_>>());
+
+    // Refusals, before anything is sent.
+    let target = |body: Value| api.post_json("/api/devices/photon-s/plans", body);
+    let refusals = [
+        (json!({ "device_os": "1.4.4" }), "downgrade"),
+        (json!({ "device_os": "9.9.9" }), "unknown_release"),
+        (json!({ "device_os": "2.1.0" }), "incomplete_release"),
+        (json!({ "device_os": "1.5.2" }), "already_installed"),
+    ];
+    for (body, code) in &refusals {
+        let (status, reply) = target(body.clone());
+        assert_eq!((status, reply["error"]["code"].as_str()), (422, Some(*code)), "{body}: {reply}");
+        assert_eq!(reply["error"]["message"].as_str().unwrap_or_default().lines().count(), 1, "{reply}");
+    }
+
+    let (status, plan) = target(json!({ "device_os": "2.3.1" }));
+    assert_eq!(status, 201, "{plan}");
+    let mut planned = step_hashes(&plan);
+    planned.sort();
+    let mut release = vec![photon.boot_231.hex(), part1_231.hex(), part2_231.hex()];
+    release.sort();
+    assert_eq!(planned, release, "exactly Device OS 2.3.1: {plan}");
+    let stages = plan["stages"].as_array().expect("stages").clone();
+    assert_eq!(stages.len(), 2, "{plan}");
+    let stage_of =
+        |sha: &str| plan["steps"].as_array().unwrap().iter().find(|s| s["sha256"] == sha).unwrap()["stage"].clone();
+    assert_eq!(stage_of(&part2_231.hex()), json!(1), "part 2 goes last: {plan}");
+    assert_eq!(
+        plan["air_bytes"].as_u64(),
+        Some(stages.iter().map(|s| s["air_bytes"].as_u64().unwrap()).sum()),
+        "the plan's bytes on the air are its stages': {plan}"
+    );
+    let (status, attempt) = start(&api, &plan, json!({}));
+    assert_eq!(status, 201, "{attempt}");
+    let id = attempt["id"].as_u64().unwrap();
+
+    // Stage 1: its modules only, with the attempt's own id.
+    let offer = device.next_offer(SETTLE).expect("stage 1 is offered");
+    assert_eq!(offer.attempt, id, "stage 1 carries the attempt id");
+    let stage1: Vec<String> = offer.modules.iter().map(|m| hex::encode(m.sha256)).collect();
+    assert!(stage1.len() < 3 && !stage1.contains(&part2_231.hex()), "{stage1:?}");
+    assert_eq!(offer.signed.len(), stage1.len(), "one statement per offered module");
+    device.pull(&offer);
+    device.report(&offer, Phase::Staged);
+    assert!(device.next_offer(Duration::from_secs(2)).is_none(), "no stage 2 before stage 1 is described");
+    // The device reboots into stage 1 and describes it: stage 2 follows.
+    let mut modules: Vec<InstalledModule> = describe.modules.iter().copied().collect();
+    for m in &offer.modules {
+        modules.retain(|i| !(i.function == m.function && i.index == m.index));
+        let module = [&photon.boot_231, &part1_231].into_iter().find(|x| x.sha256 == m.sha256).expect("a 2.3.1 module");
+        modules.push(module.installed());
+    }
+    describe.modules = List::from_slice(&modules).unwrap();
+    device.describe(&describe);
+    let offer2 = device.next_offer(SETTLE).expect("stage 2 is offered");
+    assert_eq!(offer2.attempt >> 48, 1, "stage 2 has its own protocol id");
+    assert_eq!(offer2.attempt & ((1 << 48) - 1), id, "… within the same attempt");
+    assert_eq!(offer2.modules.iter().map(|m| hex::encode(m.sha256)).collect::<Vec<_>>(), [part2_231.hex()]);
+    let shown_attempt = api.get(&format!("/api/attempts/{id}")).1;
+    assert_eq!(
+        (shown_attempt["stage"].as_u64(), shown_attempt["finished"].as_bool()),
+        (Some(1), Some(false)),
+        "{shown_attempt}"
+    );
+    device.pull(&offer2);
+    device.report(&offer2, Phase::Staged);
+    modules.retain(|i| !(i.function == ModuleFunction::SystemPart && i.index == 2));
+    modules.push(part2_231.installed());
+    describe.modules = List::from_slice(&modules).unwrap();
+    device.describe(&describe);
+    wait_for("the attempt confirmed", SETTLE, || api.get(&format!("/api/attempts/{id}")).1["state"] == "confirmed");
+    let done = api.get(&format!("/api/attempts/{id}")).1;
+    let total: u64 = [&photon.boot_231, &part1_231, &part2_231].iter().map(|m| m.bytes.len() as u64).sum();
+    assert!(done["bytes_sent"].as_u64().unwrap() >= total, "every stage's bytes are counted: {done}");
+    assert!(!events(&api, "photon-s", "attempt.stage").is_empty(), "the stage change is announced");
+
+    // A device that stages little: the release can never fit, refused.
+    let small = staged_photon(&photon, 128 * 1024, 1);
+    let (_, again) = api.get("/api/devices/photon-s");
+    assert_eq!(again["inventory"]["capacity"]["staging_bytes"], 256 * 1024);
+    settle(&api, device);
+    let secret2 = add_device(&api, "photon-small", "photon", json!({}));
+    let small_device = Device::connect(&server, "photon-small", &secret2, &small);
+    wait_described(&api, "photon-small", &small.modules.iter().copied().collect::<Vec<_>>());
+    let (status, reply) = api.post_json("/api/devices/photon-small/plans", json!({ "device_os": "2.3.1" }));
+    assert_eq!((status, reply["error"]["code"].as_str()), (422, Some("does_not_fit")), "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("can never fit"), "{reply}");
+    settle(&api, small_device);
+
+    // A device whose security counter is above the statements' (1): refused.
+    let secret3 = add_device(&api, "photon-counter", "photon", json!({}));
+    let high = staged_photon(&photon, 256 * 1024, 7);
+    let counter_device = Device::connect(&server, "photon-counter", &secret3, &high);
+    wait_described(&api, "photon-counter", &high.modules.iter().copied().collect::<Vec<_>>());
+    let (status, reply) = make_plan(&api, "photon-counter", &[&part1_231]);
+    assert_eq!((status, reply["error"]["code"].as_str()), (422, Some("below_security_counter")), "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("below the device's 7"), "{reply}");
+    let (_, shown_counter) = api.get("/api/devices/photon-counter");
+    assert_eq!(shown_counter["inventory"]["security_counter"], 7, "{shown_counter}");
+    let (_, module) = api.get(&format!("/api/modules/{}", part1_231.hex()));
+    assert_eq!(module["security_counter"], 1, "the catalog shows the statement's counter: {module}");
+    settle(&api, counter_device);
+    assert!(plans(&api, "photon-counter").is_empty() && attempts(&api, "photon-counter").is_empty());
 }

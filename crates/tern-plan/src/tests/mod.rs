@@ -27,6 +27,7 @@ fn load(path: &Path) -> Named {
             version: info.version,
             size: bytes.len() as u64,
             dependencies: info.dependencies().copied().collect(),
+            security_counter: 0,
         },
     }
 }
@@ -48,7 +49,7 @@ fn installed(catalog: &[Named], names: &[&str]) -> Vec<Installed> {
         .iter()
         .map(|n| {
             let c = &find(catalog, n).candidate;
-            Installed { slot: c.slot, version: c.version, dependencies: c.dependencies.clone() }
+            Installed { slot: c.slot, version: c.version, dependencies: c.dependencies.clone(), sha256: Some(c.sha256) }
         })
         .collect()
 }
@@ -72,9 +73,9 @@ fn nothing_to_add_when_dependencies_are_met() {
     let cat = catalog();
     let device = installed(&cat, PHOTON_152);
     let part1 = find(&cat, "photon-system-part1@1.5.2.bin").candidate.clone();
+    // The device runs these very bytes: nothing is sent.
     let plan = plan(6, &device, &[part1], &candidates(&cat)).unwrap();
-    assert_eq!(names(&cat, &plan), ["photon-system-part1@1.5.2.bin"]);
-    assert!(!plan.heals());
+    assert_eq!(plan.steps, vec![]);
     assert_eq!(heal(6, &device, &candidates(&cat)).unwrap().steps, vec![], "a consistent device needs nothing");
 }
 
@@ -93,22 +94,18 @@ fn system_part_2_pulls_in_part_1_and_the_bootloader_in_order() {
     let part1 = plan.steps.iter().position(|s| s.module.slot == part2.dependencies[0].slot());
     assert!(boot.is_some() && part1.is_some(), "{steps:?}");
     assert!(boot < Some(plan.steps.len() - 1) && part1 < Some(plan.steps.len() - 1));
-    // Every added module says what it is for.
+    // Every added module says what it is for: part 1 comes with part 2's release.
     for step in &plan.steps[..plan.steps.len() - 1] {
-        assert!(matches!(step.reason, Reason::Dependency { .. }), "{step:?}");
+        assert!(matches!(step.reason, Reason::Dependency { .. } | Reason::SameRelease { .. }), "{step:?}");
     }
+    assert_eq!(plan.steps[part1.unwrap()].reason, Reason::SameRelease { version: part2.version });
     assert_eq!(plan.module_bytes(), plan.steps.iter().map(|s| s.module.size).sum::<u64>());
-    // The chosen bootloader is the lowest that meets the requirement.
+    // The bootloader is the one Device OS 2.0.1 shipped with (system-versions.md), which
+    // meets the requirement.
     let need = part2.dependencies.iter().find(|d| d.function == ModuleFunction::Bootloader).unwrap().version;
     let chosen = &plan.steps[boot.unwrap()].module;
     assert!(chosen.version >= need);
-    let lower_ok = cat.iter().any(|n| {
-        n.candidate.platform_id == 6
-            && n.candidate.slot == chosen.slot
-            && n.candidate.version >= need
-            && n.candidate.version < chosen.version
-    });
-    assert!(!lower_ok, "a lower bootloader would have met v{need}");
+    assert_eq!(Some(chosen.version), device_os::by_system_version(part2.version).unwrap().bootloader_version);
 }
 
 #[test]
@@ -121,6 +118,7 @@ fn safe_mode_device_is_healed_from_the_catalog() {
         slot: Slot { function: ModuleFunction::UserPart, index: 1 },
         version: 6,
         dependencies: vec![Dependency { function: ModuleFunction::SystemPart, index: 2, version: part2_201 }],
+        sha256: None,
     });
     let plan = heal(6, &device, &candidates(&cat)).unwrap();
     let steps = names(&cat, &plan);
@@ -168,13 +166,33 @@ fn errors() {
 
     // Nothing in an empty catalog meets part 2 2.0.1's needs.
     let part2 = find(&cat, "photon-system-part2@2.0.1.bin").candidate.clone();
-    assert!(matches!(plan(6, &device, std::slice::from_ref(&part2), &[]), Err(Error::Unsatisfiable { .. })));
+    let err = plan(6, &device, std::slice::from_ref(&part2), &[]).unwrap_err();
+    assert!(matches!(err, Error::IncompleteRelease { .. }), "{err:?}");
 
-    // Downgrading part 1 below what installed part 2 needs breaks the device: refused.
+    // Downgrading part 1 is refused unless the operator allows it.
     let old_p1 = find(&cat, "photon-system-part1@1.2.1.bin").candidate.clone();
-    let err = plan(6, &device, &[old_p1], &candidates(&cat)).unwrap_err();
-    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
-    assert!(err.to_string().contains("but the plan installs"), "{err}");
+    let err = plan(6, &device, std::slice::from_ref(&old_p1), &candidates(&cat)).unwrap_err();
+    assert!(matches!(err, Error::Downgrade { installed: 1512, .. }), "{err:?}");
+    assert!(err.to_string().contains("not downgraded unless the operator allows it"), "{err}");
+    // Allowed, it brings the whole older release: part 2 of the same version.
+    let allow = Options { allow_downgrade: true, ..Options::default() };
+    let older = plan_with(6, &device, std::slice::from_ref(&old_p1), &candidates(&cat), &allow).unwrap();
+    assert!(older
+        .steps
+        .iter()
+        .filter(|s| s.module.slot.function == ModuleFunction::SystemPart)
+        .all(|s| s.module.version == old_p1.version));
+    assert_eq!(older.steps.iter().filter(|s| s.module.slot.function == ModuleFunction::SystemPart).count(), 2);
+
+    // A release the catalog lacks a part of cannot be planned.
+    let only_p1: Vec<Candidate> = candidates(&cat)
+        .into_iter()
+        .filter(|c| c.slot.index != 2 || c.slot.function != ModuleFunction::SystemPart)
+        .collect();
+    let p1_231 = find(&cat, "photon-system-part1@2.3.1.bin").candidate.clone();
+    let err = plan(6, &device, &[p1_231], &only_p1).unwrap_err();
+    assert!(matches!(err, Error::IncompleteRelease { version: 2302, .. }), "{err:?}");
+    assert!(err.to_string().contains("2.3.1 (v2302) is not complete"), "{err}");
 }
 
 #[test]
@@ -202,3 +220,5 @@ impl DepSlot for Dependency {
         dep_slot(self)
     }
 }
+
+mod releases;

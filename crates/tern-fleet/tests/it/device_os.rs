@@ -1,0 +1,312 @@
+//! Issue 8's acceptance: real Device OS upgrades on the platforms users own, with the real
+//! `tern` binary, loopback MQTT and simulated devices on the platforms' own profiles,
+//! from the corpus's real modules (each uploaded with a signed statement):
+//!
+//! - a cellular Electron from 1.4.4 to 1.5.2 (three system parts), the whole plan's bytes
+//!   typed by the operator first;
+//! - a Photon from 1.5.2 to 2.3.1 (bootloader and two system parts, which do not fit one
+//!   exchange area: staged);
+//! - a Boron from 1.5.2 to 2.0.1 (with its SoftDevice);
+//! - a Tracker from 2.0.1 to 2.3.0.
+//!
+//! Each is planned with `tern flash ID --target VERSION`, which must send exactly one
+//! coherent Device OS release, and ends confirmed with every module hash shown by
+//! `tern device show`. Requests that can never work are refused before anything is sent.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tern_device::profile::Profile;
+use tern_fleet::Settings;
+use tern_image::manifest::build::Document;
+use tern_image::manifest::Kind;
+use tern_image::model::{Dependency, ModuleFunction};
+use tern_sim::device::{Behaviour, Image, SimDevice};
+
+use crate::cli::tern;
+use crate::support::{installed_hashes, release_key, scratch, Device, Server};
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// One upgrade story.
+struct Upgrade {
+    /// Particle's platform name (also the device profile's).
+    platform: &'static str,
+    connectivity: &'static str,
+    /// Corpus files the device runs at the start.
+    from: &'static [&'static str],
+    /// Modules the corpus lacks that the device runs (function, version), made up.
+    extra: &'static [(ModuleFunction, u32)],
+    /// Corpus files in the catalog.
+    catalog: &'static [&'static str],
+    /// `--target`.
+    target: &'static str,
+    /// The corpus files the plan must send, in any order.
+    expected: &'static [&'static str],
+    /// Whether the plan must be split into stages on this device.
+    staged: bool,
+}
+
+fn profile(name: &str) -> &'static Profile {
+    tern_device::profile::by_name(name).unwrap_or_else(|| panic!("a device profile named {name}"))
+}
+
+fn corpus_image(file: &str, platform: u16) -> Image {
+    let rel = tern_testkit::corpus().join("particle/releases");
+    tern_sim::corpus::module(&rel.join(file), platform).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn statement(image: &Image, platform: u16) -> Vec<u8> {
+    Document {
+        kind: Kind::ModuleStatement,
+        platform_id: platform,
+        product_id: 0,
+        security_counter: 1,
+        created: 1_790_000_000,
+        modules: vec![image.entry],
+        name: String::new(),
+    }
+    .sign(&release_key())
+    .expect("the statement signs")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tern_run(server: &Server, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(tern())
+        .args(args)
+        .env("TERN_SERVER", &server.http)
+        .env("TERN_TOKEN", &server.token)
+        .env("HOME", scratch("fleet-device-os-home"))
+        .env_remove("TERN_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern starts");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
+    child.wait_with_output().expect("tern runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The application every device runs: it needs system part 1 at the version it has.
+fn app(profile: &'static Profile, version: u32, needs: u32) -> Image {
+    let dep = Dependency { function: ModuleFunction::SystemPart, index: 1, version: needs };
+    Image::synthetic(profile, ModuleFunction::UserPart, 1, version, &[dep], Behaviour::Healthy, 6000)
+}
+
+fn run(upgrade: &Upgrade) {
+    let profile = profile(upgrade.platform);
+    let platform = profile.platform_id;
+    let dir = scratch(&format!("fleet-device-os-{}", upgrade.platform));
+    let server = Server::start(&dir.join("server"));
+    for file in upgrade.catalog {
+        let image = corpus_image(file, platform);
+        let body = tern_image::bundle::write_signed_module(&statement(&image, platform), &image.bytes).unwrap();
+        let (status, module) = server.post_bytes(&format!("/api/modules?filename={file}"), &body);
+        assert!(status == 201 || status == 200, "{file}: {status} {module}");
+    }
+    let (status, body) = server.post_json(
+        "/api/devices",
+        json!({ "id": "dev", "platform": upgrade.platform, "connectivity": upgrade.connectivity }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+
+    let mut installed: Vec<Image> = upgrade.from.iter().map(|f| corpus_image(f, platform)).collect();
+    for &(function, version) in upgrade.extra {
+        installed.push(Image::synthetic(profile, function, 0, version, &[], Behaviour::Healthy, 4096));
+    }
+    let part1 = installed
+        .iter()
+        .find(|i| i.entry.function == ModuleFunction::SystemPart && i.entry.index == 1)
+        .expect("a system part 1")
+        .entry
+        .version;
+    installed.push(app(profile, 1, part1));
+    let factory = app(profile, 0, part1);
+    let device = Device::start(&server, "dev", &secret, Settings::default(), None, move || {
+        let mut dev = SimDevice::new(profile, vec![release_key().verifying_key()]);
+        let refs: Vec<&Image> = installed.iter().collect();
+        dev.provision(&refs, Some(&factory)).expect("the device is provisioned");
+        dev
+    });
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let (_, record) = server.get("/api/devices/dev");
+    let capacity = record["inventory"]["capacity"]["staging_bytes"].as_u64().expect("the device says what it can stage");
+
+    // The plan, before anything is sent: exactly the release, staged to fit.
+    let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--dry-run", "--json"], "");
+    assert!(out.status.success(), "dry run: {}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("--dry-run --json prints the plan");
+    let mut sent: Vec<String> = plan["steps"].as_array().unwrap().iter().map(|s| s["sha256"].as_str().unwrap().to_owned()).collect();
+    let mut expected: Vec<String> =
+        upgrade.expected.iter().map(|f| hex(&corpus_image(f, platform).entry.sha256)).collect();
+    sent.sort();
+    expected.sort();
+    assert_eq!(sent, expected, "{} → {}: one coherent release: {plan}", upgrade.platform, upgrade.target);
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages.len() > 1, upgrade.staged, "stages on a {} ({capacity} bytes): {plan}", upgrade.platform);
+    for stage in stages {
+        assert!(stage["bytes"].as_u64().unwrap() <= capacity, "each stage fits: {plan}");
+    }
+    println!("{} → {}: {} modules in {} stages, {} bytes on the air", upgrade.platform, upgrade.target, sent.len(), stages.len(), plan["air_bytes"]);
+    let printed = text(&out.stderr) + &text(&out.stdout);
+    if upgrade.staged {
+        assert!(printed.contains(&format!("stage 1 of {}", stages.len())), "the stages are shown: {printed}");
+    }
+
+    // Cellular: nothing goes without the whole plan's bytes typed.
+    let air = plan["air_bytes"].as_u64().unwrap();
+    let mut answer = String::new();
+    if upgrade.connectivity == "cellular" {
+        let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait"], "12\n");
+        assert_eq!(out.status.code(), Some(3), "not confirmed: {}", text(&out.stderr));
+        let (_, record) = server.get("/api/devices/dev");
+        assert_eq!(record["attempts"], json!([]), "no attempt without the typed amount");
+        answer = format!("{air}\n");
+    }
+    let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait", "--json"], &answer);
+    assert!(out.status.success(), "flash: {}", text(&out.stderr));
+    let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the final attempt");
+    assert_eq!(attempt["state"], "confirmed", "{attempt}");
+    assert_eq!(attempt["stages"].as_array().map(Vec::len), Some(stages.len()), "one attempt follows the whole plan: {attempt}");
+    let hashes = installed_hashes(&server, "dev");
+    let show = tern_run(&server, &["device", "show", "dev"], "");
+    let shown = text(&show.stdout);
+    for sha in &expected {
+        assert!(hashes.contains(sha), "{sha} installed: {hashes:?}");
+        assert!(shown.contains(sha.as_str()), "`tern device show` shows {sha}: {shown}");
+    }
+    device.wait_for("the application running", TIMEOUT, |s| s.app_version == 1 && s.boot_reason != "safe_mode");
+    device.stop().expect("the device ran without error");
+}
+
+#[test]
+fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
+    run(&Upgrade {
+        platform: "electron",
+        connectivity: "cellular",
+        from: &["electron-system-part1@1.4.4.bin", "electron-system-part2@1.4.4.bin", "electron-system-part3@1.4.4.bin"],
+        extra: &[(ModuleFunction::Bootloader, 501)],
+        catalog: &[
+            "electron-system-part1@1.4.4.bin",
+            "electron-system-part2@1.4.4.bin",
+            "electron-system-part3@1.4.4.bin",
+            "electron-system-part1@1.5.2.bin",
+            "electron-system-part2@1.5.2.bin",
+            "electron-system-part3@1.5.2.bin",
+        ],
+        target: "1.5.2",
+        expected: &["electron-system-part1@1.5.2.bin", "electron-system-part2@1.5.2.bin", "electron-system-part3@1.5.2.bin"],
+        staged: true,
+    });
+}
+
+#[test]
+fn photon_1_5_2_to_2_3_1_in_stages() {
+    run(&Upgrade {
+        platform: "photon",
+        connectivity: "wifi",
+        from: &["photon-bootloader@1.5.2+lto.bin", "photon-system-part1@1.5.2.bin", "photon-system-part2@1.5.2.bin"],
+        extra: &[],
+        catalog: &[
+            "photon-bootloader@2.0.0+lto.bin",
+            "photon-bootloader@2.3.1+lto.bin",
+            "photon-system-part1@2.0.1.bin",
+            "photon-system-part2@2.0.1.bin",
+            "photon-system-part1@2.3.1.bin",
+            "photon-system-part2@2.3.1.bin",
+        ],
+        target: "2.3.1",
+        expected: &["photon-bootloader@2.3.1+lto.bin", "photon-system-part1@2.3.1.bin", "photon-system-part2@2.3.1.bin"],
+        staged: true,
+    });
+}
+
+#[test]
+fn boron_1_5_2_to_2_0_1_with_its_softdevice() {
+    run(&Upgrade {
+        platform: "boron",
+        connectivity: "cellular",
+        from: &["boron-softdevice@1.4.1.bin", "boron-bootloader@1.5.2.bin", "boron-system-part1@1.5.2.bin"],
+        extra: &[],
+        catalog: &["boron-softdevice@1.4.1.bin", "boron-bootloader@2.0.1.bin", "boron-system-part1@2.0.1.bin"],
+        target: "2.0.1",
+        expected: &["boron-bootloader@2.0.1.bin", "boron-system-part1@2.0.1.bin"],
+        staged: false,
+    });
+}
+
+#[test]
+fn tracker_2_0_1_to_2_3_0() {
+    run(&Upgrade {
+        platform: "tracker",
+        connectivity: "cellular",
+        from: &["tracker-bootloader@2.0.1.bin", "tracker-system-part1@2.0.1.bin"],
+        extra: &[(ModuleFunction::RadioStack, 202)],
+        catalog: &["tracker-bootloader@2.3.0.bin", "tracker-system-part1@2.3.0.bin"],
+        target: "2.3.0",
+        expected: &["tracker-bootloader@2.3.0.bin", "tracker-system-part1@2.3.0.bin"],
+        staged: false,
+    });
+}
+
+/// Refused before anything is sent, each with a one-line reason: a plan that can never
+/// fit, a release below the device's security counter, a downgrade, an unknown release, a
+/// module for another platform, an unknown platform.
+#[test]
+fn impossible_requests_are_refused_before_sending() {
+    let profile = profile("photon");
+    let dir = scratch("fleet-device-os-refusals");
+    let server = Server::start(&dir.join("server"));
+    let (status, body) = server.post_json("/api/devices", json!({ "id": "x", "platform": 99 }));
+    assert_eq!(status, 422, "an unknown platform is refused: {body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("99"), "{body}");
+    let (status, body) = server.post_json("/api/devices", json!({ "id": "p", "platform": "photon" }));
+    assert_eq!(status, 201, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    for file in ["photon-system-part1@2.3.1.bin", "photon-system-part2@2.3.1.bin", "photon-bootloader@2.3.1+lto.bin"] {
+        let image = corpus_image(file, 6);
+        let body = tern_image::bundle::write_signed_module(&statement(&image, 6), &image.bytes).unwrap();
+        let (status, module) = server.post_bytes(&format!("/api/modules?filename={file}"), &body);
+        assert_eq!(status, 201, "{module}");
+    }
+    let argon = corpus_image("argon-system-part1@4.1.0.bin", 12);
+    let argon_file = dir.join("argon-part1.bin");
+    std::fs::write(&argon_file, &argon.bytes).unwrap();
+    std::fs::write(dir.join("argon-part1.bin.stmt"), statement(&argon, 12)).unwrap();
+
+    let from = ["photon-bootloader@1.5.2+lto.bin", "photon-system-part1@1.5.2.bin", "photon-system-part2@1.5.2.bin"];
+    let installed: Vec<Image> = from.iter().map(|f| corpus_image(f, 6)).collect();
+    let device = Device::start(&server, "p", &secret, Settings::default(), None, move || {
+        let mut dev = SimDevice::new(profile, vec![release_key().verifying_key()]);
+        let mut set = installed.clone();
+        set.push(app(profile, 1, 1512));
+        let refs: Vec<&Image> = set.iter().collect();
+        dev.provision(&refs, Some(&app(profile, 0, 1512))).unwrap();
+        dev
+    });
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let refused = |args: &[&str], reason: &str| {
+        let out = tern_run(&server, args, "");
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} is refused");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    };
+    refused(&["flash", "p", "--target", "1.4.4"], "not downgraded");
+    refused(&["flash", "p", "--target", "9.9.9"], "unknown Device OS release");
+    refused(&["flash", "p", "--target", "2.0.1"], "not complete in the catalog");
+    refused(&["flash", "p", argon_file.to_str().unwrap()], "platform 12");
+    let (_, record) = server.get("/api/devices/p");
+    assert_eq!(record["attempts"], json!([]), "nothing was sent");
+    device.stop().expect("the device ran without error");
+}

@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod block;
 pub mod boot;
+pub mod conversation;
 pub mod profile;
 pub mod state;
 pub mod storage;
@@ -38,5 +39,6 @@ pub mod storage;
 pub use agent::{Agent, BlockError, BlockOutcome, BlockRequest, OfferAccepted, OfferError};
 pub use block::{Block, BLOCK_SIZE};
 pub use boot::{boot, BootDecision, BootError, ResetCause, Run, SafeModeReason};
+pub use conversation::{Conversation, ConversationConfig, PlatformAction, Retained, Start};
 pub use profile::{Profile, NRF52840, STM32F2};
 pub use state::{DeviceState, UpdateResult};

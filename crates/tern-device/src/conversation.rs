@@ -104,13 +104,16 @@ impl CommandLog {
 
 /// What a port keeps across a warm reset (in RAM the startup code does not clear, or
 /// nowhere): losing it is harmless — a command delivered again after the reset runs
-/// again, and a rollback is reported as `app_not_confirmed` instead of its exact cause.
+/// again, a rollback is reported as `app_not_confirmed` instead of its exact cause, and
+/// the last result is sent once more.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retained {
     /// Commands already carried out.
     pub commands: CommandLog,
     /// How the application failed since the last accepted offer.
     pub fault: Option<AppFault>,
+    /// The last Result sent (attempt and outcome), so it is sent once.
+    pub reported: Option<(AttemptId, Outcome)>,
 }
 
 /// What the platform knows when the conversation starts, after the boot manager ran.
@@ -206,8 +209,6 @@ pub struct Conversation<'k> {
     /// A result the device decided on its own and holds only in RAM (a refused offer), or
     /// one more detailed than the state record's (the module that failed to verify).
     own_result: Option<UpdateResult>,
-    /// The last result sent, so it is sent once per attempt and outcome.
-    reported: Option<(AttemptId, Outcome)>,
     next_describe: u64,
     next_progress: u64,
     stats: ConversationStats,
@@ -229,7 +230,6 @@ impl<'k> Conversation<'k> {
             queue_len: 0,
             action: None,
             own_result: None,
-            reported: None,
             next_describe: 0,
             next_progress: 0,
             stats: ConversationStats::default(),
@@ -309,7 +309,7 @@ impl<'k> Conversation<'k> {
         if same && self.already_running(offer) {
             // A server that did not hear the end of this attempt offers it again: the
             // answer is how it ended, not a second download.
-            self.reported = None;
+            self.start.retained.reported = None;
             self.report();
             return;
         }
@@ -332,7 +332,7 @@ impl<'k> Conversation<'k> {
         match accepted {
             Ok(()) => {
                 self.own_result = None;
-                self.reported = None;
+                self.start.retained.reported = None;
                 self.start.retained.fault = None;
                 self.window = offer.window.clamp(1, MAX_WINDOW as u8);
                 self.in_flight = [None; MAX_WINDOW];
@@ -508,8 +508,8 @@ impl<'k> Conversation<'k> {
             return;
         }
         if let Some(r) = self.result() {
-            if self.reported != Some((r.attempt, r.outcome)) {
-                self.reported = Some((r.attempt, r.outcome));
+            if self.start.retained.reported != Some((r.attempt, r.outcome)) {
+                self.start.retained.reported = Some((r.attempt, r.outcome));
                 self.push(Pending::Result(r));
             }
         }

@@ -430,7 +430,6 @@ fn test_boots_confirm_on_reaching_the_server_or_roll_back_with_the_reason() {
         let expected = if healthy { (BootReason::Normal, true) } else { (BootReason::TestBoot, false) };
         assert_eq!((d.boot_reason, d.confirmed), expected, "{behaviour:?}");
         let Some(fault) = fault else { continue };
-        drop(c);
         // The application fails its test boots until the boot manager rolls back.
         let cause = if fault == AppFault::Panicked { ResetCause::Panic } else { ResetCause::Watchdog };
         let retained = Retained { fault: Some(fault), ..Retained::default() };

@@ -32,11 +32,11 @@ fn capacity_is_the_smaller_of_exchange_and_markers() {
     check(&WIDE_WRITES, 128 * KIB);
 }
 
-fn offer(
-    dev: &SimDevice,
-    documents: &[&[u8]],
-    selection: &[[u8; 32]],
-) -> Result<(u8, Vec<ModuleFunction>), OfferError> {
+/// How many modules an offer staged and which, in staging order; or why it was refused.
+type Staged = Result<(u8, Vec<ModuleFunction>), OfferError>;
+
+/// Offers `documents` with `selection` as attempt 7 to a fresh agent on `dev`.
+fn offer(dev: &SimDevice, documents: &[&[u8]], selection: &[[u8; 32]]) -> Staged {
     let keys = dev.keys.clone();
     let mut s = dev.storage();
     let mut agent = Agent::load(&mut s, dev.profile, &keys).expect("provisioned");
@@ -96,7 +96,7 @@ fn offers_stage_the_modules_they_select() {
     let [boot, radio, sys, app] = [&m[0], &m[1], &m[2], &m[3]];
     let h = |i: &Image| i.entry.sha256;
     let unknown = module(&NRF52840, UserPart, 1, 3, &[], 4000);
-    let cases: &[(&str, Vec<[u8; 32]>, Result<(u8, Vec<ModuleFunction>), OfferError>)] = &[
+    let cases: &[(&str, Vec<[u8; 32]>, Staged)] = &[
         ("empty: all, signed order", vec![], Ok((4, vec![Bootloader, RadioStack, SystemPart, UserPart]))),
         (
             "all, signed order",

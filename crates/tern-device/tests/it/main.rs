@@ -3,5 +3,6 @@
 //! server (`conversation`).
 
 mod conversation;
+mod end_to_end;
 mod offers;
 mod support;

@@ -166,6 +166,13 @@ fn subset_offer_resumes_after_reset_and_installs_only_the_subset() {
     let n = agent.missing_blocks(&mut s, &mut out).unwrap();
     let missing: Vec<(u8, u32)> = out[..n].iter().map(|r| (r.module, r.offset / BLOCK_SIZE)).collect();
     assert_eq!(missing, vec![(0, 0), (0, 1), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2), (1, 3), (1, 4)]);
+    // The same stage under another attempt id (a server that restarted the attempt) keeps
+    // the blocks and records the new id.
+    let renamed = OfferScope { attempt: Some(42), ..scope };
+    assert!(agent.handle_offer_scoped(&mut s, [signed.as_slice()], renamed).unwrap().resumed);
+    let mut agent = Agent::load(&mut s, p, &keys).unwrap();
+    assert_eq!(agent.state().attempt, Some(42));
+    assert_eq!(agent.missing_blocks(&mut s, &mut out).unwrap(), missing.len());
     for (module, k) in missing {
         let image = if module == 0 { sys } else { radio };
         agent.handle_block(&mut s, block(image, module, k)).unwrap();

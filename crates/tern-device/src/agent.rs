@@ -28,6 +28,7 @@
 use ed25519_dalek::VerifyingKey;
 use tern_image::manifest::{self, Kind, ModuleEntry, SignedDocument};
 use tern_image::model::{Dependency, ModuleFunction};
+use tern_proto::Capacity;
 
 use crate::block::{Block, BLOCK_SIZE};
 use crate::profile::{Profile, MAX_SLOTS};
@@ -72,6 +73,8 @@ pub enum OfferError {
     /// together with other documents, or module statements for different platforms or
     /// products.
     MixedDocuments,
+    /// The offer selects a module (by SHA-256) that no signed document lists.
+    UnsignedModule,
     /// A dependency can never be satisfied on this device by this update.
     UnsatisfiableDependency(Dependency),
     /// An install is staged or in progress; reboot first.
@@ -111,6 +114,17 @@ impl From<FlashError> for BlockError {
     fn from(e: FlashError) -> Self {
         BlockError::Flash(e)
     }
+}
+
+/// How an offer names what it is for, beyond its signed documents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OfferScope<'a> {
+    /// The attempt the offer belongs to, recorded in the state record together with the
+    /// accepted offer (so the attempt the device reports always matches its flash).
+    pub attempt: Option<u64>,
+    /// Which of the signed documents' modules to stage, by SHA-256, in install order.
+    /// Empty: every module the documents list, in their order.
+    pub modules: &'a [[u8; 32]],
 }
 
 /// What an accepted offer looks like to the sender.
@@ -159,6 +173,39 @@ fn blocks_of(size: u32) -> u32 {
     size.div_ceil(BLOCK_SIZE)
 }
 
+/// What one offer can stage on `profile` (see [`Agent::capacity`]).
+pub fn capacity(profile: &Profile) -> Capacity {
+    let ws = profile.device(profile.progress.dev).map_or(u32::MAX, |d| d.write_size);
+    let marker_blocks = profile.progress.size / MARKER_UNITS.saturating_mul(ws).max(1);
+    let exchange_blocks = profile.exchange.size / BLOCK_SIZE;
+    Capacity {
+        staging_bytes: marker_blocks.min(exchange_blocks).saturating_mul(BLOCK_SIZE),
+        max_modules: MAX_UPDATE_MODULES as u8,
+        block_size: BLOCK_SIZE,
+    }
+}
+
+/// Picks the staged entries out of every `signed` one: those `selection` names by hash,
+/// in its order; all of them when the selection is empty. Returns how many were written
+/// to `out`.
+fn select(
+    signed: &[Option<ModuleEntry>],
+    selection: &[[u8; 32]],
+    out: &mut [Option<ModuleEntry>; MAX_UPDATE_MODULES],
+) -> Result<usize, OfferError> {
+    if selection.is_empty() {
+        for (i, entry) in signed.iter().enumerate() {
+            *out.get_mut(i).ok_or(OfferError::TooManyModules)? = *entry;
+        }
+        return Ok(signed.len());
+    }
+    for (i, hash) in selection.iter().enumerate() {
+        let entry = signed.iter().flatten().find(|e| &e.sha256 == hash).ok_or(OfferError::UnsignedModule)?;
+        *out.get_mut(i).ok_or(OfferError::TooManyModules)? = Some(*entry);
+    }
+    Ok(selection.len())
+}
+
 impl<'k> Agent<'k> {
     /// Loads the state and finishes an offer acceptance that a reset interrupted.
     pub fn load<S: Storage>(s: &mut S, profile: &'static Profile, keys: &'k [VerifyingKey]) -> Result<Self, LoadError> {
@@ -182,6 +229,11 @@ impl<'k> Agent<'k> {
     /// The current device state (what is installed, staged, on test).
     pub fn state(&self) -> &DeviceState {
         &self.stored.state
+    }
+
+    /// The platform profile the agent runs on.
+    pub fn profile(&self) -> &'static Profile {
+        self.profile
     }
 
     fn total_blocks(&self) -> u32 {
@@ -234,6 +286,13 @@ impl<'k> Agent<'k> {
         Ok(n)
     }
 
+    /// What one offer can stage on this profile: the module bytes (each rounded up to
+    /// [`BLOCK_SIZE`]) that fit both the exchange area and the progress markers, and the
+    /// most modules. [`Agent::handle_offer_documents`] refuses exactly what exceeds it.
+    pub fn capacity(&self) -> Capacity {
+        capacity(self.profile)
+    }
+
     /// Step 1 of an update: an offer of one signed document (a release manifest or a
     /// module statement). See [`Agent::handle_offer_documents`].
     pub fn handle_offer<S: Storage>(&mut self, s: &mut S, signed: &[u8]) -> Result<OfferAccepted, OfferError> {
@@ -242,25 +301,42 @@ impl<'k> Agent<'k> {
 
     /// Step 1 of an update: an offer of signed documents — one release manifest, or one
     /// module statement per module (a server composes those from its catalog without
-    /// holding any key). The modules are installed in the order the documents list them.
-    ///
-    /// Checks, in order: every document signed by a trusted key and all of one kind,
-    /// platform and product, platform, security counter (the highest of the documents),
-    /// that every module has a slot at its start address and fits, that dependencies can
-    /// be satisfied, and that the update fits the exchange area. Then records the offer
-    /// and erases the staging and progress areas. An offer identical to the one in
-    /// progress resumes it. This is a fuzz entry point (any bytes as documents).
+    /// holding any key) — staging every module they list, in their order. See
+    /// [`Agent::handle_offer_scoped`].
     pub fn handle_offer_documents<'d, S: Storage>(
         &mut self,
         s: &mut S,
         documents: impl IntoIterator<Item = &'d [u8]>,
     ) -> Result<OfferAccepted, OfferError> {
+        self.handle_offer_scoped(s, documents, OfferScope::default())
+    }
+
+    /// Step 1 of an update: an offer of signed documents, staging the modules
+    /// `scope.modules` selects (all when it is empty or lists every module in order), in
+    /// the selection's order: a server sends only what the device does not already run,
+    /// and splits a release that does not fit into several offers.
+    ///
+    /// Checks, in order: every document signed by a trusted key and all of one kind,
+    /// platform and product, every selected module listed by a signed document,
+    /// platform, security counter (the highest of the documents), that every staged
+    /// module has a slot at its start address and fits, that dependencies can be
+    /// satisfied after the stage, and that the stage fits [`Agent::capacity`]. Then
+    /// records the offer (with `scope.attempt`) and erases the staging and progress
+    /// areas. An offer identical to the one in progress resumes it. This is a fuzz entry
+    /// point (any bytes as documents).
+    pub fn handle_offer_scoped<'d, S: Storage>(
+        &mut self,
+        s: &mut S,
+        documents: impl IntoIterator<Item = &'d [u8]>,
+        scope: OfferScope<'_>,
+    ) -> Result<OfferAccepted, OfferError> {
         let st = &self.stored.state;
         if st.job.is_some() || st.phase == UpdatePhase::Staged {
             return Err(OfferError::Busy);
         }
-        let mut entries = [None; MAX_UPDATE_MODULES];
-        let mut count = 0usize;
+        // Every module the documents sign, before the selection.
+        let mut signed = [None; manifest::MAX_MODULES];
+        let mut signed_count = 0usize;
         let mut first: Option<(Kind, u16, u32)> = None;
         let mut security_counter = 0u64;
         for document in documents {
@@ -276,11 +352,14 @@ impl<'k> Agent<'k> {
             }
             security_counter = security_counter.max(manifest.security_counter);
             for entry in manifest.modules() {
-                *entries.get_mut(count).ok_or(OfferError::TooManyModules)? = Some(*entry);
-                count += 1;
+                *signed.get_mut(signed_count).ok_or(OfferError::TooManyModules)? = Some(*entry);
+                signed_count += 1;
             }
         }
         let Some((_, platform_id, _)) = first else { return Err(OfferError::MixedDocuments) };
+        let signed = &signed[..signed_count];
+        let mut entries = [None; MAX_UPDATE_MODULES];
+        let count = select(signed, scope.modules, &mut entries)?;
         if platform_id != self.profile.platform_id {
             return Err(OfferError::WrongPlatform { device: self.profile.platform_id, offer: platform_id });
         }
@@ -291,7 +370,7 @@ impl<'k> Agent<'k> {
             return Err(OfferError::TooManyModules);
         }
         let mut staged = [None; MAX_UPDATE_MODULES];
-        let ex = self.profile.exchange;
+        let capacity = self.capacity();
         let mut next = 0u32;
         let mut total_bytes = 0u32;
         for (i, entry) in entries.iter().flatten().enumerate() {
@@ -300,7 +379,7 @@ impl<'k> Agent<'k> {
                 return Err(OfferError::TooManyModules);
             }
             let end = next.checked_add(entry.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE).ok_or(OfferError::TooLarge)?;
-            if end > ex.size {
+            if end > capacity.staging_bytes {
                 return Err(OfferError::TooLarge);
             }
             staged[i] = Some(StagedModule { slot: slot as u8, offset: next, module: ModuleRecord::from_entry(entry) });
@@ -309,13 +388,14 @@ impl<'k> Agent<'k> {
         }
         self.check_dependencies(&staged)?;
         let count = count as u8;
-        let blocks: u32 = staged.iter().flatten().map(|m| blocks_of(m.module.size)).sum();
-        let ws = self.profile.devices[self.profile.progress.dev as usize].write_size;
-        if blocks * MARKER_UNITS * ws > self.profile.progress.size {
-            return Err(OfferError::TooLarge);
-        }
         let same = st.phase == UpdatePhase::Receiving && st.staged_count == count && st.staged == staged;
         if same {
+            if st.attempt != scope.attempt {
+                // The same modules under another attempt id (a server that restarted the
+                // attempt): keep the blocks, record the attempt now being worked on.
+                self.stored.state.attempt = scope.attempt;
+                self.stored.save(s, self.profile)?;
+            }
             return Ok(OfferAccepted { modules: count, bytes: total_bytes, resumed: true });
         }
         let st = &mut self.stored.state;
@@ -327,6 +407,7 @@ impl<'k> Agent<'k> {
         st.staged = staged;
         st.staged_count = count;
         st.update_counter = security_counter;
+        st.attempt = scope.attempt;
         // The staging area about to be erased may hold the rollback copies.
         st.rollback = [None; MAX_SLOTS];
         st.last_result = UpdateResult::None;

@@ -1,10 +1,14 @@
-//! Tern's device side: the update agent and the boot manager.
+//! Tern's device side: the update agent, the boot manager and the device's protocol
+//! conversation with the server.
 //!
 //! `no_std`, no allocation, no `unsafe`; flash only through `embedded-storage`'s
 //! [`NorFlash`](embedded_storage::nor_flash::NorFlash) (see [`storage`]). The core is
 //! sans-IO: it performs no IO besides flash and reads no clock. The caller feeds it events
 //! (an offer, a block, a confirmation, a reset cause) and acts on what it returns (blocks
-//! to request, what to boot, which watchdog to arm).
+//! to request, what to boot, which watchdog to arm). [`conversation::Conversation`] wraps
+//! the agent in the whole `tern-proto` conversation (Describe, windowed block requests
+//! and their retries, progress, results with reasons, commands), so a port only carries
+//! messages, gives it the time and resets when it says.
 //!
 //! # One update, from offer to confirmation
 //!
@@ -31,6 +35,7 @@
 pub mod agent;
 pub mod block;
 pub mod boot;
+pub mod conversation;
 pub mod profile;
 pub mod state;
 pub mod storage;
@@ -38,5 +43,6 @@ pub mod storage;
 pub use agent::{Agent, BlockError, BlockOutcome, BlockRequest, OfferAccepted, OfferError};
 pub use block::{Block, BLOCK_SIZE};
 pub use boot::{boot, BootDecision, BootError, ResetCause, Run, SafeModeReason};
+pub use conversation::{Conversation, ConversationConfig, PlatformAction, Retained, Start};
 pub use profile::{Profile, NRF52840, STM32F2};
 pub use state::{DeviceState, UpdateResult};

@@ -9,7 +9,10 @@
 //! layout version and CRC all correct) with the highest sequence wins. A power cut during
 //! the erase or the program leaves the other bank — the previous state — intact, so every
 //! state change is atomic. This record is also the install journal: each completed copy
-//! step is recorded by writing the next step number.
+//! step is recorded by writing the next step number. It also names the server's attempt
+//! the staged or last update belongs to, written in the same record as the offer, so the
+//! attempt a device reports can never disagree with what its flash holds. (Records
+//! written before the attempt id existed have flag bit 2 clear: no attempt.)
 //!
 //! # Record layout (little-endian, [`RECORD_LEN`] bytes)
 //!
@@ -28,14 +31,15 @@
 //! | 32 | 1 | boot state: 0 confirmed, 1 testing, 2 application disabled |
 //! | 33 | 1 | testing: origin (0 update, 1 rollback, 2 factory); disabled: reason |
 //! | 34 | 1 | testing: boots so far; confirmed: consecutive fault resets |
-//! | 35 | 1 | flags: bit 0 factory restore requested, bit 1 safe mode requested for the next boot |
+//! | 35 | 1 | flags: bit 0 factory restore requested, bit 1 safe mode requested for the next boot, bit 2 attempt id present |
 //! | 36 | 1 | result of the last update attempt ([`UpdateResult`] code) |
 //! | 37 | 3 | reserved, 0 |
 //! | 40 | 6 × 68 | installed module per slot (module record) |
 //! | 448 | 6 × 72 | rollback copy per slot: module record, then its offset in the exchange area (u32) |
 //! | 880 | 68 | factory image (module record) |
 //! | 948 | 4 × 76 | staged modules: slot (u8), 3 reserved, offset in the exchange area (u32), module record |
-//! | 1252 | 792 | reserved, 0 |
+//! | 1252 | 8 | attempt id of the last accepted offer (valid when flag bit 2 is set) |
+//! | 1260 | 784 | reserved, 0 |
 //! | 2044 | 4 | CRC-32 (ISO-HDLC) of bytes 0..2044 |
 //!
 //! Module record (68 bytes); function 0 marks an empty entry:
@@ -66,6 +70,8 @@ pub const RECORD_LEN: usize = 2048;
 /// The most modules one update may carry.
 pub const MAX_UPDATE_MODULES: usize = 4;
 const MODULE_RECORD_LEN: usize = 68;
+/// Offset of the attempt id in the record.
+const ATTEMPT_AT: usize = 1252;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// What the device knows about one module: enough to verify it and check dependencies.
@@ -290,6 +296,9 @@ pub struct DeviceState {
     pub safe_mode_requested: bool,
     /// Result of the last update attempt.
     pub last_result: UpdateResult,
+    /// The server's attempt id of the last accepted offer (what is staged, installed or
+    /// was last tried), if the offer carried one.
+    pub attempt: Option<u64>,
 }
 
 /// Why a state record could not be decoded.
@@ -325,6 +334,7 @@ impl DeviceState {
             factory_requested: false,
             safe_mode_requested: false,
             last_result: UpdateResult::None,
+            attempt: None,
         }
     }
 
@@ -380,7 +390,10 @@ impl DeviceState {
         out[32] = kind;
         out[33] = detail;
         out[34] = count;
-        out[35] = u8::from(self.factory_requested) | u8::from(self.safe_mode_requested) << 1;
+        out[35] = u8::from(self.factory_requested)
+            | u8::from(self.safe_mode_requested) << 1
+            | u8::from(self.attempt.is_some()) << 2;
+        out[ATTEMPT_AT..ATTEMPT_AT + 8].copy_from_slice(&self.attempt.unwrap_or(0).to_le_bytes());
         out[36] = self.last_result.code();
         for (i, m) in self.installed.iter().enumerate() {
             encode_module(m.as_ref(), &mut out[40 + i * 68..][..MODULE_RECORD_LEN]);
@@ -490,6 +503,10 @@ impl DeviceState {
             factory_requested: rec[35] & 1 != 0,
             safe_mode_requested: rec[35] & 2 != 0,
             last_result,
+            attempt: (rec[35] & 4 != 0)
+                .then(|| rec[ATTEMPT_AT..ATTEMPT_AT + 8].try_into().map(u64::from_le_bytes))
+                .transpose()
+                .map_err(|_| RecordError::Truncated)?,
         })
     }
 }
@@ -681,6 +698,7 @@ mod tests {
         st.factory_requested = true;
         st.safe_mode_requested = true;
         st.last_result = UpdateResult::RolledBackFaults;
+        st.attempt = Some(0x0102_0304_0506_0708);
         st
     }
 
@@ -704,6 +722,22 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(DeviceState::decode(&bad).is_err(), "flipped byte {i} accepted");
         }
+    }
+
+    /// A record written before the attempt id existed (reserved bytes zero) reads as no
+    /// attempt; attempt id 0 is kept apart from none by its flag.
+    #[test]
+    fn attempt_id_is_optional() {
+        let mut buf = [0u8; RECORD_LEN];
+        let mut st = populated();
+        st.attempt = None;
+        st.encode(&mut buf);
+        assert_eq!(buf[35] & 4, 0);
+        assert!(buf[ATTEMPT_AT..ATTEMPT_AT + 8].iter().all(|&b| b == 0), "an absent id leaves the bytes reserved");
+        assert_eq!(DeviceState::decode(&buf).map(|s| s.attempt), Ok(None));
+        st.attempt = Some(0);
+        st.encode(&mut buf);
+        assert_eq!(DeviceState::decode(&buf).map(|s| s.attempt), Ok(Some(0)));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! server's gateway over a [`Link`] — the real [`MqttLink`], optionally wrapped in a seeded
 //! [`FaultyLink`] that loses, duplicates and reorders messages.
 //!
-//! What the device does, in protocol terms (`docs/protocol.md`):
+//! What the device does, in protocol terms (`docs/protocol.md`) — all of it decided by
+//! `tern-device`'s sans-IO [`Conversation`](tern_device::Conversation), which the runtime
+//! only pumps:
 //!
 //! - **Describe** on every connection and after every boot: the modules the device's state
 //!   record lists as installed, the boot reason, and the result of the last attempt;
-//! - **UpdateOffer** → [`Agent::handle_offer`](tern_device::Agent::handle_offer); a refusal
+//! - **UpdateOffer** → [`Agent::handle_offer_scoped`](tern_device::Agent::handle_offer_scoped); a refusal
 //!   becomes a Result `failed` with its reason;
 //! - **BlockRequest**s for what [`Agent::missing_blocks`](tern_device::Agent::missing_blocks)
 //!   says is missing, at most `window` in flight, re-asked after a timeout; after a reset
@@ -20,8 +22,8 @@
 //! - **Result** when an attempt ends (confirmed, rolled back with the reason, failed,
 //!   cancelled); **commands** reboot, safe mode, factory restore and cancel.
 //!
-//! With a state directory the flash and the current attempt id are saved, so a simulated
-//! device survives restarts of its process.
+//! With a state directory the flash is saved (its state record holds the attempt id), so a
+//! simulated device survives restarts of its process.
 #![forbid(unsafe_code)]
 
 pub mod link;

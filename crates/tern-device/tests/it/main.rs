@@ -1,0 +1,8 @@
+//! Tests of the device crate on `tern-sim`'s flash model: what one offer can stage and
+//! which of its signed modules it stages (`offers`), and the sans-IO conversation with the
+//! server (`conversation`).
+
+mod conversation;
+mod end_to_end;
+mod offers;
+mod support;

@@ -430,6 +430,12 @@ fn add_release(
             }
             None => {}
         }
+        // A downgrade is refused whether or not the catalog has the release.
+        if let Some(old) = installed.iter().find(|i| i.slot == slot && i.version > version) {
+            if !options.allow_downgrade {
+                return Err(Error::Downgrade { slot, installed: old.version, planned: version });
+            }
+        }
         let module = catalog
             .iter()
             .find(|c| c.slot == slot && c.version == version)

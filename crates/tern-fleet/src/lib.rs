@@ -24,6 +24,7 @@
 //! device survives restarts of its process.
 #![forbid(unsafe_code)]
 
+pub mod device_os;
 pub mod link;
 pub mod provision;
 pub mod runtime;

@@ -42,8 +42,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
     /// Run real Device OS modules from this firmware corpus (its particle/releases
-    /// directory) instead of the synthetic Device OS Tern makes [env: TERN_CORPUS]
-    #[arg(long)]
+    /// directory) instead of the synthetic Device OS Tern makes
+    #[arg(long, env = "TERN_CORPUS")]
     corpus: Option<PathBuf>,
 }
 
@@ -95,8 +95,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let photon = profile("photon", "stm32f2")?;
     let argon = profile("argon", "nrf52840")?;
-    let corpus = args.corpus.clone().or_else(|| std::env::var_os("TERN_CORPUS").map(PathBuf::from));
-    let firmware = match &corpus {
+    let firmware = match &args.corpus {
         Some(dir) => corpus_firmware(dir, photon, argon)?,
         None => generated_firmware(photon, argon)?,
     };

@@ -242,12 +242,14 @@ mod tests {
         bytes
     }
 
+    /// (what, function, index, prefix offset, flags, dependencies, product)
+    type Case<'a> = (&'a str, ModuleFunction, u8, usize, u8, &'a [Dependency], Option<(u16, u16)>);
+
     #[test]
     fn each_kind_of_module_reads_back_as_written() {
         let code: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         let both = [DEP_PART1, DEP_BOOT];
-        // (what, function, index, prefix offset, flags, dependencies, product)
-        let cases: [(&str, ModuleFunction, u8, usize, u8, &[Dependency], Option<(u16, u16)>); 6] = [
+        let cases: [Case<'_>; 6] = [
             ("Gen 2 bootloader", ModuleFunction::Bootloader, 0, 0x184, 0, &[], Some((0xffff, 0xffff))),
             ("Gen 2 system part", ModuleFunction::SystemPart, 2, 0x184, 0, &both, Some((0xffff, 0xffff))),
             ("Gen 3 system part", ModuleFunction::SystemPart, 1, 0x200, 0, &both[1..], Some((0xffff, 0xffff))),

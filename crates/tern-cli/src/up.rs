@@ -3,9 +3,13 @@
 //! server plans and sends by itself (missing system parts in order), an automatic rollback
 //! of a bad application, and a cellular update whose plan and cost are shown before it is
 //! sent. Every plan is made by the server from its catalog. Then it keeps serving.
+//!
+//! The Device OS modules are Particle modules Tern makes itself (`tern_fleet::device_os`),
+//! or, with `--corpus DIR` or `$TERN_CORPUS`, real Device OS releases from that corpus. The
+//! applications are Particle modules made for the demo in both cases.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -15,7 +19,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
-use tern_fleet::{provision, MqttLink, MqttTarget, Settings, SimRuntime};
+use tern_device::Profile;
+use tern_fleet::{device_os, provision, MqttLink, MqttTarget, Settings, SimRuntime};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
@@ -36,8 +41,9 @@ pub struct UpArgs {
     /// MQTT gateway address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
-    /// The firmware corpus (default: $TERN_CORPUS, else ../shared/corpus).
-    #[arg(long)]
+    /// Run real Device OS modules from this firmware corpus (its particle/releases
+    /// directory) instead of the synthetic Device OS Tern makes
+    #[arg(long, env = "TERN_CORPUS")]
     corpus: Option<PathBuf>,
 }
 
@@ -87,15 +93,12 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     if !args.demo {
         bail!("tern up: only --demo exists so far (for the server alone: tern server)");
     }
-    let corpus = args
-        .corpus
-        .clone()
-        .or_else(|| std::env::var_os("TERN_CORPUS").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("../shared/corpus"));
-    let rel = corpus.join("particle/releases");
-    if !rel.is_dir() {
-        bail!("{}: the firmware corpus is missing (pass --corpus DIR)", rel.display());
-    }
+    let photon = profile("photon", "stm32f2")?;
+    let argon = profile("argon", "nrf52840")?;
+    let firmware = match &args.corpus {
+        Some(dir) => corpus_firmware(dir, photon, argon)?,
+        None => generated_firmware(photon, argon)?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The release key the simulated devices trust; kept in the data directory so that
     // statements in the catalog stay valid when the demo runs again. The server trusts its
@@ -130,45 +133,17 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 
     let demo_start = tern_server::auth::now_millis();
 
-    // The catalog: real Device OS modules, each with a statement signed by that key.
-    let catalog_files = [
-        "argon-softdevice@4.1.0.bin",
-        "argon-bootloader@4.0.2.bin",
-        "argon-bootloader@4.1.0.bin",
-        "argon-system-part1@4.0.1.bin",
-        "argon-system-part1@4.1.0.bin",
-        "photon-system-part1@2.3.1.bin",
-        "photon-system-part2@2.3.0.bin",
-    ];
-    for f in catalog_files {
-        let platform = if f.starts_with("argon") { 12 } else { 6 };
-        let image = tern_sim::corpus::module(&rel.join(f), platform).map_err(anyhow::Error::msg)?;
-        upload_signed(&api, &key, platform, &image, f)?;
+    println!("tern up: firmware: {}", firmware.label);
+    // The catalog: Device OS modules, each with a statement signed by that key.
+    for (platform, image) in &firmware.catalog {
+        upload_signed(&api, &key, *platform, image, &image.name)?;
     }
-    println!("tern up: uploaded {} corpus modules with signed statements to the catalog", catalog_files.len());
+    println!("tern up: uploaded {} Device OS modules with signed statements to the catalog", firmware.catalog.len());
 
-    let version = |f: &str, p: u16| {
-        tern_sim::corpus::module(&rel.join(f), p).map(|i| i.entry.version).map_err(anyhow::Error::msg)
-    };
-    let photon_sys = Dependency {
-        function: ModuleFunction::SystemPart,
-        index: 2,
-        version: version("photon-system-part2@2.3.0.bin", 6)?,
-    };
-    let argon_new = Dependency {
-        function: ModuleFunction::SystemPart,
-        index: 1,
-        version: version("argon-system-part1@4.1.0.bin", 12)?,
-    };
-    let argon_old = Dependency {
-        function: ModuleFunction::SystemPart,
-        index: 1,
-        version: version("argon-system-part1@4.0.1.bin", 12)?,
-    };
-    let photon = &tern_device::STM32F2;
-    let argon = &tern_device::NRF52840;
-    let papp = |v, b| Image::synthetic(photon, ModuleFunction::UserPart, 1, v, &[photon_sys], b, 8 * 1024);
-    let aapp = |v, dep| Image::synthetic(argon, ModuleFunction::UserPart, 1, v, &[dep], Behaviour::Healthy, 6 * 1024);
+    let photon_sys = firmware.photon_app_needs;
+    let (argon_old, argon_new) = (firmware.argon_app_needs_old, firmware.argon_app_needs_new);
+    let papp = |v, b| app(photon, v, photon_sys, b, 8 * 1024);
+    let aapp = |v, dep| app(argon, v, dep, Behaviour::Healthy, 6 * 1024);
 
     // The fleet: two Photons on Wi-Fi running application 1; argon-1 on Wi-Fi whose
     // application needs a newer system part than it has (it boots safe mode); argon-2 on
@@ -198,29 +173,24 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             device: id.to_string(),
             secret,
         };
-        let (corpus, keys, stop) = (corpus.clone(), vec![key.verifying_key()], stop.clone());
+        let (keys, stop) = (vec![key.verifying_key()], stop.clone());
         let id = id.to_owned();
         let (app, factory) = match id.as_str() {
-            "argon-1" => (aapp(1, argon_new), aapp(0, argon_new)),
-            "argon-2" => (aapp(1, argon_old), aapp(0, argon_old)),
-            _ => (papp(1, Behaviour::Healthy), papp(0, Behaviour::Healthy)),
+            "argon-1" => (aapp(1, argon_new)?, aapp(0, argon_new)?),
+            "argon-2" => (aapp(1, argon_old)?, aapp(0, argon_old)?),
+            _ => (papp(1, Behaviour::Healthy)?, papp(0, Behaviour::Healthy)?),
         };
-        std::thread::spawn(move || {
-            let device = if id.starts_with("photon") {
-                provision::corpus_photon(keys, &corpus, "2.3.0", app, factory)
-            } else {
-                provision::corpus_argon(keys, &corpus, "4.0.1", app, factory)
-            };
-            match device {
-                Ok((device, _)) => {
-                    let settings = Settings { describe_every: Duration::from_secs(5), ..Settings::default() };
-                    let mut rt = SimRuntime::new(device, settings);
-                    if let Err(e) = rt.run(&mut MqttLink::new(&target), &stop) {
-                        eprintln!("{id}: {e}");
-                    }
+        let (profile, system) =
+            if id.starts_with("photon") { (photon, firmware.photon.clone()) } else { (argon, firmware.argon.clone()) };
+        std::thread::spawn(move || match provision::with_images(profile, keys, &system, app, factory) {
+            Ok(device) => {
+                let settings = Settings { describe_every: Duration::from_secs(5), ..Settings::default() };
+                let mut rt = SimRuntime::new(device, settings);
+                if let Err(e) = rt.run(&mut MqttLink::new(&target), &stop) {
+                    eprintln!("{id}: {e}");
                 }
-                Err(e) => eprintln!("{id}: {e}"),
             }
+            Err(e) => eprintln!("{id}: {e}"),
         });
     }
     for (id, _, _) in fleet {
@@ -235,7 +205,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 
     // 1. A confirmed application update.
     println!("\n== 1. application update on photon-1 ==");
-    let v2 = upload_signed(&api, &key, 6, &papp(2, Behaviour::Healthy), "photon-app-v2.bin")?;
+    let v2 = upload_image(&api, &key, photon, &papp(2, Behaviour::Healthy)?)?;
     let plan = make_plan(&api, "photon-1", &[v2])?;
     follow(&api, &start_plan(&api, &plan, false)?)?;
 
@@ -280,7 +250,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 
     // 3. An automatic rollback.
     println!("\n== 3. a bad application (panics at boot) on photon-2 ==");
-    let bad = upload_signed(&api, &key, 6, &papp(3, Behaviour::Panic), "photon-app-v3-panics.bin")?;
+    let bad = upload_image(&api, &key, photon, &papp(3, Behaviour::Panic)?)?;
     let plan = make_plan(&api, "photon-2", &[bad])?;
     follow(&api, &start_plan(&api, &plan, false)?)?;
     let d = api.get("/api/devices/photon-2")?;
@@ -293,7 +263,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     // 4. A cellular device: the plan heals what the new application needs, and its cost
     // is confirmed before anything is sent.
     println!("\n== 4. application needing a newer system part on argon-2 (cellular) ==");
-    let app2 = upload_signed(&api, &key, 12, &aapp(2, argon_new), "argon-app-v2.bin")?;
+    let app2 = upload_image(&api, &key, argon, &aapp(2, argon_new)?)?;
     let plan = make_plan(&api, "argon-2", &[app2])?;
     println!(
         "argon-2 is cellular: an operator confirms the {} bytes (`tern flash` asks them to type it); the demo confirms",
@@ -311,6 +281,116 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The profile Particle's platform `name` has, or the generic profile `alias` where the
+/// platform names are not known yet.
+fn profile(name: &str, alias: &str) -> Result<&'static Profile> {
+    tern_device::profile::by_name(name)
+        .or_else(|| tern_device::profile::by_name(alias))
+        .ok_or_else(|| anyhow!("no device profile named {name} or {alias}"))
+}
+
+/// The Device OS the demo runs: what goes in the catalog, what the devices leave the
+/// factory with, and the system parts the applications need.
+struct Firmware {
+    /// Which firmware this is, said once at the start.
+    label: String,
+    /// Modules for the catalog, with their platform ids.
+    catalog: Vec<(u16, Image)>,
+    /// Installed on the Photons (bootloader, system parts), in install order.
+    photon: Vec<Image>,
+    /// Installed on the Argons (radio stack, bootloader, system part), in install order.
+    argon: Vec<Image>,
+    /// What the Photons' applications need (the installed system part 2).
+    photon_app_needs: Dependency,
+    /// What an Argon application built for the installed Device OS needs.
+    argon_app_needs_old: Dependency,
+    /// What an Argon application built for the newer Device OS needs (in the catalog, not
+    /// installed).
+    argon_app_needs_new: Dependency,
+}
+
+/// The synthetic Device OS: both releases of each platform in the catalog, the older one
+/// installed.
+fn generated_firmware(photon: &'static Profile, argon: &'static Profile) -> Result<Firmware> {
+    let photon_releases = device_os::releases(photon).map_err(anyhow::Error::msg)?;
+    let argon_releases = device_os::releases(argon).map_err(anyhow::Error::msg)?;
+    let (old, new) = (&argon_releases[0], &argon_releases[argon_releases.len() - 1]);
+    let needs =
+        |r: &device_os::Release| r.application_dependency().ok_or_else(|| anyhow!("{}: no system part", r.name));
+    let mut catalog: Vec<(u16, Image)> = Vec::new();
+    for (profile, releases) in [(photon, &photon_releases), (argon, &argon_releases)] {
+        for image in releases.iter().flat_map(|r| &r.modules) {
+            if !catalog.iter().any(|(_, known)| known.entry.sha256 == image.entry.sha256) {
+                catalog.push((profile.platform_id, image.clone()));
+            }
+        }
+    }
+    Ok(Firmware {
+        label: format!(
+            "synthetic Device OS {} and {} made by Tern (Particle-format modules at the real addresses; \
+             tern up --demo --corpus DIR runs real Device OS modules instead)",
+            old.name, new.name
+        ),
+        catalog,
+        photon: photon_releases[0].modules.clone(),
+        argon: old.modules.clone(),
+        photon_app_needs: needs(&photon_releases[0])?,
+        argon_app_needs_old: needs(old)?,
+        argon_app_needs_new: needs(new)?,
+    })
+}
+
+/// Real Device OS modules from the corpus: Photons run bootloader 2.3.1, system part 1
+/// 2.3.1 and part 2 2.3.0; Argons SoftDevice 4.1.0, bootloader 4.0.2 and system part 1
+/// 4.0.1; the catalog adds Argon's 4.1.0 bootloader and system part.
+fn corpus_firmware(dir: &Path, photon: &'static Profile, argon: &'static Profile) -> Result<Firmware> {
+    let rel = dir.join("particle/releases");
+    if !rel.is_dir() {
+        bail!("{}: not a firmware corpus (no particle/releases directory)", dir.display());
+    }
+    let load = |f: &str, p: &Profile| tern_sim::corpus::module(&rel.join(f), p.platform_id).map_err(anyhow::Error::msg);
+    let photon_set: Vec<Image> =
+        ["photon-bootloader@2.3.1+lto.bin", "photon-system-part1@2.3.1.bin", "photon-system-part2@2.3.0.bin"]
+            .iter()
+            .map(|f| load(f, photon))
+            .collect::<Result<_>>()?;
+    let argon_set: Vec<Image> =
+        ["argon-softdevice@4.1.0.bin", "argon-bootloader@4.0.2.bin", "argon-system-part1@4.0.1.bin"]
+            .iter()
+            .map(|f| load(f, argon))
+            .collect::<Result<_>>()?;
+    let argon_boot = load("argon-bootloader@4.1.0.bin", argon)?;
+    let argon_part1 = load("argon-system-part1@4.1.0.bin", argon)?;
+    let part = |image: &Image| Dependency {
+        function: ModuleFunction::SystemPart,
+        index: image.entry.index,
+        version: image.entry.version,
+    };
+    let mut catalog: Vec<(u16, Image)> = argon_set.iter().map(|i| (argon.platform_id, i.clone())).collect();
+    catalog.push((argon.platform_id, argon_boot));
+    catalog.push((argon.platform_id, argon_part1.clone()));
+    catalog.extend(photon_set[1..].iter().map(|i| (photon.platform_id, i.clone())));
+    Ok(Firmware {
+        label: format!("real Device OS modules from {}", rel.display()),
+        catalog,
+        photon_app_needs: part(&photon_set[2]),
+        argon_app_needs_old: part(&argon_set[2]),
+        argon_app_needs_new: part(&argon_part1),
+        photon: photon_set,
+        argon: argon_set,
+    })
+}
+
+/// A demo application: a Particle module with the given behaviour.
+fn app(profile: &Profile, version: u32, needs: Dependency, behaviour: Behaviour, size: usize) -> Result<Image> {
+    device_os::application(profile, version, &[needs], behaviour, size).map_err(anyhow::Error::msg)
+}
+
+/// Uploads `image` for `profile`'s platform with a signed statement; returns its catalog hash.
+fn upload_image(api: &Api, key: &SigningKey, profile: &Profile, image: &Image) -> Result<String> {
+    upload_signed(api, key, profile.platform_id, image, &image.name)
 }
 
 /// The demo's release key: `DATA/demo-release.key` (32 raw bytes), made on first run.

@@ -26,6 +26,7 @@
 //! simulated device survives restarts of its process.
 #![forbid(unsafe_code)]
 
+pub mod device_os;
 pub mod link;
 pub mod provision;
 pub mod runtime;

@@ -4,7 +4,8 @@
 //! [`synthetic`] makes a complete set of small synthetic modules for a profile (what
 //! `tern sim device` uses when its state directory is empty); [`corpus_photon`] and
 //! [`corpus_argon`] install real Device OS modules from the corpus at their real
-//! addresses, with a synthetic application.
+//! addresses, with a synthetic application; [`with_images`] installs any set, such as a
+//! release of the synthetic Device OS in [`device_os`](crate::device_os).
 
 use std::path::Path;
 
@@ -49,6 +50,22 @@ pub fn synthetic(
     let (set, factory) = synthetic_images(profile, behaviour);
     let mut dev = SimDevice::new(profile, keys);
     let refs: Vec<&Image> = set.iter().collect();
+    dev.provision(&refs, Some(&factory))?;
+    Ok(dev)
+}
+
+/// A new device with `installed` (bootloader, system modules) and `app` in their slots and
+/// `factory` as its factory application, all confirmed: for example a release of
+/// [`device_os`](crate::device_os) and one of its applications.
+pub fn with_images(
+    profile: &'static Profile,
+    keys: Vec<VerifyingKey>,
+    installed: &[Image],
+    app: Image,
+    factory: Image,
+) -> Result<SimDevice, String> {
+    let mut dev = SimDevice::new(profile, keys);
+    let refs: Vec<&Image> = installed.iter().chain([&app]).collect();
     dev.provision(&refs, Some(&factory))?;
     Ok(dev)
 }

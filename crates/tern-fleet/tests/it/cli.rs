@@ -151,18 +151,19 @@ fn tern_flash_wait_exit_codes_and_device_show() {
     drop(device);
 }
 
-/// `tern up --demo` (on ephemeral ports): a confirmed application update, a safe-mode heal
-/// the server plans and sends itself (missing system parts in order), an automatic
-/// rollback, a cellular update whose plan heals its dependencies; then it serves.
-#[test]
-fn tern_up_demo_shows_update_heal_and_rollback() {
+/// `tern up --demo`, to which a test adds its options.
+fn demo_command() -> Command {
+    let mut command = Command::new(tern());
+    command.args(["up", "--demo"]);
+    command
+}
+
+/// Runs a [`demo_command`] on ephemeral ports until it serves and has said how to reach it;
+/// returns what it printed.
+fn demo_output(mut command: Command) -> String {
     use std::io::{BufRead, BufReader};
-    let dir = scratch("fleet-up-demo");
-    let mut child = Command::new(tern())
-        .args(["up", "--demo", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
-        .arg(dir.join("data"))
-        .arg("--corpus")
-        .arg(tern_testkit::corpus())
+    let mut child = command
+        .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
         .env("TERN_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
@@ -179,7 +180,7 @@ fn tern_up_demo_shows_update_heal_and_rollback() {
     });
     let mut lines = Vec::new();
     let start = Instant::now();
-    while !lines.iter().any(|l: &String| l.starts_with("tern up: serving")) {
+    while !lines.iter().any(|l: &String| l.starts_with("  tern device list")) {
         let remaining = Duration::from_secs(120).saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining) {
             Ok(line) => lines.push(line),
@@ -191,17 +192,63 @@ fn tern_up_demo_shows_update_heal_and_rollback() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let text = lines.join("\n");
+    lines.join("\n")
+}
+
+/// Checks every section of the demo's story: a confirmed application update, a safe-mode
+/// heal the server plans and sends itself (missing system modules in order), an automatic
+/// rollback, a cellular update whose plan heals its dependencies.
+fn check_demo_story(text: &str) {
     let section =
         |n: &str| text.split(n).nth(1).unwrap_or_default().split("\n== ").next().unwrap_or_default().to_owned();
+    assert!(text.contains("4 simulated devices online"), "{text}");
     assert!(section("== 1.").contains("  confirmed ("), "{text}");
     let heal = section("== 2.");
     assert!(heal.contains("1. bootloader") && heal.contains("2. system_part 1"), "{text}");
     assert!(heal.contains("  confirmed ("), "{text}");
     assert!(heal.contains("(heal)") && heal.contains("needed by"), "the server made the heal plan: {text}");
+    assert!(heal.contains("argon-1 now: normal"), "{text}");
     let rollback = section("== 3.");
     assert!(rollback.contains("rolled_back") && rollback.contains("reason: app_failed_test_boot"), "{text}");
+    assert!(rollback.contains("runs application version 1 again"), "{text}");
     let cellular = section("== 4.");
     assert!(cellular.contains("over cellular") && cellular.contains("system_part 1"), "{text}");
     assert!(cellular.contains("  confirmed ("), "{text}");
+}
+
+/// `tern up --demo --corpus DIR`: the story with real Device OS modules.
+#[test]
+fn tern_up_demo_shows_update_heal_and_rollback() {
+    let dir = scratch("fleet-up-demo");
+    let mut command = demo_command();
+    command.arg("--data").arg(dir.join("data")).arg("--corpus").arg(tern_testkit::corpus());
+    let text = demo_output(command);
+    assert!(text.contains("firmware: real Device OS modules from"), "{text}");
+    check_demo_story(&text);
+    // The real modules are in the catalog: the heal sends Argon's 4.1.0 system part.
+    assert!(text.contains("system_part 1 v4100"), "{text}");
+}
+
+/// `tern up --demo` where a user who installed Tern runs it: in a fresh directory, without
+/// `$TERN_CORPUS` and with no corpus anywhere near, on the synthetic Device OS; the data
+/// directory and the admin token land where the demo says.
+#[test]
+fn tern_up_demo_runs_anywhere_on_its_own_firmware() {
+    let dir = scratch("fleet-up-demo-anywhere");
+    let mut command = demo_command();
+    command.current_dir(&dir).env_remove("TERN_CORPUS");
+    let text = demo_output(command);
+    assert!(text.contains("firmware: synthetic Device OS 9.0.0-sim and 9.1.0-sim made by Tern"), "{text}");
+    check_demo_story(&text);
+    // The heals send the newer synthetic release's bootloader and system part.
+    assert!(text.contains("bootloader 0 v3100") && text.contains("system_part 1 v9100"), "{text}");
+    assert!(text.contains("(token in tern-demo/admin-token)"), "{text}");
+    let token = std::fs::read_to_string(dir.join("tern-demo/admin-token")).expect("the admin token is in ./tern-demo");
+    assert!(text.contains(&format!("TERN_TOKEN={}", token.trim())), "{text}");
+
+    // A corpus that is not there is refused before anything starts, in one line.
+    let out = demo_command().current_dir(&dir).args(["--corpus", "no-such-corpus"]).output().expect("tern runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no-such-corpus: not a firmware corpus") && stderr.trim().lines().count() == 1, "{stderr}");
 }

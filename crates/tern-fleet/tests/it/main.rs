@@ -2,6 +2,7 @@
 //! devices running the real device crate on simulated flash, connected over MQTT.
 
 mod cli;
+mod device_os_oracle;
 mod heal;
 mod resilience;
 mod support;

@@ -48,7 +48,9 @@
 //! module, the way Particle's reader reads them; [`split_combined`] reads their modules one
 //! by one.
 //!
-//! Parsing allocates nothing and never panics.
+//! Parsing allocates nothing and never panics. With the `alloc` feature, [`write`] makes
+//! plain modules (no extensions, compression or combination) that this reader and
+//! Particle's read back field for field.
 
 mod combined;
 mod extension;
@@ -56,6 +58,8 @@ pub mod prefix;
 mod read;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "alloc")]
+mod write;
 
 use core::fmt;
 
@@ -66,6 +70,9 @@ use crate::model::{Dependency, Format, Integrity, ModuleFunction, ModuleInfo, MA
 pub use combined::{split_combined, CombinedModules};
 pub use extension::{Extension, ExtensionData, ExtensionKind, Extensions};
 pub use prefix::{DependencySlot, Flags, Prefix, PREFIX_SIZE};
+
+#[cfg(feature = "alloc")]
+pub use write::{write, NewModule, WriteError};
 
 use extension::{Chain, ChainSpan};
 use read::{array_at, u16_le, u32_le, u8_at};

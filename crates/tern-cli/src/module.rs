@@ -56,6 +56,10 @@ pub enum Command {
         /// Private key to sign statements with (PEM, `tern key generate`).
         #[arg(long, env = "TERN_KEY", value_name = "KEY")]
         key: Option<PathBuf>,
+        /// What statements signed with --key target (a module that declares no platform,
+        /// such as an asset, needs --platform).
+        #[command(flatten)]
+        target: crate::release::SigningTarget,
     },
     /// List the server's module catalog.
     List {
@@ -80,7 +84,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
-        Command::Upload { files, key } => crate::ops::module_upload(&files, key.as_deref()),
+        Command::Upload { files, key, target } => crate::ops::module_upload(&files, key.as_deref(), &target),
         Command::List { json } => crate::ops::module_list(json),
         Command::Sign { key, modules, target } => {
             let key = crate::key::load_signing_key(&key)?;

@@ -266,7 +266,7 @@ pub(crate) fn upload_module_with(
 /// One line about a catalog module.
 pub(crate) fn module_line(module: &Value) -> String {
     format!(
-        "in catalog: platform {} {} {} version {} ({} bytes) sha256 {}{}",
+        "in catalog: platform {} {} {} version {} ({} bytes) file sha256 {}{}",
         module["platform_id"],
         module["function_name"].as_str().unwrap_or("?"),
         module["index"],
@@ -286,7 +286,7 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  FILE",
-        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "SHA256", "SIGNED"
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED"
     );
     for m in modules.as_array().into_iter().flatten() {
         println!(
@@ -550,7 +550,7 @@ fn show_device(d: &Value) {
             );
         }
         println!(
-            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} SHA256",
+            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",
             "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
         );
         for m in inventory["modules"].as_array().into_iter().flatten() {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod command;
 mod flash;
 mod fleet;
 mod hexfile;
@@ -47,7 +48,7 @@ enum Command {
     Server(server::Args),
     /// Remember a server and an operator token for the commands below.
     Login(ops::LoginArgs),
-    /// Register, list and show devices on the server.
+    /// Register, list and show devices; reboot, safe mode, factory restore, cancel.
     #[command(subcommand)]
     Device(ops::DeviceCommand),
     /// Follow the server's event stream.

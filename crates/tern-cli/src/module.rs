@@ -12,12 +12,17 @@ use clap::Subcommand;
 
 use crate::statement;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tern_image::{inspect, Inspection, ModuleInfo};
 
 /// Commands on module files.
 #[derive(Subcommand)]
 pub enum Command {
     /// Show what module files contain (format detected: Particle, MCUboot, raw).
+    ///
+    /// Two SHA-256s per file: the file sha256 (every byte of the file: the module's
+    /// identity in the catalog and on devices) and the stored sha256 (the hash the module
+    /// carries itself) with whether it matches. See docs/cli.md, "Which SHA-256".
     ///
     /// Exits with status 1 when any file cannot be read or is not a valid module (each such
     /// file also gets one `error:` line on stderr).
@@ -56,6 +61,10 @@ pub enum Command {
         /// Private key to sign statements with (PEM, `tern key generate`).
         #[arg(long, env = "TERN_KEY", value_name = "KEY")]
         key: Option<PathBuf>,
+        /// What statements signed with --key target (a module that declares no platform,
+        /// such as an asset, needs --platform).
+        #[command(flatten)]
+        target: crate::release::SigningTarget,
     },
     /// List the server's module catalog.
     List {
@@ -80,7 +89,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Inspect { files, json } => Ok(inspect_files(&files, json)),
-        Command::Upload { files, key } => crate::ops::module_upload(&files, key.as_deref()),
+        Command::Upload { files, key, target } => crate::ops::module_upload(&files, key.as_deref(), &target),
         Command::List { json } => crate::ops::module_list(json),
         Command::Sign { key, modules, target } => {
             let key = crate::key::load_signing_key(&key)?;
@@ -128,12 +137,25 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 struct Report {
     path: String,
     outcome: Result<Inspection, String>,
+    /// The file sha256: SHA-256 of every byte of the file (see `docs/cli.md`).
+    file_sha256: Option<[u8; 32]>,
 }
 
 impl Report {
     fn read(path: &Path) -> Report {
-        let outcome = std::fs::read(path).map(|bytes| inspect(&bytes)).map_err(|err| format!("cannot read: {err}"));
-        Report { path: path.display().to_string(), outcome }
+        let path_name = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => Report {
+                path: path_name,
+                outcome: Ok(inspect(&bytes)),
+                file_sha256: Some(Sha256::digest(&bytes).into()),
+            },
+            Err(err) => Report { path: path_name, outcome: Err(format!("cannot read: {err}")), file_sha256: None },
+        }
+    }
+
+    fn stored_sha256_matches(&self) -> Option<bool> {
+        self.outcome.as_ref().ok().and_then(|i| i.stored_sha256_matches)
     }
 
     /// The problems as sentences, empty for a valid module.
@@ -194,7 +216,11 @@ struct JsonRecord {
     start_address: Option<u32>,
     end_address: Option<u32>,
     dependencies: Vec<JsonDependency>,
+    /// The stored sha256 under its first name (kept for existing readers).
     sha256: Option<String>,
+    file_sha256: Option<String>,
+    stored_sha256: Option<String>,
+    stored_sha256_matches: Option<bool>,
     size: Option<usize>,
     product_id: Option<u16>,
     product_version: Option<u16>,
@@ -238,6 +264,9 @@ impl From<&Report> for JsonRecord {
                 })
                 .unwrap_or_default(),
             sha256: info.and_then(|i| i.sha256).map(hex::encode),
+            file_sha256: report.file_sha256.map(hex::encode),
+            stored_sha256: info.and_then(|i| i.sha256).map(hex::encode),
+            stored_sha256_matches: report.stored_sha256_matches(),
             size: inspection.map(|i| i.size),
             product_id: info.and_then(|i| i.product_id),
             product_version: info.and_then(|i| i.product_version),
@@ -245,12 +274,32 @@ impl From<&Report> for JsonRecord {
     }
 }
 
-const TABLE_HEADER: [&str; 10] =
-    ["FILE", "FORMAT", "PLATFORM", "FUNCTION", "INDEX", "VERSION", "ADDRESSES", "SIZE", "CRC", "STATUS"];
+const TABLE_HEADER: [&str; 12] = [
+    "FILE",
+    "FORMAT",
+    "PLATFORM",
+    "FUNCTION",
+    "INDEX",
+    "VERSION",
+    "ADDRESSES",
+    "SIZE",
+    "CRC",
+    "FILE SHA256",
+    "STORED SHA256",
+    "STATUS",
+];
+
+/// How many hex digits of a SHA-256 a table shows.
+const SHORT_HASH: usize = 16;
+
+/// The first [`SHORT_HASH`] hex digits of `hash`.
+pub(crate) fn short_hash(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..SHORT_HASH / 2])
+}
 
 /// One table row per file; columns padded to the widest cell, the last one left ragged.
 fn print_table(reports: &[Report]) {
-    let rows: Vec<[String; 10]> = reports.iter().map(table_row).collect();
+    let rows: Vec<[String; 12]> = reports.iter().map(table_row).collect();
     let mut widths = TABLE_HEADER.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -271,14 +320,22 @@ fn print_table(reports: &[Report]) {
     }
 }
 
-fn table_row(report: &Report) -> [String; 10] {
+fn table_row(report: &Report) -> [String; 12] {
     let dash = || "-".to_string();
     let status =
         if report.is_valid() { "valid".to_string() } else { format!("invalid: {}", report.errors().join("; ")) };
     let format = report.outcome.as_ref().map_or_else(|_| dash(), |i| i.format.name().to_string());
     let size = report.outcome.as_ref().map_or_else(|_| dash(), |i| i.size.to_string());
+    let file_sha256 = report.file_sha256.as_ref().map_or_else(dash, short_hash);
     let Some(info) = report.info() else {
-        return [report.path.clone(), format, dash(), dash(), dash(), dash(), dash(), size, dash(), status];
+        let d = dash;
+        return [report.path.clone(), format, d(), d(), d(), d(), d(), size, d(), file_sha256, d(), status];
+    };
+    let stored_sha256 = match (info.sha256, report.stored_sha256_matches()) {
+        (Some(hash), Some(true)) => format!("{} matches", short_hash(&hash)),
+        (Some(hash), Some(false)) => format!("{} differs", short_hash(&hash)),
+        (Some(hash), None) => short_hash(&hash),
+        (None, _) => dash(),
     };
     let crc = match info.crc_ok {
         Some(true) => "ok".to_string(),
@@ -295,6 +352,8 @@ fn table_row(report: &Report) -> [String; 10] {
         format!("{:#010x}-{:#010x}", info.start_address, info.end_address),
         size,
         crc,
+        file_sha256,
+        stored_sha256,
         status,
     ]
 }

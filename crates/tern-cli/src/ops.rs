@@ -1,4 +1,5 @@
-//! Operator commands that talk to a Tern server: `tern login`, `tern device …`,
+//! Operator commands that talk to a Tern server: `tern login`, `tern device …` (its
+//! commands to devices are in `crate::command`),
 //! `tern events`, and the handlers of `tern module upload` / `tern module list`.
 //!
 //! The server and token come from, in order: `TERN_SERVER` / `TERN_TOKEN`, then the file
@@ -13,6 +14,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::command::Action;
 
 /// Where the CLI keeps the server it logged in to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +129,39 @@ impl Client {
     pub(crate) fn patch_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.finish(self.agent.patch(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
     }
+
+    /// Opens the server's event stream (server-sent events): stored events of `device`
+    /// (all devices when `None`) after event `since`, then live ones. The reader blocks
+    /// until the next event; it never times out.
+    pub(crate) fn event_stream(
+        &self,
+        device: Option<&str>,
+        since: Option<i64>,
+    ) -> anyhow::Result<impl std::io::Read + Send + 'static> {
+        // No overall timeout: the stream is meant to stay open.
+        let client = Client::new(self.remote.clone(), None);
+        let mut query = Vec::new();
+        if let Some(device) = device {
+            query.push(format!("device={}", query_value(device)));
+        }
+        if let Some(since) = since {
+            query.push(format!("since={since}"));
+        }
+        let path = if query.is_empty() { "/api/events".to_owned() } else { format!("/api/events?{}", query.join("&")) };
+        let response = client
+            .agent
+            .get(&client.url(&path))
+            .header("Authorization", &client.bearer())
+            .header("Accept", "text/event-stream")
+            .call()
+            .map_err(|e| anyhow!("{}: {e}", client.remote.server))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            client.finish(Ok(response))?;
+            bail!("the server answered HTTP {status}");
+        }
+        Ok(response.into_body().into_reader())
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
@@ -168,12 +204,16 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 /// each with a signed statement: `FILE.stmt` beside it if present (`tern module sign`),
 /// else one signed now with `key`. Every file is tried; each failure is one `error:` line
 /// naming the file, and the exit status is 1 if any failed.
-pub fn module_upload(files: &[PathBuf], key: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn module_upload(
+    files: &[PathBuf],
+    key: Option<&Path>,
+    target: &crate::release::SigningTarget,
+) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
     let key = key.map(crate::key::load_signing_key).transpose()?;
     let mut failed = false;
     for file in files {
-        match upload_module(&client, file, key.as_ref()) {
+        match upload_module_with(&client, file, key.as_ref(), target) {
             Ok(module) => println!("{}: {}", file.display(), module_line(&module)),
             Err(err) => {
                 eprintln!("error: {}: {err:#}", file.display());
@@ -192,15 +232,24 @@ pub(crate) fn upload_module(
     file: &Path,
     key: Option<&ed25519_dalek::SigningKey>,
 ) -> anyhow::Result<Value> {
+    upload_module_with(client, file, key, &crate::release::SigningTarget::default())
+}
+
+/// [`upload_module`], signing with `key` for `target` (platform, product, counter).
+pub(crate) fn upload_module_with(
+    client: &Client,
+    file: &Path,
+    key: Option<&ed25519_dalek::SigningKey>,
+    target: &crate::release::SigningTarget,
+) -> anyhow::Result<Value> {
     let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let beside = crate::statement::default_path(file);
     let statement = if beside.exists() {
         Some(std::fs::read(&beside).with_context(|| format!("{}: cannot read", beside.display()))?)
     } else if let Some(key) = key {
-        let target = crate::release::SigningTarget::default();
         let spec = file.to_str().ok_or_else(|| anyhow!("the file name is not UTF-8"))?;
-        Some(crate::statement::sign(spec, key, &target)?.1)
+        Some(crate::statement::sign(spec, key, target)?.1)
     } else {
         None
     };
@@ -217,7 +266,7 @@ pub(crate) fn upload_module(
 /// One line about a catalog module.
 pub(crate) fn module_line(module: &Value) -> String {
     format!(
-        "in catalog: platform {} {} {} version {} ({} bytes) sha256 {}{}",
+        "in catalog: platform {} {} {} version {} ({} bytes) file sha256 {}{}",
         module["platform_id"],
         module["function_name"].as_str().unwrap_or("?"),
         module["index"],
@@ -237,7 +286,7 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  FILE",
-        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "SHA256", "SIGNED"
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED"
     );
     for m in modules.as_array().into_iter().flatten() {
         println!(
@@ -302,6 +351,27 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Reboot a device (it must be connected); --wait reports how it came back.
+    #[command(after_help = "With --wait: exit 0 when the device described itself running its application \
+                            after the reboot; 1 when it came back in safe mode or did not answer in time.")]
+    Reboot(crate::command::CommandArgs),
+    /// Boot a device into safe mode once (system only, able to take updates; the next reset
+    /// returns to the application).
+    #[command(after_help = "With --wait: exit 0 when the device described itself in safe mode (requested); \
+                            1 otherwise or when it did not answer in time.")]
+    SafeMode(crate::command::CommandArgs),
+    /// Restore a device's factory (backup) application: the device copies the factory
+    /// image into its application slot, reboots and runs it on test.
+    #[command(after_help = "With --wait: exit 0 when the device described itself booted from the restored \
+                            factory image; 1 when it rebooted without restoring one (e.g. it holds no \
+                            factory image) or did not answer in time.")]
+    FactoryRestore(crate::command::CommandArgs),
+    /// Cancel the device's update attempt in flight: the server stops offering it and tells
+    /// the device to drop what it received (an install that already started finishes).
+    #[command(after_help = "Exit status: 0 the attempt is cancelled (with --wait: and the device \
+                            acknowledged); 1 no attempt in flight, or with --wait the device did not \
+                            acknowledge in time or reported another outcome.")]
+    Cancel(crate::command::CancelArgs),
 }
 
 /// How a device reaches the server.
@@ -414,6 +484,10 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        DeviceCommand::Reboot(args) => return crate::command::run(&client, Action::Reboot, args),
+        DeviceCommand::SafeMode(args) => return crate::command::run(&client, Action::SafeMode, args),
+        DeviceCommand::FactoryRestore(args) => return crate::command::run(&client, Action::FactoryRestore, args),
+        DeviceCommand::Cancel(args) => return crate::command::cancel(&client, args),
         DeviceCommand::Show { id, json } => {
             let device =
                 client.get(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
@@ -476,7 +550,7 @@ fn show_device(d: &Value) {
             );
         }
         println!(
-            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} SHA256",
+            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",
             "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
         );
         for m in inventory["modules"].as_array().into_iter().flatten() {
@@ -562,31 +636,9 @@ pub struct EventsArgs {
 
 /// Follows the server's event stream until interrupted or the server goes away.
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let remote = load_remote()?;
-    // No overall timeout: the stream is meant to stay open.
-    let client = Client::new(remote, None);
-    let mut query = Vec::new();
-    if let Some(device) = &args.device {
-        query.push(format!("device={}", query_value(device)));
-    }
-    if let Some(since) = args.since {
-        query.push(format!("since={since}"));
-    }
-    let path = if query.is_empty() { "/api/events".to_owned() } else { format!("/api/events?{}", query.join("&")) };
-    let response = client
-        .agent
-        .get(&client.url(&path))
-        .header("Authorization", &client.bearer())
-        .header("Accept", "text/event-stream")
-        .call()
-        .map_err(|e| anyhow!("{}: {e}", client.remote.server))?;
-    if !response.status().is_success() {
-        let status = response.status().as_u16();
-        client.finish(Ok(response))?;
-        bail!("the server answered HTTP {status}");
-    }
-    let reader = BufReader::new(response.into_body().into_reader());
-    for line in reader.lines() {
+    let client = Client::connect()?;
+    let stream = client.event_stream(args.device.as_deref(), args.since)?;
+    for line in BufReader::new(stream).lines() {
         let line = line.map_err(|e| anyhow!("{}: event stream: {e}", client.remote.server))?;
         let Some(data) = line.strip_prefix("data:") else { continue };
         let event: Value = serde_json::from_str(data.trim()).map_err(|e| anyhow!("event stream: bad event: {e}"))?;

@@ -13,6 +13,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::{Kind, Manifest, SignedDocument};
+use tern_image::ModuleFunction;
 
 use crate::release::{load_module, LoadedModule, SigningTarget};
 
@@ -26,12 +27,16 @@ pub fn default_path(module: &Path) -> PathBuf {
 /// Signs a statement for the module at `spec` (`FILE[@ADDRESS[:FUNCTION:INDEX:VERSION]]`)
 /// and returns the module's path and the statement bytes.
 pub fn sign(spec: &str, key: &SigningKey, target: &SigningTarget) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let LoadedModule { path, info, entry, .. } = load_module(spec)?;
+    let LoadedModule { path, info, mut entry, .. } = load_module(spec)?;
     let platform_id = match (info.platform_id, target.platform) {
         (_, Some(p)) => p,
         (0, None) => bail!("{}: the module declares no platform: pass --platform", path.display()),
         (p, None) => p,
     };
+    if entry.function == ModuleFunction::Asset {
+        let given = crate::release::split_address(spec)?.1.address;
+        entry.start_address = asset_address(&path, platform_id, entry.index, given)?;
+    }
     let doc = Document {
         kind: Kind::ModuleStatement,
         platform_id,
@@ -43,6 +48,42 @@ pub fn sign(spec: &str, key: &SigningKey, target: &SigningTarget) -> anyhow::Res
     };
     let signed = doc.sign(key).map_err(|e| anyhow!("{}: cannot sign: {e}", path.display()))?;
     Ok((path, signed))
+}
+
+/// Where an asset is installed on `platform_id`. An asset's own prefix holds no flash
+/// address (Device OS keeps assets apart from the code), so the address is the platform
+/// profile's asset slot, as the device's CPU sees it (the profile's `slot_address`: on the
+/// Argon the external flash is mapped at 0x12000000, so its asset slot at offset 0x300000
+/// is 0x12300000). An address given as `FILE@ADDRESS` must be that one; a platform Tern
+/// has no profile for takes the given address as it is.
+fn asset_address(path: &Path, platform_id: u16, index: u8, given: Option<u32>) -> anyhow::Result<u32> {
+    let slot = tern_device::profile::PROFILES
+        .iter()
+        .filter(|p| p.platform_id == platform_id)
+        .find_map(|p| Some((p, p.slot_for(ModuleFunction::Asset, index)?)));
+    match (slot, given) {
+        (Some((profile, slot)), given) => {
+            let def = &profile.slots[slot];
+            let address = profile.slot_address(slot).expect("a profile's slots are on its devices");
+            match given {
+                Some(given) if given != address => bail!(
+                    "{}@{given:#x}: platform {platform_id} installs assets at {address:#x} (slot {:?}: {} flash \
+                     offset {:#x}); drop the @ADDRESS or give {address:#x}",
+                    path.display(),
+                    def.name,
+                    profile.device(def.region.dev).map_or("?", |d| d.name),
+                    def.region.offset
+                ),
+                _ => Ok(address),
+            }
+        }
+        (None, Some(given)) => Ok(given),
+        (None, None) => bail!(
+            "{}: an asset carries no install address and Tern has no profile with an asset slot for platform \
+             {platform_id}: give it as FILE@ADDRESS",
+            path.display()
+        ),
+    }
 }
 
 /// Verifies `statement` for the module file `module` with `key`, returning the statement.

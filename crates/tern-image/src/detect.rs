@@ -100,6 +100,11 @@ pub struct Inspection {
     pub problems: Problems,
     /// Length of the file.
     pub size: usize,
+    /// Whether the SHA-256 stored in the module ([`ModuleInfo::sha256`]) is the hash of
+    /// the bytes it covers (Particle: every byte before it, the rule most modules follow;
+    /// MCUboot: header and image); `None` when the module stores none. Information, not
+    /// validity: some real Particle modules store a hash of something else.
+    pub stored_sha256_matches: Option<bool>,
 }
 
 impl Inspection {
@@ -111,8 +116,13 @@ impl Inspection {
 
 /// Reads `bytes` as whichever supported format they are in.
 pub fn inspect(bytes: &[u8]) -> Inspection {
-    let mut inspection =
-        Inspection { format: Format::Raw, info: None, problems: Problems::default(), size: bytes.len() };
+    let mut inspection = Inspection {
+        format: Format::Raw,
+        info: None,
+        problems: Problems::default(),
+        size: bytes.len(),
+        stored_sha256_matches: None,
+    };
     if bytes.is_empty() {
         inspection.problems.push(Problem::Empty);
         return inspection;
@@ -121,6 +131,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
         Ok(image) => {
             inspection.format = Format::McuBoot;
             let info = image.module_info();
+            inspection.stored_sha256_matches = image.sha256().map(|stored| stored == image.computed_sha256());
             note_integrity(&mut inspection.problems, &info);
             inspection.info = Some(info);
             return inspection;
@@ -147,6 +158,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
                 let (stored, computed) = (module.stored_crc(), module.computed_crc());
                 inspection.problems.push(Problem::CrcMismatch { stored, computed });
             }
+            inspection.stored_sha256_matches = Some(module.sha256_matches_contents());
             inspection.info = Some(module.info);
         }
         Err(particle::Error::NoPrefix) => inspection.problems.push(Problem::Unrecognised),

@@ -231,6 +231,10 @@ async fn upload_module(
             ))
         }
     };
+    let record = match &statement {
+        Some((_, document)) => placed(&record, document),
+        None => record,
+    };
     if let Some((signed, document)) = &statement {
         check_statement(&record, document)?;
         check_signature(&state.config, signed)?;
@@ -244,7 +248,11 @@ async fn upload_module(
     if let Some((_, document)) = &statement {
         // The same bytes were in the catalog already: the statement must fit that entry.
         if let (false, Some(existing)) = (created, state.store.get_module(&record.sha256).await?) {
-            check_statement(&existing, document)?;
+            let placed = placed(&existing, document);
+            check_statement(&placed, document)?;
+            if placed != existing {
+                state.store.place_module(&placed.sha256, placed.platform_id, placed.start_address).await?;
+            }
         }
     }
     if let Some((signed, document)) = statement {
@@ -306,7 +314,30 @@ fn check_signature(config: &Config, signed: &[u8]) -> ApiResult<()> {
     })
 }
 
-/// Checks that a module statement describes exactly the catalog module `module`.
+/// The catalog record `module` as placed by its first signed statement. A module's own
+/// bytes do not always say where it is installed: one built for no particular platform
+/// (platform 0) takes the statement's platform, and an asset (function 9, whose Particle
+/// prefix holds no flash address: Device OS keeps assets apart from the code, Tern in the
+/// profile's asset slot) takes the statement's start address. A module that already has a
+/// statement keeps the placement that one gave.
+fn placed(module: &ModuleRecord, statement: &tern_image::manifest::Manifest) -> ModuleRecord {
+    let mut placed = module.clone();
+    if module.statement.is_some() {
+        return placed;
+    }
+    if module.platform_id == 0 {
+        placed.platform_id = statement.platform_id;
+    }
+    if module.function == tern_image::ModuleFunction::Asset.code() {
+        if let Some(entry) = statement.modules().next() {
+            placed.start_address = entry.start_address;
+        }
+    }
+    placed
+}
+
+/// Checks that a module statement describes exactly the catalog module `module`; the
+/// refusal names every field that differs.
 fn check_statement(module: &ModuleRecord, statement: &tern_image::manifest::Manifest) -> ApiResult<()> {
     let bad = |message: String| unprocessable("bad_statement", message);
     if statement.kind != tern_image::manifest::Kind::ModuleStatement {
@@ -316,24 +347,28 @@ fn check_statement(module: &ModuleRecord, statement: &tern_image::manifest::Mani
     let (Some(entry), None) = (entries.next(), entries.next()) else {
         return Err(bad("a module statement lists exactly one module".into()));
     };
-    let same = hex::encode(entry.sha256) == module.sha256
-        && entry.size == module.size
-        && entry.function.code() == module.function
-        && entry.index == module.index
-        && entry.version == module.version
-        && entry.start_address == module.start_address
-        && (module.platform_id == 0 || statement.platform_id == module.platform_id);
-    if !same {
+    let mut differences = Vec::new();
+    let mut differ = |what: &str, stated: String, catalog: String| {
+        if stated != catalog {
+            differences.push(format!("{what} {stated} in the statement, {catalog} in the module"));
+        }
+    };
+    differ("file sha256", hex::encode(entry.sha256), module.sha256.clone());
+    differ("size", entry.size.to_string(), module.size.to_string());
+    differ(
+        "module",
+        format!("{} {} v{}", entry.function.name(), entry.index, entry.version),
+        format!("{} {} v{}", module.function_name, module.index, module.version),
+    );
+    differ("start address", format!("{:#x}", entry.start_address), format!("{:#x}", module.start_address));
+    if module.platform_id != 0 {
+        differ("platform", statement.platform_id.to_string(), module.platform_id.to_string());
+    }
+    if !differences.is_empty() {
         return Err(bad(format!(
-            "the statement describes another module ({} {} v{}, {} bytes at {:#x}, platform {}, SHA-256 {}) than {}",
-            entry.function.name(),
-            entry.index,
-            entry.version,
-            entry.size,
-            entry.start_address,
-            statement.platform_id,
-            hex::encode(entry.sha256),
-            module.sha256
+            "the statement does not describe module {}: {}",
+            module.sha256,
+            differences.join("; ")
         )));
     }
     Ok(())
@@ -764,10 +799,14 @@ async fn put_statement(
         tern_image::manifest::SignedDocument::parse(&body).map_err(|e| bad(format!("not a signed document: {e}")))?;
     let statement = tern_image::manifest::decode_document(document.payload)
         .map_err(|e| bad(format!("unreadable statement: {e}")))?;
-    check_statement(&module, &statement)?;
+    let placed = placed(&module, &statement);
+    check_statement(&placed, &statement)?;
     check_signature(&state.config, &body)?;
     let address = state.blobs.put(&body).await?;
     state.store.set_module_statement(&sha256, &address, statement.security_counter).await?;
+    if placed != module {
+        state.store.place_module(&sha256, placed.platform_id, placed.start_address).await?;
+    }
     let module = state.store.get_module(&sha256).await?.unwrap_or(module);
     let data = json!({ "module": sha256, "statement": address, "key_id": hex::encode(document.kid) });
     state.hub.publish(None, "module.signed", data).await?;

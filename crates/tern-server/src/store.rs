@@ -525,6 +525,10 @@ pub trait Store: Send + Sync {
     /// Attaches the signed statement at blob address `statement` to module `sha256`;
     /// `false` when there is no such module.
     async fn set_module_statement(&self, sha256: &str, statement: &str, security_counter: u64) -> StoreResult<bool>;
+    /// Sets the platform and start address of module `sha256` (what its first signed
+    /// statement says about a module that does not carry them itself, such as an asset);
+    /// `false` when there is no such module.
+    async fn place_module(&self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool>;
 
     /// Registers a device; [`StoreError::Conflict`] if the id is taken.
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
@@ -790,6 +794,16 @@ impl Store for SqliteStore {
         let result = sqlx::query("UPDATE modules SET statement = ?, security_counter = ? WHERE sha256 = ?")
             .bind(statement)
             .bind(db_int(security_counter))
+            .bind(sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn place_module(&self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE modules SET platform_id = ?, start_address = ? WHERE sha256 = ?")
+            .bind(i64::from(platform_id))
+            .bind(i64::from(start_address))
             .bind(sha256)
             .execute(&self.pool)
             .await?;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The keys of every JSON record, as `docs/cli.md` documents them.
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 22] = [
     "path",
     "format",
     "valid",
@@ -24,6 +25,9 @@ const KEYS: [&str; 19] = [
     "end_address",
     "dependencies",
     "sha256",
+    "file_sha256",
+    "stored_sha256",
+    "stored_sha256_matches",
     "size",
     "product_id",
     "product_version",
@@ -70,6 +74,8 @@ fn check(name: &str, bytes: &[u8], expected: Expected) {
     }
     assert_eq!(record["valid"], expected.valid, "{name}: {record}");
     assert_eq!(record["size"], bytes.len(), "{name}");
+    assert_eq!(record["file_sha256"], hex::encode(Sha256::digest(bytes)), "{name}: the whole file's hash");
+    assert_eq!(record["stored_sha256"], record["sha256"], "{name}: `sha256` is the stored hash's first name");
     let errors = record["errors"].as_array().expect("errors is a list");
     assert_eq!(out.status.success(), expected.valid, "{name}: exit status follows validity; stderr {stderr:?}");
     if expected.valid {
@@ -173,6 +179,35 @@ fn inspect_table_has_a_header_and_a_row_per_file() {
     row(lines[1], &["080_system-part1-xenon.bin", "particle", "system_part (4)", "0x00030000", "valid"]);
     row(lines[2], &["RC4_bootloader_pad_BM-09.bin", "bootloader (2)", "BAD", "invalid: CRC-32 mismatch"]);
     assert!(!out.status.success(), "the bad CRC fails the run");
+}
+
+/// Both hashes, named: the file sha256 (every byte of the file) and the stored sha256
+/// (what the module carries) with whether it matches the bytes it covers.
+#[test]
+fn inspect_names_the_file_and_the_stored_sha256() {
+    let module = corpus_module("040_user-part.bin");
+    let mut tampered = module.clone();
+    tampered[module.len() / 2] ^= 0x01;
+    // (case, bytes, stored sha256 matches, word in the table's STORED SHA256 column)
+    let cases = [("module", module, Some(true), "matches"), ("tampered", tampered, Some(false), "differs")];
+    for (name, bytes, matches, word) in cases {
+        let dir = tern_testkit::scratch(&format!("inspect-hashes-{name}"));
+        let file = dir.join(format!("{name}.bin"));
+        std::fs::write(&file, &bytes).unwrap();
+        let out = tern(&["module", "inspect", "--json"], std::slice::from_ref(&file));
+        let record: Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+        let file_sha256 = hex::encode(Sha256::digest(&bytes));
+        assert_eq!(record["file_sha256"], file_sha256, "{name}");
+        assert_eq!(record["stored_sha256_matches"], serde_json::json!(matches), "{name}: {record}");
+        let stored = record["stored_sha256"].as_str().expect("a Particle module stores a SHA-256");
+        assert_ne!(stored, file_sha256, "{name}: two different hashes");
+        let out = tern(&["module", "inspect"], std::slice::from_ref(&file));
+        let table = String::from_utf8(out.stdout).unwrap();
+        let (header, row) = table.split_once('\n').expect("a header and a row");
+        assert!(header.contains("FILE SHA256") && header.contains("STORED SHA256"), "{header}");
+        assert!(row.contains(&file_sha256[..16]), "{name}: {row}");
+        assert!(row.contains(&format!("{} {word}", &stored[..16])), "{name}: {row}");
+    }
 }
 
 #[test]

@@ -34,18 +34,18 @@ pub fn tern() -> PathBuf {
     bin
 }
 
-fn tern_cmd(server: &Server) -> Command {
+pub fn tern_cmd(server: &Server) -> Command {
     let mut c = Command::new(tern());
     c.env("TERN_SERVER", &server.http).env("TERN_TOKEN", &server.token).env("HOME", scratch("fleet-cli-home"));
     c
 }
 
-fn run(server: &Server, args: &[&str]) -> Output {
+pub fn run(server: &Server, args: &[&str]) -> Output {
     tern_cmd(server).args(args).stdin(Stdio::null()).output().expect("tern runs")
 }
 
 /// A `tern sim device` process; killed with SIGKILL when dropped.
-struct SimProcess(Child);
+pub struct SimProcess(pub Child);
 
 impl Drop for SimProcess {
     fn drop(&mut self) {
@@ -69,13 +69,13 @@ fn sim_device(server: &Server, id: &str, state: &Path, key: &Path) -> SimProcess
     SimProcess(child)
 }
 
-fn device_json(server: &Server, id: &str) -> Value {
+pub fn device_json(server: &Server, id: &str) -> Value {
     let out = run(server, &["device", "show", id, "--json"]);
     assert!(out.status.success(), "tern device show: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("tern device show --json prints JSON")
 }
 
-fn wait_device(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_device(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let (status, d) = server.get(&format!("/api/devices/{id}"));
@@ -87,11 +87,11 @@ fn wait_device(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> 
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn has_hash(device: &Value, sha: &str) -> bool {
+pub fn has_hash(device: &Value, sha: &str) -> bool {
     device["inventory"]["modules"].as_array().into_iter().flatten().any(|m| m["sha256"] == sha)
 }
 

@@ -1,7 +1,9 @@
 //! End to end: a real Tern server (in process, real loopback HTTP and MQTT) and simulated
 //! devices running the real device crate on simulated flash, connected over MQTT.
 
+mod assets;
 mod cli;
+mod commands;
 mod device_os_oracle;
 mod heal;
 mod resilience;

@@ -20,7 +20,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::ops::{module_line, print_json, query_value, upload_module, Client};
+use crate::ops::{module_line, print_json, query_value, upload_module_with, Client};
 
 /// `tern flash`.
 #[derive(Args)]
@@ -98,10 +98,16 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
         }
         (files, _) => {
             let key = args.key.as_deref().map(crate::key::load_signing_key).transpose()?;
+            // Statements signed here name the device's platform (an asset declares none).
+            let mut target = crate::release::SigningTarget::default();
+            if key.is_some() && !files.is_empty() {
+                let device = client.get(&device_path).with_context(|| format!("device {}", args.device))?;
+                target.platform = device["platform_id"].as_u64().and_then(|p| u16::try_from(p).ok());
+            }
             let mut hashes = Vec::new();
             for file in files {
-                let module =
-                    upload_module(&client, file, key.as_ref()).map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
+                let module = upload_module_with(&client, file, key.as_ref(), &target)
+                    .map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
                 if !args.json {
                     println!("{}: {}", file.display(), module_line(&module));
                 }

@@ -225,17 +225,9 @@ pub fn module_upload(
 }
 
 /// Uploads one module file and attaches its statement (from `FILE.stmt`, or signed with
-/// `key`); returns the catalog record. A module uploaded without either stays in the
-/// catalog but cannot be offered to devices until it is signed.
-pub(crate) fn upload_module(
-    client: &Client,
-    file: &Path,
-    key: Option<&ed25519_dalek::SigningKey>,
-) -> anyhow::Result<Value> {
-    upload_module_with(client, file, key, &crate::release::SigningTarget::default())
-}
-
-/// [`upload_module`], signing with `key` for `target` (platform, product, counter).
+/// `key` for `target`: platform, product, counter); returns the catalog record. A module
+/// uploaded without either stays in the catalog but cannot be offered to devices until it
+/// is signed.
 pub(crate) fn upload_module_with(
     client: &Client,
     file: &Path,
@@ -273,7 +265,11 @@ pub(crate) fn module_line(module: &Value) -> String {
         module["version"],
         module["size"],
         module["sha256"].as_str().unwrap_or("?"),
-        if module["statement"].is_string() { ", signed" } else { ", UNSIGNED (pass --key to sign it)" },
+        match (module["statement"].is_string(), module["security_counter"].as_u64().unwrap_or(0)) {
+            (true, 0) => ", signed".to_owned(),
+            (true, counter) => format!(", signed (security counter {counter})"),
+            (false, _) => ", UNSIGNED (pass --key to sign it)".to_owned(),
+        },
     )
 }
 
@@ -285,12 +281,12 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  FILE",
-        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED"
+        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  FILE",
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED", "COUNTER"
     );
     for m in modules.as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6}  {}",
+            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {}",
             m["platform_id"].to_string(),
             m["function_name"].as_str().unwrap_or("?"),
             m["index"].to_string(),
@@ -298,6 +294,7 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
             m["size"].to_string(),
             m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
             if m["statement"].is_string() { "yes" } else { "no" },
+            m["security_counter"].as_u64().unwrap_or(0),
             m["filename"].as_str().unwrap_or("-"),
         );
     }
@@ -549,6 +546,14 @@ fn show_device(d: &Value) {
                 u["version"]
             );
         }
+        if let Some(counter) = inventory["security_counter"].as_u64() {
+            println!("security  counter {counter} (modules signed with a lower one are refused)");
+        }
+        if let Some(staging) = inventory["capacity"]["staging_bytes"].as_u64() {
+            println!(
+                "staging   {staging} bytes per update offer (larger updates go in stages, one reboot each)"
+            );
+        }
         println!(
             "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",
             "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
@@ -600,8 +605,14 @@ fn show_device(d: &Value) {
         println!("attempts");
         for a in attempts.iter().take(5) {
             let reason = a["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            let stages = a["stages"].as_array().map_or(0, Vec::len);
+            let stage = match (stages > 1, a["finished"] == true) {
+                (true, false) => format!(" at stage {} of {stages}", a["stage"].as_u64().unwrap_or(0) + 1),
+                (true, true) => format!(" ({stages} stages)"),
+                _ => String::new(),
+            };
             println!(
-                "  {}  #{:<5} {}{reason}, {} module(s), {} of {} bytes",
+                "  {}  #{:<5} {}{reason}{stage}, {} module(s), {} of {} bytes",
                 when(&a["created_at"]),
                 a["id"].to_string(),
                 a["state"].as_str().unwrap_or("?"),

@@ -231,7 +231,10 @@ fn login_then_manage_devices_and_follow_events() {
     assert_eq!(attempt["device"], "bench-1");
     assert_eq!(attempt["plan"][0]["function_name"], "bootloader");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.trim_end().lines().count() == 1 && stderr.contains("ended timed_out"), "{stderr}");
+    // The plan goes to stderr (a bundle is planned like module files), then one error line.
+    assert!(stderr.contains("1. bootloader") && stderr.contains("on the air"), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("ended timed_out"), "{stderr}");
     // Without --wait: the plan and the estimate, exit 0.
     let said = ok(&home, &["flash", "bench-1", bundle_arg]);
     assert!(said.contains("1. bootloader") && said.contains("on the air"), "{said}");

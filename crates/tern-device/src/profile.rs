@@ -272,8 +272,18 @@ const GEN2_BOOTLOADER: Slot =
 
 const PHOTON_SLOTS: &[Slot] = &[
     GEN2_BOOTLOADER,
-    Slot { name: "system-part1", function: ModuleFunction::SystemPart, index: 1, region: region(0, 0x2_0000, 256 * KIB) },
-    Slot { name: "system-part2", function: ModuleFunction::SystemPart, index: 2, region: region(0, 0x6_0000, 256 * KIB) },
+    Slot {
+        name: "system-part1",
+        function: ModuleFunction::SystemPart,
+        index: 1,
+        region: region(0, 0x2_0000, 256 * KIB),
+    },
+    Slot {
+        name: "system-part2",
+        function: ModuleFunction::SystemPart,
+        index: 2,
+        region: region(0, 0x6_0000, 256 * KIB),
+    },
     Slot { name: "application", function: ModuleFunction::UserPart, index: 1, region: region(0, 0xA_0000, 128 * KIB) },
 ];
 
@@ -355,10 +365,30 @@ pub const ELECTRON: Profile = Profile {
     devices: &[STM32F205_INTERNAL],
     slots: &[
         GEN2_BOOTLOADER,
-        Slot { name: "system-part1", function: ModuleFunction::SystemPart, index: 1, region: region(0, 0x2_0000, 128 * KIB) },
-        Slot { name: "system-part2", function: ModuleFunction::SystemPart, index: 2, region: region(0, 0x4_0000, 128 * KIB) },
-        Slot { name: "system-part3", function: ModuleFunction::SystemPart, index: 3, region: region(0, 0x6_0000, 128 * KIB) },
-        Slot { name: "application", function: ModuleFunction::UserPart, index: 1, region: region(0, 0x8_0000, 128 * KIB) },
+        Slot {
+            name: "system-part1",
+            function: ModuleFunction::SystemPart,
+            index: 1,
+            region: region(0, 0x2_0000, 128 * KIB),
+        },
+        Slot {
+            name: "system-part2",
+            function: ModuleFunction::SystemPart,
+            index: 2,
+            region: region(0, 0x4_0000, 128 * KIB),
+        },
+        Slot {
+            name: "system-part3",
+            function: ModuleFunction::SystemPart,
+            index: 3,
+            region: region(0, 0x6_0000, 128 * KIB),
+        },
+        Slot {
+            name: "application",
+            function: ModuleFunction::UserPart,
+            index: 1,
+            region: region(0, 0x8_0000, 128 * KIB),
+        },
     ],
     state_banks: GEN2_STATE_BANKS,
     progress: GEN2_PROGRESS,
@@ -374,8 +404,12 @@ pub const ELECTRON: Profile = Profile {
 
 /// The nRF52840's internal flash: 256 pages of 4 KiB at address 0
 /// (`platform/MCU/nRF52840/inc/flash_mal.h`: `INTERNAL_FLASH_PAGE_SIZE`).
-const NRF52840_INTERNAL: FlashGeometry =
-    FlashGeometry { name: "internal", base_address: 0, sectors: &[SectorRun { count: 256, size: 4 * KIB }], write_size: 4 };
+const NRF52840_INTERNAL: FlashGeometry = FlashGeometry {
+    name: "internal",
+    base_address: 0,
+    sectors: &[SectorRun { count: 256, size: 4 * KIB }],
+    write_size: 4,
+};
 
 /// External SPI NOR of `count` 4 KiB sectors, memory-mapped (XIP) at 0x1200_0000
 /// (`flash_mal.h`: `EXTERNAL_FLASH_XIP_BASE`; `platform_config.h`: `sFLASH_PAGECOUNT`
@@ -403,8 +437,12 @@ const GEN3_RADIO_STACK: Slot =
 const GEN3_BOOTLOADER: Slot =
     Slot { name: "bootloader", function: ModuleFunction::Bootloader, index: 0, region: region(0, 0xF_4000, 48 * KIB) };
 /// Device OS ≤ 3.0: system part 1 from 0x3_0000 up to the 128 KiB application.
-const GEN3_SYSTEM_PART1: Slot =
-    Slot { name: "system-part1", function: ModuleFunction::SystemPart, index: 1, region: region(0, 0x3_0000, 0xA_4000) };
+const GEN3_SYSTEM_PART1: Slot = Slot {
+    name: "system-part1",
+    function: ModuleFunction::SystemPart,
+    index: 1,
+    region: region(0, 0x3_0000, 0xA_4000),
+};
 const GEN3_APPLICATION: Slot =
     Slot { name: "application", function: ModuleFunction::UserPart, index: 1, region: region(0, 0xD_4000, 128 * KIB) };
 const GEN3_ASSETS: Slot =
@@ -432,7 +470,12 @@ const GEN3_SLOTS: &[Slot] = &[GEN3_RADIO_STACK, GEN3_SYSTEM_PART1, GEN3_APPLICAT
 const GEN3_NCP_SLOTS: &[Slot] =
     &[GEN3_RADIO_STACK, GEN3_SYSTEM_PART1, GEN3_APPLICATION, GEN3_BOOTLOADER, GEN3_ASSETS, GEN3_NCP];
 
-const fn gen3(name: &'static str, platform_id: u16, devices: &'static [FlashGeometry], slots: &'static [Slot]) -> Profile {
+const fn gen3(
+    name: &'static str,
+    platform_id: u16,
+    devices: &'static [FlashGeometry],
+    slots: &'static [Slot],
+) -> Profile {
     Profile {
         name,
         platform_id,
@@ -476,8 +519,18 @@ pub const ESOMX: Profile = gen3(
     &[NRF52840_INTERNAL, nrf52840_external(1024)],
     &[
         GEN3_RADIO_STACK,
-        Slot { name: "system-part1", function: ModuleFunction::SystemPart, index: 1, region: region(0, 0x3_0000, 0x8_4000) },
-        Slot { name: "application", function: ModuleFunction::UserPart, index: 2, region: region(0, 0xB_4000, 256 * KIB) },
+        Slot {
+            name: "system-part1",
+            function: ModuleFunction::SystemPart,
+            index: 1,
+            region: region(0, 0x3_0000, 0x8_4000),
+        },
+        Slot {
+            name: "application",
+            function: ModuleFunction::UserPart,
+            index: 2,
+            region: region(0, 0xB_4000, 256 * KIB),
+        },
         GEN3_BOOTLOADER,
         GEN3_ASSETS,
     ],

@@ -67,7 +67,8 @@ pub fn by_id(id: u16) -> Option<&'static Platform> {
 
 /// The platform named `name` (ASCII case ignored; `e-series` is the Electron's id).
 pub fn by_name(name: &str) -> Option<&'static Platform> {
-    let name = if name.eq_ignore_ascii_case("e-series") || name.eq_ignore_ascii_case("eseries") { "electron" } else { name };
+    let name =
+        if name.eq_ignore_ascii_case("e-series") || name.eq_ignore_ascii_case("eseries") { "electron" } else { name };
     PLATFORMS.iter().find(|p| p.name.eq_ignore_ascii_case(name))
 }
 

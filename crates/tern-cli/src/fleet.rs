@@ -30,8 +30,9 @@ pub struct Common {
     /// The server's MQTT gateway, `mqtt://HOST:PORT`.
     #[arg(long, value_name = "URL")]
     server: String,
-    /// Platform profile: stm32f2 (Photon) or nrf52840 (Argon); `tern sim fleet` also
-    /// takes `both` (alternating).
+    /// Platform profile: photon, p1, electron (also e-series), argon, boron, esomx, bsom,
+    /// tracker, or the generic stm32f2 (= photon) and nrf52840 (= argon); `tern sim fleet`
+    /// also takes `both` (alternating stm32f2 and nrf52840).
     #[arg(long, default_value = "stm32f2")]
     profile: String,
     /// Behaviour of the application a new device starts with: healthy, panic, hang,
@@ -109,7 +110,10 @@ pub fn run(cmd: SimCommand) -> Result<ExitCode> {
 }
 
 fn profile(name: &str) -> Result<&'static Profile> {
-    tern_device::profile::by_name(name).ok_or_else(|| anyhow!("--profile {name}: unknown profile (stm32f2, nrf52840)"))
+    tern_device::profile::by_name(name).ok_or_else(|| {
+        let known: Vec<&str> = tern_device::profile::names().collect();
+        anyhow!("--profile {name}: unknown profile (known: {})", known.join(", "))
+    })
 }
 
 /// Everything one device thread needs.

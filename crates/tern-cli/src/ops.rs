@@ -308,7 +308,8 @@ pub enum DeviceCommand {
     Add {
         /// Device id: 1 to 64 of A-Z a-z 0-9 - _ .
         id: String,
-        /// Platform name (photon, argon, …) or numeric platform id.
+        /// Platform name or Device OS platform id: photon (6), p1 (8), electron (10,
+        /// also E-Series), argon (12), boron (13), esomx (15), bsom (23), tracker (26).
         #[arg(long)]
         platform: String,
         /// How the device reaches the server; cellular devices ask the operator to
@@ -418,7 +419,12 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     let client = Client::connect()?;
     match cmd {
         DeviceCommand::Add { id, platform, connectivity, auto_heal, json } => {
-            let platform = platform.parse::<u64>().map(Value::from).unwrap_or(Value::from(platform));
+            let Some(known) = tern_image::platform::parse(&platform) else {
+                let names: Vec<String> =
+                    tern_image::platform::PLATFORMS.iter().map(|p| format!("{} ({})", p.name, p.id)).collect();
+                bail!("--platform {platform}: unknown platform; Tern serves {}", names.join(", "));
+            };
+            let platform = Value::from(known.id);
             let mut body = serde_json::json!({ "id": id, "platform": platform, "connectivity": connectivity.name() });
             if let Some(switch) = auto_heal {
                 body["auto_heal"] = switch.json();

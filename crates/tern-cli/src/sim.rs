@@ -25,7 +25,8 @@ pub enum Command {
 /// Which scenarios to run.
 #[derive(Args)]
 pub struct Selection {
-    /// Only this profile (stm32f2, nrf52840).
+    /// Only this profile: a platform name (photon, p1, electron, argon, boron, esomx, bsom,
+    /// tracker) or a generic one (stm32f2 = photon, nrf52840 = argon).
     #[arg(long)]
     profile: Option<String>,
     /// Only this scenario.
@@ -59,10 +60,17 @@ fn select(sel: &Selection) -> Result<Vec<Scenario>> {
             bail!("{}: corpus directory not found", dir.display());
         }
     }
+    let profile = match sel.profile.as_deref() {
+        Some(name) => Some(tern_device::profile::by_name(name).ok_or_else(|| {
+            let known: Vec<&str> = tern_device::profile::names().collect();
+            anyhow::anyhow!("--profile {name}: unknown profile (known: {})", known.join(", "))
+        })?),
+        None => None,
+    };
     let all = scenario::all(corpus.as_deref()).map_err(anyhow::Error::msg)?;
     let chosen: Vec<Scenario> = all
         .into_iter()
-        .filter(|s| sel.profile.as_deref().is_none_or(|p| s.profile.name == p))
+        .filter(|s| profile.is_none_or(|p| s.profile.name == p.name))
         .filter(|s| sel.scenario.as_deref().is_none_or(|n| s.name == n))
         .collect();
     if chosen.is_empty() {
@@ -91,6 +99,15 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                         "{:<38} {:<9} {:>6} {:>7} {:>7} {:>10} {:>8}",
                         s.name, s.profile, s.flash_ops, s.faults_injected, s.bricked, s.violations, s.residual_risk
                     );
+                    if s.stage_ops.len() > 1 {
+                        let ops: Vec<String> = s.stage_ops.iter().map(u64::to_string).collect();
+                        println!(
+                            "    {} stages (ops {}): {}",
+                            s.stage_ops.len(),
+                            ops.join(" + "),
+                            s.modules.join(", ")
+                        );
+                    }
                     for e in &s.examples {
                         println!("    {e}");
                     }

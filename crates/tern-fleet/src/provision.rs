@@ -36,8 +36,9 @@ pub fn synthetic_images(profile: &'static Profile, behaviour: Behaviour) -> (Vec
         set.push(img(RadioStack, 0, 200, &[], Behaviour::Healthy));
     }
     let app_dep = [dep(SystemPart, 1, 100)];
-    set.push(img(UserPart, 1, 1, &app_dep, behaviour));
-    let factory = Image::synthetic(profile, UserPart, 1, 0, &app_dep, Behaviour::Healthy, 2 * 1024);
+    let app = profile.app_index();
+    set.push(img(UserPart, app, 1, &app_dep, behaviour));
+    let factory = Image::synthetic(profile, UserPart, app, 0, &app_dep, Behaviour::Healthy, 2 * 1024);
     (set, factory)
 }
 

@@ -9,7 +9,8 @@
 //! - [`manifest`]: signed release manifests and signed module statements (COSE_Sign1
 //!   over deterministic CBOR, ED25519), verifiable on a device without allocation;
 //! - [`bundle`]: one file holding a signed manifest and its modules (writing needs `alloc`);
-//! - [`hex`]: Intel HEX output for manufacturing (needs `alloc`).
+//! - [`hex`]: Intel HEX output for manufacturing (needs `alloc`);
+//! - [`platform`]: Particle's platform ids, names, generations and MCUs.
 //!
 //! Every parser produces the same format-independent [`ModuleInfo`]. Parsers never panic
 //! on input: every failure is a variant of a small error enum.
@@ -31,6 +32,7 @@ pub mod manifest;
 pub mod mcuboot;
 pub mod model;
 pub mod particle;
+pub mod platform;
 
 #[cfg(feature = "alloc")]
 pub mod hex;

@@ -467,6 +467,15 @@ async fn add_device(
             format!("platform must be a platform id or one of {}", known.join(", ")),
         )
     })?;
+    if tern_image::platform::by_id(platform_id).is_none() {
+        let known: Vec<String> =
+            tern_image::platform::PLATFORMS.iter().map(|p| format!("{} ({})", p.name, p.id)).collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_platform",
+            format!("platform {platform_id} is not one Tern serves: {}", known.join(", ")),
+        ));
+    }
     let connectivity = body.connectivity.as_deref().map(parse_connectivity).transpose()?.unwrap_or(Connectivity::Wifi);
     let policy = Policy { connectivity, auto_heal: body.auto_heal };
     let secret = auth::new_device_secret();

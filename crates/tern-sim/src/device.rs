@@ -130,28 +130,42 @@ pub fn entry(
 pub enum SimStorage {
     /// STM32F2-class: one internal flash (word writes, 16 KiB smallest sector).
     One(OneFlash<SimFlash<4, 16384>>),
+    /// STM32F2-class with external SPI NOR (the P1: byte writes, 4 KiB sectors).
+    StmExternal(TwoFlashes<SimFlash<4, 16384>, SimFlash<1, 4096>>),
     /// nRF52840-class: internal (word writes, 4 KiB pages) and external SPI NOR (byte
     /// writes, 4 KiB sectors).
     Two(TwoFlashes<SimFlash<4, 4096>, SimFlash<1, 4096>>),
+    /// nRF52840-class with a network coprocessor's flash as device 2 (byte writes, 4 KiB
+    /// sectors).
+    WithNcp(TwoFlashes<SimFlash<4, 4096>, SimFlash<1, 4096>>, OneFlash<SimFlash<1, 4096>>),
 }
 
 impl Storage for SimStorage {
     fn read(&mut self, dev: u8, offset: u32, buf: &mut [u8]) -> Result<(), FlashError> {
         match self {
             SimStorage::One(s) => s.read(dev, offset, buf),
+            SimStorage::StmExternal(s) => s.read(dev, offset, buf),
             SimStorage::Two(s) => s.read(dev, offset, buf),
+            SimStorage::WithNcp(_, ncp) if dev == 2 => ncp.read(0, offset, buf),
+            SimStorage::WithNcp(s, _) => s.read(dev, offset, buf),
         }
     }
     fn write(&mut self, dev: u8, offset: u32, data: &[u8]) -> Result<(), FlashError> {
         match self {
             SimStorage::One(s) => s.write(dev, offset, data),
+            SimStorage::StmExternal(s) => s.write(dev, offset, data),
             SimStorage::Two(s) => s.write(dev, offset, data),
+            SimStorage::WithNcp(_, ncp) if dev == 2 => ncp.write(0, offset, data),
+            SimStorage::WithNcp(s, _) => s.write(dev, offset, data),
         }
     }
     fn erase(&mut self, dev: u8, from: u32, to: u32) -> Result<(), FlashError> {
         match self {
             SimStorage::One(s) => s.erase(dev, from, to),
+            SimStorage::StmExternal(s) => s.erase(dev, from, to),
             SimStorage::Two(s) => s.erase(dev, from, to),
+            SimStorage::WithNcp(_, ncp) if dev == 2 => ncp.erase(0, from, to),
+            SimStorage::WithNcp(s, _) => s.erase(dev, from, to),
         }
     }
 }
@@ -188,13 +202,19 @@ impl SimDevice {
 
     /// The flash as the device crate sees it.
     pub fn storage(&self) -> SimStorage {
-        if self.profile.devices.len() == 1 {
-            SimStorage::One(OneFlash(SimFlash::new(self.bench.clone(), 0)))
-        } else {
-            SimStorage::Two(TwoFlashes {
-                internal: SimFlash::new(self.bench.clone(), 0),
-                external: SimFlash::new(self.bench.clone(), 1),
-            })
+        fn flash<const W: usize, const E: usize>(dev: &SimDevice, n: usize) -> SimFlash<W, E> {
+            SimFlash::new(dev.bench.clone(), n)
+        }
+        // The internal flash's smallest sector tells the MCU family apart.
+        let uneven = self.profile.devices[0].sectors.first().is_some_and(|r| r.size == 16 * 1024);
+        match (self.profile.devices.len(), uneven) {
+            (1, _) => SimStorage::One(OneFlash(flash(self, 0))),
+            (_, true) => SimStorage::StmExternal(TwoFlashes { internal: flash(self, 0), external: flash(self, 1) }),
+            (2, false) => SimStorage::Two(TwoFlashes { internal: flash(self, 0), external: flash(self, 1) }),
+            _ => SimStorage::WithNcp(
+                TwoFlashes { internal: flash(self, 0), external: flash(self, 1) },
+                OneFlash(flash(self, 2)),
+            ),
         }
     }
 
@@ -251,6 +271,11 @@ impl SimDevice {
         let dev = SimDevice::new(profile, keys);
         let mut rest = &rest[n as usize..];
         for d in dev.bench.borrow_mut().devices.iter_mut() {
+            // A device saved before its profile gained a flash device (the Argon's NCP)
+            // loads with that device erased.
+            if rest.is_empty() {
+                break;
+            }
             let len = rest.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(bad)?;
             if len != d.bytes.len() || rest.len() < 4 + len {
                 return Err(bad());

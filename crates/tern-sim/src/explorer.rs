@@ -3,6 +3,12 @@
 //! any operation, a torn write at a program, a torn erase at an erase), each from the same
 //! initial state, and the device is rebooted until it settles; the invariants of
 //! [`crate::scenario`] are checked. Seeded random runs add several faults to one run.
+//!
+//! A staged scenario (an upgrade installed in several offers) is swept stage by stage:
+//! every operation of every stage is faulted, each stage starting from the flash a clean
+//! run of the stages before it leaves (the simulation is deterministic, so this is the
+//! same state a full replay reaches, at a fraction of the time). The random multi-fault
+//! runs replay the whole upgrade, so their faults can fall into several stages.
 
 use serde::Serialize;
 
@@ -16,8 +22,12 @@ pub struct ScenarioReport {
     pub name: String,
     /// Profile name.
     pub profile: String,
-    /// Program/erase operations in the clean run.
+    /// Program/erase operations in the clean run (of all stages).
     pub flash_ops: u64,
+    /// Program/erase operations of each stage's clean run (one entry when not staged).
+    pub stage_ops: Vec<u64>,
+    /// The modules the scenario's updates install (file names for corpus modules).
+    pub modules: Vec<String>,
     /// Faults injected (exhaustive single faults plus those of the random runs).
     pub faults_injected: u64,
     /// Runs that ended with a device that cannot boot.
@@ -97,10 +107,61 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     let device = sc.provisioned();
     let base = device.bench.borrow().clone();
     let mut rep = ScenarioReport { name: sc.name.clone(), profile: sc.profile.name.to_string(), ..Default::default() };
-    let clean = scenario::run(sc, &base, &[]);
+    rep.modules = sc
+        .tasks
+        .iter()
+        .flat_map(|t| match t {
+            scenario::Task::Update { modules, .. } => modules.iter().map(|m| m.name.clone()).collect(),
+            scenario::Task::FactoryRestore => Vec::new(),
+        })
+        .collect();
+    let stages = match scenario::stages(sc, &base) {
+        Ok(stages) => stages,
+        Err(why) => {
+            rep.violations += 1;
+            rep.examples.push(why);
+            return rep;
+        }
+    };
+    for (stage, start) in &stages {
+        let part = sweep(stage, start);
+        rep.flash_ops += part.flash_ops;
+        rep.stage_ops.push(part.flash_ops);
+        rep.faults_injected += part.faults_injected;
+        rep.bricked += part.bricked;
+        rep.violations += part.violations;
+        rep.residual_risk += part.residual_risk;
+        rep.examples.extend(part.examples);
+    }
+    rep.examples.truncate(5);
+    let mut rng = Rng(config.seed
+        ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
+    let span = rep.flash_ops + rep.flash_ops / 2 + 1;
+    for _ in 0..config.random_runs {
+        let n = 2 + rng.below(config.max_faults.saturating_sub(1).max(1));
+        let mut faults: Vec<(u64, FaultKind)> = (0..n)
+            .map(|_| {
+                let kind = [FaultKind::Cut, FaultKind::TornWrite, FaultKind::TornErase][rng.below(3) as usize];
+                (rng.below(span), kind)
+            })
+            .collect();
+        faults.sort();
+        faults.dedup_by_key(|f| f.0);
+        let out = scenario::run(sc, &base, &faults);
+        rep.random_runs += 1;
+        rep.faults_injected += out.injected.len() as u64;
+        tally(sc, &mut rep, &out, &faults);
+    }
+    rep
+}
+
+/// The clean run of one stage, then every operation index × every applicable fault kind,
+/// split over two threads.
+fn sweep(sc: &Scenario, base: &crate::flash::Bench) -> ScenarioReport {
+    let mut rep = ScenarioReport::default();
+    let clean = scenario::run(sc, base, &[]);
     rep.flash_ops = clean.ops;
     tally(sc, &mut rep, &clean, &[]);
-    // Every operation index × every applicable fault kind, split over two threads.
     let cases: Vec<(u64, FaultKind)> = clean
         .log
         .iter()
@@ -118,7 +179,6 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
         let handles: Vec<_> = cases
             .chunks(half)
             .map(|chunk| {
-                let base = &base;
                 scope.spawn(move || {
                     let mut part = ScenarioReport::default();
                     for fault in chunk {
@@ -139,25 +199,6 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
         rep.violations += part.violations;
         rep.residual_risk += part.residual_risk;
         rep.examples.extend(part.examples);
-    }
-    rep.examples.truncate(5);
-    let mut rng = Rng(config.seed
-        ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
-    let span = clean.ops + clean.ops / 2 + 1;
-    for _ in 0..config.random_runs {
-        let n = 2 + rng.below(config.max_faults.saturating_sub(1).max(1));
-        let mut faults: Vec<(u64, FaultKind)> = (0..n)
-            .map(|_| {
-                let kind = [FaultKind::Cut, FaultKind::TornWrite, FaultKind::TornErase][rng.below(3) as usize];
-                (rng.below(span), kind)
-            })
-            .collect();
-        faults.sort();
-        faults.dedup_by_key(|f| f.0);
-        let out = scenario::run(sc, &base, &faults);
-        rep.random_runs += 1;
-        rep.faults_injected += out.injected.len() as u64;
-        tally(sc, &mut rep, &out, &faults);
     }
     rep
 }

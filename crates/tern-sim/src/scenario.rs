@@ -70,6 +70,11 @@ pub struct Scenario {
     pub tasks: Vec<Task>,
     /// The expected end.
     pub expect: Expect,
+    /// The tasks are stages of one upgrade (one offer each, as a device whose exchange area
+    /// cannot hold the whole release takes it): the explorer sweeps each stage from the
+    /// flash a clean run of the stages before it leaves, instead of replaying them for
+    /// every fault.
+    pub staged: bool,
 }
 
 impl Scenario {
@@ -170,7 +175,7 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     use ModuleFunction::*;
     let p = profile;
     let img = |f, i, v, deps: &[Dependency], b| Image::synthetic(p, f, i, v, deps, b, SYNTH);
-    let stm = p.name == STM32F2.name;
+    let stm = p.slot_for(SystemPart, 2).is_some();
     let sys1 = img(SystemPart, 1, 100, &[], Healthy);
     let boot1 = img(Bootloader, 0, 10, &[], Healthy);
     let mut initial = vec![boot1.clone(), sys1.clone()];
@@ -179,9 +184,10 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     initial.extend(sys2.clone());
     initial.extend(radio.clone());
     let app_dep = [dep(SystemPart, 1, 100)];
-    let app1 = img(UserPart, 1, 1, &app_dep, Healthy);
+    let app = p.app_index();
+    let app1 = img(UserPart, app, 1, &app_dep, Healthy);
     initial.push(app1.clone());
-    let factory = Image::synthetic(p, UserPart, 1, 0, &app_dep, Healthy, 2 * 1024 + 100);
+    let factory = Image::synthetic(p, UserPart, app, 0, &app_dep, Healthy, 2 * 1024 + 100);
     let base = |name: &str, tasks: Vec<Task>, expect: Expect, initial: &Vec<Image>| Scenario {
         name: name.to_string(),
         profile,
@@ -189,14 +195,15 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
         factory: factory.clone(),
         tasks,
         expect,
+        staged: false,
     };
     let mut out = Vec::new();
 
-    let app2 = img(UserPart, 1, 2, &app_dep, Healthy);
+    let app2 = img(UserPart, app, 2, &app_dep, Healthy);
     out.push(base("app-update", vec![update(p, vec![app2.clone()], 1)], Expect::New(vec![app2.clone()]), &initial));
 
     let sys1b = img(SystemPart, 1, 101, &[], Healthy);
-    let app3 = img(UserPart, 1, 3, &[dep(SystemPart, 1, 101)], Healthy);
+    let app3 = img(UserPart, app, 3, &[dep(SystemPart, 1, 101)], Healthy);
     let mut set = vec![sys1b.clone()];
     if stm {
         set.push(img(SystemPart, 2, 101, &[dep(SystemPart, 1, 101)], Healthy));
@@ -214,7 +221,7 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     // The same kind of update composed by a server from its catalog: one signed module
     // statement per module instead of a release manifest.
     let sys1e = img(SystemPart, 1, 104, &[], Healthy);
-    let app9 = img(UserPart, 1, 9, &[dep(SystemPart, 1, 104)], Healthy);
+    let app9 = img(UserPart, app, 9, &[dep(SystemPart, 1, 104)], Healthy);
     let set = vec![sys1e, app9];
     let mut by_statements = update(p, set.clone(), 1);
     if let Task::Update { documents, .. } = &mut by_statements {
@@ -235,7 +242,7 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     let set = vec![sys1d, boot2];
     out.push(base("system-part-and-bootloader", vec![update(p, set.clone(), 1)], Expect::New(set), &initial));
 
-    let bad = img(UserPart, 1, 4, &app_dep, Panic);
+    let bad = img(UserPart, app, 4, &app_dep, Panic);
     let mut t = update(p, vec![bad], 1);
     if let Task::Update { expect_fail, .. } = &mut t {
         *expect_fail = true;
@@ -246,8 +253,8 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     // panics, the rollback to it fails its test boot too, and the factory image is restored.
     let mut weak = initial.clone();
     weak.retain(|i| i.entry.function != UserPart);
-    weak.push(img(UserPart, 1, 1, &app_dep, NeverConfirms));
-    let hang = img(UserPart, 1, 5, &app_dep, Hang);
+    weak.push(img(UserPart, app, 1, &app_dep, NeverConfirms));
+    let hang = img(UserPart, app, 5, &app_dep, Hang);
     let mut t = update(p, vec![hang], 1);
     if let Task::Update { expect_fail, .. } = &mut t {
         *expect_fail = true;
@@ -256,8 +263,8 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
 
     out.push(base("factory-restore-on-request", vec![Task::FactoryRestore], Expect::Factory, &initial));
 
-    let slow = img(UserPart, 1, 6, &app_dep, NeverConfirms);
-    let app7 = img(UserPart, 1, 7, &app_dep, Healthy);
+    let slow = img(UserPart, app, 6, &app_dep, NeverConfirms);
+    let app7 = img(UserPart, app, 7, &app_dep, Healthy);
     let mut first = update(p, vec![slow], 1);
     if let Task::Update { wait_confirm, .. } = &mut first {
         *wait_confirm = false;
@@ -269,7 +276,7 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
         &initial,
     ));
 
-    let big = Image::synthetic(p, UserPart, 1, 8, &app_dep, Healthy, 12 * 1024 + 7);
+    let big = Image::synthetic(p, UserPart, app, 8, &app_dep, Healthy, 12 * 1024 + 7);
     let mut t = update(p, vec![big.clone()], 1);
     if let Task::Update { reset_after_blocks, .. } = &mut t {
         *reset_after_blocks = Some(7);
@@ -306,6 +313,54 @@ const MAX_BOOTS: u32 = 80;
 
 /// Runs a scenario on a copy of `base` (a provisioned device's flash) with `faults`.
 pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome {
+    run_keeping(sc, base, faults, false).0
+}
+
+/// Runs a scenario without faults and returns the flash it ends with (its operation
+/// counter reset): where the next stage of a staged upgrade starts.
+pub fn run_to_end(sc: &Scenario, base: &Bench) -> (Outcome, Bench) {
+    let (out, bench) = run_keeping(sc, base, &[], true);
+    let mut bench = bench.expect("kept on request");
+    bench.reset_counter();
+    (out, bench)
+}
+
+/// The stages of a staged scenario, each as a scenario of its own with the flash it starts
+/// from (a clean run of the stages before it); a scenario that is not staged is its own
+/// single stage. Fails with the violations of a stage that does not complete cleanly.
+pub fn stages(sc: &Scenario, base: &Bench) -> Result<Vec<(Scenario, Bench)>, String> {
+    if !sc.staged {
+        return Ok(vec![(sc.clone(), base.clone())]);
+    }
+    let mut out = Vec::new();
+    let mut bench = base.clone();
+    let mut installed = sc.initial.clone();
+    let n = sc.tasks.len();
+    for (k, task) in sc.tasks.iter().enumerate() {
+        let Task::Update { modules, .. } = task else { return Err(format!("{}: a stage is not an update", sc.name)) };
+        let stage = Scenario {
+            name: format!("{} (stage {}/{n})", sc.name, k + 1),
+            profile: sc.profile,
+            initial: installed.clone(),
+            factory: sc.factory.clone(),
+            tasks: vec![task.clone()],
+            expect: Expect::New(modules.clone()),
+            staged: false,
+        };
+        let (done, next) = run_to_end(&stage, &bench);
+        if done.bricked.is_some() || !done.violations.is_empty() {
+            return Err(format!("{}: {:?} {:?}", stage.name, done.bricked, done.violations));
+        }
+        installed.retain(|i| {
+            !modules.iter().any(|m| (m.entry.function, m.entry.index) == (i.entry.function, i.entry.index))
+        });
+        installed.extend(modules.iter().cloned());
+        out.push((stage, std::mem::replace(&mut bench, next)));
+    }
+    Ok(out)
+}
+
+fn run_keeping(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], keep: bool) -> (Outcome, Option<Bench>) {
     // Reuse this thread's previous bench allocation: copying into it avoids faulting in
     // fresh pages for every run.
     let mut bench = SPARE.with(|spare| spare.borrow_mut().take()).unwrap_or_else(|| base.clone());
@@ -330,10 +385,15 @@ pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome 
     world.out.violations.extend(b.violations.iter().map(|v| format!("flash: {v}")));
     world.out.cost = b.devices.iter().map(|d| (d.stats.sector_erases, d.stats.bytes_programmed)).collect();
     drop(b);
+    let mut kept = None;
     if let Ok(cell) = std::rc::Rc::try_unwrap(dev.bench) {
-        SPARE.with(|spare| *spare.borrow_mut() = Some(cell.into_inner()));
+        if keep {
+            kept = Some(cell.into_inner());
+        } else {
+            SPARE.with(|spare| *spare.borrow_mut() = Some(cell.into_inner()));
+        }
     }
-    world.out
+    (world.out, kept)
 }
 
 thread_local! {

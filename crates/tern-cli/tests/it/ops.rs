@@ -119,6 +119,8 @@ fn login_then_manage_devices_and_follow_events() {
     ok(&home, &["device", "add", "bench-2", "--platform", "12"]);
     fails(&home, &["device", "add", "bench-1", "--platform", "photon"], "bench-1");
     fails(&home, &["device", "add", "bad/id", "--platform", "photon"], "device id");
+    fails(&home, &["device", "add", "bench-3", "--platform", "xenon"], "unknown platform");
+    fails(&home, &["device", "add", "bench-3", "--platform", "99"], "unknown platform");
     fails(&home, &["device", "show", "nobody"], "no device nobody");
 
     let list = ok(&home, &["device", "list"]);

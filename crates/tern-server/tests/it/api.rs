@@ -261,6 +261,7 @@ fn devices_register_once_with_valid_ids_and_platforms() {
         (json!({ "id": "x".repeat(65), "platform": "argon" }), 400, Some("bad_device_id")),
         (json!({ "id": "ok", "platform": "toaster" }), 400, Some("bad_platform")),
         (json!({ "id": "ok", "platform": 70000 }), 400, Some("bad_platform")),
+        (json!({ "id": "ok", "platform": 99 }), 422, Some("unknown_platform")),
         (json!({ "id": "ok" }), 400, Some("bad_request")),
         (json!("not an object"), 400, Some("bad_request")),
     ];

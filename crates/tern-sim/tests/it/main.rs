@@ -3,3 +3,4 @@
 mod agent;
 mod explorer;
 mod fuzz_corpus;
+mod profiles;

@@ -556,9 +556,7 @@ fn show_device(d: &Value) {
             println!("security  counter {counter} (modules signed with a lower one are refused)");
         }
         if let Some(staging) = inventory["capacity"]["staging_bytes"].as_u64() {
-            println!(
-                "staging   {staging} bytes per update offer (larger updates go in stages, one reboot each)"
-            );
+            println!("staging   {staging} bytes per update offer (larger updates go in stages, one reboot each)");
         }
         println!(
             "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",

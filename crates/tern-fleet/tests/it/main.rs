@@ -4,6 +4,7 @@
 mod assets;
 mod cli;
 mod commands;
+mod device_os;
 mod device_os_oracle;
 mod heal;
 mod resilience;

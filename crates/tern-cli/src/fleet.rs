@@ -62,7 +62,8 @@ pub struct DeviceArgs {
     /// The device's MQTT secret (default: DIR/secret, or registered with --api).
     #[arg(long)]
     secret: Option<String>,
-    /// State directory: flash image, current attempt, secret (default ./tern-sim/ID).
+    /// State directory: flash image (which also records the attempt in progress) and secret
+    /// (default ./tern-sim/ID).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
 }

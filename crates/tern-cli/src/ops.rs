@@ -255,14 +255,22 @@ pub(crate) fn upload_module_with(
     client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &body)
 }
 
+/// "Device OS 2.3.1 (v2302)" for a system part: the release its version belongs to (system
+/// parts of one release share their module version).
+fn release_of(module: &Value) -> Option<String> {
+    let version = u32::try_from(module["version"].as_u64()?).ok()?;
+    (module["function_name"] == "system_part").then(|| format!("Device OS {}", tern_plan::device_os::label(version)))
+}
+
 /// One line about a catalog module.
 pub(crate) fn module_line(module: &Value) -> String {
     format!(
-        "in catalog: platform {} {} {} version {} ({} bytes) file sha256 {}{}",
+        "in catalog: platform {} {} {} version {}{} ({} bytes) file sha256 {}{}",
         module["platform_id"],
         module["function_name"].as_str().unwrap_or("?"),
         module["index"],
         module["version"],
+        release_of(module).map(|r| format!(" — {r}")).unwrap_or_default(),
         module["size"],
         module["sha256"].as_str().unwrap_or("?"),
         match (module["statement"].is_string(), module["security_counter"].as_u64().unwrap_or(0)) {
@@ -281,12 +289,12 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  FILE",
-        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED", "COUNTER"
+        "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {:<24}  FILE",
+        "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED", "COUNTER", "RELEASE"
     );
     for m in modules.as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {}",
+            "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {:<24}  {}",
             m["platform_id"].to_string(),
             m["function_name"].as_str().unwrap_or("?"),
             m["index"].to_string(),
@@ -295,6 +303,7 @@ pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
             m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
             if m["statement"].is_string() { "yes" } else { "no" },
             m["security_counter"].as_u64().unwrap_or(0),
+            release_of(m).unwrap_or_else(|| "-".to_owned()),
             m["filename"].as_str().unwrap_or("-"),
         );
     }

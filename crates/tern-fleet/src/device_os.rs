@@ -116,21 +116,20 @@ pub fn application(
     behaviour: Behaviour,
     size: usize,
 ) -> Result<Image, String> {
-    let slot = profile
-        .slot_for(ModuleFunction::UserPart, 1)
-        .ok_or_else(|| format!("{}: no application slot", profile.name))?;
+    let index = profile.app_index();
+    let slot = profile.app_slot().ok_or_else(|| format!("{}: no application slot", profile.name))?;
     let address =
         profile.slot_address(slot).ok_or_else(|| format!("{}: application slot outside flash", profile.name))?;
     let name = format!("{}-app@{version}-{}.bin", profile.name, behaviour.name());
     let mut contents = MARKER.to_vec();
     contents.extend_from_slice(format!("{};{name};", behaviour.name()).as_bytes());
-    let seed = seed(profile.platform_id, ModuleFunction::UserPart, 1, version) ^ behaviour as u64;
+    let seed = seed(profile.platform_id, ModuleFunction::UserPart, index, version) ^ behaviour as u64;
     Filler::new(seed, address, ram_top(profile)).fill(&mut contents, size);
     let product_version = u16::try_from(version).map_err(|_| format!("application version {version} above 65535"))?;
     let module = NewModule {
         platform_id: profile.platform_id,
         function: ModuleFunction::UserPart,
-        index: 1,
+        index,
         version,
         start_address: address,
         prefix_offset: 0,
@@ -495,7 +494,7 @@ mod tests {
                 let module = particle::parse(&app.bytes).expect("a Particle module");
                 assert_eq!(
                     (module.info.function, module.info.index, module.info.version),
-                    (ModuleFunction::UserPart, 1, 7)
+                    (ModuleFunction::UserPart, profile.app_index(), 7)
                 );
                 assert_eq!(module.info.dependencies().copied().collect::<Vec<_>>(), [needs]);
                 assert_eq!(module.info.product_id, Some(profile.platform_id));

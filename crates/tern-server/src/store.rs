@@ -153,8 +153,8 @@ pub struct InstalledModuleRecord {
 pub struct ResultRecord {
     /// Attempt id.
     pub attempt: u64,
-    /// The stage of that attempt the result is about (0 for single-stage attempts).
-    #[serde(default)]
+    /// The stage of that attempt the result is about (absent for the first stage).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub stage: u32,
     /// `confirmed`, `failed`, `rolled_back`, `cancelled`.
     pub outcome: String,
@@ -164,6 +164,10 @@ pub struct ResultRecord {
     pub reason_code: u16,
     /// Position in the offer of the module concerned.
     pub module: Option<u8>,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// What a device last said about itself (its last Describe).

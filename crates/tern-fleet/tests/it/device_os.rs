@@ -13,8 +13,7 @@
 //! coherent Device OS release, and ends confirmed with every module hash shown by
 //! `tern device show`. Requests that can never work are refused before anything is sent.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,7 +24,6 @@ use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image, SimDevice};
 
-use crate::cli::tern;
 use crate::support::{installed_hashes, release_key, scratch, Device, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -78,19 +76,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn tern_run(server: &Server, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tern())
-        .args(args)
-        .env("TERN_SERVER", &server.http)
-        .env("TERN_TOKEN", &server.token)
-        .env("HOME", scratch("fleet-device-os-home"))
-        .env_remove("TERN_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tern starts");
-    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
-    child.wait_with_output().expect("tern runs")
+    crate::support::tern_against(server, "fleet-device-os-home", args, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {

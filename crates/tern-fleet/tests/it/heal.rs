@@ -11,8 +11,7 @@
 //!   `tern flash ID --heal --yes --wait` sends it.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,7 +21,6 @@ use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image};
 
-use crate::cli::tern;
 use crate::support::{installed_hashes, release_key, scratch, Device, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -87,19 +85,7 @@ fn tern_flash(server: &Server, args: &[&str], stdin: &str) -> Output {
 }
 
 fn tern_run(server: &Server, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tern())
-        .args(args)
-        .env("TERN_SERVER", &server.http)
-        .env("TERN_TOKEN", &server.token)
-        .env("HOME", scratch("fleet-heal-home"))
-        .env_remove("TERN_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tern starts");
-    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
-    child.wait_with_output().expect("tern runs")
+    crate::support::tern_against(server, "fleet-heal-home", args, stdin)
 }
 
 fn device_record(server: &Server, id: &str) -> Value {

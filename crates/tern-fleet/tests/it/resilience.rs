@@ -183,3 +183,70 @@ fn server_killed_mid_transfer_continues_and_confirms() {
     assert!(sent >= part2.bytes.len() as u64, "every byte counted as sent at least once despite the kill: {a}");
     device.stop().expect("the device ran without error");
 }
+
+/// A staged Device OS upgrade survives a server SIGKILL between its stages: a Photon on
+/// 1.5.2 takes the signed 2.3.1 release bundle (bootloader and both system parts, too big
+/// for one offer), stage 1 is confirmed, the server is killed during stage 2 and
+/// restarted; the same attempt resumes at stage 2 and ends confirmed with every module.
+#[test]
+fn server_killed_between_stages_resumes_the_staged_attempt() {
+    let dir = scratch("fleet-server-kill-stages");
+    let data = dir.join("server");
+    let tern = crate::cli::tern();
+    let (http, mqtt) = (crate::support::free_port(), crate::support::free_port());
+    let server = Server::spawn(&tern, &data, http, mqtt);
+    let id = "photon-stages";
+    let secret = server.add_device(id, "photon");
+    let rel = tern_testkit::corpus().join("particle/releases");
+    let load = |f: &str| tern_sim::corpus::module(&rel.join(f), 6).expect("corpus module");
+    let from: Vec<Image> =
+        ["photon-bootloader@1.5.2+lto.bin", "photon-system-part1@1.5.2.bin", "photon-system-part2@1.5.2.bin"]
+            .iter()
+            .map(|f| load(f))
+            .collect();
+    let to: Vec<Image> =
+        ["photon-bootloader@2.3.1+lto.bin", "photon-system-part1@2.3.1.bin", "photon-system-part2@2.3.1.bin"]
+            .iter()
+            .map(|f| load(f))
+            .collect();
+    let profile: &'static Profile = &tern_device::STM32F2;
+    let sys = Dependency { function: ModuleFunction::SystemPart, index: 2, version: 1512 };
+    let app = Image::synthetic(profile, ModuleFunction::UserPart, 1, 1, &[sys], Behaviour::Healthy, 3000);
+    let factory = Image::synthetic(profile, ModuleFunction::UserPart, 1, 0, &[sys], Behaviour::Healthy, 2000);
+    let settings = Settings { block_pace: Duration::from_millis(2), ..Settings::default() };
+    let device = Device::start(&server, id, &secret, settings, None, move || {
+        let mut dev = tern_sim::device::SimDevice::new(profile, vec![release_key().verifying_key()]);
+        let mut set: Vec<&Image> = from.iter().collect();
+        set.push(&app);
+        dev.provision(&set, Some(&factory)).expect("the device is provisioned");
+        dev
+    });
+    device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    let refs: Vec<&Image> = to.iter().collect();
+    let attempt = server.flash(id, &bundle(6, &refs, 1));
+    let (_, started) = server.get(&format!("/api/attempts/{attempt}"));
+    assert_eq!(started["stages"].as_array().map(Vec::len), Some(2), "the release goes in two stages: {started}");
+    // Into stage 2's transfer.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, a) = server.get(&format!("/api/attempts/{attempt}"));
+        if a["stage"] == 1 && a["state"] == "downloading" {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "stage 2 never started: {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    let server = Server::spawn(&tern, &data, http, mqtt);
+    let (_, resumed) = server.get(&format!("/api/attempts/{attempt}"));
+    assert_eq!(resumed["stage"], 1, "the attempt resumes at stage 2: {resumed}");
+    let a = server.wait_final(attempt, TIMEOUT);
+    assert_eq!(a["state"], "confirmed", "{a}");
+    let hashes = installed_hashes(&server, id);
+    for image in &to {
+        assert!(hashes.contains(&hex(&image.entry.sha256)), "2.3.1 installed: {hashes:?}");
+    }
+    let total: u64 = to.iter().map(|i| i.bytes.len() as u64).sum();
+    assert!(a["bytes_sent"].as_u64().unwrap() >= total, "both stages' bytes are counted: {a}");
+    device.stop().expect("the device ran without error");
+}

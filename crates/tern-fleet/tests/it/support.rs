@@ -20,6 +20,26 @@ pub fn release_key() -> SigningKey {
     SigningKey::from_bytes(&[0x42; 32])
 }
 
+/// Runs the real `tern` binary against `server` (its address and token in the
+/// environment, `home` as HOME, no signing key from the environment) with `stdin` typed in.
+pub fn tern_against(server: &Server, home: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(crate::cli::tern())
+        .args(args)
+        .env("TERN_SERVER", &server.http)
+        .env("TERN_TOKEN", &server.token)
+        .env("HOME", scratch(home))
+        .env_remove("TERN_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern starts");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("stdin accepts");
+    child.wait_with_output().expect("tern runs")
+}
+
 /// A server running in this process; stops with the runtime when dropped.
 pub struct Server {
     /// `http://127.0.0.1:PORT`.

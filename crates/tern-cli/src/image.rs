@@ -127,10 +127,15 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 let version = image.header().version;
                 let sha = hex::encode(verified.sha256);
                 if verified.signature_verified {
-                    println!("{}: ok: version {version}, sha256 {sha}, ED25519 signature verified", path.display());
+                    println!(
+                        "{}: ok: version {version}, stored sha256 {sha} (the image hash TLV) matches, \
+                         ED25519 signature verified",
+                        path.display()
+                    );
                 } else {
                     println!(
-                        "{}: hash ok: version {version}, sha256 {sha}; signature not checked (no --key)",
+                        "{}: hash ok: version {version}, stored sha256 {sha} (the image hash TLV) matches; \
+                         signature not checked (no --key)",
                         path.display()
                     );
                 }

@@ -367,7 +367,7 @@ fn print_manifest(file: &Path, m: &Manifest, kid: &[u8], verified: bool) {
     println!("  modules, in install order:");
     for (i, e) in m.modules().enumerate() {
         println!("    {}. {}", i + 1, describe(e));
-        println!("       sha256 {}", hex::encode(e.sha256));
+        println!("       file sha256 {}", hex::encode(e.sha256));
         for d in e.dependencies() {
             println!("       needs {} {} >= v{}", d.function.name(), d.index, d.version);
         }

@@ -409,6 +409,16 @@ pub fn slot_is_valid<S: Storage>(
     Ok(storage::hash(s, Loc { dev: def.region.dev, offset: def.region.offset }, m.size)? == m.sha256)
 }
 
+/// Whether the factory image in its own region still hashes to what the state records.
+fn factory_is_valid<S: Storage>(s: &mut S, profile: &Profile, st: &DeviceState) -> Result<bool, FlashError> {
+    let Some(f) = st.factory else { return Ok(false) };
+    if f.size > profile.factory.size {
+        return Ok(false);
+    }
+    let at = Loc { dev: profile.factory.dev, offset: profile.factory.offset };
+    Ok(storage::hash(s, at, f.size)? == f.sha256)
+}
+
 /// [`boot`] with the reset cause and watchdog wired to a [`Platform`].
 pub fn boot_platform<S: Storage, P: Platform>(
     s: &mut S,
@@ -434,6 +444,7 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
     };
     let mut ev = BootEvents::default();
     let mut counted = false;
+    let mut factory_retried = false;
     // Each pass either returns or records a job that moves the state forward; six passes
     // cover update → rollback → factory → disabled with room to spare.
     for pass in 0..8 {
@@ -495,6 +506,20 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
             return Ok(safe(SafeModeReason::NoApplication, ev));
         };
         if !slot_is_valid(s, profile, &stored.state, app)? {
+            // The running application is the factory copy and its slot no longer verifies
+            // (flash drifted, not the image misbehaving): copy the factory image again, once
+            // per boot, if the factory image itself still verifies. A second failure in the
+            // same boot disables the application as before.
+            let st = &stored.state;
+            let app_is_factory = st.installed[app].zip(st.factory).is_some_and(|(a, f)| a == f);
+            if app_is_factory && !factory_retried && factory_is_valid(s, profile, st)? {
+                factory_retried = true;
+                let st = &mut stored.state;
+                st.job = Some(Job { kind: JobKind::FactoryRestore, step: 0 });
+                st.last_result = UpdateResult::FactoryRestored;
+                stored.save(s, profile)?;
+                continue;
+            }
             fail(profile, &mut stored.state, UpdateResult::RolledBackInvalid);
             stored.save(s, profile)?;
             continue;

@@ -236,14 +236,10 @@ fn corrupt_application(device: &SimDevice) {
     }
 }
 
-/// The gap reported to the tern-device owner: a device whose application slot turns
-/// invalid while it runs the factory application (after a factory restore, on test or
-/// confirmed) has an intact factory image, yet `boot::fail` disables the application
-/// (safe mode, `FactoryFailed`) instead of restoring the factory image again, because
-/// the installed application equals the factory record. Ignored until `boot.rs` restores
-/// the factory image when the application slot is *invalid* (as it does when it is empty).
+/// A device whose application slot turns invalid while it runs the factory application
+/// (after a factory restore, on test or confirmed) still has an intact factory image: the
+/// boot manager copies it again rather than disabling the application.
 #[test]
-#[ignore = "tern-device boot::fail: an invalid slot holding the factory application ends in safe mode"]
 fn invalid_factory_application_is_restored_again() {
     use tern_device::boot::{boot, ResetCause, Run};
     let keys = vec![release_key().verifying_key()];

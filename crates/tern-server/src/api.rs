@@ -574,11 +574,7 @@ const ATTEMPTS_SHOWN: u32 = 10;
 const HISTORY_LEN: u32 = 50;
 
 async fn show_device(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeviceDetail>> {
-    let device = state
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let device = device_or_404(&state, &id).await?;
     let history = state.store.recent_events(&id, HISTORY_LEN).await?;
     let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
     let plans = state.store.device_plans(&id, ATTEMPTS_SHOWN).await?;
@@ -605,9 +601,7 @@ async fn send_command(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let Json(body) =
         body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
-    if state.store.get_device(&id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
-    }
+    device_or_404(&state, &id).await?;
     let action = Action::from_name(&body.action).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -696,6 +690,15 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// Device `id`, or `404 not_found` in the API's error format.
+async fn device_or_404(state: &AppState, id: &str) -> ApiResult<crate::store::DeviceRecord> {
+    state
+        .store
+        .get_device(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))
+}
+
 fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
@@ -720,11 +723,7 @@ async fn start_attempt(
     let body = body.map_err(|rejection| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("bundle refused: {rejection}"))
     })?;
-    let device = state
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let device = device_or_404(&state, &id).await?;
     let plan = state.planner.build_from_bundle(&device, &body).await?;
     let (_, attempt) = state.planner.start(plan.id, query.confirm_air_bytes, Origin::Operator).await?;
     Ok((StatusCode::CREATED, Json(attempt)))
@@ -843,11 +842,7 @@ async fn set_policy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Json(body) =
         body.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))?;
-    let device = state
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let device = device_or_404(&state, &id).await?;
     let mut policy = device.policy;
     if let Some(name) = &body.connectivity {
         policy.connectivity = parse_connectivity(name)?;
@@ -894,11 +889,7 @@ async fn create_plan(
     let body = body.map_err(|rejection| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("plan request refused: {rejection}"))
     })?;
-    let device = state
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")))?;
+    let device = device_or_404(&state, &id).await?;
     if body.starts_with(&tern_image::bundle::MAGIC) {
         let plan = state.planner.build_from_bundle(&device, &body).await?;
         return Ok((StatusCode::CREATED, Json(plan)));
@@ -922,9 +913,7 @@ async fn create_plan(
 const PLANS_SHOWN: u32 = 20;
 
 async fn list_plans(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<PlanRecord>>> {
-    if state.store.get_device(&id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
-    }
+    device_or_404(&state, &id).await?;
     Ok(Json(state.store.device_plans(&id, PLANS_SHOWN).await?))
 }
 

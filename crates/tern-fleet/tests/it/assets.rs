@@ -11,8 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tern_fleet::SimRuntime;
 
-use crate::cli::{device_json, has_hash, run, wait_device};
-use crate::commands::sim_device;
+use crate::cli::{device_json, has_hash, run, sim_device, wait_device};
 use crate::support::{release_key, scratch, Server};
 
 fn check(out: &Output, what: &str) -> String {
@@ -32,7 +31,7 @@ fn corpus_asset_installs_at_the_argon_asset_slot() {
     let profile = &tern_device::NRF52840;
     let id = "argon-asset";
     let state = dir.join(id);
-    let device = sim_device(&server, id, profile, &state, &public);
+    let device = sim_device(&server, id, profile.name, &state, &public);
     wait_device(&server, id, "the first describe", |d| d["inventory"]["modules"].is_array());
 
     // The corpus file, in a scratch directory (its statement goes beside it).

@@ -54,10 +54,12 @@ impl Drop for SimProcess {
     }
 }
 
-fn sim_device(server: &Server, id: &str, state: &Path, key: &Path) -> SimProcess {
+/// `tern sim device` as a separate process: device `id` on `profile`, state in `state`,
+/// trusting the public key at `key`.
+pub fn sim_device(server: &Server, id: &str, profile: &str, state: &Path, key: &Path) -> SimProcess {
     let mqtt = format!("mqtt://127.0.0.1:{}", server.mqtt_port);
     let child = tern_cmd(server)
-        .args(["sim", "device", "--server", &mqtt, "--id", id, "--profile", "stm32f2", "--trust"])
+        .args(["sim", "device", "--server", &mqtt, "--id", id, "--profile", profile, "--trust"])
         .arg(key)
         .arg("--state")
         .arg(state)
@@ -104,7 +106,7 @@ fn tern_flash_wait_exit_codes_and_device_show() {
     std::fs::write(&key, pem).unwrap();
     let state = dir.join("sim-1");
     let id = "cli-1";
-    let mut device = sim_device(&server, id, &state, &key);
+    let mut device = sim_device(&server, id, "stm32f2", &state, &key);
     wait_device(&server, id, "the first describe", |d| d["inventory"]["modules"].is_array());
 
     let profile = &tern_device::STM32F2;
@@ -143,7 +145,7 @@ fn tern_flash_wait_exit_codes_and_device_show() {
     let _ = device.0.kill();
     let _ = device.0.wait();
     let before = device_json(&server, id)["inventory"]["described_at"].as_i64();
-    device = sim_device(&server, id, &state, &key);
+    device = sim_device(&server, id, "stm32f2", &state, &key);
     let d = wait_device(&server, id, "a describe after the restart", |d| {
         d["inventory"]["described_at"].as_i64() != before && d["online"] == true
     });

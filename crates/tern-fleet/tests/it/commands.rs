@@ -5,17 +5,16 @@
 //! no valid image — each proven with the module hashes `tern device show` lists.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use serde_json::Value;
-use tern_device::profile::Profile;
 use tern_fleet::{provision, Settings};
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image, SimDevice};
 
-use crate::cli::{device_json, has_hash, hex, run, tern_cmd, wait_device, SimProcess};
+use crate::cli::{device_json, has_hash, hex, run, sim_device, wait_device};
 use crate::support::{bundle, release_key, scratch, Device, Server};
 
 /// Writes the release public key the devices trust; returns its path.
@@ -24,22 +23,6 @@ fn trust_key(dir: &Path) -> std::path::PathBuf {
     let pem = release_key().verifying_key().to_public_key_pem(Default::default()).expect("PEM");
     std::fs::write(&key, pem).unwrap();
     key
-}
-
-/// A `tern sim device` process of `profile` with its state in `state`.
-pub fn sim_device(server: &Server, id: &str, profile: &Profile, state: &Path, key: &Path) -> SimProcess {
-    let mqtt = format!("mqtt://127.0.0.1:{}", server.mqtt_port);
-    let child = tern_cmd(server)
-        .args(["sim", "device", "--server", &mqtt, "--id", id, "--profile", profile.name, "--trust"])
-        .arg(key)
-        .arg("--state")
-        .arg(state)
-        .args(["--api", &server.http, "--token", &server.token])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("tern sim device starts");
-    SimProcess(child)
 }
 
 /// Saves `device` as the state of a device `id` registered on `server`, so that `tern sim
@@ -74,7 +57,7 @@ fn reboot_safe_mode_and_factory_restore_on_command() {
     let key = trust_key(&dir);
     let profile = &tern_device::STM32F2;
     let id = "cmd-1";
-    let _device = sim_device(&server, id, profile, &dir.join("cmd-1"), &key);
+    let _device = sim_device(&server, id, profile.name, &dir.join("cmd-1"), &key);
     wait_device(&server, id, "the first describe", |d| d["inventory"]["modules"].is_array());
     let (set, factory) = provision::synthetic_images(profile, Behaviour::Healthy);
     let app = hex(&set.last().expect("an application").entry.sha256);
@@ -146,7 +129,7 @@ fn invalid_application_loads_the_factory_image() {
         save_state(&server, &id, &device, &state);
         drop(device);
 
-        let sim = sim_device(&server, &id, profile, &state, &key);
+        let sim = sim_device(&server, &id, profile.name, &state, &key);
         wait_device(&server, &id, "a describe", |d| d["inventory"]["modules"].is_array());
         let out = run(&server, &["device", "show", &id]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -167,7 +150,7 @@ fn invalid_application_loads_the_factory_image() {
     let state = dir.join(id);
     save_state(&server, id, &device, &state);
     drop(device);
-    let _sim = sim_device(&server, id, profile, &state, &key);
+    let _sim = sim_device(&server, id, profile.name, &state, &key);
     wait_device(&server, id, "a describe", |d| d["inventory"]["modules"].is_array());
     let out = run(&server, &["device", "factory-restore", id, "--wait", "--timeout", "60"]);
     assert!(!out.status.success(), "{}", stdout(&out));

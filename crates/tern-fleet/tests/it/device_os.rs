@@ -19,12 +19,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tern_device::profile::Profile;
 use tern_fleet::Settings;
-use tern_image::manifest::build::Document;
-use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image, SimDevice};
 
-use crate::support::{installed_hashes, release_key, scratch, Device, Server};
+use crate::support::{installed_hashes, release_key, scratch, statement_signed_by, Device, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -58,17 +56,7 @@ fn corpus_image(file: &str, platform: u16) -> Image {
 }
 
 fn statement(image: &Image, platform: u16) -> Vec<u8> {
-    Document {
-        kind: Kind::ModuleStatement,
-        platform_id: platform,
-        product_id: 0,
-        security_counter: 1,
-        created: 1_790_000_000,
-        modules: vec![image.entry],
-        name: String::new(),
-    }
-    .sign(&release_key())
-    .expect("the statement signs")
+    statement_signed_by(image, platform, &release_key())
 }
 
 fn hex(bytes: &[u8]) -> String {

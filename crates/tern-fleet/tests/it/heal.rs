@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tern_fleet::{provision, Settings};
-use tern_image::manifest::build::Document;
-use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image};
 
-use crate::support::{installed_hashes, release_key, scratch, Device, Server};
+use crate::support::{installed_hashes, release_key, scratch, statement_signed_by, Device, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const PLATFORM: u16 = 12;
@@ -40,22 +38,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A module statement for `image`, signed with the key the devices trust.
 fn statement(image: &Image) -> Vec<u8> {
-    statement_signed_by(image, &release_key())
-}
-
-/// A module statement for `image`, signed with `key`.
-fn statement_signed_by(image: &Image, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    Document {
-        kind: Kind::ModuleStatement,
-        platform_id: PLATFORM,
-        product_id: 0,
-        security_counter: 1,
-        created: 1_790_000_000,
-        modules: vec![image.entry],
-        name: String::new(),
-    }
-    .sign(key)
-    .expect("the statement signs")
+    statement_signed_by(image, PLATFORM, &release_key())
 }
 
 /// Uploads the corpus catalog with statements; returns the images by hash.
@@ -321,7 +304,7 @@ fn unsigned_and_wrongly_signed_modules_are_refused() {
     // A statement signed by a stranger's key: planned and offered, refused by the device.
     let image = app(6);
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let statement = statement_signed_by(&image, &stranger);
+    let statement = statement_signed_by(&image, PLATFORM, &stranger);
     let forged = dir.join("forged.bin");
     std::fs::write(&forged, &image.bytes).unwrap();
     std::fs::write(dir.join("forged.bin.stmt"), statement).unwrap();

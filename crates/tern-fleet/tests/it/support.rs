@@ -194,6 +194,22 @@ fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// A module statement for `image` on `platform` (security counter 1), signed with `key`,
+/// as `tern module sign` makes it.
+pub fn statement_signed_by(image: &Image, platform: u16, key: &SigningKey) -> Vec<u8> {
+    Document {
+        kind: Kind::ModuleStatement,
+        platform_id: platform,
+        product_id: 0,
+        security_counter: 1,
+        created: 1_790_000_000,
+        modules: vec![image.entry],
+        name: String::new(),
+    }
+    .sign(key)
+    .expect("the statement signs")
+}
+
 /// A signed release bundle for `platform` with `modules` in this order.
 pub fn bundle(platform: u16, modules: &[&Image], counter: u64) -> Vec<u8> {
     let signed = Document {

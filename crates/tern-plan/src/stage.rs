@@ -72,7 +72,9 @@ fn check(installed: &[Installed], done: &[&Step], stage: &[&Step]) -> Option<Exp
     let state = after(installed, &all);
     let mut expect = Expect::Normal;
     for (slot, _, deps) in &state {
-        let is_app = *slot == Slot { function: ModuleFunction::UserPart, index: 1 };
+        // The application slot, whatever index the platform links applications at (2 on
+        // Device OS 3.1 and later Gen 3 layouts).
+        let is_app = slot.function == ModuleFunction::UserPart;
         for dep in deps.iter().filter(|d| d.function != ModuleFunction::None) {
             let needed = dep_slot(dep);
             let met = state.iter().any(|(s, v, _)| *s == needed && *v >= dep.version);

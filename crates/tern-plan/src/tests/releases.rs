@@ -233,3 +233,21 @@ fn plans_that_can_never_fit_are_refused() {
     let err = stages(&mut plan, &device, &GEN2).unwrap_err();
     assert!(matches!(err, Error::NoSafeStages { .. }), "{err:?}");
 }
+
+#[test]
+fn an_application_at_index_2_may_wait_in_safe_mode_like_one_at_index_1() {
+    // Gen 3 layouts from Device OS 3.1 (and the E SoM X) link applications at index 2.
+    let cat = catalog();
+    let mut device = installed(&cat, PHOTON_152);
+    let app_dep = Dependency { function: ModuleFunction::SystemPart, index: 2, version: 2302 };
+    device.push(Installed {
+        slot: Slot { function: ModuleFunction::UserPart, index: 2 },
+        version: 9,
+        dependencies: vec![app_dep],
+        sha256: None,
+    });
+    let mut plan = heal(6, &device, &candidates(&cat)).unwrap();
+    let stages = stages(&mut plan, &device, &GEN2).unwrap();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert_eq!(stages[0].expect, Expect::SafeMode(app_dep));
+}

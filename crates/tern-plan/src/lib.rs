@@ -368,8 +368,9 @@ fn is_device_os(function: ModuleFunction) -> bool {
 }
 
 /// Refuses a module the device would refuse (security counter) or that downgrades Device
-/// OS without leave.
-fn check_module(module: &Candidate, installed: &[Installed], options: &Options) -> Result<(), Error> {
+/// OS without leave. [`plan_with`] applies it to every module it plans; callers that plan
+/// a fixed set (a release bundle) apply it themselves.
+pub fn check_module(module: &Candidate, installed: &[Installed], options: &Options) -> Result<(), Error> {
     if module.security_counter < options.security_counter {
         return Err(Error::BelowSecurityCounter {
             module: (module.slot, module.version),
@@ -377,9 +378,15 @@ fn check_module(module: &Candidate, installed: &[Installed], options: &Options) 
             device_counter: options.security_counter,
         });
     }
-    if !options.allow_downgrade && is_device_os(module.slot.function) {
-        if let Some(old) = installed.iter().find(|i| i.slot == module.slot && i.version > module.version) {
-            return Err(Error::Downgrade { slot: module.slot, installed: old.version, planned: module.version });
+    check_downgrade(module.slot, module.version, installed, options)
+}
+
+/// Refuses version `version` in Device OS slot `slot` when the device runs a newer one and
+/// the operator did not allow downgrades.
+fn check_downgrade(slot: Slot, version: u32, installed: &[Installed], options: &Options) -> Result<(), Error> {
+    if !options.allow_downgrade && is_device_os(slot.function) {
+        if let Some(old) = installed.iter().find(|i| i.slot == slot && i.version > version) {
+            return Err(Error::Downgrade { slot, installed: old.version, planned: version });
         }
     }
     Ok(())
@@ -431,11 +438,7 @@ fn add_release(
             None => {}
         }
         // A downgrade is refused whether or not the catalog has the release.
-        if let Some(old) = installed.iter().find(|i| i.slot == slot && i.version > version) {
-            if !options.allow_downgrade {
-                return Err(Error::Downgrade { slot, installed: old.version, planned: version });
-            }
-        }
+        check_downgrade(slot, version, installed, options)?;
         let module = catalog
             .iter()
             .find(|c| c.slot == slot && c.version == version)

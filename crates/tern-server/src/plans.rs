@@ -173,6 +173,11 @@ fn plan_error_code(err: &tern_plan::Error) -> &'static str {
     }
 }
 
+/// A planning error as the API's refusal: its code, and the device it is about.
+fn no_plan(device: &DeviceRecord, err: &tern_plan::Error) -> PlanError {
+    rejected(plan_error_code(err), format!("no plan for device {}: {err}", device.id))
+}
+
 /// What the device runs after a stage, for the plan record.
 fn expect_record(expect: &tern_plan::Expect) -> (String, Option<String>) {
     match expect {
@@ -365,7 +370,7 @@ impl Planner {
         let plan_options = plan_options(inventory, options)?;
         let installed = installed(inventory, &by_hash);
         let plan = tern_plan::plan_with(device.platform_id, &installed, &wanted, &catalog, &plan_options)
-            .map_err(|err| rejected(plan_error_code(&err), format!("no plan for device {}: {err}", device.id)))?;
+            .map_err(|err| no_plan(device, &err))?;
         if plan.steps.is_empty() {
             let (code, message) = match &options.device_os {
                 Some(target) => ("already_installed", format!("device {} already runs Device OS {target}", device.id)),
@@ -490,20 +495,7 @@ impl Planner {
             ));
         }
         for step in &steps {
-            let downgrade = installed.iter().find(|i| {
-                i.slot == step.module.slot
-                    && i.version > step.module.version
-                    && !matches!(i.slot.function, ModuleFunction::UserPart | ModuleFunction::Asset)
-            });
-            if let Some(old) = downgrade {
-                return Err(rejected(
-                    "downgrade",
-                    format!(
-                        "the release's {} v{} is older than device {}'s v{}: Device OS is not downgraded from a bundle",
-                        step.module.slot, step.module.version, device.id, old.version
-                    ),
-                ));
-            }
+            tern_plan::check_module(&step.module, &installed, &plan_options).map_err(|err| no_plan(device, &err))?;
         }
         let mut plan = tern_plan::Plan { steps };
         tern_plan::install_order_by(&installed, &mut plan.steps, |s| {
@@ -551,8 +543,7 @@ impl Planner {
                 tern_plan::Capacity { staging_bytes: u64::MAX, max_modules: tern_proto::MAX_MODULES, block_size: 1 }
             }
         };
-        let stages = tern_plan::stages(&mut plan, installed, &capacity)
-            .map_err(|err| rejected(plan_error_code(&err), format!("no plan for device {}: {err}", device.id)))?;
+        let stages = tern_plan::stages(&mut plan, installed, &capacity).map_err(|err| no_plan(device, &err))?;
         let mut steps = Vec::with_capacity(plan.steps.len());
         for (index, step) in plan.steps.iter().enumerate() {
             let stage = stages.iter().position(|s| s.steps.contains(&index)).unwrap_or(0);

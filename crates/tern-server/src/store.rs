@@ -362,7 +362,8 @@ pub struct StageRecord {
     pub expect_detail: Option<String>,
 }
 
-/// Transfer counters of the stages an attempt has finished.
+/// Transfer counters of the stages an attempt has finished (what the device holds of them
+/// is their modules' sizes, derived from the plan).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageBase {
     /// Offers sent.
@@ -373,8 +374,6 @@ pub struct StageBase {
     pub bytes_sent: u64,
     /// Of those, re-sent.
     pub bytes_resent: u64,
-    /// Bytes the device held at the end of those stages.
-    pub bytes_done: u64,
 }
 
 /// An install plan: what the server would send to a device, in order, and why.

@@ -100,7 +100,21 @@ struct Active {
 /// itself, later stages carry their number in the top 16 bits, so that a device never
 /// mistakes one stage's offer, blocks or result for another's.
 pub fn stage_attempt_id(id: i64, stage: u32) -> u64 {
-    (id as u64 & ((1 << 48) - 1)) | (u64::from(stage) << 48)
+    (id as u64 & STAGE_ID_MASK) | (u64::from(stage) << 48)
+}
+
+/// The attempt id and stage a protocol attempt id names (inverse of [`stage_attempt_id`]).
+pub fn split_stage_attempt_id(id: u64) -> (u64, u32) {
+    (id & STAGE_ID_MASK, u32::try_from(id >> 48).unwrap_or(u32::MAX))
+}
+
+/// The bits of a protocol attempt id that hold the attempt's own id.
+const STAGE_ID_MASK: u64 = (1 << 48) - 1;
+
+/// Module bytes of the stages before the current one: what the device already holds of
+/// a staged attempt.
+fn done_before_stage(record: &AttemptRecord) -> u64 {
+    record.plan.iter().filter(|m| m.stage < record.stage).map(|m| u64::from(m.size)).sum()
 }
 
 /// How many stages an attempt has (a record without stages is one stage).
@@ -377,7 +391,7 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                     let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
                 }
                 AttemptEvent::Progress { bytes_done, bytes_total: _ } => {
-                    entry.record.bytes_done = entry.record.stage_base.bytes_done + bytes_done;
+                    entry.record.bytes_done = done_before_stage(&entry.record) + bytes_done;
                     progressed = true;
                     let data = json!({
                         "attempt": entry.record.id,
@@ -408,17 +422,15 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
 /// record, start the next stage's machine (its offer goes out at once), persist, announce.
 async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
     let stats = entry.attempt.stats();
-    let done: u64 = entry.stage_plan.iter().map(|m| u64::from(m.size)).sum();
     let base = &mut entry.record.stage_base;
     base.offers_sent += stats.offers_sent;
     base.requests += stats.requests;
     base.bytes_sent += stats.bytes_sent;
     base.bytes_resent += stats.bytes_resent;
-    base.bytes_done += done;
     let finished = entry.record.stage;
     entry.record.stage += 1;
     entry.record.sent_record.clear();
-    entry.record.bytes_done = entry.record.stage_base.bytes_done;
+    entry.record.bytes_done = done_before_stage(&entry.record);
     let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, entry.record.stage, None) else {
         tracing::error!(attempt = entry.record.id, stage = entry.record.stage, "stage plan is invalid");
         return;

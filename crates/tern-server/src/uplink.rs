@@ -211,10 +211,10 @@ pub fn inventory(describe: &Describe, described_at: i64) -> Inventory {
 }
 
 fn result_record(result: &UpdateResult) -> ResultRecord {
+    let (attempt, stage) = crate::updates::split_stage_attempt_id(result.attempt);
     ResultRecord {
-        // Later stages of a staged attempt carry their number in the top bits of the id.
-        attempt: result.attempt & ((1 << 48) - 1),
-        stage: u32::try_from(result.attempt >> 48).unwrap_or(0),
+        attempt,
+        stage,
         outcome: result.outcome.name().to_owned(),
         reason: result.reason.name().to_owned(),
         reason_code: result.reason.code(),

@@ -44,6 +44,8 @@ pub struct Config {
     pub transfer: tern_proto::attempt::TransferConfig,
     /// Keys a module statement must be signed with to enter the catalog (none: any).
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// How often the rollout pump steps every live rollout, in milliseconds.
+    pub rollout_tick_ms: u64,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             max_mqtt_packet: 64 << 10,
             transfer: tern_proto::attempt::TransferConfig::default(),
             trusted_keys: Vec::new(),
+            rollout_tick_ms: 1000,
         }
     }
 }
@@ -72,6 +75,7 @@ struct FileConfig {
     offer_retry_ms: Option<u64>,
     give_up_after_ms: Option<u64>,
     trusted_keys: Option<Vec<PathBuf>>,
+    rollout_tick_ms: Option<u64>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -123,6 +127,7 @@ impl Config {
         config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
         config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
         config.transfer.give_up_after_ms = file.give_up_after_ms.unwrap_or(config.transfer.give_up_after_ms);
+        config.rollout_tick_ms = file.rollout_tick_ms.unwrap_or(config.rollout_tick_ms).max(10);
         for key in file.trusted_keys.iter().flatten() {
             config.trusted_keys.push(load_public_key(&file_dir.join(key))?);
         }

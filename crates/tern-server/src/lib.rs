@@ -15,10 +15,12 @@ pub mod auth;
 pub mod blob;
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod gateway;
 pub mod link;
 pub mod plans;
 pub mod platform;
+pub mod rollouts;
 pub mod store;
 pub mod updates;
 pub mod uplink;
@@ -81,7 +83,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http = listener.local_addr()?;
-    let state = api::AppState { store, blobs, hub, link, uplink, updates, planner, config: Arc::new(config.clone()) };
+    let rollouts = rollouts::Rollouts::new(store.clone(), planner.clone(), hub.clone(), link.clone());
+    rollouts.spawn(std::time::Duration::from_millis(config.rollout_tick_ms));
+    let state =
+        api::AppState { store, blobs, hub, link, uplink, updates, planner, rollouts, config: Arc::new(config.clone()) };
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Running { http, mqtt, data_dir: config.data_dir, created_admin_token, http_task })

@@ -30,7 +30,8 @@ use crate::auth::now_millis;
 use crate::blob::{BlobError, BlobStore};
 use crate::events::EventHub;
 use crate::store::{
-    AttemptRecord, DeviceRecord, Inventory, ModuleRecord, PlanRecord, PlannedModule, StageRecord, Store, StoreError,
+    AttemptRecord, AttemptStatus, DeviceRecord, Inventory, ModuleRecord, PlanOrigin, PlanRecord, PlanStatus,
+    PlannedModule, StageRecord, Store, StoreError,
 };
 use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
 
@@ -89,24 +90,6 @@ fn rejected(code: &'static str, message: impl Into<String>) -> PlanError {
 
 fn conflict(code: &'static str, message: impl Into<String>) -> PlanError {
     PlanError::Conflict { code, message: message.into() }
-}
-
-/// Where a plan came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// An operator asked for modules (or for a heal).
-    Operator,
-    /// The server computed it for a device in safe mode.
-    Heal,
-}
-
-impl Origin {
-    fn name(self) -> &'static str {
-        match self {
-            Origin::Operator => "operator",
-            Origin::Heal => "heal",
-        }
-    }
 }
 
 /// Makes and starts plans; cheap to clone.
@@ -281,13 +264,13 @@ fn plan_options(inventory: &Inventory, options: &PlanOptions) -> Result<tern_pla
 }
 
 /// A proposed plan for `device` with nothing in it yet.
-fn empty_record(device: &DeviceRecord, inventory: &Inventory, origin: Origin) -> PlanRecord {
+fn empty_record(device: &DeviceRecord, inventory: &Inventory, origin: PlanOrigin) -> PlanRecord {
     PlanRecord {
         id: 0,
         device: device.id.clone(),
         platform_id: device.platform_id,
-        origin: origin.name().to_owned(),
-        status: "proposed".to_owned(),
+        origin,
+        status: PlanStatus::Proposed,
         requested: Vec::new(),
         steps: Vec::new(),
         stages: Vec::new(),
@@ -321,7 +304,7 @@ impl Planner {
         &self,
         device: &DeviceRecord,
         requested: &[String],
-        origin: Origin,
+        origin: PlanOrigin,
         options: &PlanOptions,
     ) -> Result<PlanRecord, PlanError> {
         let inventory = described(device)?;
@@ -501,7 +484,7 @@ impl Planner {
         tern_plan::install_order_by(&installed, &mut plan.steps, |s| {
             (s.module.slot, s.module.version, &s.module.dependencies[..])
         });
-        let mut record = PlanRecord { manifest: Some(signed), ..empty_record(device, inventory, Origin::Operator) };
+        let mut record = PlanRecord { manifest: Some(signed), ..empty_record(device, inventory, PlanOrigin::Operator) };
         if device.inventory.is_none() {
             // What `start` compares against for a device that has not described itself.
             record.inventory_key = String::new();
@@ -603,10 +586,10 @@ impl Planner {
         &self,
         id: i64,
         confirm_air_bytes: Option<u64>,
-        origin: Origin,
+        origin: PlanOrigin,
     ) -> Result<(PlanRecord, AttemptRecord), PlanError> {
         let mut plan = self.store.get_plan(id).await?.ok_or_else(|| PlanError::NotFound(format!("no plan {id}")))?;
-        if plan.status != "proposed" {
+        if plan.status != PlanStatus::Proposed {
             let detail = plan.attempt.map(|a| format!(" (attempt {a})")).unwrap_or_default();
             return Err(conflict("plan_not_proposed", format!("plan {id} is already {}{detail}", plan.status)));
         }
@@ -616,8 +599,11 @@ impl Planner {
             .await?
             .ok_or_else(|| PlanError::NotFound(format!("no device {}", plan.device)))?;
         let needs_confirmation = match origin {
-            Origin::Operator => plan.confirm_required || device.policy.confirms_cost(),
-            Origin::Heal => !device.policy.heals_automatically(),
+            PlanOrigin::Operator => plan.confirm_required || device.policy.confirms_cost(),
+            PlanOrigin::Heal => !device.policy.heals_automatically(),
+            // The operator approved the rollout's projected bytes when starting it; each
+            // device's share is held to its data budget by the rollout instead.
+            PlanOrigin::Rollout => false,
         };
         if needs_confirmation && confirm_air_bytes != Some(plan.air_bytes) {
             return Err(conflict(
@@ -655,18 +641,29 @@ impl Planner {
             }
         }
         // Claim the plan before creating the attempt, so two starts cannot both succeed.
-        if !self.store.transition_plan(id, "proposed", "started", None).await? {
+        if !self.store.transition_plan(id, PlanStatus::Proposed, PlanStatus::Started, None).await? {
             return Err(conflict("plan_not_proposed", format!("plan {id} was started by another request")));
         }
         let mut record =
             AttemptRecord::queued(&device.id, plan.steps.clone(), Some(id), signed, plan.air_bytes, now_millis());
         record.stages = plan.stages.clone();
-        record.id = self.store.create_attempt(&record).await?;
-        self.store.transition_plan(id, "started", "started", Some(record.id)).await?;
+        record.id = match self.store.create_attempt(&record).await {
+            Ok(id) => id,
+            Err(err) => {
+                // The database holds at most one unfinished attempt per device: another
+                // start won the race. The plan can be started once that attempt ends.
+                self.store.transition_plan(id, PlanStatus::Started, PlanStatus::Proposed, None).await?;
+                return Err(match err {
+                    StoreError::Conflict(what) => conflict("attempt_in_progress", format!("{what} exists")),
+                    other => other.into(),
+                });
+            }
+        };
+        self.store.transition_plan(id, PlanStatus::Started, PlanStatus::Started, Some(record.id)).await?;
         // Whatever else was proposed for the device was made for what it runs now, which
         // this attempt changes: those plans can no longer start.
         self.store.supersede_plans(&device.id, id).await?;
-        plan.status = "started".to_owned();
+        plan.status = PlanStatus::Started;
         plan.attempt = Some(record.id);
         let data = json!({
             "attempt": record.id,
@@ -688,10 +685,11 @@ impl Planner {
         let Some(inventory) = &device.inventory else { return Ok(None) };
         let key = inventory_key(inventory);
         let plans = self.store.device_plans(id, 20).await?;
-        let proposed =
-            plans.iter().find(|p| p.origin == Origin::Heal.name() && p.status == "proposed" && p.inventory_key == key);
+        let proposed = plans
+            .iter()
+            .find(|p| p.origin == PlanOrigin::Heal && p.status == PlanStatus::Proposed && p.inventory_key == key);
         match proposed {
-            Some(plan) => Ok(Some(self.start(plan.id, None, Origin::Heal).await?.1)),
+            Some(plan) => Ok(Some(self.start(plan.id, None, PlanOrigin::Heal).await?.1)),
             None => Ok(None),
         }
     }
@@ -714,18 +712,20 @@ impl Planner {
         // a device that returns to a state a heal once fixed is healed again.
         let key = inventory_key(inventory);
         for earlier in self.store.device_plans(device_id, 20).await? {
-            if earlier.origin != Origin::Heal.name() || earlier.inventory_key != key {
+            if earlier.origin != PlanOrigin::Heal || earlier.inventory_key != key {
                 continue;
             }
             let worked = match earlier.attempt {
-                Some(attempt) => self.store.get_attempt(attempt).await?.is_some_and(|a| a.state == "confirmed"),
+                Some(attempt) => {
+                    self.store.get_attempt(attempt).await?.is_some_and(|a| a.state == AttemptStatus::Confirmed)
+                }
                 None => false,
             };
             if !worked {
                 return Ok(());
             }
         }
-        let plan = match self.build(&device, &[], Origin::Heal, &PlanOptions::default()).await {
+        let plan = match self.build(&device, &[], PlanOrigin::Heal, &PlanOptions::default()).await {
             Ok(plan) => plan,
             Err(PlanError::Rejected { code, message }) => {
                 let data = json!({ "code": code, "message": message });
@@ -735,7 +735,7 @@ impl Planner {
             Err(err) => return Err(err),
         };
         if device.policy.heals_automatically() {
-            self.start(plan.id, None, Origin::Heal).await?;
+            self.start(plan.id, None, PlanOrigin::Heal).await?;
         } else {
             let data = json!({
                 "plan": plan.id,

@@ -23,7 +23,7 @@ use crate::auth::now_millis;
 use crate::blob::BlobStore;
 use crate::events::EventHub;
 use crate::link::DeviceLink;
-use crate::store::{AttemptRecord, PlannedModule, Store};
+use crate::store::{AttemptRecord, AttemptStatus, PlannedModule, Store};
 
 /// What the update task is told.
 #[derive(Debug)]
@@ -185,21 +185,20 @@ fn offered_modules(plan: &[PlannedModule]) -> Option<List<OfferedModule, MAX_MOD
     Some(list)
 }
 
-fn parse_state(name: &str, reason_code: Option<u16>) -> Option<AttemptState> {
+fn parse_state(status: AttemptStatus, reason_code: Option<u16>) -> Option<AttemptState> {
     let reason = tern_proto::Reason::from_code(reason_code.unwrap_or(0));
-    Some(match name {
+    Some(match status {
         // Stored by the API just before the task took it over: not offered yet.
-        "queued" | "offered" => AttemptState::Offered,
-        "downloading" => AttemptState::Downloading,
-        "verifying" => AttemptState::Verifying,
-        "staged" => AttemptState::Staged,
-        "rebooting" => AttemptState::Rebooting,
-        "confirmed" => AttemptState::Confirmed,
-        "failed" => AttemptState::Failed(reason),
-        "rolled_back" => AttemptState::RolledBack(reason),
-        "timed_out" => AttemptState::TimedOut,
-        "cancelled" => AttemptState::Cancelled,
-        _ => return None,
+        AttemptStatus::Queued | AttemptStatus::Offered => AttemptState::Offered,
+        AttemptStatus::Downloading => AttemptState::Downloading,
+        AttemptStatus::Verifying => AttemptState::Verifying,
+        AttemptStatus::Staged => AttemptState::Staged,
+        AttemptStatus::Rebooting => AttemptState::Rebooting,
+        AttemptStatus::Confirmed => AttemptState::Confirmed,
+        AttemptStatus::Failed => AttemptState::Failed(reason),
+        AttemptStatus::RolledBack => AttemptState::RolledBack(reason),
+        AttemptStatus::TimedOut => AttemptState::TimedOut,
+        AttemptStatus::Cancelled => AttemptState::Cancelled,
     })
 }
 
@@ -220,7 +219,7 @@ pub async fn start(
                 tracing::info!(
                     attempt = id,
                     device = entry.record.device,
-                    state = entry.record.state,
+                    state = entry.record.state.name(),
                     "resumed attempt"
                 );
                 active.insert(entry.record.device.clone(), entry);
@@ -234,7 +233,7 @@ pub async fn start(
 }
 
 async fn resume(ctx: &Context, record: AttemptRecord) -> anyhow::Result<Active> {
-    let state = parse_state(&record.state, record.reason_code)
+    let state = parse_state(record.state, record.reason_code)
         .ok_or_else(|| anyhow::anyhow!("stored state {} is unknown", record.state))?;
     // The machine counts the current stage only; the record holds every stage's.
     let base = record.stage_base;
@@ -376,7 +375,7 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                     next_stage = true;
                 }
                 AttemptEvent::State(state) => {
-                    entry.record.state = state.name().to_owned();
+                    entry.record.state = AttemptStatus::of(state);
                     entry.record.reason = state.reason().map(|r| r.name().to_owned());
                     entry.record.reason_code = state.reason().map(|r| r.code());
                     entry.record.finished = state.is_final();
@@ -441,7 +440,7 @@ async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
     // The new machine announces `offered` first; that is the record's state now.
     while let Some(event) = entry.attempt.poll_event() {
         if let AttemptEvent::State(state) = event {
-            entry.record.state = state.name().to_owned();
+            entry.record.state = AttemptStatus::of(state);
         }
     }
     persist(ctx, entry).await;

@@ -1,0 +1,269 @@
+//! Devices: registration, listing, details, commands, policy.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct AddDevice {
+    id: String,
+    platform: serde_json::Value,
+    /// `wifi` (default), `ethernet` or `cellular`.
+    connectivity: Option<String>,
+    /// Whether the server heals the device without asking; default: on unless cellular.
+    auto_heal: Option<bool>,
+}
+
+pub(super) fn parse_connectivity(name: &str) -> ApiResult<Connectivity> {
+    Connectivity::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Connectivity::ALL.iter().map(|c| c.name()).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_connectivity",
+            format!("connectivity must be one of {}", known.join(", ")),
+        )
+    })
+}
+
+#[derive(Serialize)]
+pub(super) struct AddedDevice {
+    id: String,
+    platform_id: u16,
+    platform: Option<&'static str>,
+    connectivity: &'static str,
+    /// Whether the server heals it without asking (the policy in force).
+    auto_heal: bool,
+    /// Shown once; only its hash is stored.
+    secret: String,
+}
+
+pub(super) fn policy_json(policy: &Policy) -> serde_json::Value {
+    json!({ "connectivity": policy.connectivity.name(), "auto_heal": policy.heals_automatically() })
+}
+
+pub(super) async fn add_device(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<AddDevice>,
+) -> ApiResult<(StatusCode, Json<AddedDevice>)> {
+    if !tern_proto::is_valid_device_id(&body.id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_device_id",
+            "a device id is 1 to 64 characters from A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let platform_id = match &body.platform {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        serde_json::Value::String(name) => platform::parse(name),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        let known: Vec<&str> = platform::PLATFORMS.iter().map(|(name, _)| *name).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_platform",
+            format!("platform must be a platform id or one of {}", known.join(", ")),
+        )
+    })?;
+    if tern_image::platform::by_id(platform_id).is_none() {
+        let known: Vec<String> =
+            tern_image::platform::PLATFORMS.iter().map(|p| format!("{} ({})", p.name, p.id)).collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_platform",
+            format!("platform {platform_id} is not one Tern serves: {}", known.join(", ")),
+        ));
+    }
+    let connectivity = body.connectivity.as_deref().map(parse_connectivity).transpose()?.unwrap_or(Connectivity::Wifi);
+    let policy = Policy { connectivity, auto_heal: body.auto_heal };
+    let secret = auth::new_device_secret();
+    let device = NewDevice {
+        id: body.id.clone(),
+        platform_id,
+        secret_hash: auth::hash_secret(&secret),
+        created_at: now_millis(),
+        policy,
+    };
+    state.store.create_device(&device).await?;
+    let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
+    state.hub.publish(Some(&device.id), "device.registered", data).await?;
+    let added = AddedDevice {
+        id: device.id,
+        platform_id,
+        platform: platform::name(platform_id),
+        connectivity: connectivity.name(),
+        auto_heal: policy.heals_automatically(),
+        secret,
+    };
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+/// One line of the device list.
+#[derive(Serialize)]
+pub(super) struct DeviceSummary {
+    id: String,
+    platform_id: u16,
+    platform: Option<&'static str>,
+    online: bool,
+    /// `online`, `offline` or `safe_mode` (as last described).
+    status: &'static str,
+    /// Version of the application module as last described.
+    application_version: Option<u32>,
+    last_seen: Option<i64>,
+    described_at: Option<i64>,
+    /// `wifi`, `ethernet` or `cellular`.
+    connectivity: &'static str,
+    /// Whether the server heals it without asking (the policy in force).
+    auto_heal: bool,
+    /// Its place in the fleet: product, tags, development flag, pin, data budget.
+    fleet: crate::store::Membership,
+}
+
+pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord) -> DeviceSummary {
+    let (id, platform_id, last_seen, inv) =
+        (device.id.as_str(), device.platform_id, device.last_seen, device.inventory.as_ref());
+    let online = link.is_online(id);
+    let safe_mode = inv.is_some_and(|inv| inv.boot_reason == tern_proto::BootReason::SafeMode.name());
+    let application = tern_image::ModuleFunction::UserPart.code();
+    DeviceSummary {
+        id: id.to_owned(),
+        platform_id,
+        platform: platform::name(platform_id),
+        online,
+        status: if safe_mode {
+            "safe_mode"
+        } else if online {
+            "online"
+        } else {
+            "offline"
+        },
+        application_version: inv
+            .and_then(|inv| inv.modules.iter().find(|m| m.function == application))
+            .map(|m| m.version),
+        last_seen,
+        described_at: inv.map(|inv| inv.described_at),
+        connectivity: device.policy.connectivity.name(),
+        auto_heal: device.policy.heals_automatically(),
+        fleet: device.fleet.clone(),
+    }
+}
+
+pub(super) async fn list_devices(State(state): State<AppState>) -> ApiResult<Json<Vec<DeviceSummary>>> {
+    let devices = state.store.list_devices().await?;
+    Ok(Json(devices.iter().map(|d| summary(&*state.link, d)).collect()))
+}
+
+#[derive(Serialize)]
+pub(super) struct DeviceDetail {
+    #[serde(flatten)]
+    summary: DeviceSummary,
+    created_at: i64,
+    /// What the device last described: the modules actually installed.
+    inventory: Option<Inventory>,
+    /// Its most recent update attempts, newest first.
+    attempts: Vec<AttemptRecord>,
+    /// Its most recent plans, newest first (a proposed heal waits here for an operator).
+    plans: Vec<PlanRecord>,
+    /// Its most recent events, oldest first.
+    history: Vec<Event>,
+}
+
+/// How many attempts `GET /api/devices/{id}` includes.
+pub(super) const ATTEMPTS_SHOWN: u32 = 10;
+
+/// How many events `GET /api/devices/{id}` includes.
+pub(super) const HISTORY_LEN: u32 = 50;
+
+pub(super) async fn show_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    let device = device_or_404(&state, &id).await?;
+    let history = state.store.recent_events(&id, HISTORY_LEN).await?;
+    let attempts = state.store.device_attempts(&id, ATTEMPTS_SHOWN).await?;
+    let plans = state.store.device_plans(&id, ATTEMPTS_SHOWN).await?;
+    Ok(Json(DeviceDetail {
+        attempts,
+        plans,
+        summary: summary(&*state.link, &device),
+        created_at: device.created_at,
+        inventory: device.inventory,
+        history,
+    }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SendCommand {
+    action: String,
+    attempt: Option<u64>,
+}
+
+pub(super) async fn send_command(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SendCommand>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    device_or_404(&state, &id).await?;
+    let action = Action::from_name(&body.action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_action",
+            "action must be one of reboot, safe_mode, factory_restore, cancel",
+        )
+    })?;
+    // Low bits of the clock: distinct for commands sent more than a millisecond apart.
+    let command = Command { id: now_millis() as u32, action, attempt: body.attempt };
+    let message = Message::Command(command);
+    let mut payload = vec![0u8; message.encoded_len()];
+    let written = message.encode(&mut payload).expect("buffer sized by encoded_len");
+    payload.truncate(written);
+    match state.link.send(&id, MessageKind::Command, payload.into()).await {
+        Ok(()) => {}
+        Err(LinkError::NotConnected) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "device_offline", format!("device {id} is not connected")))
+        }
+        Err(LinkError::Unavailable) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "link_busy", "the device link is busy"))
+        }
+    }
+    let data = json!({ "command_id": command.id, "action": action.name(), "attempt": body.attempt });
+    state.hub.publish(Some(&id), "device.command_sent", data.clone()).await?;
+    Ok((StatusCode::ACCEPTED, Json(data)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SetPolicy {
+    connectivity: Option<String>,
+    /// `true`, `false`, or `null` to follow the connectivity's default.
+    #[serde(default, deserialize_with = "present")]
+    auto_heal: Option<Option<bool>>,
+}
+
+/// Distinguishes a JSON field set to `null` (`Some(None)`) from an absent one (`None`).
+pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
+}
+
+/// `PATCH /api/devices/{id}`: changes a device's update policy.
+pub(super) async fn set_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SetPolicy>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let device = device_or_404(&state, &id).await?;
+    let mut policy = device.policy;
+    if let Some(name) = &body.connectivity {
+        policy.connectivity = parse_connectivity(name)?;
+    }
+    if let Some(auto_heal) = body.auto_heal {
+        policy.auto_heal = auto_heal;
+    }
+    state.store.set_policy(&id, &policy).await?;
+    let data = policy_json(&policy);
+    state.hub.publish(Some(&id), "device.policy", data.clone()).await?;
+    if policy.heals_automatically() && !device.policy.heals_automatically() {
+        // A heal that waited for an operator goes now that the policy allows it.
+        if let Err(err) = state.planner.start_proposed_heal(&id).await {
+            tracing::warn!(device = id, "the proposed heal did not start: {err}");
+        }
+    }
+    Ok(Json(data))
+}

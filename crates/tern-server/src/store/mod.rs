@@ -1,0 +1,164 @@
+//! Durable state: tokens, the module catalog, devices and their inventories, events.
+//!
+//! The server core sees only the [`Store`] trait, so a PostgreSQL implementation can drop in
+//! beside [`SqliteStore`] without touching the API or the gateway. Records are plain data;
+//! JSON columns hold nested values (a device's inventory, a module's dependencies) so that
+//! both backends store them the same way.
+
+mod records;
+mod sqlite;
+
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A record with the same key exists already; names the key.
+    Conflict(String),
+    /// The backend failed (IO, corruption, connection); the message is for logs only.
+    Backend(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict(key) => write!(f, "{key} exists already"),
+            StoreError::Backend(msg) => write!(f, "storage error: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        StoreError::Backend(format!("stored JSON: {err}"))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+/// Storage the server core needs; implemented by [`SqliteStore`].
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// How many operator tokens exist.
+    async fn token_count(&self) -> StoreResult<u64>;
+    /// Adds an operator token.
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// The token whose hash is `token_hash`.
+    async fn find_token(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Adds a module to the catalog; `false` when a module with its hash was there already.
+    async fn put_module(&self, module: &ModuleRecord) -> StoreResult<bool>;
+    /// The module with file hash `sha256`.
+    async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>>;
+    /// Every module, by platform, function, index and version.
+    async fn list_modules(&self) -> StoreResult<Vec<ModuleRecord>>;
+    /// Attaches the signed statement at blob address `statement` to module `sha256`;
+    /// `false` when there is no such module.
+    async fn set_module_statement(&self, sha256: &str, statement: &str, security_counter: u64) -> StoreResult<bool>;
+    /// Sets the platform and start address of module `sha256` (what its first signed
+    /// statement says about a module that does not carry them itself, such as an asset);
+    /// `false` when there is no such module.
+    async fn place_module(&self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool>;
+
+    /// Registers a device; [`StoreError::Conflict`] if the id is taken.
+    async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
+    /// The device `id`.
+    async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
+    /// Every device, by id.
+    async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>>;
+    /// The stored hash of device `id`'s secret.
+    async fn device_secret_hash(&self, id: &str) -> StoreResult<Option<String>>;
+    /// Records that device `id` was seen at `at`.
+    async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()>;
+    /// Replaces device `id`'s inventory with `inventory` (and marks it seen).
+    async fn record_inventory(&self, id: &str, inventory: &Inventory) -> StoreResult<()>;
+    /// Replaces device `id`'s update policy; `false` when there is no such device.
+    async fn set_policy(&self, id: &str, policy: &Policy) -> StoreResult<bool>;
+
+    /// Stores a new plan (its `id` is ignored) and returns its id.
+    async fn create_plan(&self, plan: &PlanRecord) -> StoreResult<i64>;
+    /// The plan `id`.
+    async fn get_plan(&self, id: i64) -> StoreResult<Option<PlanRecord>>;
+    /// The `limit` most recent plans of `device`, newest first.
+    async fn device_plans(&self, device: &str, limit: u32) -> StoreResult<Vec<PlanRecord>>;
+    /// Marks every plan of `device` still `proposed` as `superseded`, except `keep`;
+    /// returns how many.
+    async fn supersede_plans(&self, device: &str, keep: i64) -> StoreResult<u64>;
+    /// Sets plan `id`'s status and attempt, only if its status is still `from`; `false`
+    /// when it was not (another request started or superseded it first).
+    async fn transition_plan(
+        &self,
+        id: i64,
+        from: PlanStatus,
+        to: PlanStatus,
+        attempt: Option<i64>,
+    ) -> StoreResult<bool>;
+
+    /// Appends an event (its `id` is ignored) and returns it with its assigned id.
+    async fn append_event(&self, event: &Event) -> StoreResult<Event>;
+    /// Up to `limit` events after id `after`, oldest first, optionally for one device.
+    async fn events_after(&self, after: i64, device: Option<&str>, limit: u32) -> StoreResult<Vec<Event>>;
+    /// The `limit` most recent events of device `id`, oldest first.
+    async fn recent_events(&self, device: &str, limit: u32) -> StoreResult<Vec<Event>>;
+
+    /// Stores a new attempt (its `id` is ignored) and returns its id.
+    async fn create_attempt(&self, attempt: &AttemptRecord) -> StoreResult<i64>;
+    /// Saves an attempt's state, reason and counters.
+    async fn update_attempt(&self, attempt: &AttemptRecord) -> StoreResult<()>;
+    /// The attempt `id`.
+    async fn get_attempt(&self, id: i64) -> StoreResult<Option<AttemptRecord>>;
+    /// The `limit` most recent attempts of `device`, newest first.
+    async fn device_attempts(&self, device: &str, limit: u32) -> StoreResult<Vec<AttemptRecord>>;
+    /// Every attempt not in a final state, oldest first.
+    async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Adds a product; `Conflict` if its id is taken.
+    async fn create_product(&self, product: &ProductRecord) -> StoreResult<()>;
+    /// Product `id`.
+    async fn get_product(&self, id: u32) -> StoreResult<Option<ProductRecord>>;
+    /// Every product, by id.
+    async fn list_products(&self) -> StoreResult<Vec<ProductRecord>>;
+    /// Sets device `id`'s place in the fleet; `false` if there is no such device.
+    async fn set_membership(&self, id: &str, membership: &Membership) -> StoreResult<bool>;
+    /// Creates or replaces a group (by name).
+    async fn put_group(&self, group: &GroupRecord) -> StoreResult<()>;
+    /// Group `name`.
+    async fn get_group(&self, name: &str) -> StoreResult<Option<GroupRecord>>;
+    /// Every group, by name.
+    async fn list_groups(&self) -> StoreResult<Vec<GroupRecord>>;
+    /// Deletes group `name`; `false` if there was none.
+    async fn delete_group(&self, name: &str) -> StoreResult<bool>;
+    /// Stores a release under the product's next number (`release.number` is ignored) and
+    /// returns it as stored.
+    async fn create_release(&self, release: &ReleaseRecord) -> StoreResult<ReleaseRecord>;
+    /// Release `number` of `product`.
+    async fn get_release(&self, product: u32, number: u32) -> StoreResult<Option<ReleaseRecord>>;
+    /// The releases of `product`, by number.
+    async fn list_releases(&self, product: u32) -> StoreResult<Vec<ReleaseRecord>>;
+    /// Bytes on the air of the attempts for `device` created at or after `since` (Unix
+    /// milliseconds): the larger of the estimate and what was sent, per attempt.
+    async fn air_bytes_since(&self, device: &str, since: i64) -> StoreResult<u64>;
+
+    /// Stores a new rollout and returns its id.
+    async fn create_rollout(&self, rollout: &RolloutRecord) -> StoreResult<i64>;
+    /// Rollout `id`.
+    async fn get_rollout(&self, id: i64) -> StoreResult<Option<RolloutRecord>>;
+    /// Every rollout, oldest first.
+    async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+    /// The members of rollout `rollout`, by device id.
+    async fn rollout_members(&self, rollout: i64) -> StoreResult<Vec<MemberRecord>>;
+    /// Saves a rollout's record and the given members (inserted or replaced) in one
+    /// transaction.
+    async fn save_rollout(&self, rollout: &RolloutRecord, members: &[MemberRecord]) -> StoreResult<()>;
+}

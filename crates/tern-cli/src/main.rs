@@ -14,7 +14,9 @@ mod image;
 mod key;
 mod module;
 mod ops;
+mod products;
 mod release;
+mod rollout;
 mod server;
 mod sim;
 mod statement;
@@ -36,7 +38,8 @@ enum Command {
     /// Generate and show ED25519 signing keys.
     #[command(subcommand)]
     Key(key::Command),
-    /// Build, inspect and verify signed release bundles.
+    /// Releases: signed bundles (build, inspect, verify) and a product's numbered releases on
+    /// the server (create, list, show).
     #[command(subcommand)]
     Release(release::Command),
     /// Write modules or bundles as one Intel HEX file for manufacturing.
@@ -51,6 +54,15 @@ enum Command {
     /// Register, list and show devices; reboot, safe mode, factory restore, cancel.
     #[command(subcommand)]
     Device(ops::DeviceCommand),
+    /// Products: devices of one platform running one firmware line, and their releases.
+    #[command(subcommand)]
+    Product(products::ProductCommand),
+    /// Groups: saved filters over a product's devices, with maintenance windows and budgets.
+    #[command(subcommand)]
+    Group(products::GroupCommand),
+    /// Roll a release out to a product or group in phases, with brakes.
+    #[command(subcommand)]
+    Rollout(rollout::Command),
     /// Follow the server's event stream.
     Events(ops::EventsArgs),
     /// Update a device: the server plans the modules (healing missing system parts), shows
@@ -102,6 +114,9 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(args),
         Command::Login(args) => ops::login(args),
         Command::Device(cmd) => ops::device(cmd),
+        Command::Product(cmd) => products::product(cmd),
+        Command::Group(cmd) => products::group(cmd),
+        Command::Rollout(cmd) => rollout::run(cmd),
         Command::Events(args) => ops::events(args),
         Command::Flash(args) => flash::run(args),
         Command::Sim(cmd) => sim::run(cmd),

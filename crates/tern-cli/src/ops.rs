@@ -126,6 +126,14 @@ impl Client {
         self.finish(request.send(bytes))
     }
 
+    pub(crate) fn put_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.finish(self.agent.put(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.finish(self.agent.delete(&self.url(path)).header("Authorization", &self.bearer()).call())
+    }
+
     pub(crate) fn patch_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.finish(self.agent.patch(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
     }
@@ -162,6 +170,11 @@ impl Client {
         }
         Ok(response.into_body().into_reader())
     }
+}
+
+/// Reads an answer as the server's response type `T`.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(value: Value) -> anyhow::Result<T> {
+    serde_json::from_value(value).map_err(|e| anyhow!("the server's answer is not what this tern expects: {e}"))
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
@@ -379,6 +392,9 @@ pub enum DeviceCommand {
                             acknowledged); 1 no attempt in flight, or with --wait the device did not \
                             acknowledge in time or reported another outcome.")]
     Cancel(crate::command::CancelArgs),
+    /// A device's place in the fleet: product, tags, pin, data budget, development flag.
+    #[command(flatten)]
+    Fleet(crate::products::MembershipCommand),
 }
 
 /// How a device reaches the server.
@@ -500,6 +516,7 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         DeviceCommand::SafeMode(args) => return crate::command::run(&client, Action::SafeMode, args),
         DeviceCommand::FactoryRestore(args) => return crate::command::run(&client, Action::FactoryRestore, args),
         DeviceCommand::Cancel(args) => return crate::command::cancel(&client, args),
+        DeviceCommand::Fleet(cmd) => return crate::products::membership(cmd),
         DeviceCommand::Show { id, json } => {
             let device =
                 client.get(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;

@@ -70,6 +70,28 @@ pub enum Command {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// Create a numbered release of a product on the server, from signed catalog modules.
+    Create(crate::products::ReleaseCreate),
+    /// List a product's releases on the server.
+    List {
+        /// The product.
+        #[arg(long)]
+        product: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one of a product's releases on the server.
+    Show {
+        /// The product.
+        #[arg(long)]
+        product: u32,
+        /// Release number.
+        number: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a bundle contains. The signature is checked only with `--key`.
     Inspect {
         /// Bundle file.
@@ -122,6 +144,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Create(args) => crate::products::release_create(args),
+        Command::List { product, json } => crate::products::release_list(product, json),
+        Command::Show { product, number, json } => crate::products::release_show(product, number, json),
         Command::Inspect { file, key, json } => {
             let bytes = read(&file)?;
             let parsed = Bundle::parse(&bytes).map_err(|e| anyhow!("{}: {e}", file.display()))?;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tern_rollout::{AttemptView, Budget, DeviceFacts, Event, Member, MemberState, Standing, WaitReason};
 use tokio::sync::Notify;
@@ -86,7 +86,7 @@ pub struct NewRollout {
 }
 
 /// A rollout with its progress, as `tern rollout status` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RolloutView {
     /// The rollout.
     #[serde(flatten)]
@@ -104,7 +104,7 @@ pub struct RolloutView {
 }
 
 /// One member, for status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemberView {
     /// Device id.
     pub device: String,

@@ -296,8 +296,11 @@ fn decide(
     }
     let spec = &r.spec;
     let mut updating = all.values().filter(|m| m.state == MemberState::Updating).count() as u64;
-    let mut recent =
-        all.values().filter(|m| m.started_at.is_some_and(|t| t <= now && now - t < RATE_WINDOW_MS)).count() as u64;
+    // The rate counts members started within the last minute; a member started again
+    // within the minute (after a busy answer or a lost attempt) counts once, so that
+    // the count is the same whenever it is taken.
+    let recently = |m: &Member| m.started_at.is_some_and(|t| t <= now && now - t < RATE_WINDOW_MS);
+    let mut recent = all.values().filter(|m| recently(m)).count() as u64;
     let mut due: Vec<(u32, String)> = all
         .values()
         .filter(|m| m.phase <= r.phase && matches!(m.state, MemberState::Pending | MemberState::Waiting(_)))
@@ -329,10 +332,12 @@ fn decide(
         match wait {
             Some((reason, text)) => enter(m, MemberState::Waiting(reason), Some(text), now),
             None => {
+                if !recently(m) {
+                    recent += 1;
+                }
                 enter(m, MemberState::Updating, None, now);
                 m.started_at = Some(now);
                 updating += 1;
-                recent += 1;
                 start.push(device);
             }
         }
@@ -368,7 +373,8 @@ pub fn step(rollout: &Rollout, members: &[Member], facts: &[DeviceFacts], now: u
     }
 
     // Expiry does not count time spent paused: on the first step after a resume, due
-    // members' clocks move on by the pause.
+    // members' clocks move on by the pause (members that became due while paused start
+    // counting now).
     match r.state {
         RolloutState::Paused { .. } | RolloutState::Aborted => {
             r.paused_at.get_or_insert(now);
@@ -379,7 +385,7 @@ pub fn step(rollout: &Rollout, members: &[Member], facts: &[DeviceFacts], now: u
                 for m in all.values_mut() {
                     if matches!(m.state, MemberState::Pending | MemberState::Waiting(_)) {
                         if let Some(due) = m.due_since.as_mut() {
-                            *due = due.saturating_add(pause);
+                            *due = if *due >= paused_at { now } else { due.saturating_add(pause) };
                         }
                     }
                 }

@@ -34,8 +34,13 @@ fn exclusion(standing: &Standing) -> Option<Exclusion> {
     }
 }
 
+/// Members by device id; ids borrow from the step's inputs.
+type Members<'a> = BTreeMap<&'a str, Member>;
+/// Facts by device id.
+type Facts<'a> = BTreeMap<&'a str, &'a DeviceFacts>;
+
 /// Every member of phases `0..=phase` is in a final state.
-fn phases_done(members: &BTreeMap<String, Member>, phase: u32) -> bool {
+fn phases_done(members: &Members<'_>, phase: u32) -> bool {
     members.values().filter(|m| m.phase <= phase).all(|m| m.state.is_final())
 }
 
@@ -97,35 +102,29 @@ fn judge_soak(m: &mut Member, facts: &DeviceFacts, rollout: &Rollout, now: u64, 
 /// Places devices without a member. At the first step the eligible ones are ordered by
 /// [`spread`] (then id) and cut into phases by the spec's cumulative sizes; later,
 /// every newcomer joins `join_phase`. Excluded ones are sorted out by the caller.
-fn admit(
-    rollout: &Rollout,
-    all: &mut BTreeMap<String, Member>,
-    facts: &BTreeMap<&str, &DeviceFacts>,
-    first_step: bool,
-    join_phase: u32,
-    now: u64,
-) {
-    let mut newcomers: Vec<&DeviceFacts> = facts.values().copied().filter(|f| !all.contains_key(&f.device)).collect();
+fn admit<'a>(rollout: &Rollout, all: &mut Members<'a>, facts: &Facts<'a>, first_step: bool, join_phase: u32, now: u64) {
+    let mut newcomers: Vec<&DeviceFacts> =
+        facts.values().copied().filter(|f| !all.contains_key(f.device.as_str())).collect();
     if !first_step {
         for f in newcomers {
-            all.insert(f.device.clone(), Member::new(&f.device, join_phase, now));
+            all.insert(&f.device, Member::new(&f.device, join_phase, now));
         }
         return;
     }
-    newcomers.sort_by(|a, b| (spread(&a.device), &a.device).cmp(&(spread(&b.device), &b.device)));
+    newcomers.sort_by_cached_key(|f| (spread(&f.device), f.device.as_str()));
     let (eligible, excluded): (Vec<&DeviceFacts>, Vec<&DeviceFacts>) =
         newcomers.into_iter().partition(|f| f.standing == Standing::Eligible);
     let sizes = rollout.spec.phase_sizes(u32::try_from(eligible.len()).unwrap_or(u32::MAX));
     let mut devices = eligible.into_iter();
     for (phase, size) in sizes.into_iter().enumerate() {
         for f in devices.by_ref().take(size as usize) {
-            all.insert(f.device.clone(), Member::new(&f.device, phase as u32, now));
+            all.insert(&f.device, Member::new(&f.device, phase as u32, now));
         }
     }
     // Excluded devices sit in the last phase: should they become eligible later they
     // move to the phase open then, like any late joiner.
     for f in excluded {
-        all.insert(f.device.clone(), Member::new(&f.device, join_phase, now));
+        all.insert(&f.device, Member::new(&f.device, join_phase, now));
     }
 }
 
@@ -133,8 +132,8 @@ fn admit(
 /// re-admission), attempt outcomes and the soak.
 fn reconcile(
     rollout: &Rollout,
-    all: &mut BTreeMap<String, Member>,
-    facts: &BTreeMap<&str, &DeviceFacts>,
+    all: &mut Members<'_>,
+    facts: &Facts<'_>,
     join_phase: u32,
     now: u64,
     events: &mut Vec<Event>,
@@ -186,7 +185,7 @@ fn reconcile(
 
 /// Pauses a running rollout whose failures crossed the threshold (and are more than
 /// the operator accepted by resuming).
-fn check_threshold(r: &mut Rollout, all: &BTreeMap<String, Member>, now: u64, events: &mut Vec<Event>) {
+fn check_threshold(r: &mut Rollout, all: &Members<'_>, now: u64, events: &mut Vec<Event>) {
     if r.state != RolloutState::Running {
         return;
     }
@@ -233,13 +232,7 @@ pub(crate) fn failing<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<(Str
 /// Opens phases whose predecessors completed, makes their members due, and settles
 /// due members that need no update (already there) or waited too long (expired),
 /// until nothing more changes — settling can complete a phase.
-fn settle(
-    r: &mut Rollout,
-    all: &mut BTreeMap<String, Member>,
-    facts: &BTreeMap<&str, &DeviceFacts>,
-    now: u64,
-    events: &mut Vec<Event>,
-) {
+fn settle(r: &mut Rollout, all: &mut Members<'_>, facts: &Facts<'_>, now: u64, events: &mut Vec<Event>) {
     let last = last_phase(r);
     loop {
         let mut opened = false;
@@ -283,36 +276,33 @@ fn settle(
 
 /// Starts the due members that may start now, by phase and device id, and gives the
 /// others the most specific reason they wait.
-fn decide(
-    r: &Rollout,
-    all: &mut BTreeMap<String, Member>,
-    facts: &BTreeMap<&str, &DeviceFacts>,
-    now: u64,
-    events: &mut Vec<Event>,
-) -> Vec<String> {
+fn decide(r: &Rollout, all: &mut Members<'_>, facts: &Facts<'_>, now: u64, events: &mut Vec<Event>) -> Vec<String> {
     let mut start = Vec::new();
     if r.state == RolloutState::Aborted {
         return start;
     }
     let spec = &r.spec;
     let mut updating = all.values().filter(|m| m.state == MemberState::Updating).count() as u64;
-    let mut recent =
-        all.values().filter(|m| m.started_at.is_some_and(|t| t <= now && now - t < RATE_WINDOW_MS)).count() as u64;
-    let mut due: Vec<(u32, String)> = all
-        .values()
-        .filter(|m| m.phase <= r.phase && matches!(m.state, MemberState::Pending | MemberState::Waiting(_)))
-        .map(|m| (m.phase, m.device.clone()))
+    // The rate counts members started within the last minute; a member started again
+    // within the minute (after a busy answer or a lost attempt) counts once, so that
+    // the count is the same whenever it is taken.
+    let recently = |m: &Member| m.started_at.is_some_and(|t| t <= now && now - t < RATE_WINDOW_MS);
+    let mut recent = all.values().filter(|m| recently(m)).count() as u64;
+    let mut due: Vec<(u32, &str)> = all
+        .iter()
+        .filter(|(_, m)| m.phase <= r.phase && matches!(m.state, MemberState::Pending | MemberState::Waiting(_)))
+        .map(|(device, m)| (m.phase, *device))
         .collect();
-    due.sort();
+    due.sort_unstable();
     for (_, device) in due {
-        let (Some(m), Some(f)) = (all.get_mut(&device), facts.get(device.as_str())) else { continue };
+        let (Some(m), Some(f)) = (all.get_mut(device), facts.get(device)) else { continue };
         let wait = if !f.online {
             Some((WaitReason::Offline, "offline".to_string()))
         } else if !f.in_window {
             Some((WaitReason::Window, "outside its maintenance windows".to_string()))
         } else if let Budget::Exceeded { needed, left } = f.budget {
             if m.state != MemberState::Waiting(WaitReason::Budget) {
-                events.push(Event::WaitingBudget { device: device.clone(), needed, left });
+                events.push(Event::WaitingBudget { device: device.to_string(), needed, left });
             }
             Some((WaitReason::Budget, format!("budget_exceeded: needs {needed} bytes, {left} left")))
         } else if now < m.next_try_at {
@@ -329,11 +319,13 @@ fn decide(
         match wait {
             Some((reason, text)) => enter(m, MemberState::Waiting(reason), Some(text), now),
             None => {
+                if !recently(m) {
+                    recent += 1;
+                }
                 enter(m, MemberState::Updating, None, now);
                 m.started_at = Some(now);
                 updating += 1;
-                recent += 1;
-                start.push(device);
+                start.push(device.to_string());
             }
         }
     }
@@ -354,21 +346,22 @@ pub fn step(rollout: &Rollout, members: &[Member], facts: &[DeviceFacts], now: u
     r.phase = r.phase.min(last);
 
     // Duplicates in either list: the first one counts.
-    let mut by_device: BTreeMap<&str, &DeviceFacts> = BTreeMap::new();
+    let mut by_device: Facts<'_> = BTreeMap::new();
     for f in facts {
         by_device.entry(f.device.as_str()).or_insert(f);
     }
-    let mut before: BTreeMap<String, Member> = BTreeMap::new();
+    let mut before: BTreeMap<&str, &Member> = BTreeMap::new();
     for m in members {
-        before.entry(m.device.clone()).or_insert_with(|| m.clone());
+        before.entry(m.device.as_str()).or_insert(m);
     }
-    let mut all = before.clone();
+    let mut all: Members<'_> = before.iter().map(|(device, m)| (*device, (*m).clone())).collect();
     for m in all.values_mut() {
         m.phase = m.phase.min(last);
     }
 
     // Expiry does not count time spent paused: on the first step after a resume, due
-    // members' clocks move on by the pause.
+    // members' clocks move on by the pause (members that became due while paused start
+    // counting now).
     match r.state {
         RolloutState::Paused { .. } | RolloutState::Aborted => {
             r.paused_at.get_or_insert(now);
@@ -379,7 +372,7 @@ pub fn step(rollout: &Rollout, members: &[Member], facts: &[DeviceFacts], now: u
                 for m in all.values_mut() {
                     if matches!(m.state, MemberState::Pending | MemberState::Waiting(_)) {
                         if let Some(due) = m.due_since.as_mut() {
-                            *due = due.saturating_add(pause);
+                            *due = if *due >= paused_at { now } else { due.saturating_add(pause) };
                         }
                     }
                 }
@@ -400,7 +393,7 @@ pub fn step(rollout: &Rollout, members: &[Member], facts: &[DeviceFacts], now: u
     settle(&mut r, &mut all, &by_device, now, &mut events);
     let start = decide(&r, &mut all, &by_device, now, &mut events);
 
-    let members = all.into_values().filter(|m| before.get(&m.device) != Some(m)).collect();
+    let members = all.into_values().filter(|m| before.get(m.device.as_str()).is_none_or(|b| *b != m)).collect();
     Step { rollout: r, members, start, events }
 }
 

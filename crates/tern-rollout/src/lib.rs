@@ -35,6 +35,40 @@
 //!   spent paused not counted) is expired and reported.
 //! - **Completion.** The rollout completes when its last phase does; late joiners still
 //!   converge afterwards.
+//!
+//! # Pumping it
+//!
+//! ```
+//! use tern_rollout::{step, AttemptView, Budget, DeviceFacts, Rollout, Spec, Standing};
+//!
+//! let facts = |id: &str, attempt: Option<AttemptView>| DeviceFacts {
+//!     device: id.to_string(),
+//!     standing: Standing::Eligible,
+//!     online: true,
+//!     runs_release: false,
+//!     in_window: true,
+//!     budget: Budget::Ok,
+//!     attempt,
+//!     rolled_back_since_confirm: false,
+//! };
+//! let rollout = Rollout::new(Spec::default(), 0);
+//! let fleet: Vec<DeviceFacts> = (0..40).map(|i| facts(&format!("dev-{i}"), None)).collect();
+//!
+//! // First step: members are placed in phases; the canary of 5 starts.
+//! let first = step(&rollout, &[], &fleet, 1_000);
+//! assert_eq!(first.start.len(), 5);
+//! assert_eq!(first.members.len(), 40);
+//!
+//! // The server records `first.rollout` and `first.members` and creates an attempt per
+//! // started device, in one transaction. The next step sees those attempts running and
+//! // decides nothing new.
+//! let fleet: Vec<DeviceFacts> = fleet
+//!     .iter()
+//!     .map(|f| facts(&f.device, first.start.contains(&f.device).then_some(AttemptView::Running)))
+//!     .collect();
+//! let next = step(&first.rollout, &first.members, &fleet, 2_000);
+//! assert!(next.start.is_empty() && next.members.is_empty() && next.events.is_empty());
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

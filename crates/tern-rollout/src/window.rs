@@ -161,6 +161,15 @@ impl Window {
     }
 }
 
+impl std::str::FromStr for Window {
+    type Err = WindowError;
+
+    /// [`Window::parse`], for command-line parsers.
+    fn from_str(text: &str) -> Result<Window, WindowError> {
+        Window::parse(text)
+    }
+}
+
 /// Whether a device whose maintenance windows are `windows` may be updated at `now`:
 /// when it has none, or any of them is open.
 pub fn in_window(windows: &[Window], now: u64) -> bool {

@@ -23,6 +23,7 @@ struct Case {
     start: Vec<&'static str>,
     states: Vec<(&'static str, MemberState)>,
     phases: Vec<(&'static str, u32)>,
+    due: Vec<(&'static str, u64)>,
     events: Vec<Event>,
     rollout_state: Option<RolloutState>,
     phase: Option<u32>,
@@ -38,6 +39,7 @@ fn case(name: &'static str, rollout: Rollout, members: Vec<Member>, facts: Vec<D
         start: vec![],
         states: vec![],
         phases: vec![],
+        due: vec![],
         events: vec![],
         rollout_state: None,
         phase: None,
@@ -55,6 +57,10 @@ impl Case {
     }
     fn in_phase(mut self, device: &'static str, phase: u32) -> Self {
         self.phases.push((device, phase));
+        self
+    }
+    fn due(mut self, device: &'static str, since: u64) -> Self {
+        self.due.push((device, since));
         self
     }
     fn events(mut self, events: Vec<Event>) -> Self {
@@ -99,6 +105,9 @@ fn check(c: Case) {
     }
     for (device, phase) in &c.phases {
         assert_eq!(find(device).phase, *phase, "{name}: phase of {device}");
+    }
+    for (device, since) in &c.due {
+        assert_eq!(find(device).due_since, Some(*since), "{name}: due since of {device}");
     }
     for device in &c.start {
         assert_eq!(find(device).state, Updating, "{name}: a started member is updating");
@@ -486,6 +495,19 @@ fn caps_and_reasons_hold_members_back() {
         .state("c", waiting(Rate))
         .state("d", waiting(Rate)),
         case(
+            "a member started again within the minute counts once toward the rate",
+            rollout(with(spec(&[Percent(100)]), |s| s.rate_per_minute = 2), 0),
+            vec![
+                member("a", 0, waiting(Busy)).started(50_000).backing_off(1, 90_000),
+                member("b", 0, Pending),
+                member("c", 0, Pending),
+            ],
+            vec![dev("a").attempt(AttemptView::Busy), dev("b"), dev("c")],
+            100_000,
+        )
+        .starts(&["a", "b"])
+        .state("c", waiting(Rate)),
+        case(
             "no caps: everything due starts",
             rollout(spec(&[Percent(100)]), 0),
             vec![member("b", 0, Pending), member("c", 0, Pending), member("d", 0, Pending)],
@@ -669,11 +691,13 @@ fn expiry_reports_members_that_never_updated() {
         case(
             "after a resume the time paused does not count toward expiry",
             resumed,
-            vec![member("a", 0, waiting(Offline)).due(0)],
-            vec![dev("a").offline()],
+            vec![member("a", 0, waiting(Offline)).due(0), member("b", 0, waiting(Offline)).due(2_000)],
+            vec![dev("a").offline(), dev("b").offline()],
             5_000,
         )
-        .state("a", waiting(Offline)),
+        .state("a", waiting(Offline))
+        .due("a", 4_000)
+        .due("b", 5_000),
         case(
             "expiring the last waiting member completes its phase",
             rollout(expiring, 0),

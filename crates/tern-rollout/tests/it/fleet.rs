@@ -140,6 +140,18 @@ impl Sim {
                 *self.created.entry(device.clone()).or_default() += 1;
             }
         }
+        if crash == Crash::None {
+            // A restart right here changes nothing: stepping again over what was
+            // recorded, with the attempts created, decides nothing new.
+            let members: Vec<Member> = self.members.values().cloned().collect();
+            let again = step(&self.rollout, &members, &self.facts(), self.now);
+            assert!(
+                again.members.is_empty() && again.start.is_empty() && again.events.is_empty(),
+                "t={}: a second step decided {again:?}",
+                self.now
+            );
+            assert_eq!(again.rollout, self.rollout, "t={}", self.now);
+        }
         self.now += TICK;
     }
 

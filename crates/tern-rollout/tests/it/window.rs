@@ -35,6 +35,7 @@ fn parse_and_display() {
         assert_eq!(w, Window { days, start_minute: start, end_minute: end }, "{text}");
         assert_eq!(w.to_string(), shown, "{text}");
         assert_eq!(Window::parse(shown), Ok(w), "{shown} reads back");
+        assert_eq!(text.parse::<Window>(), Ok(w), "{text} through FromStr");
     }
 }
 

@@ -201,7 +201,8 @@ impl OfflineRule {
         let mut rank = 0u32;
         for (plan, class) in plans.iter_mut().zip(&periodic) {
             if *class == 0 {
-                plan.periodic = Some(Periodic { down: self.down, every: self.every, phase: self.every * rank / members });
+                plan.periodic =
+                    Some(Periodic { down: self.down, every: self.every, phase: self.every * rank / members });
                 rank += 1;
             }
         }

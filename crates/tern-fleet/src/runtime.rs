@@ -191,6 +191,13 @@ impl SimRuntime {
         SimDevice::load(&path, keys).map(Some)
     }
 
+    /// The runtime with its counters kept in `stats` (made before the device's thread, so
+    /// a reporter can hold them from the start).
+    pub fn with_stats(mut self, stats: Arc<Mutex<Stats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Shared counters.
     pub fn stats(&self) -> Arc<Mutex<Stats>> {
         self.stats.clone()

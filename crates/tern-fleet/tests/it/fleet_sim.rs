@@ -189,3 +189,174 @@ fn a_mixed_fleet_updates_as_its_classes_say() {
     let last = read_status(&status_file).expect("a last status");
     assert!(devices(&last).iter().all(|d| d["running"] == false && d["connected"] == false), "{last}");
 }
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `/proc/PID/status` value in kB (or a count).
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The benchmark behind `docs/fleet-sim.md`: for each fleet size in `$TERN_FLEET_BENCH`
+/// (default 100,300,1000), a `tern server` process and a `tern sim fleet` process; the
+/// fleet's memory, threads and CPU idle and while every device takes a small update, and
+/// the server's beside it. Run with
+/// `cargo test --release -p tern-fleet --test it fleet_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: minutes of CPU"]
+fn fleet_bench() {
+    use crate::support::free_port;
+    let sizes: Vec<usize> = std::env::var("TERN_FLEET_BENCH")
+        .unwrap_or_else(|_| "100,300,1000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("TERN_FLEET_BENCH: numbers separated by commas"))
+        .collect();
+    let profile = std::env::var("TERN_FLEET_PROFILE").unwrap_or_else(|_| "stm32f2".into());
+    let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
+    let app_for = |p: &'static tern_device::profile::Profile| {
+        Image::synthetic(p, ModuleFunction::UserPart, p.app_index(), 2, &dep, Behaviour::Healthy, 16 * 1024)
+    };
+    let tern = crate::cli::tern();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut rows = Vec::new();
+    for n in sizes {
+        let dir = scratch(&format!("fleet-bench-{n}"));
+        let key = dir.join("release.pub.pem");
+        std::fs::write(&key, release_key().verifying_key().to_public_key_pem(Default::default()).unwrap()).unwrap();
+        let (http_port, mqtt_port) = (free_port(), free_port());
+        let data = dir.join("server");
+        let server = SimProcess(
+            Command::new(&tern)
+                .args(["server", "--http", &format!("127.0.0.1:{http_port}"), "--mqtt"])
+                .arg(format!("127.0.0.1:{mqtt_port}"))
+                .arg("--data")
+                .arg(&data)
+                .env("TERN_LOG", "error")
+                .env_remove("TERN_CONFIG")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("tern server starts"),
+        );
+        let http = format!("http://127.0.0.1:{http_port}");
+        let token_file = data.join(tern_server::ADMIN_TOKEN_FILE);
+        let start = Instant::now();
+        while !(token_file.exists() && agent.get(&format!("{http}/api/health")).call().is_ok_and(|r| r.status() == 200))
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "tern server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+        let status_file = dir.join("status.json");
+        let started = Instant::now();
+        let fleet = SimProcess(
+            Command::new(&tern)
+                .args(["sim", "fleet", "--server", &format!("mqtt://127.0.0.1:{mqtt_port}"), "--count"])
+                .arg(n.to_string())
+                .args(["--profile", &profile, "--quiet", "--api", &http, "--token", &token, "--trust"])
+                .arg(&key)
+                .arg("--status-file")
+                .arg(&status_file)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("tern sim fleet starts"),
+        );
+        let (fleet_pid, server_pid) = (fleet.0.id(), server.0.id());
+        let up = wait_status(&status_file, "the whole fleet connected", Duration::from_secs(300), |s| {
+            devices(s).len() == n && devices(s).iter().all(|d| d["connected"] == true && d["describes"] != 0)
+        });
+        let connect_s = started.elapsed().as_secs_f64();
+        // Idle: settled, then 20 s of CPU.
+        std::thread::sleep(Duration::from_secs(5));
+        let (f0, s0) = (cpu_seconds(fleet_pid), cpu_seconds(server_pid));
+        std::thread::sleep(Duration::from_secs(20));
+        let idle_fleet_cpu = (cpu_seconds(fleet_pid) - f0) / 20.0;
+        let idle_server_cpu = (cpu_seconds(server_pid) - s0) / 20.0;
+        let idle_rss = proc_status(fleet_pid, "VmRSS");
+        let idle_server_rss = proc_status(server_pid, "VmRSS");
+        let threads = proc_status(fleet_pid, "Threads");
+
+        // Update: application 2 to every device through the API, as `tern flash` does.
+        let (f1, s1) = (cpu_seconds(fleet_pid), cpu_seconds(server_pid));
+        let update_start = Instant::now();
+        let ids: Vec<(String, String)> = devices(&up)
+            .iter()
+            .map(|d| (d["id"].as_str().unwrap().to_owned(), d["profile"].as_str().unwrap().to_owned()))
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((id, profile)) = ids.get(k) else { return };
+                    let p = tern_device::profile::by_name(profile).expect("a known profile");
+                    let body = bundle(p.platform_id, &[&app_for(p)], 1);
+                    let response = agent
+                        .post(&format!("{http}/api/devices/{id}/attempts"))
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .header("Content-Type", "application/octet-stream")
+                        .send(&body[..])
+                        .expect("the server answers");
+                    assert_eq!(response.status().as_u16(), 201, "{id}");
+                });
+            }
+        });
+        let mut peak_rss = 0;
+        let mut peak_server_rss = 0;
+        let done_at = loop {
+            peak_rss = peak_rss.max(proc_status(fleet_pid, "VmRSS"));
+            peak_server_rss = peak_server_rss.max(proc_status(server_pid, "VmRSS"));
+            let s = read_status(&status_file).unwrap_or_default();
+            let confirmed = devices(&s)
+                .iter()
+                .filter(|d| d["app_version"] == 2 && d["last_result"]["outcome"] == "confirmed")
+                .count();
+            if confirmed == n {
+                break update_start.elapsed().as_secs_f64();
+            }
+            assert!(update_start.elapsed() < Duration::from_secs(900), "{confirmed} of {n} confirmed after 900 s");
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let update_fleet_cpu = cpu_seconds(fleet_pid) - f1;
+        let update_server_cpu = cpu_seconds(server_pid) - s1;
+        let blocks: u64 = devices(&read_status(&status_file).unwrap()).iter().map(|d| d["blocks"].as_u64().unwrap()).sum();
+        let hwm = proc_status(fleet_pid, "VmHWM");
+        let row = format!(
+            "| {n} | {connect_s:.1} | {:.0} | {:.0} | {:.0} | {threads} | {:.2} | {:.2} | {done_at:.1} | {update_fleet_cpu:.1} | {update_server_cpu:.1} | {} | {:.0} |",
+            idle_rss as f64 / 1024.0,
+            idle_rss as f64 / n as f64,
+            hwm.max(peak_rss) as f64 / 1024.0,
+            idle_fleet_cpu,
+            idle_server_cpu,
+            blocks / n as u64,
+            idle_server_rss.max(peak_server_rss) as f64 / 1024.0,
+        );
+        println!("{row}");
+        rows.push(row);
+        let _ = Command::new("kill").args(["-TERM", &fleet_pid.to_string()]).status();
+        drop(fleet);
+        drop(server);
+    }
+    println!(
+        "| devices | connected after s | fleet RSS idle MiB | KiB per device | fleet RSS peak MiB | threads | fleet CPU idle (cores) | server CPU idle (cores) | update to all confirmed s | fleet CPU s | server CPU s | blocks per device | server RSS peak MiB |"
+    );
+    for row in rows {
+        println!("{row}");
+    }
+}

@@ -55,6 +55,9 @@ impl MqttTarget {
     }
 }
 
+/// How long [`MqttLink::recv`] waits at least while not connected.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
 /// The real link: an MQTT 3.1.1 client (rumqttc) to the server's gateway.
 pub struct MqttLink {
     device: String,
@@ -86,6 +89,9 @@ impl Link for MqttLink {
     }
 
     fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        // A timeout cancels the client's poll, and with it a connection in progress; give
+        // connecting (TCP, CONNECT, CONNACK) time to finish on a busy machine.
+        let timeout = if self.connected { timeout } else { timeout.max(CONNECT_WAIT) };
         match self.connection.recv_timeout(timeout) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success => {
                 let filter = format!("{}{}/down/#", tern_proto::topic::PREFIX, self.device);

@@ -347,6 +347,8 @@ impl SimRuntime {
         let started = Instant::now();
         let test = matches!(conversation.boot_decision().run, Run::Application { test: true });
         let mut last_save = Instant::now();
+        // What the boot itself changed (an install) is saved at the first turn.
+        let mut saved_at_op = u64::MAX;
         let (mut stored, mut duplicates) = (0, 0);
         // A device that boots while connected describes itself at once.
         if self.connected {
@@ -394,8 +396,12 @@ impl SimRuntime {
             if test && behaviour == Behaviour::NeverConfirms && started.elapsed() > self.settings.unconfirmed_watchdog {
                 return Next::Reboot(ResetCause::Watchdog);
             }
-            if last_save.elapsed() > Duration::from_secs(2) {
+            // Saved every 2 s while the flash changes (a download): a large fleet with
+            // state directories does not rewrite idle devices' flash.
+            let ops = self.device.bench.borrow().op_count();
+            if last_save.elapsed() > Duration::from_secs(2) && ops != saved_at_op {
                 last_save = Instant::now();
+                saved_at_op = ops;
                 let _ = self.save();
             }
             let now = self.now();

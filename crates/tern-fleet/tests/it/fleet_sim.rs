@@ -213,7 +213,8 @@ fn proc_status(pid: u32, key: &str) -> u64 {
 /// The benchmark behind `docs/fleet-sim.md`: for each fleet size in `$TERN_FLEET_BENCH`
 /// (default 100,300,1000), a `tern server` process and a `tern sim fleet` process; the
 /// fleet's memory, threads and CPU idle and while every device takes a small update, and
-/// the server's beside it. Run with
+/// the server's beside it. Every device takes a 16 KiB application, at most
+/// `$TERN_FLEET_BENCH_CAP` (default 50) at once. Run with
 /// `cargo test --release -p tern-fleet --test it fleet_bench -- --ignored --nocapture`.
 #[test]
 #[ignore = "a benchmark: minutes of CPU"]
@@ -225,6 +226,7 @@ fn fleet_bench() {
         .map(|n| n.trim().parse().expect("TERN_FLEET_BENCH: numbers separated by commas"))
         .collect();
     let profile = std::env::var("TERN_FLEET_PROFILE").unwrap_or_else(|_| "stm32f2".into());
+    let cap: usize = std::env::var("TERN_FLEET_BENCH_CAP").map_or(50, |c| c.parse().expect("TERN_FLEET_BENCH_CAP: a number"));
     let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
     let app_for = |p: &'static tern_device::profile::Profile| {
         Image::synthetic(p, ModuleFunction::UserPart, p.app_index(), 2, &dep, Behaviour::Healthy, 16 * 1024)
@@ -248,9 +250,10 @@ fn fleet_bench() {
                 .arg(format!("127.0.0.1:{mqtt_port}"))
                 .arg("--data")
                 .arg(&data)
-                .env("TERN_LOG", "error")
+                .env("TERN_LOG", std::env::var("TERN_FLEET_BENCH_LOG").unwrap_or_else(|_| "error".into()))
                 .env_remove("TERN_CONFIG")
                 .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("server.log")).expect("a log file"))
                 .spawn()
                 .expect("tern server starts"),
         );
@@ -274,6 +277,7 @@ fn fleet_bench() {
                 .arg("--status-file")
                 .arg(&status_file)
                 .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("fleet.log")).expect("a log file"))
                 .spawn()
                 .expect("tern sim fleet starts"),
         );
@@ -299,36 +303,36 @@ fn fleet_bench() {
             .iter()
             .map(|d| (d["id"].as_str().unwrap().to_owned(), d["profile"].as_str().unwrap().to_owned()))
             .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..4 {
-                scope.spawn(|| loop {
-                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((id, profile)) = ids.get(k) else { return };
-                    let p = tern_device::profile::by_name(profile).expect("a known profile");
-                    let body = bundle(p.platform_id, &[&app_for(p)], 1);
-                    let response = agent
-                        .post(&format!("{http}/api/devices/{id}/attempts"))
-                        .header("Authorization", &format!("Bearer {token}"))
-                        .header("Content-Type", "application/octet-stream")
-                        .send(&body[..])
-                        .expect("the server answers");
-                    assert_eq!(response.status().as_u16(), 201, "{id}");
-                });
-            }
-        });
+        // At most `cap` devices updating at once, as a rollout caps them: the next attempt
+        // starts when one ends (read from the status file).
+        let mut posted = 0;
         let mut peak_rss = 0;
         let mut peak_server_rss = 0;
         let done_at = loop {
             peak_rss = peak_rss.max(proc_status(fleet_pid, "VmRSS"));
             peak_server_rss = peak_server_rss.max(proc_status(server_pid, "VmRSS"));
             let s = read_status(&status_file).unwrap_or_default();
+            let ended = devices(&s).iter().filter(|d| d["last_result"].is_object()).count();
             let confirmed = devices(&s)
                 .iter()
                 .filter(|d| d["app_version"] == 2 && d["last_result"]["outcome"] == "confirmed")
                 .count();
             if confirmed == n {
                 break update_start.elapsed().as_secs_f64();
+            }
+            assert_eq!(ended, confirmed, "every device confirms: {s}");
+            while posted < n && posted < ended + cap {
+                let (id, profile) = &ids[posted];
+                let p = tern_device::profile::by_name(profile).expect("a known profile");
+                let body = bundle(p.platform_id, &[&app_for(p)], 1);
+                let response = agent
+                    .post(&format!("{http}/api/devices/{id}/attempts"))
+                    .header("Authorization", &format!("Bearer {token}"))
+                    .header("Content-Type", "application/octet-stream")
+                    .send(&body[..])
+                    .expect("the server answers");
+                assert_eq!(response.status().as_u16(), 201, "{id}");
+                posted += 1;
             }
             assert!(update_start.elapsed() < Duration::from_secs(900), "{confirmed} of {n} confirmed after 900 s");
             std::thread::sleep(Duration::from_millis(250));

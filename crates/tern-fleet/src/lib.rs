@@ -24,12 +24,18 @@
 //!
 //! With a state directory the flash is saved (its state record holds the attempt id), so a
 //! simulated device survives restarts of its process.
+//!
+//! For fleets, [`fleet`] decides from device indexes which devices misbehave on an update
+//! ([`Mix`], applied through [`ReceivedApps`]), which are cellular and which go offline
+//! when ([`Offline`], applied through an [`Intermittent`] link).
 #![forbid(unsafe_code)]
 
 pub mod device_os;
+pub mod fleet;
 pub mod link;
 pub mod provision;
 pub mod runtime;
 
-pub use link::{Faults, FaultyLink, Incoming, Link, MqttLink, MqttTarget};
-pub use runtime::{RunError, Settings, SimRuntime, Stats};
+pub use fleet::{Mix, Offline, OfflineRule};
+pub use link::{Faults, FaultyLink, Incoming, Intermittent, Link, MqttLink, MqttTarget};
+pub use runtime::{ReceivedApps, RunError, Settings, SimRuntime, Stats};

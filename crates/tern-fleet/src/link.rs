@@ -3,12 +3,15 @@
 //! The runtime only needs "send this message kind" and "what arrived": [`Link`]. The MQTT
 //! link subscribes to the device's `down` topics on every connection (the gateway keeps
 //! no sessions) and reports each (re)connection so the runtime can describe itself again.
+//! [`Intermittent`] takes a link down and up again on a schedule (devices that go offline).
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
 use tern_proto::{Direction, MessageKind, Topic};
+
+use crate::fleet::Offline;
 
 /// Something that happened on the link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +55,9 @@ impl MqttTarget {
     }
 }
 
+/// How long [`MqttLink::recv`] waits at least while not connected.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
 /// The real link: an MQTT 3.1.1 client (rumqttc) to the server's gateway.
 pub struct MqttLink {
     device: String,
@@ -83,6 +89,9 @@ impl Link for MqttLink {
     }
 
     fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        // A timeout cancels the client's poll, and with it a connection in progress; give
+        // connecting (TCP, CONNECT, CONNACK) time to finish on a busy machine.
+        let timeout = if self.connected { timeout } else { timeout.max(CONNECT_WAIT) };
         match self.connection.recv_timeout(timeout) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success => {
                 let filter = format!("{}{}/down/#", tern_proto::topic::PREFIX, self.device);
@@ -223,5 +232,50 @@ impl<L: Link> Link for FaultyLink<L> {
             }
             other => Some(other),
         }
+    }
+}
+
+/// A link that is down while an [`Offline`] plan says so: going offline drops the inner
+/// link (closing its connection, so the server sees the device go), coming back makes a
+/// new one, which connects by itself. What is sent while offline is lost.
+pub struct Intermittent<L> {
+    make: Box<dyn FnMut() -> L + Send>,
+    inner: Option<L>,
+    plan: Offline,
+    start: Instant,
+    connected: bool,
+}
+
+impl<L: Link> Intermittent<L> {
+    /// A link following `plan` from `start` (the fleet's start), made by `make` whenever
+    /// it comes online.
+    pub fn new(plan: Offline, start: Instant, make: Box<dyn FnMut() -> L + Send>) -> Self {
+        Intermittent { make, inner: None, plan, start, connected: false }
+    }
+}
+
+impl<L: Link> Link for Intermittent<L> {
+    fn send(&mut self, kind: MessageKind, payload: Vec<u8>) {
+        if let Some(inner) = &mut self.inner {
+            inner.send(kind, payload);
+        }
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        if !self.plan.online(self.start.elapsed()) {
+            if self.inner.take().is_some() && std::mem::replace(&mut self.connected, false) {
+                return Some(Incoming::Disconnected);
+            }
+            std::thread::sleep(timeout);
+            return None;
+        }
+        let inner = self.inner.get_or_insert_with(|| (self.make)());
+        let event = inner.recv(timeout);
+        match event {
+            Some(Incoming::Connected) => self.connected = true,
+            Some(Incoming::Disconnected) => self.connected = false,
+            _ => {}
+        }
+        event
     }
 }

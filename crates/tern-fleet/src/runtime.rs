@@ -54,6 +54,24 @@ pub struct Settings {
     /// Time the device spends on each stored block beyond the work itself (a slow link
     /// or slow flash); zero by default.
     pub block_pace: Duration,
+    /// The longest the device waits for the link before it looks at its own state again
+    /// (stop requested, watchdog, saving). Messages and the conversation's timers wake it
+    /// sooner; a larger value costs a large fleet less CPU when idle.
+    pub idle_wait: Duration,
+    /// How applications the device receives behave regardless of their image (a hardware
+    /// variant on which new releases fail); `None`: as their image says.
+    pub received_apps: Option<ReceivedApps>,
+}
+
+/// How every application a device receives behaves, whatever its image says — except the
+/// applications it was provisioned with (its own and the factory copy), which run as
+/// their images say. Applications are told apart by their SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedApps {
+    /// The behaviour of received applications.
+    pub behaviour: Behaviour,
+    /// SHA-256 of the applications the device was provisioned with.
+    pub provisioned: Vec<[u8; 32]>,
 }
 
 impl Default for Settings {
@@ -66,6 +84,8 @@ impl Default for Settings {
             cut_after_blocks: None,
             cut_install_at_op: None,
             block_pace: Duration::ZERO,
+            idle_wait: Duration::from_millis(20),
+            received_apps: None,
         }
     }
 }
@@ -93,6 +113,8 @@ pub struct Stats {
     pub app_version: u32,
     /// The last result sent (outcome name, reason name).
     pub last_result: Option<(String, String)>,
+    /// Whether the link is up.
+    pub connected: bool,
 }
 
 /// Why a simulated device stopped for good.
@@ -169,6 +191,13 @@ impl SimRuntime {
         SimDevice::load(&path, keys).map(Some)
     }
 
+    /// The runtime with its counters kept in `stats` (made before the device's thread, so
+    /// a reporter can hold them from the start).
+    pub fn with_stats(mut self, stats: Arc<Mutex<Stats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Shared counters.
     pub fn stats(&self) -> Arc<Mutex<Stats>> {
         self.stats.clone()
@@ -236,8 +265,13 @@ impl SimRuntime {
             let behaviour = match decision.run {
                 Run::Application { .. } => {
                     let app = profile.app_slot().unwrap_or(0);
-                    let size = agent.state().installed[app].map_or(0, |m| m.size) as usize;
-                    Behaviour::of_image(&self.device.slot_bytes(app, size))
+                    let record = agent.state().installed[app];
+                    let size = record.map_or(0, |m| m.size) as usize;
+                    let own = Behaviour::of_image(&self.device.slot_bytes(app, size));
+                    match (&self.settings.received_apps, record) {
+                        (Some(r), Some(m)) if !r.provisioned.contains(&m.sha256) => r.behaviour,
+                        _ => own,
+                    }
                 }
                 Run::SafeMode(_) => Behaviour::Healthy,
             };
@@ -313,6 +347,8 @@ impl SimRuntime {
         let started = Instant::now();
         let test = matches!(conversation.boot_decision().run, Run::Application { test: true });
         let mut last_save = Instant::now();
+        // What the boot itself changed (an install) is saved at the first turn.
+        let mut saved_at_op = u64::MAX;
         let (mut stored, mut duplicates) = (0, 0);
         // A device that boots while connected describes itself at once.
         if self.connected {
@@ -360,20 +396,29 @@ impl SimRuntime {
             if test && behaviour == Behaviour::NeverConfirms && started.elapsed() > self.settings.unconfirmed_watchdog {
                 return Next::Reboot(ResetCause::Watchdog);
             }
-            if last_save.elapsed() > Duration::from_secs(2) {
+            // Saved every 2 s while the flash changes (a download): a large fleet with
+            // state directories does not rewrite idle devices' flash.
+            let ops = self.device.bench.borrow().op_count();
+            if last_save.elapsed() > Duration::from_secs(2) && ops != saved_at_op {
                 last_save = Instant::now();
+                saved_at_op = ops;
                 let _ = self.save();
             }
             let now = self.now();
-            let wait = conversation.poll_timeout().map_or(20, |due| due.saturating_sub(now).min(20));
+            let idle = millis(self.settings.idle_wait);
+            let wait = conversation.poll_timeout().map_or(idle, |due| due.saturating_sub(now).min(idle));
             match link.recv(Duration::from_millis(wait)) {
                 Some(Incoming::Connected) => {
                     self.connected = true;
-                    self.stat(|s| s.connects += 1);
+                    self.stat(|s| {
+                        s.connects += 1;
+                        s.connected = true;
+                    });
                     conversation.handle_connected(storage, self.now());
                 }
                 Some(Incoming::Disconnected) => {
                     self.connected = false;
+                    self.stat(|s| s.connected = false);
                     conversation.handle_disconnected();
                 }
                 Some(Incoming::Message(payload)) => {

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod device_os;
 mod device_os_oracle;
+mod fleet_sim;
 mod heal;
 mod resilience;
 mod support;

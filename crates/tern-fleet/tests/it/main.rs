@@ -9,5 +9,6 @@ mod device_os_oracle;
 mod fleet_sim;
 mod heal;
 mod resilience;
+mod rollout;
 mod support;
 mod update;

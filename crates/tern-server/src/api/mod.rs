@@ -181,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/groups/{name}", put(put_group).get(show_group).delete(delete_group))
         .route("/api/rollouts", post(start_rollout).get(list_rollouts))
         .route("/api/rollouts/{id}", get(show_rollout))
+        .route("/api/rollouts/{id}/members", get(list_members))
         .route("/api/rollouts/{id}/pause", post(pause_rollout))
         .route("/api/rollouts/{id}/resume", post(resume_rollout))
         .route("/api/rollouts/{id}/abort", post(abort_rollout))

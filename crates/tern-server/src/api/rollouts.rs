@@ -97,6 +97,16 @@ pub(super) async fn show_rollout(
     Ok(Json(state.rollouts.view(id).await?))
 }
 
+/// `GET /api/rollouts/{id}/members`: every member with its phase, state and attempt.
+pub(super) async fn list_members(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<Json<Vec<crate::store::MemberRecord>>> {
+    let id = numeric_id(id, "rollout")?;
+    state.rollouts.get(id).await?;
+    Ok(Json(state.store.rollout_members(id).await?))
+}
+
 async fn control(state: AppState, id: i64, action: Control, by: &str) -> ApiResult<Json<RolloutView>> {
     state.rollouts.control(id, action, by).await?;
     Ok(Json(state.rollouts.view(id).await?))

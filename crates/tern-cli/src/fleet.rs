@@ -200,7 +200,7 @@ fn fleet(args: FleetArgs) -> Result<ExitCode> {
         });
     }
     // A fleet idles most of the time: a longer idle wait costs 1,000 devices far less CPU.
-    let settings = Settings { idle_wait: Duration::from_millis(250), ..Settings::default() };
+    let settings = Settings { idle_wait: Duration::from_secs(1), ..Settings::default() };
     let report = Report { each: args.each, summary: !args.quiet && !args.each, status_file: args.status_file };
     run_devices(plans, settings, report)
 }

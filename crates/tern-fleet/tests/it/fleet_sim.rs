@@ -226,7 +226,8 @@ fn fleet_bench() {
         .map(|n| n.trim().parse().expect("TERN_FLEET_BENCH: numbers separated by commas"))
         .collect();
     let profile = std::env::var("TERN_FLEET_PROFILE").unwrap_or_else(|_| "stm32f2".into());
-    let cap: usize = std::env::var("TERN_FLEET_BENCH_CAP").map_or(50, |c| c.parse().expect("TERN_FLEET_BENCH_CAP: a number"));
+    let cap: usize =
+        std::env::var("TERN_FLEET_BENCH_CAP").map_or(50, |c| c.parse().expect("TERN_FLEET_BENCH_CAP: a number"));
     let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
     let app_for = |p: &'static tern_device::profile::Profile| {
         Image::synthetic(p, ModuleFunction::UserPart, p.app_index(), 2, &dep, Behaviour::Healthy, 16 * 1024)
@@ -339,7 +340,8 @@ fn fleet_bench() {
         };
         let update_fleet_cpu = cpu_seconds(fleet_pid) - f1;
         let update_server_cpu = cpu_seconds(server_pid) - s1;
-        let blocks: u64 = devices(&read_status(&status_file).unwrap()).iter().map(|d| d["blocks"].as_u64().unwrap()).sum();
+        let blocks: u64 =
+            devices(&read_status(&status_file).unwrap()).iter().map(|d| d["blocks"].as_u64().unwrap()).sum();
         let hwm = proc_status(fleet_pid, "VmHWM");
         let row = format!(
             "| {n} | {connect_s:.1} | {:.0} | {:.0} | {:.0} | {threads} | {:.2} | {:.2} | {done_at:.1} | {update_fleet_cpu:.1} | {update_server_cpu:.1} | {} | {:.0} |",

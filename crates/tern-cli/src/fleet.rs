@@ -144,6 +144,7 @@ pub fn run(cmd: SimCommand) -> Result<ExitCode> {
             };
             let target =
                 MqttTarget::parse(&args.common.server, &args.id, &secret).map_err(|e| anyhow!("--server {e}"))?;
+            println!("{}: {} device connecting to {}:{}", args.id, kind.profile.name, target.host, target.port);
             let plan = Plan { id: args.id, dir: Some(dir), target, kind, keys, ..Plan::default() };
             let report = Report { each: true, summary: false, status_file: None };
             run_devices(vec![plan], Settings::default(), report)

@@ -144,6 +144,7 @@ pub fn run(cmd: SimCommand) -> Result<ExitCode> {
             };
             let target =
                 MqttTarget::parse(&args.common.server, &args.id, &secret).map_err(|e| anyhow!("--server {e}"))?;
+            println!("{}: {} device connecting to {}:{}", args.id, kind.profile.name, target.host, target.port);
             let plan = Plan { id: args.id, dir: Some(dir), target, kind, keys, ..Plan::default() };
             let report = Report { each: true, summary: false, status_file: None };
             run_devices(vec![plan], Settings::default(), report)
@@ -200,7 +201,7 @@ fn fleet(args: FleetArgs) -> Result<ExitCode> {
         });
     }
     // A fleet idles most of the time: a longer idle wait costs 1,000 devices far less CPU.
-    let settings = Settings { idle_wait: Duration::from_millis(250), ..Settings::default() };
+    let settings = Settings { idle_wait: Duration::from_secs(1), ..Settings::default() };
     let report = Report { each: args.each, summary: !args.quiet && !args.each, status_file: args.status_file };
     run_devices(plans, settings, report)
 }

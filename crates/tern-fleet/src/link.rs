@@ -266,7 +266,8 @@ impl<L: Link> Link for Intermittent<L> {
             if self.inner.take().is_some() && std::mem::replace(&mut self.connected, false) {
                 return Some(Incoming::Disconnected);
             }
-            std::thread::sleep(timeout);
+            // Never a busy loop, even when the caller's timer is due.
+            std::thread::sleep(timeout.max(Duration::from_millis(20)));
             return None;
         }
         let inner = self.inner.get_or_insert_with(|| (self.make)());
@@ -277,5 +278,64 @@ impl<L: Link> Link for Intermittent<L> {
             _ => {}
         }
         event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fleet::Periodic;
+
+    /// A link that connects at once and counts what is sent through it.
+    struct Fake {
+        greeted: bool,
+        sent: Arc<AtomicUsize>,
+    }
+
+    impl Link for Fake {
+        fn send(&mut self, _: MessageKind, _: Vec<u8>) {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        fn recv(&mut self, _: Duration) -> Option<Incoming> {
+            (!std::mem::replace(&mut self.greeted, true)).then_some(Incoming::Connected)
+        }
+    }
+
+    #[test]
+    fn intermittent_link_follows_its_plan() {
+        let ms = Duration::from_millis;
+        // Offline for the first 100 ms, then offline 100 ms out of every 300 ms from 300 ms.
+        let plan = Offline {
+            at_start: Some(ms(100)),
+            periodic: Some(Periodic { down: ms(100), every: ms(300), phase: ms(0) }),
+        };
+        let (made, sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (m, s) = (made.clone(), sent.clone());
+        let start = Instant::now();
+        let make = Box::new(move || {
+            m.fetch_add(1, Ordering::Relaxed);
+            Fake { greeted: false, sent: s.clone() }
+        });
+        let mut link = Intermittent::new(plan, start, make);
+        let mut events = Vec::new();
+        let mut tries = 0;
+        while start.elapsed() < ms(550) {
+            link.send(MessageKind::Describe, vec![1]);
+            tries += 1;
+            if let Some(e) = link.recv(ms(10)) {
+                events.push((start.elapsed().as_millis() / 100, e));
+            }
+        }
+        // Connected after the start period, lost at 300 ms, connected again at 400 ms.
+        let kinds: Vec<&Incoming> = events.iter().map(|(_, e)| e).collect();
+        assert_eq!(kinds, [&Incoming::Connected, &Incoming::Disconnected, &Incoming::Connected], "{events:?}");
+        assert_eq!(events.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [1, 3, 4], "{events:?}");
+        assert_eq!(made.load(Ordering::Relaxed), 2, "a new inner link per online period");
+        // What is sent while offline is lost; while online it goes through.
+        let through = sent.load(Ordering::Relaxed);
+        assert!(through > 0 && through < tries, "{through} of {tries} sends went through");
     }
 }

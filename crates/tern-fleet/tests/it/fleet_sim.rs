@@ -190,6 +190,69 @@ fn a_mixed_fleet_updates_as_its_classes_say() {
     assert!(devices(&last).iter().all(|d| d["running"] == false && d["connected"] == false), "{last}");
 }
 
+/// Offline periods and late joiners, as the rollout tests need them: devices offline at
+/// start are registered but never connect until `--online-after`; periodically offline
+/// devices really disconnect (the server sees them go) and come back.
+#[test]
+fn offline_devices_disconnect_and_late_joiners_join() {
+    let dir = scratch("fleet-offline");
+    let server = Server::start(&dir.join("server"));
+    let status_file = dir.join("status.json");
+    let mqtt = format!("mqtt://127.0.0.1:{}", server.mqtt_port);
+    let started = Instant::now();
+    let child = tern_cmd(&server)
+        .args(["sim", "fleet", "--server", &mqtt, "--count", "8", "--prefix", "off", "--quiet"])
+        .args(["--offline", "25:3:6", "--offline-at-start", "2", "--online-after", "8"])
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("tern sim fleet starts");
+    let mut fleet = SimProcess(child);
+    let stdout = fleet.0.stdout.take().expect("piped");
+    let lines: Vec<String> =
+        BufReader::new(stdout).lines().map_while(Result::ok).take_while(|l| !l.contains("started")).collect();
+    let late = printed(&lines, "offline at start until 8 s:");
+    let periodic = printed(&lines, "offline periodically:");
+    assert_eq!((late.len(), periodic.len()), (2, 2), "{lines:?}");
+    assert!(late.iter().all(|id| !periodic.contains(id)), "{lines:?}");
+    let online = |id: &str| server.get(&format!("/api/devices/{id}")).1["online"] == true;
+
+    // Before 8 s: the late joiners were never connected, the server has never seen them.
+    let early = wait_status(&status_file, "the others described", Duration::from_secs(30), |s| {
+        devices(s).iter().filter(|d| d["describes"] != 0).count() >= 4
+    });
+    assert!(started.elapsed() < Duration::from_secs(8), "too slow to see the start");
+    for d in devices(&early).iter().filter(|d| late.iter().any(|id| *id == d["id"])) {
+        assert!(d["connects"] == 0 && d["connected"] == false, "{d}");
+        assert!(!online(d["id"].as_str().unwrap()), "{d}");
+    }
+    // A periodically offline device is seen offline by the server at some point, and
+    // comes back (a second connection).
+    for id in &periodic {
+        let start = Instant::now();
+        while online(id) {
+            assert!(start.elapsed() < Duration::from_secs(10), "{id} never went offline");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let all = wait_status(&status_file, "late joiners and periodic devices back", Duration::from_secs(30), |s| {
+        let d = devices(s);
+        d.iter().filter(|d| late.iter().any(|id| *id == d["id"])).all(|d| d["connected"] == true && d["describes"] != 0)
+            && d.iter().filter(|d| periodic.iter().any(|id| *id == d["id"])).all(|d| d["connects"].as_u64() >= Some(2))
+    });
+    assert!(started.elapsed() >= Duration::from_secs(8));
+    for d in devices(&all) {
+        let id = d["id"].as_str().unwrap();
+        let expected = if periodic.iter().any(|p| p == id) { 2 } else { 1 };
+        assert!(d["connects"].as_u64().unwrap() >= expected, "{d}");
+        if late.iter().any(|l| l == id) {
+            assert!(online(id), "{id} joined: the server sees it");
+        }
+    }
+}
+
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -1,0 +1,277 @@
+//! The patch generator (std, server side).
+//!
+//! 1. A first walk over the new image with raw byte predictions finds, greedily, which old
+//!    offset each stretch of the new image is best predicted from.
+//! 2. Those stretches give the address map: each old byte is owned by the longest stretch
+//!    copied from it; runs become map entries, short ones are merged away until the map
+//!    fits the applier's table.
+//! 3. A second walk, now predicting branch targets and pointers through the map, chooses
+//!    the references again and codes everything with the shared model.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::infer::infer_load_address;
+use crate::model::{code_signed, predict, Choice, Cursor, Model, Params, Target};
+use crate::rc::Encoder;
+use crate::thumb::{AddressMap, MAX_MAP};
+use crate::{Header, FLAG_BRANCHES, FLAG_POINTERS};
+
+/// What the generator models (all on by default; the switches exist for measuring what
+/// each idea is worth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where both images run; inferred from the new image when `None`.
+    pub load_address: Option<u32>,
+    /// Predict `BL`/`B.W` targets.
+    pub branches: bool,
+    /// Predict pointers into the image.
+    pub pointers: bool,
+    /// Send an address map (without one, targets and pointers are predicted unmoved).
+    pub address_map: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { load_address: None, branches: true, pointers: true, address_map: true }
+    }
+}
+
+/// Bytes of a seed looked up in the old image's index.
+const SEED: usize = 8;
+/// Old positions kept per seed.
+const SEED_POSITIONS: usize = 24;
+/// Bytes over which a reference is scored.
+const WINDOW: u32 = 32;
+/// A reference scoring at least this is kept without looking for another.
+const KEEP: u32 = WINDOW - 2;
+/// A new reference must beat the current one by this much.
+const MARGIN: u32 = 6;
+/// Below this score a reference is dropped for literal coding.
+const LITERAL_BELOW: u32 = 6;
+/// Stretches shorter than this do not own old bytes in the address map.
+const MIN_STRETCH: u32 = 24;
+
+/// Builds the patch that turns `old` into `new`.
+pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
+    let load = config.load_address.unwrap_or_else(|| infer_load_address(new));
+    let base = Params {
+        load,
+        old_len: old.len() as u32,
+        new_len: new.len() as u32,
+        branches: false,
+        pointers: false,
+    };
+    let index = Index::new(old);
+    let empty = AddressMap::default();
+    let map = if config.address_map && (config.branches || config.pointers) {
+        let (_, stretches) = walk(old, new, &base, &empty, &index);
+        build_map(&stretches, old.len() as u32)
+    } else {
+        empty
+    };
+    let params = Params { branches: config.branches, pointers: config.pointers, ..base };
+    let (payload, _) = walk(old, new, &params, &map, &index);
+    let header = Header {
+        flags: if config.branches { FLAG_BRANCHES } else { 0 } | if config.pointers { FLAG_POINTERS } else { 0 },
+        load_address: load,
+        old_len: old.len() as u32,
+        old_sha256: Sha256::digest(old).into(),
+        new_len: new.len() as u32,
+        new_sha256: Sha256::digest(new).into(),
+        payload_len: payload.len() as u32,
+    };
+    let mut patch = header.to_bytes().to_vec();
+    patch.extend_from_slice(&payload);
+    patch
+}
+
+/// Old positions by the `SEED` bytes that start there.
+struct Index {
+    seeds: HashMap<u64, Vec<u32>>,
+}
+
+fn seed_at(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at + SEED)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(s);
+    Some(u64::from_le_bytes(w))
+}
+
+impl Index {
+    fn new(old: &[u8]) -> Self {
+        let mut seeds: HashMap<u64, Vec<u32>> = HashMap::new();
+        for at in 0..old.len().saturating_sub(SEED - 1) {
+            let key = seed_at(old, at).expect("at + SEED <= old.len()");
+            let v = seeds.entry(key).or_default();
+            if v.len() < SEED_POSITIONS {
+                v.push(at as u32);
+            }
+        }
+        Index { seeds }
+    }
+}
+
+/// A stretch of the new image predicted from one reference: new offsets `start..end`,
+/// old offset = new offset + `d`.
+#[derive(Clone, Copy, Debug)]
+struct Stretch {
+    start: u32,
+    end: u32,
+    d: i64,
+}
+
+/// How many of the next `WINDOW` new bytes reference `d` predicts.
+fn score(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, n: u32, d: i64) -> u32 {
+    let mut pos = n;
+    let mut hits = 0;
+    let end = (n + WINDOW).min(params.new_len);
+    let mut reader: &[u8] = old;
+    while pos < end {
+        let o = i64::from(pos) + d;
+        if !(0..i64::from(params.old_len)).contains(&o) {
+            pos += 1;
+            continue;
+        }
+        let p = predict(params, map, &mut reader, o as u32, pos).expect("o is inside the old image");
+        for i in 0..p.len {
+            hits += u32::from(new[pos as usize + i] == p.bytes[i]);
+        }
+        pos += p.len as u32;
+    }
+    hits
+}
+
+/// Chooses where the reference should be at `cur.n`: `None` keeps it.
+fn decide(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index, cur: &Cursor) -> Option<Target> {
+    let n = cur.n;
+    let current = cur.d.map(|d| score(old, new, params, map, n, d));
+    if current.is_some_and(|s| s >= KEEP) {
+        return None;
+    }
+    let floor = current.unwrap_or(0);
+    let mut best: Option<(u32, i64)> = None;
+    let mut consider = |d: i64| {
+        if Some(d) == cur.d {
+            return;
+        }
+        let s = score(old, new, params, map, n, d);
+        if best.is_none_or(|(bs, _)| s > bs) {
+            best = Some((s, d));
+        }
+    };
+    for &r in &cur.rep {
+        consider(r);
+    }
+    if let Some(key) = seed_at(new, n as usize) {
+        if let Some(positions) = index.seeds.get(&key) {
+            for &p in positions {
+                consider(i64::from(p) - i64::from(n));
+            }
+        }
+    }
+    match best {
+        Some((s, d)) if s >= floor + MARGIN && s >= LITERAL_BELOW => Some(Target::Old(d)),
+        _ if cur.d.is_some() && floor < LITERAL_BELOW => Some(Target::Literal),
+        _ => None,
+    }
+}
+
+/// Walks the new image, choosing references and coding every step; returns the payload
+/// and the stretches chosen.
+fn walk(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index) -> (Vec<u8>, Vec<Stretch>) {
+    let mut enc = Encoder::new();
+    let mut model = Model::default();
+    code_map(&mut model, &mut enc, map);
+    let mut cur = Cursor::default();
+    let mut stretches = Vec::new();
+    let mut open: Option<(u32, i64)> = None;
+    let mut reader: &[u8] = old;
+    while cur.n < params.new_len {
+        let n = cur.n;
+        let jump = decide(old, new, params, map, index, &cur);
+        let mut bytes = [0u8; 4];
+        let avail = (params.new_len - n).min(4) as usize;
+        bytes[..avail].copy_from_slice(&new[n as usize..n as usize + avail]);
+        let before = cur.d;
+        let unit = model
+            .step(&mut cur, &mut enc, params, map, &mut reader, &Choice { jump, bytes })
+            .expect("the generator only reads inside the old image and jumps within range");
+        debug_assert_eq!(unit.bytes[..unit.len], new[n as usize..n as usize + unit.len]);
+        if cur.d != before || jump.is_some() {
+            if let Some((start, d)) = open.take() {
+                stretches.push(Stretch { start, end: n, d });
+            }
+            open = cur.d.map(|d| (n, d));
+        }
+    }
+    if let Some((start, d)) = open {
+        stretches.push(Stretch { start, end: params.new_len, d });
+    }
+    (enc.finish(), stretches)
+}
+
+fn code_map(model: &mut Model, enc: &mut Encoder, map: &AddressMap) {
+    model.map_count.code(enc, map.len() as u64);
+    let (mut prev_start, mut prev_shift) = (None::<u32>, 0i32);
+    for (start, shift) in map.entries() {
+        let gap = match prev_start {
+            None => u64::from(start),
+            Some(p) => u64::from(start - p - 1),
+        };
+        model.map_start.code(enc, gap);
+        code_signed(&mut model.map_sign, &mut model.map_shift, enc, i64::from(shift) - i64::from(prev_shift));
+        prev_start = Some(start);
+        prev_shift = shift;
+    }
+}
+
+/// The address map from the stretches of a raw walk.
+fn build_map(stretches: &[Stretch], old_len: u32) -> AddressMap {
+    const NONE: i64 = i64::MIN;
+    let mut owner = vec![NONE; old_len as usize];
+    let mut by_len: Vec<&Stretch> = stretches.iter().filter(|s| s.end - s.start >= MIN_STRETCH).collect();
+    by_len.sort_by_key(|s| std::cmp::Reverse(s.end - s.start));
+    for s in by_len {
+        let lo = (i64::from(s.start) + s.d).clamp(0, i64::from(old_len));
+        let hi = (i64::from(s.end) + s.d).clamp(0, i64::from(old_len));
+        for x in lo..hi {
+            let slot = &mut owner[x as usize];
+            if *slot == NONE {
+                *slot = -s.d;
+            }
+        }
+    }
+    // Runs of one shift (unowned bytes continue the run before them).
+    let mut runs: Vec<(u32, i64)> = Vec::new();
+    let mut current = 0i64;
+    for (x, &s) in owner.iter().enumerate() {
+        if s != NONE && s != current {
+            runs.push((x as u32, s));
+            current = s;
+        }
+    }
+    // Merge away the shortest runs until the map fits.
+    let mut min_len = 16u32;
+    loop {
+        let mut kept: Vec<(u32, i64)> = Vec::new();
+        for (i, &(start, shift)) in runs.iter().enumerate() {
+            let end = runs.get(i + 1).map_or(old_len, |r| r.0);
+            let prev_shift = kept.last().map_or(0, |r| r.1);
+            if end - start >= min_len && shift != prev_shift {
+                kept.push((start, shift));
+            }
+        }
+        if kept.len() <= MAX_MAP {
+            let mut map = AddressMap::default();
+            for (start, shift) in kept {
+                let shift = i32::try_from(shift).expect("shifts are bounded by image lengths");
+                let pushed = map.push(start, shift);
+                debug_assert!(pushed);
+            }
+            return map;
+        }
+        min_len *= 2;
+    }
+}

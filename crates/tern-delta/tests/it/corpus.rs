@@ -1,0 +1,46 @@
+//! Every corpus pair: the patch applies bit-exactly, fed in chunks of several sizes.
+
+use tern_delta::{make, Applier, Config, Status};
+
+pub fn pairs() -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let dir = tern_testkit::corpus().join("pairs");
+    let tsv = std::fs::read_to_string(dir.join("PAIRS.tsv")).expect("PAIRS.tsv");
+    tsv.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let old = std::fs::read(dir.join(f[1])).expect("old.bin");
+            let new = std::fs::read(dir.join(f[2])).expect("new.bin");
+            (f[0].to_string(), old, new)
+        })
+        .collect()
+}
+
+fn apply_in_chunks(old: &[u8], patch: &[u8], chunk: usize) -> Vec<u8> {
+    let mut a = Applier::new();
+    let mut out = Vec::new();
+    let mut o = old;
+    let mut status = Status::NeedMore;
+    for piece in patch.chunks(chunk) {
+        status = a.feed(piece, &mut o, &mut out).expect("a generated patch applies");
+    }
+    assert_eq!(status, Status::Done);
+    a.finish().expect("complete");
+    out
+}
+
+#[test]
+fn every_pair_applies_bit_exactly() {
+    let mut log_sum = 0.0;
+    let pairs = pairs();
+    for (name, old, new) in &pairs {
+        let patch = make(old, new, &Config::default());
+        for chunk in [patch.len(), 61] {
+            assert!(apply_in_chunks(old, &patch, chunk) == *new, "{name}: chunk {chunk}");
+        }
+        let ratio = patch.len() as f64 / new.len() as f64;
+        log_sum += ratio.ln();
+        eprintln!("{name}: {} / {} = {ratio:.4}", patch.len(), new.len());
+    }
+    eprintln!("geomean {:.4}", (log_sum / pairs.len() as f64).exp());
+}

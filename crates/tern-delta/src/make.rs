@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::infer::infer_load_address;
 use crate::model::{code_signed, predict, Choice, Cursor, Model, Params, Target};
 use crate::rc::Encoder;
-use crate::thumb::{AddressMap, MAX_MAP};
+use crate::thumb::{self, AddressMap, MAX_MAP};
 use crate::{Header, FLAG_BRANCHES, FLAG_POINTERS};
 
 /// What the generator models (all on by default; the switches exist for measuring what
@@ -50,8 +50,6 @@ const KEEP: u32 = WINDOW - 2;
 const MARGIN: u32 = 6;
 /// Below this score a reference is dropped for literal coding.
 const LITERAL_BELOW: u32 = 6;
-/// Stretches shorter than this do not own old bytes in the address map.
-const MIN_STRETCH: u32 = 24;
 
 /// Builds the patch that turns `old` into `new`.
 pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
@@ -67,7 +65,8 @@ pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
     let empty = AddressMap::default();
     let map = if config.address_map && (config.branches || config.pointers) {
         let (_, stretches) = walk(old, new, &base, &empty, &index);
-        build_map(&stretches, old.len() as u32)
+        let observe = Params { branches: config.branches, pointers: config.pointers, ..base };
+        build_map(&observe_moves(old, new, &observe, &stretches))
     } else {
         empty
     };
@@ -227,51 +226,100 @@ fn code_map(model: &mut Model, enc: &mut Encoder, map: &AddressMap) {
     }
 }
 
-/// The address map from the stretches of a raw walk.
-fn build_map(stretches: &[Stretch], old_len: u32) -> AddressMap {
-    const NONE: i64 = i64::MIN;
-    let mut owner = vec![NONE; old_len as usize];
-    let mut by_len: Vec<&Stretch> = stretches.iter().filter(|s| s.end - s.start >= MIN_STRETCH).collect();
-    by_len.sort_by_key(|s| std::cmp::Reverse(s.end - s.start));
-    for s in by_len {
-        let lo = (i64::from(s.start) + s.d).clamp(0, i64::from(old_len));
-        let hi = (i64::from(s.end) + s.d).clamp(0, i64::from(old_len));
-        for x in lo..hi {
-            let slot = &mut owner[x as usize];
-            if *slot == NONE {
-                *slot = -s.d;
+/// One observed move: an address inside the old image (as an offset) that the new image
+/// refers to at `offset + shift`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Move {
+    offset: u32,
+    shift: i64,
+}
+
+/// Where the old image's referenced addresses went: for every long branch and every
+/// in-image pointer of the old image that the raw walk lined up with the same kind of
+/// unit in the new image, the old target and the new one.
+fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch]) -> Vec<Move> {
+    let load = i64::from(params.load);
+    let inside = |a: i64| (0..i64::from(params.old_len)).contains(&(a - load));
+    let word = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+    let mut moves = Vec::new();
+    for s in stretches {
+        let mut n = s.start;
+        while n < s.end {
+            let o = i64::from(n) + s.d;
+            let (Some(ow), Some(nw)) = (word(old, o as usize), word(new, n as usize)) else {
+                n += 1;
+                continue;
+            };
+            if o < 0 {
+                n += 1;
+                continue;
             }
+            let old_addr = load + o;
+            let new_addr = load + i64::from(n);
+            let (oh0, oh1) = (u16::from_le_bytes([ow[0], ow[1]]), u16::from_le_bytes([ow[2], ow[3]]));
+            let (nh0, nh1) = (u16::from_le_bytes([nw[0], nw[1]]), u16::from_le_bytes([nw[2], nw[3]]));
+            if params.branches && old_addr & 1 == 0 && thumb::is_long_branch(oh0, oh1) && thumb::is_long_branch(nh0, nh1) {
+                let t_old = old_addr + 4 + i64::from(thumb::branch_offset(oh0, oh1));
+                let t_new = new_addr + 4 + i64::from(thumb::branch_offset(nh0, nh1));
+                if inside(t_old) {
+                    moves.push(Move { offset: (t_old - load) as u32, shift: t_new - t_old });
+                }
+                n += 4;
+                continue;
+            }
+            if params.pointers && old_addr & 3 == 0 {
+                let (vo, vn) = (i64::from(u32::from_le_bytes(ow)), i64::from(u32::from_le_bytes(nw)));
+                if inside(vo) && (vn - load) >= 0 && vn - load < i64::from(params.new_len) {
+                    moves.push(Move { offset: (vo - load) as u32, shift: vn - vo });
+                    n += 4;
+                    continue;
+                }
+            }
+            n += if old_addr & 1 == 0 { 2 } else { 1 };
         }
     }
-    // Runs of one shift (unowned bytes continue the run before them).
-    let mut runs: Vec<(u32, i64)> = Vec::new();
-    let mut current = 0i64;
-    for (x, &s) in owner.iter().enumerate() {
-        if s != NONE && s != current {
-            runs.push((x as u32, s));
-            current = s;
+    moves.sort_unstable();
+    moves
+}
+
+/// The address map: a step function through the observed moves. Consecutive moves (by old
+/// offset) with one shift form a run; a run starts a map entry at its first offset. Runs
+/// seen only once between two runs of the same shift are noise (a call that now goes
+/// elsewhere); the least supported runs are merged away until the map fits.
+fn build_map(moves: &[Move]) -> AddressMap {
+    // (start offset, shift, support)
+    let mut runs: Vec<(u32, i64, u32)> = Vec::new();
+    for m in moves {
+        match runs.last_mut() {
+            Some(r) if r.1 == m.shift => r.2 += 1,
+            _ => runs.push((m.offset, m.shift, 1)),
         }
     }
-    // Merge away the shortest runs until the map fits.
-    let mut min_len = 16u32;
+    let mut min_support = 2u32;
     loop {
-        let mut kept: Vec<(u32, i64)> = Vec::new();
-        for (i, &(start, shift)) in runs.iter().enumerate() {
-            let end = runs.get(i + 1).map_or(old_len, |r| r.0);
-            let prev_shift = kept.last().map_or(0, |r| r.1);
-            if end - start >= min_len && shift != prev_shift {
-                kept.push((start, shift));
+        let mut kept: Vec<(u32, i64, u32)> = Vec::new();
+        for &(start, shift, support) in &runs {
+            let prev = kept.last().map_or(0, |r| r.1);
+            if shift == prev {
+                if let Some(last) = kept.last_mut() {
+                    last.2 += support;
+                }
+                continue;
+            }
+            if support >= min_support {
+                kept.push((start, shift, support));
             }
         }
         if kept.len() <= MAX_MAP {
             let mut map = AddressMap::default();
-            for (start, shift) in kept {
+            for (start, shift, _) in kept {
                 let shift = i32::try_from(shift).expect("shifts are bounded by image lengths");
                 let pushed = map.push(start, shift);
-                debug_assert!(pushed);
+                debug_assert!(pushed, "runs are in increasing offset order");
             }
             return map;
         }
-        min_len *= 2;
+        min_support += 1;
     }
 }
+

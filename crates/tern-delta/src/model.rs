@@ -101,8 +101,11 @@ pub fn predict<O: OldImage>(
             let hw1 = u16::from_le_bytes([w[2], w[3]]);
             if thumb::is_long_branch(hw0, hw1) {
                 let target = addr + 4 + i64::from(thumb::branch_offset(hw0, hw1));
+                // Only branches into the image itself: a "target" elsewhere is most often
+                // data that happens to look like a branch, which is best left as it is.
+                let inside = (0..i64::from(params.old_len)).contains(&(target - i64::from(params.load)));
                 let moved = translate(params, map, target);
-                if let Some((a, b)) = thumb::with_offset(hw0, hw1, moved - (new_addr + 4)) {
+                if let Some((a, b)) = thumb::with_offset(hw0, hw1, moved - (new_addr + 4)).filter(|_| inside) {
                     let [a0, a1] = a.to_le_bytes();
                     let [b0, b1] = b.to_le_bytes();
                     return Ok(Prediction { kind: Kind::Branch, len: 4, bytes: [a0, a1, b0, b1] });

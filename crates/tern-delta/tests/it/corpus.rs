@@ -16,6 +16,17 @@ pub fn pairs() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The load address: from the Particle module prefix when there is one, else inferred
+/// (what `tern delta make` does).
+pub fn load_of(image: &[u8]) -> u32 {
+    match tern_image::particle::parse(image) {
+        // Only a module whose stored CRC matches: a raw image can contain bytes that look
+        // like a prefix.
+        Ok(m) if m.stored_crc() == m.computed_crc() => m.prefix().start_address,
+        _ => tern_delta::infer_load_address(image),
+    }
+}
+
 fn apply_in_chunks(old: &[u8], patch: &[u8], chunk: usize) -> Vec<u8> {
     let mut a = Applier::new();
     let mut out = Vec::new();
@@ -34,7 +45,7 @@ fn every_pair_applies_bit_exactly() {
     let mut log_sum = 0.0;
     let pairs = pairs();
     for (name, old, new) in &pairs {
-        let patch = make(old, new, &Config::default());
+        let patch = make(old, new, &Config { load_address: Some(load_of(new)), ..Config::default() });
         for chunk in [patch.len(), 61] {
             assert!(apply_in_chunks(old, &patch, chunk) == *new, "{name}: chunk {chunk}");
         }
@@ -43,4 +54,34 @@ fn every_pair_applies_bit_exactly() {
         eprintln!("{name}: {} / {} = {ratio:.4}", patch.len(), new.len());
     }
     eprintln!("geomean {:.4}", (log_sum / pairs.len() as f64).exp());
+}
+
+#[test]
+#[ignore]
+fn ablation() {
+    let cfgs = [
+        ("all", Config::default()),
+        ("nomap", Config { address_map: false, ..Config::default() }),
+        ("raw", Config { branches: false, pointers: false, address_map: false, ..Config::default() }),
+        ("br", Config { pointers: false, ..Config::default() }),
+        ("ptr", Config { branches: false, ..Config::default() }),
+    ];
+    for (name, old, new) in &pairs() {
+        let load = Some(load_of(new));
+        let cfgs: Vec<(&str, Config)> = cfgs.iter().map(|(n, c)| (*n, Config { load_address: load, ..*c })).collect();
+        let sizes: Vec<String> = cfgs.iter().map(|(c, cfg)| format!("{c}={}", make(old, new, cfg).len())).collect();
+        eprintln!("{name} load={:#x} inferred={:#x} {}", load_of(new), tern_delta::infer_load_address(new), sizes.join(" "));
+    }
+}
+
+#[test]
+#[ignore]
+fn one() {
+    let want = std::env::var("PAIR").unwrap();
+    for (name, old, new) in &pairs() {
+        if name.contains(&want) {
+            let p = make(old, new, &Config { load_address: Some(load_of(new)), ..Config::default() });
+            eprintln!("{name} {}", p.len());
+        }
+    }
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::infer::infer_load_address;
 use crate::model::{code_signed, predict, Choice, Cursor, Model, Params, Target};
-use crate::rc::Encoder;
+use crate::rc::{Coder, Encoder};
 use crate::thumb::{self, AddressMap, MAX_MAP};
 use crate::{Header, FLAG_BRANCHES, FLAG_POINTERS};
 
@@ -43,13 +43,22 @@ const SEED: usize = 8;
 /// Old positions kept per seed.
 const SEED_POSITIONS: usize = 24;
 /// Bytes over which a reference is scored.
-const WINDOW: u32 = 32;
+const WINDOW: u32 = 24;
 /// A reference scoring at least this is kept without looking for another.
 const KEEP: u32 = WINDOW - 2;
 /// A new reference must beat the current one by this much.
-const MARGIN: u32 = 6;
+const MARGIN: u32 = 8;
+/// Below this score a reference is dropped for literal coding (predictions from a poor
+/// reference still beat literals without one, so this is low).
+const LITERAL_BELOW: u32 = 2;
+/// Bytes over which a reference is scored.
+
+/// A reference scoring at least this is kept without looking for another.
+
+/// A new reference must beat the current one by this much.
+
 /// Below this score a reference is dropped for literal coding.
-const LITERAL_BELOW: u32 = 6;
+
 
 /// Builds the patch that turns `old` into `new`.
 pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
@@ -212,6 +221,7 @@ fn walk(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index
 }
 
 fn code_map(model: &mut Model, enc: &mut Encoder, map: &AddressMap) {
+    enc.account(crate::rc::Cost::Map);
     model.map_count.code(enc, map.len() as u64);
     let (mut prev_start, mut prev_shift) = (None::<u32>, 0i32);
     for (start, shift) in map.entries() {

@@ -14,7 +14,7 @@
 //! context of the predicted byte (LZMA's "matched literal" idea). Without a reference,
 //! bytes are coded as literals in the context of the previous byte's top bits.
 
-use crate::rc::{Coder, Prob, PROB_INIT};
+use crate::rc::{Coder, Cost, Prob, PROB_INIT};
 use crate::thumb::{self, AddressMap};
 
 /// What the model may predict (the patch header's flags).
@@ -312,6 +312,7 @@ impl Model {
         old: &mut O,
         choice: &Choice,
     ) -> Result<Unit, StepError<O::Error>> {
+        c.account(Cost::Jump);
         let ctx = usize::from(cur.last_miss) | usize::from(cur.d.is_none()) << 1 | usize::from(cur.last_jump) << 2;
         let jump = c.bit(&mut self.jump[ctx], u32::from(choice.jump.is_some())) == 1;
         cur.last_jump = jump;
@@ -359,7 +360,8 @@ impl Model {
 
         let mut unit = Unit { bytes: [0; 4], len: 1 };
         let Some(d) = cur.d else {
-            let b = tree_byte(&mut self.plain[usize::from(cur.prev >> 5)], c, choice.bytes[0]);
+            c.account(Cost::Literal);
+            let b = tree_byte(&mut self.plain[(cur.n as usize & 1) << 2 | usize::from(cur.prev >> 6)], c, choice.bytes[0]);
             unit.bytes[0] = b;
             cur.prev = b;
             cur.hist = 0;
@@ -378,7 +380,9 @@ impl Model {
         for i in 0..pred.len {
             let ctx = (kind * 4 + i) * 8 + usize::from(cur.hist);
             let want = choice.bytes[i];
+            c.account(Cost::Predicted);
             let eq = c.bit(&mut self.eq[ctx], u32::from(want == pred.bytes[i])) == 1;
+            c.account(Cost::Missed);
             let b = if eq { pred.bytes[i] } else { matched_byte(&mut self.matched[kind], c, pred.bytes[i], want) };
             miss |= !eq;
             cur.hist = ((cur.hist << 1) | u8::from(eq)) & 7;

@@ -36,6 +36,24 @@ pub trait Coder {
     fn bit(&mut self, p: &mut Prob, bit: u32) -> u32;
     /// Codes one bit at even odds (no adaptation).
     fn even(&mut self, bit: u32) -> u32;
+    /// Names what the next bits code (the generator's cost accounting; no effect on the
+    /// coded data).
+    fn account(&mut self, _what: Cost) {}
+}
+
+/// What coded bits are spent on (for `Encoder::tally`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cost {
+    /// The address map.
+    Map = 0,
+    /// Jump flags and targets.
+    Jump = 1,
+    /// "As predicted" flags.
+    Predicted = 2,
+    /// Bytes that missed their prediction.
+    Missed = 3,
+    /// Bytes without a reference.
+    Literal = 4,
 }
 
 /// The applier's range decoder. It pulls payload bytes through a closure-free cursor over
@@ -147,6 +165,9 @@ pub struct Encoder {
     cache_size: u64,
     /// The bytes produced so far.
     pub out: Vec<u8>,
+    /// Bits spent per [`Cost`] (estimated from the probabilities).
+    pub tally: [f64; 5],
+    what: usize,
 }
 
 #[cfg(feature = "std")]
@@ -160,7 +181,7 @@ impl Default for Encoder {
 impl Encoder {
     /// An empty encoder.
     pub fn new() -> Self {
-        Encoder { low: 0, range: 0xFFFF_FFFF, cache: 0, cache_size: 1, out: Vec::new() }
+        Encoder { low: 0, range: 0xFFFF_FFFF, cache: 0, cache_size: 1, out: Vec::new(), tally: [0.0; 5], what: 0 }
     }
 
     fn shift_low(&mut self) {
@@ -189,6 +210,10 @@ impl Encoder {
 
     /// Writes out the final state; the decoder reads exactly these bytes.
     pub fn finish(mut self) -> Vec<u8> {
+        if std::env::var_os("TERN_DELTA_TALLY").is_some() {
+            let bytes: Vec<String> = self.tally.iter().map(|b| format!("{:.0}", b / 8.0)).collect();
+            eprintln!("bytes spent on map, jumps, predicted flags, missed bytes, literals: {}", bytes.join(" "));
+        }
         for _ in 0..5 {
             self.shift_low();
         }
@@ -198,7 +223,12 @@ impl Encoder {
 
 #[cfg(feature = "std")]
 impl Coder for Encoder {
+    fn account(&mut self, what: Cost) {
+        self.what = what as usize;
+    }
+
     fn bit(&mut self, p: &mut Prob, bit: u32) -> u32 {
+        self.tally[self.what] += f64::from(cost(*p, bit)) / 256.0;
         let bound = (self.range >> PROB_BITS) * u32::from(*p);
         if bit == 0 {
             self.range = bound;
@@ -212,6 +242,7 @@ impl Coder for Encoder {
     }
 
     fn even(&mut self, bit: u32) -> u32 {
+        self.tally[self.what] += 1.0;
         self.range >>= 1;
         if bit != 0 {
             self.low += u64::from(self.range);

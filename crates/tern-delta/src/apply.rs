@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{code_signed, Choice, Cursor, Model, OldImage, StepError};
 use crate::rc::{Decoder, Decoding, Source};
-use crate::thumb::{AddressMap, MAX_MAP};
+use crate::thumb::{Maps, MAX_EXTERNAL_MAP, MAX_MAP};
 use crate::{Header, HEADER_LEN};
 
 /// Payload ring buffer size.
@@ -167,8 +167,8 @@ pub enum Status {
 enum Phase {
     Header,
     Start,
-    MapCount,
-    MapEntries { left: u32, start: u32, shift: i32 },
+    MapCount { external: bool },
+    MapEntries { external: bool, left: u32, start: u32, shift: i32 },
     Data,
     Done,
 }
@@ -205,7 +205,7 @@ pub struct Applier {
     dec: Decoder,
     model: Model,
     cursor: Cursor,
-    map: AddressMap,
+    maps: Maps,
     out: [u8; OUT_CHUNK],
     out_len: usize,
     out_base: u32,
@@ -234,7 +234,7 @@ impl Applier {
             dec: Decoder::new(),
             model: Model::default(),
             cursor: Cursor::default(),
-            map: AddressMap::default(),
+            maps: Maps::default(),
             out: [0; OUT_CHUNK],
             out_len: 0,
             out_base: 0,
@@ -339,47 +339,64 @@ impl Applier {
             let mut src = Ring { buf: &self.ring, head: &mut self.ring_head, len: &mut self.ring_len };
             match self.phase {
                 Phase::Start => match self.dec.start(&mut src) {
-                    Ok(true) => self.phase = Phase::MapCount,
+                    Ok(true) => self.phase = Phase::MapCount { external: false },
                     Ok(false) => return Err(ApplyError::Corrupt(Corruption::CodedDataEnds)),
                     Err(()) => return Err(ApplyError::Corrupt(Corruption::CoderStart)),
                 },
-                Phase::MapCount => {
+                Phase::MapCount { external } => {
                     let mut d = Decoding { dec: &mut self.dec, src: &mut src, overrun: false };
-                    let count = self.model.map_count.code(&mut d, 0);
+                    let m = &mut self.model;
+                    let (count, max) = if external {
+                        (m.ext_count.code(&mut d, 0), MAX_EXTERNAL_MAP)
+                    } else {
+                        (m.map_count.code(&mut d, 0), MAX_MAP)
+                    };
                     if d.overrun {
                         return Err(ApplyError::Corrupt(Corruption::CodedDataEnds));
                     }
-                    if count > MAX_MAP as u64 {
+                    if count > max as u64 {
                         return Err(ApplyError::Corrupt(Corruption::AddressMap));
                     }
-                    self.phase = if count == 0 {
-                        Phase::Data
-                    } else {
-                        Phase::MapEntries { left: count as u32, start: 0, shift: 0 }
+                    self.phase = match (count, external) {
+                        (0, false) => Phase::MapCount { external: true },
+                        (0, true) => Phase::Data,
+                        _ => Phase::MapEntries { external, left: count as u32, start: 0, shift: 0 },
                     };
                 }
-                Phase::MapEntries { left, start, shift } => {
+                Phase::MapEntries { external, left, start, shift } => {
                     let mut d = Decoding { dec: &mut self.dec, src: &mut src, overrun: false };
-                    let gap = self.model.map_start.code(&mut d, 0);
                     let m = &mut self.model;
-                    let dshift = code_signed(&mut m.map_sign, &mut m.map_shift, &mut d, 0);
+                    let (gap, dshift) = if external {
+                        let gap = m.ext_start.code(&mut d, 0);
+                        (gap, code_signed(&mut m.ext_sign, &mut m.ext_shift, &mut d, 0))
+                    } else {
+                        let gap = m.map_start.code(&mut d, 0);
+                        (gap, code_signed(&mut m.map_sign, &mut m.map_shift, &mut d, 0))
+                    };
                     if d.overrun {
                         return Err(ApplyError::Corrupt(Corruption::CodedDataEnds));
                     }
                     // The first entry's start is coded as is, later ones as the gap (>= 1).
-                    let first = self.map.is_empty();
+                    let first = if external { self.maps.external.is_empty() } else { self.maps.image.is_empty() };
                     let next = u64::from(start) + gap + u64::from(!first);
                     let next_shift = i64::from(shift) + dshift;
                     let Ok(next_shift) = i32::try_from(next_shift) else {
                         return Err(ApplyError::Corrupt(Corruption::AddressMap));
                     };
-                    if next >= u64::from(h.old_len) || !self.map.push(next as u32, next_shift) {
+                    let limit = if external { 1 << 32 } else { u64::from(h.old_len) };
+                    let pushed = next < limit
+                        && if external {
+                            self.maps.external.push(next as u32, next_shift)
+                        } else {
+                            self.maps.image.push(next as u32, next_shift)
+                        };
+                    if !pushed {
                         return Err(ApplyError::Corrupt(Corruption::AddressMap));
                     }
-                    self.phase = if left == 1 {
-                        Phase::Data
-                    } else {
-                        Phase::MapEntries { left: left - 1, start: next as u32, shift: next_shift }
+                    self.phase = match (left, external) {
+                        (1, false) => Phase::MapCount { external: true },
+                        (1, true) => Phase::Data,
+                        _ => Phase::MapEntries { external, left: left - 1, start: next as u32, shift: next_shift },
                     };
                 }
                 Phase::Data if self.cursor.n >= h.new_len => {
@@ -397,7 +414,7 @@ impl Applier {
                     let mut d = Decoding { dec: &mut self.dec, src: &mut src, overrun: false };
                     let unit = self
                         .model
-                        .step(&mut self.cursor, &mut d, &params, &self.map, old, &Choice::default())
+                        .step(&mut self.cursor, &mut d, &params, &self.maps, old, &Choice::default())
                         .map_err(|e| match e {
                             StepError::Read(_) => ApplyError::ReadOld,
                             StepError::BadJump => ApplyError::Corrupt(Corruption::Jump),

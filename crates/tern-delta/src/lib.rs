@@ -42,13 +42,16 @@ pub const VERSION: u8 = 1;
 pub const FLAG_BRANCHES: u8 = 0x01;
 /// Header flag: pointers into the image are predicted through the address map.
 pub const FLAG_POINTERS: u8 = 0x02;
+/// Header flag: pointers outside the image (RAM, other modules) are predicted through
+/// the external map.
+pub const FLAG_EXTERNAL: u8 = 0x04;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 88;
 
 /// The patch header (fixed layout, little-endian, see `docs/delta.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// [`FLAG_BRANCHES`] | [`FLAG_POINTERS`].
+    /// [`FLAG_BRANCHES`] | [`FLAG_POINTERS`] | [`FLAG_EXTERNAL`].
     pub flags: u8,
     /// Address of byte 0 of both images when they run.
     pub load_address: u32,
@@ -97,7 +100,7 @@ impl Header {
         if b[4] != VERSION {
             return Err(ApplyError::Corrupt(Corruption::Version));
         }
-        if b[5] & !(FLAG_BRANCHES | FLAG_POINTERS) != 0 || b[6] != 0 || b[7] != 0 {
+        if b[5] & !(FLAG_BRANCHES | FLAG_POINTERS | FLAG_EXTERNAL) != 0 || b[6] != 0 || b[7] != 0 {
             return Err(ApplyError::Corrupt(Corruption::Flags));
         }
         let mut old_sha256 = [0u8; 32];
@@ -134,6 +137,7 @@ impl Header {
             new_len: self.new_len,
             branches: self.flags & FLAG_BRANCHES != 0,
             pointers: self.flags & FLAG_POINTERS != 0,
+            external: self.flags & FLAG_EXTERNAL != 0,
         }
     }
 }

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::infer::infer_load_address;
 use crate::model::{code_signed, predict, Choice, Cursor, Model, Params, Target};
 use crate::rc::{Coder, Encoder};
-use crate::thumb::{self, AddressMap, MAX_MAP};
-use crate::{Header, FLAG_BRANCHES, FLAG_POINTERS};
+use crate::thumb::{self, AddressMap, Maps};
+use crate::{Header, FLAG_BRANCHES, FLAG_EXTERNAL, FLAG_POINTERS};
 
 /// What the generator models (all on by default; the switches exist for measuring what
 /// each idea is worth).
@@ -30,11 +30,13 @@ pub struct Config {
     pub pointers: bool,
     /// Send an address map (without one, targets and pointers are predicted unmoved).
     pub address_map: bool,
+    /// Predict pointers outside the image (RAM, other modules) through a second map.
+    pub external: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { load_address: None, branches: true, pointers: true, address_map: true }
+        Config { load_address: None, branches: true, pointers: true, address_map: true, external: true }
     }
 }
 
@@ -60,8 +62,23 @@ const LITERAL_BELOW: u32 = 2;
 /// Below this score a reference is dropped for literal coding.
 
 
-/// Builds the patch that turns `old` into `new`.
+/// Builds the patch that turns `old` into `new`. With `config.external`, the patch is
+/// made with and without the external map and the smaller one is kept (the external map
+/// pays off where RAM moved and costs a little where it did not).
 pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
+    let first = make_one(old, new, config);
+    if !config.external {
+        return first;
+    }
+    let second = make_one(old, new, &Config { external: false, ..*config });
+    if second.len() < first.len() {
+        second
+    } else {
+        first
+    }
+}
+
+fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
     let load = config.load_address.unwrap_or_else(|| infer_load_address(new));
     let base = Params {
         load,
@@ -69,20 +86,27 @@ pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
         new_len: new.len() as u32,
         branches: false,
         pointers: false,
+        external: false,
     };
     let index = Index::new(old);
-    let empty = AddressMap::default();
-    let map = if config.address_map && (config.branches || config.pointers) {
-        let (_, stretches) = walk(old, new, &base, &empty, &index);
-        let observe = Params { branches: config.branches, pointers: config.pointers, ..base };
-        build_map(&observe_moves(old, new, &observe, &stretches))
-    } else {
-        empty
-    };
-    let params = Params { branches: config.branches, pointers: config.pointers, ..base };
+    let params = Params { branches: config.branches, pointers: config.pointers, external: config.external, ..base };
+    let mut maps = Maps::default();
+    if (config.address_map && (config.branches || config.pointers)) || config.external {
+        let (_, stretches) = walk(old, new, &base, &maps, &index);
+        let (inside, outside) = observe_moves(old, new, &params, &stretches);
+        if config.address_map {
+            maps.image = build_map(&inside);
+        }
+        if config.external {
+            maps.external = build_external_map(&outside);
+        }
+    }
+    let map = maps;
     let (payload, _) = walk(old, new, &params, &map, &index);
     let header = Header {
-        flags: if config.branches { FLAG_BRANCHES } else { 0 } | if config.pointers { FLAG_POINTERS } else { 0 },
+        flags: if config.branches { FLAG_BRANCHES } else { 0 }
+            | if config.pointers { FLAG_POINTERS } else { 0 }
+            | if config.external { FLAG_EXTERNAL } else { 0 },
         load_address: load,
         old_len: old.len() as u32,
         old_sha256: Sha256::digest(old).into(),
@@ -131,7 +155,7 @@ struct Stretch {
 }
 
 /// How many of the next `WINDOW` new bytes reference `d` predicts.
-fn score(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, n: u32, d: i64) -> u32 {
+fn score(old: &[u8], new: &[u8], params: &Params, map: &Maps, n: u32, d: i64) -> u32 {
     let mut pos = n;
     let mut hits = 0;
     let end = (n + WINDOW).min(params.new_len);
@@ -152,7 +176,7 @@ fn score(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, n: u32, d: i
 }
 
 /// Chooses where the reference should be at `cur.n`: `None` keeps it.
-fn decide(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index, cur: &Cursor) -> Option<Target> {
+fn decide(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index, cur: &Cursor) -> Option<Target> {
     let n = cur.n;
     let current = cur.d.map(|d| score(old, new, params, map, n, d));
     if current.is_some_and(|s| s >= KEEP) {
@@ -188,7 +212,7 @@ fn decide(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Ind
 
 /// Walks the new image, choosing references and coding every step; returns the payload
 /// and the stretches chosen.
-fn walk(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index) -> (Vec<u8>, Vec<Stretch>) {
+fn walk(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index) -> (Vec<u8>, Vec<Stretch>) {
     let mut enc = Encoder::new();
     let mut model = Model::default();
     code_map(&mut model, &mut enc, map);
@@ -220,20 +244,32 @@ fn walk(old: &[u8], new: &[u8], params: &Params, map: &AddressMap, index: &Index
     (enc.finish(), stretches)
 }
 
-fn code_map(model: &mut Model, enc: &mut Encoder, map: &AddressMap) {
+fn code_map(model: &mut Model, enc: &mut Encoder, maps: &Maps) {
     enc.account(crate::rc::Cost::Map);
-    model.map_count.code(enc, map.len() as u64);
-    let (mut prev_start, mut prev_shift) = (None::<u32>, 0i32);
-    for (start, shift) in map.entries() {
-        let gap = match prev_start {
-            None => u64::from(start),
-            Some(p) => u64::from(start - p - 1),
-        };
-        model.map_start.code(enc, gap);
-        code_signed(&mut model.map_sign, &mut model.map_shift, enc, i64::from(shift) - i64::from(prev_shift));
-        prev_start = Some(start);
-        prev_shift = shift;
+    fn entries<const N: usize>(
+        count: &mut crate::model::Gamma,
+        start_code: &mut crate::model::Gamma,
+        sign: &mut crate::rc::Prob,
+        shift_code: &mut crate::model::Gamma,
+        enc: &mut Encoder,
+        map: &AddressMap<N>,
+    ) {
+        count.code(enc, map.len() as u64);
+        let (mut prev_start, mut prev_shift) = (None::<u32>, 0i32);
+        for (start, shift) in map.entries() {
+            let gap = match prev_start {
+                None => u64::from(start),
+                Some(p) => u64::from(start - p - 1),
+            };
+            start_code.code(enc, gap);
+            code_signed(sign, shift_code, enc, i64::from(shift) - i64::from(prev_shift));
+            prev_start = Some(start);
+            prev_shift = shift;
+        }
     }
+    let m = model;
+    entries(&mut m.map_count, &mut m.map_start, &mut m.map_sign, &mut m.map_shift, enc, &maps.image);
+    entries(&mut m.ext_count, &mut m.ext_start, &mut m.ext_sign, &mut m.ext_shift, enc, &maps.external);
 }
 
 /// One observed move: an address inside the old image (as an offset) that the new image
@@ -247,11 +283,12 @@ struct Move {
 /// Where the old image's referenced addresses went: for every long branch and every
 /// in-image pointer of the old image that the raw walk lined up with the same kind of
 /// unit in the new image, the old target and the new one.
-fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch]) -> Vec<Move> {
+fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch]) -> (Vec<Move>, Vec<Move>) {
     let load = i64::from(params.load);
     let inside = |a: i64| (0..i64::from(params.old_len)).contains(&(a - load));
     let word = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| [w[0], w[1], w[2], w[3]]);
     let mut moves = Vec::new();
+    let mut outside = Vec::new();
     for s in stretches {
         let mut n = s.start;
         while n < s.end {
@@ -277,10 +314,19 @@ fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch])
                 n += 4;
                 continue;
             }
-            if params.pointers && old_addr & 3 == 0 {
+            if old_addr & 3 == 0 {
                 let (vo, vn) = (i64::from(u32::from_le_bytes(ow)), i64::from(u32::from_le_bytes(nw)));
-                if inside(vo) && (vn - load) >= 0 && vn - load < i64::from(params.new_len) {
-                    moves.push(Move { offset: (vo - load) as u32, shift: vn - vo });
+                if inside(vo) {
+                    if params.pointers && (vn - load) >= 0 && vn - load < i64::from(params.new_len) {
+                        moves.push(Move { offset: (vo - load) as u32, shift: vn - vo });
+                        n += 4;
+                        continue;
+                    }
+                } else if params.external && vo >> 20 == vn >> 20 && vo >= 0x1_0000 && vo != 0xFFFF_FFFF {
+                    // Words outside the image that stay in their megabyte: RAM addresses
+                    // and other modules' addresses (also the unmoved ones, which end the
+                    // runs of moved ones).
+                    outside.push(Move { offset: vo as u32, shift: vn - vo });
                     n += 4;
                     continue;
                 }
@@ -289,14 +335,15 @@ fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch])
         }
     }
     moves.sort_unstable();
-    moves
+    outside.sort_unstable();
+    (moves, outside)
 }
 
 /// The address map: a step function through the observed moves. Consecutive moves (by old
 /// offset) with one shift form a run; a run starts a map entry at its first offset. Runs
 /// seen only once between two runs of the same shift are noise (a call that now goes
 /// elsewhere); the least supported runs are merged away until the map fits.
-fn build_map(moves: &[Move]) -> AddressMap {
+fn build_map<const N: usize>(moves: &[Move]) -> AddressMap<N> {
     // (start offset, shift, support)
     let mut runs: Vec<(u32, i64, u32)> = Vec::new();
     for m in moves {
@@ -320,7 +367,7 @@ fn build_map(moves: &[Move]) -> AddressMap {
                 kept.push((start, shift, support));
             }
         }
-        if kept.len() <= MAX_MAP {
+        if kept.len() <= N {
             let mut map = AddressMap::default();
             for (start, shift, _) in kept {
                 let shift = i32::try_from(shift).expect("shifts are bounded by image lengths");
@@ -333,3 +380,57 @@ fn build_map(moves: &[Move]) -> AddressMap {
     }
 }
 
+
+/// The external map: runs of one non-zero shift among the observed addresses outside the
+/// image, each closed by a zero-shift entry just after its last observation, so values
+/// between runs (constants, unmoved addresses) are left alone.
+fn build_external_map<const N: usize>(moves: &[Move]) -> AddressMap<N> {
+    // (first, last, shift, support)
+    let mut runs: Vec<(u32, u32, i64, u32)> = Vec::new();
+    for m in moves {
+        match runs.last_mut() {
+            Some(r) if r.2 == m.shift => {
+                r.1 = m.offset;
+                r.3 += 1;
+            }
+            _ => runs.push((m.offset, m.offset, m.shift, 1)),
+        }
+    }
+    let mut min_support = 3u32;
+    loop {
+        let mut entries: Vec<(u32, i64)> = Vec::new();
+        for &(first, last, shift, support) in &runs {
+            if shift == 0 || support < min_support {
+                continue;
+            }
+            if entries.last().is_some_and(|e| e.0 >= first) {
+                continue;
+            }
+            entries.push((first, shift));
+            if let Some(end) = last.checked_add(1) {
+                entries.push((end, 0));
+            }
+        }
+        // A run starting right where the previous one ended replaces its closing entry.
+        let mut merged: Vec<(u32, i64)> = Vec::new();
+        for e in entries {
+            if let Some(prev) = merged.last_mut() {
+                if prev.0 == e.0 {
+                    *prev = e;
+                    continue;
+                }
+            }
+            merged.push(e);
+        }
+        if merged.len() <= N {
+            let mut map = AddressMap::default();
+            for (start, shift) in merged {
+                let shift = i32::try_from(shift).expect("shifts stay within a megabyte");
+                let pushed = map.push(start, shift);
+                debug_assert!(pushed, "entries are in increasing address order");
+            }
+            return map;
+        }
+        min_support += 1;
+    }
+}

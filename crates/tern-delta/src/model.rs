@@ -15,7 +15,7 @@
 //! bytes are coded as literals in the context of the previous byte's top bits.
 
 use crate::rc::{Coder, Cost, Prob, PROB_INIT};
-use crate::thumb::{self, AddressMap};
+use crate::thumb::{self, Maps};
 
 /// What the model may predict (the patch header's flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct Params {
     pub branches: bool,
     /// Predict aligned words pointing into the image through the address map.
     pub pointers: bool,
+    /// Predict aligned words pointing outside the image through the external map.
+    pub external: bool,
 }
 
 /// Reads the old (installed) image, typically straight from flash.
@@ -72,10 +74,10 @@ pub struct Prediction {
     pub bytes: [u8; 4],
 }
 
-fn translate(params: &Params, map: &AddressMap, addr: i64) -> i64 {
+fn translate(params: &Params, maps: &Maps, addr: i64) -> i64 {
     let x = addr - i64::from(params.load);
     if (0..i64::from(params.old_len)).contains(&x) {
-        addr + i64::from(map.shift_at(x as u32))
+        addr + i64::from(maps.image.shift_at(x as u32))
     } else {
         addr
     }
@@ -85,7 +87,7 @@ fn translate(params: &Params, map: &AddressMap, addr: i64) -> i64 {
 /// image).
 pub fn predict<O: OldImage>(
     params: &Params,
-    map: &AddressMap,
+    maps: &Maps,
     old: &mut O,
     o: u32,
     n: u32,
@@ -104,7 +106,7 @@ pub fn predict<O: OldImage>(
                 // Only branches into the image itself: a "target" elsewhere is most often
                 // data that happens to look like a branch, which is best left as it is.
                 let inside = (0..i64::from(params.old_len)).contains(&(target - i64::from(params.load)));
-                let moved = translate(params, map, target);
+                let moved = translate(params, maps, target);
                 if let Some((a, b)) = thumb::with_offset(hw0, hw1, moved - (new_addr + 4)).filter(|_| inside) {
                     let [a0, a1] = a.to_le_bytes();
                     let [b0, b1] = b.to_le_bytes();
@@ -112,14 +114,19 @@ pub fn predict<O: OldImage>(
                 }
             }
         }
-        if params.pointers && addr & 3 == 0 {
+        if addr & 3 == 0 {
             let v = u32::from_le_bytes(w);
             let x = i64::from(v) - i64::from(params.load);
-            if (0..i64::from(params.old_len)).contains(&x) {
-                let moved = translate(params, map, i64::from(v));
-                if let Ok(m) = u32::try_from(moved) {
-                    return Ok(Prediction { kind: Kind::Pointer, len: 4, bytes: m.to_le_bytes() });
-                }
+            let moved = if (0..i64::from(params.old_len)).contains(&x) {
+                params.pointers.then(|| translate(params, maps, i64::from(v)))
+            } else {
+                // Outside the image only words the external map says moved are units:
+                // everything else (constants, unmoved addresses) stays byte by byte.
+                let shift = maps.external.shift_at(v);
+                (params.external && shift != 0).then(|| i64::from(v) + i64::from(shift))
+            };
+            if let Some(m) = moved.and_then(|m| u32::try_from(m).ok()) {
+                return Ok(Prediction { kind: Kind::Pointer, len: 4, bytes: m.to_le_bytes() });
             }
         }
     }
@@ -222,6 +229,10 @@ pub struct Model {
     pub(crate) map_start: Gamma,
     pub(crate) map_sign: Prob,
     pub(crate) map_shift: Gamma,
+    pub(crate) ext_count: Gamma,
+    pub(crate) ext_start: Gamma,
+    pub(crate) ext_sign: Prob,
+    pub(crate) ext_shift: Gamma,
     eq: [Prob; 3 * 4 * 8],
     matched: [[Prob; 0x300]; 3],
     plain: [[Prob; 0x100]; 8],
@@ -238,6 +249,10 @@ impl Default for Model {
             map_start: Gamma::default(),
             map_sign: PROB_INIT,
             map_shift: Gamma::default(),
+            ext_count: Gamma::default(),
+            ext_start: Gamma::default(),
+            ext_sign: PROB_INIT,
+            ext_shift: Gamma::default(),
             eq: [PROB_INIT; 3 * 4 * 8],
             matched: [[PROB_INIT; 0x300]; 3],
             plain: [[PROB_INIT; 0x100]; 8],
@@ -308,7 +323,7 @@ impl Model {
         cur: &mut Cursor,
         c: &mut C,
         params: &Params,
-        map: &AddressMap,
+        maps: &Maps,
         old: &mut O,
         choice: &Choice,
     ) -> Result<Unit, StepError<O::Error>> {
@@ -371,7 +386,7 @@ impl Model {
         };
         let o = i64::from(cur.n) + d;
         let pred = if (0..i64::from(params.old_len)).contains(&o) {
-            predict(params, map, old, o as u32, cur.n).map_err(StepError::Read)?
+            predict(params, maps, old, o as u32, cur.n).map_err(StepError::Read)?
         } else {
             Prediction { kind: Kind::Plain, len: 1, bytes: [0; 4] }
         };

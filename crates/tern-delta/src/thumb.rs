@@ -44,30 +44,44 @@ pub fn with_offset(hw0: u16, hw1: u16, offset: i64) -> Option<(u16, u16)> {
     Some((new0 as u16, new1 as u16))
 }
 
-/// Most entries an address map may have (the applier keeps the map in RAM).
+/// Most entries the image's address map may have (the applier keeps it in RAM).
 pub const MAX_MAP: usize = 384;
+/// Most entries the map of addresses outside the image may have.
+pub const MAX_EXTERNAL_MAP: usize = 128;
 
 /// Where the old image's bytes went: a step function over old offsets. Entry `i` says
 /// that old offsets from `start[i]` up to the next entry's start moved by `shift[i]`
 /// bytes in the new image; offsets before the first entry did not move.
+///
+/// The image's map is keyed by offsets into the old image; the external map (addresses
+/// outside the image: RAM, other modules) by absolute addresses.
 #[derive(Clone, Debug)]
-pub struct AddressMap {
-    pub(crate) start: [u32; MAX_MAP],
-    pub(crate) shift: [i32; MAX_MAP],
+pub struct AddressMap<const N: usize = MAX_MAP> {
+    pub(crate) start: [u32; N],
+    pub(crate) shift: [i32; N],
     pub(crate) len: usize,
 }
 
-impl Default for AddressMap {
+impl<const N: usize> Default for AddressMap<N> {
     fn default() -> Self {
-        AddressMap { start: [0; MAX_MAP], shift: [0; MAX_MAP], len: 0 }
+        AddressMap { start: [0; N], shift: [0; N], len: 0 }
     }
 }
 
-impl AddressMap {
+/// Both maps the model predicts through.
+#[derive(Clone, Debug, Default)]
+pub struct Maps {
+    /// Moves inside the image (offsets).
+    pub image: AddressMap<MAX_MAP>,
+    /// Moves of addresses outside the image (absolute).
+    pub external: AddressMap<MAX_EXTERNAL_MAP>,
+}
+
+impl<const N: usize> AddressMap<N> {
     /// Adds an entry; entries must come in strictly increasing order of start. Returns
     /// false (and adds nothing) when that order is broken or the map is full.
     pub fn push(&mut self, start: u32, shift: i32) -> bool {
-        if self.len == MAX_MAP || (self.len > 0 && start <= self.start[self.len - 1]) {
+        if self.len == N || (self.len > 0 && start <= self.start[self.len - 1]) {
             return false;
         }
         self.start[self.len] = start;
@@ -136,7 +150,7 @@ mod tests {
 
     #[test]
     fn map_is_a_step_function() {
-        let mut m = AddressMap::default();
+        let mut m = AddressMap::<4>::default();
         assert!(m.push(100, 8));
         assert!(m.push(200, -4));
         assert!(!m.push(200, 0));

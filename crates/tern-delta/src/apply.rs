@@ -15,7 +15,7 @@ use crate::thumb::{Maps, MAX_EXTERNAL_MAP, MAX_MAP};
 use crate::{Header, HEADER_LEN};
 
 /// Payload ring buffer size.
-const RING: usize = 768;
+const RING: usize = 640;
 /// Most payload bytes one step can consume: a step codes at most 106 binary decisions
 /// (a map entry 131) and each decision shifts in at most 2 bytes.
 const STEP_INPUT_MAX: usize = 320;

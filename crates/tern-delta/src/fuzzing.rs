@@ -88,3 +88,33 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(b).into()
 }
+
+/// Hand-made seeds for the corpus: real patches from [`FUZZ_OLD`] (whole, in small
+/// chunks, as a bare payload behind a synthesized header) and a patch to an empty image.
+#[cfg(feature = "std")]
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::{make, Config};
+    // The new image: 6 bytes inserted near the start (everything after moves), one
+    // pointer changed.
+    let mut new = FUZZ_OLD[..20].to_vec();
+    new.extend_from_slice(&[0x01, 0x02, 0x03, 0x04, 0x05, 0x06]);
+    new.extend_from_slice(&FUZZ_OLD[20..]);
+    new[100] ^= 0x10;
+    let config = Config { load_address: Some(FUZZ_LOAD), ..Config::default() };
+    let patch = make(&FUZZ_OLD, &new, &config);
+    let empty = make(&FUZZ_OLD, &[], &config);
+    let with_mode = |mode: u8, body: &[u8]| {
+        let mut v = vec![mode];
+        v.extend_from_slice(body);
+        v
+    };
+    let mut payload_only = vec![0x01, patch[5], new.len() as u8, (new.len() >> 8) as u8];
+    payload_only.extend_from_slice(&patch[HEADER_LEN..]);
+    vec![
+        ("patch-whole", with_mode(0xFE, &patch)),
+        ("patch-chunks-17", with_mode(16 << 1, &patch)),
+        ("patch-bytewise", with_mode(0, &patch)),
+        ("payload-only", payload_only),
+        ("patch-to-empty", with_mode(0xFE, &empty)),
+    ]
+}

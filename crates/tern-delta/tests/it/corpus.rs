@@ -46,42 +46,26 @@ fn every_pair_applies_bit_exactly() {
     let pairs = pairs();
     for (name, old, new) in &pairs {
         let patch = make(old, new, &Config { load_address: Some(load_of(new)), ..Config::default() });
-        for chunk in [patch.len(), 61] {
+        for chunk in [patch.len(), 61, 1] {
             assert!(apply_in_chunks(old, &patch, chunk) == *new, "{name}: chunk {chunk}");
         }
         let ratio = patch.len() as f64 / new.len() as f64;
         log_sum += ratio.ln();
         eprintln!("{name}: {} / {} = {ratio:.4}", patch.len(), new.len());
     }
-    eprintln!("geomean {:.4}", (log_sum / pairs.len() as f64).exp());
+    let geomean = (log_sum / pairs.len() as f64).exp();
+    eprintln!("geomean {geomean:.4}");
+    // Recorded from real runs of this generator on the 13 corpus pairs (0.0308 when
+    // recorded); a change to the model or the generator that loses compression fails here.
+    assert!(geomean <= RECORDED_GEOMEAN_BOUND, "geometric mean patch/new {geomean:.4} > {RECORDED_GEOMEAN_BOUND}");
 }
 
-#[test]
-#[ignore]
-fn ablation() {
-    let cfgs = [
-        ("all", Config::default()),
-        ("nomap", Config { address_map: false, ..Config::default() }),
-        ("raw", Config { branches: false, pointers: false, address_map: false, ..Config::default() }),
-        ("br", Config { pointers: false, ..Config::default() }),
-        ("ptr", Config { branches: false, ..Config::default() }),
-    ];
-    for (name, old, new) in &pairs() {
-        let load = Some(load_of(new));
-        let cfgs: Vec<(&str, Config)> = cfgs.iter().map(|(n, c)| (*n, Config { load_address: load, ..*c })).collect();
-        let sizes: Vec<String> = cfgs.iter().map(|(c, cfg)| format!("{c}={}", make(old, new, cfg).len())).collect();
-        eprintln!("{name} load={:#x} inferred={:#x} {}", load_of(new), tern_delta::infer_load_address(new), sizes.join(" "));
-    }
-}
+/// Upper bound of the geometric mean patch/new over the corpus pairs.
+const RECORDED_GEOMEAN_BOUND: f64 = 0.0310;
 
 #[test]
-#[ignore]
-fn one() {
-    let want = std::env::var("PAIR").unwrap();
-    for (name, old, new) in &pairs() {
-        if name.contains(&want) {
-            let p = make(old, new, &Config { load_address: Some(load_of(new)), ..Config::default() });
-            eprintln!("{name} {}", p.len());
-        }
-    }
+fn applier_ram_is_within_budget() {
+    // The budget the issue sets for applying on a device: 16 KiB, all buffers included.
+    assert!(tern_delta::APPLIER_RAM <= 16 * 1024, "{} bytes", tern_delta::APPLIER_RAM);
+    eprintln!("applier RAM: {} bytes", tern_delta::APPLIER_RAM);
 }

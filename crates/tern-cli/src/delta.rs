@@ -137,14 +137,18 @@ fn apply(old_path: &Path, patch_path: &Path, output: &Path) -> anyhow::Result<Ex
 const PEERS: [&str; 7] =
     ["bsdiff4", "detools-lzma", "detools-heatshrink", "hdiffpatch-lzma2", "hpatchlite-tuz", "xdelta3", "zstd"];
 
-/// Tern's ablation columns: what each modelling idea is worth.
-fn ablations(load: u32) -> [(&'static str, Config); 4] {
+/// Tern's ablation columns: what each modelling idea is worth. "bytes only" predicts
+/// every byte from the old image as it is; "no maps" recognises branches and pointers but
+/// assumes nothing moved; "branches" and "pointers" add the image's address map for one
+/// of them; "no external" is everything but the map of addresses outside the image.
+fn ablations(load: u32) -> [(&'static str, Config); 5] {
     let all = Config { load_address: Some(load), ..Config::default() };
     [
-        ("bytes only", Config { branches: false, pointers: false, address_map: false, ..all }),
-        ("no map", Config { address_map: false, ..all }),
-        ("branches", Config { pointers: false, ..all }),
-        ("pointers", Config { branches: false, ..all }),
+        ("bytes only", Config { branches: false, pointers: false, address_map: false, external: false, ..all }),
+        ("no maps", Config { address_map: false, external: false, ..all }),
+        ("branches", Config { pointers: false, external: false, ..all }),
+        ("pointers", Config { branches: false, external: false, ..all }),
+        ("no external", Config { external: false, ..all }),
     ]
 }
 
@@ -262,7 +266,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     header.extend(ablations(0).iter().map(|(n, _)| n.to_string()));
     println!("{}", header.join("\t"));
 
-    let columns = 1 + PEERS.len() + 4;
+    let columns = 1 + PEERS.len() + ablations(0).len();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); columns];
     let mut best_ratios = Vec::new();
     let mut tern_vs_best = Vec::new();

@@ -220,7 +220,16 @@ impl Peers {
         if self.xdelta3 {
             let f = scratch.join("patch.xd3");
             out[5] = tool(
-                &["xdelta3".as_ref(), "-9".as_ref(), "-e".as_ref(), "-f".as_ref(), "-s".as_ref(), old.as_os_str(), new.as_os_str(), f.as_os_str()],
+                &[
+                    "xdelta3".as_ref(),
+                    "-9".as_ref(),
+                    "-e".as_ref(),
+                    "-f".as_ref(),
+                    "-s".as_ref(),
+                    old.as_os_str(),
+                    new.as_os_str(),
+                    f.as_os_str(),
+                ],
                 &f,
             )?;
         }
@@ -228,7 +237,16 @@ impl Peers {
             let f = scratch.join("patch.zst");
             let from = format!("--patch-from={}", old.display());
             out[6] = tool(
-                &["zstd".as_ref(), "-q".as_ref(), "-f".as_ref(), "-19".as_ref(), from.as_ref(), new.as_os_str(), "-o".as_ref(), f.as_os_str()],
+                &[
+                    "zstd".as_ref(),
+                    "-q".as_ref(),
+                    "-f".as_ref(),
+                    "-19".as_ref(),
+                    from.as_ref(),
+                    new.as_os_str(),
+                    "-o".as_ref(),
+                    f.as_os_str(),
+                ],
                 &f,
             )?;
         }

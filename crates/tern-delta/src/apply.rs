@@ -28,6 +28,9 @@ const HASH_CHUNK: usize = 64;
 /// map and the model's probabilities) plus the on-stack scratch of the source check.
 pub const APPLIER_RAM: usize = core::mem::size_of::<Applier>() + HASH_CHUNK;
 
+// The budget for applying on a device: 16 KiB, every buffer included.
+const _: () = assert!(APPLIER_RAM <= 16 * 1024);
+
 /// Writes the new image sequentially into staging.
 pub trait NewImage {
     /// The writer's own error (a flash fault).
@@ -341,13 +344,13 @@ impl Applier {
                 Phase::Start => match self.dec.start(&mut src) {
                     Ok(true) => self.phase = Phase::MapCount { external: false },
                     Ok(false) => return Err(ApplyError::Corrupt(Corruption::CodedDataEnds)),
-                    Err(()) => return Err(ApplyError::Corrupt(Corruption::CoderStart)),
+                    Err(_) => return Err(ApplyError::Corrupt(Corruption::CoderStart)),
                 },
                 Phase::MapCount { external } => {
                     let mut d = Decoding { dec: &mut self.dec, src: &mut src, overrun: false };
                     let m = &mut self.model;
                     let (count, max) = if external {
-                        (m.ext_count.code(&mut d, 0), MAX_EXTERNAL_MAP)
+                        (m.map_count.code(&mut d, 0), MAX_EXTERNAL_MAP)
                     } else {
                         (m.map_count.code(&mut d, 0), MAX_MAP)
                     };

@@ -56,7 +56,7 @@ mod tests {
         let mut b = vec![0u8; len];
         for (i, w) in b.chunks_exact_mut(4).enumerate() {
             let v = match i % 4 {
-                0 => load + 0x40 + (i as u32 * 4 * 7) % (len as u32 - 0x80) | 1,
+                0 => (load + 0x40 + (i as u32 * 4 * 7) % (len as u32 - 0x80)) | 1,
                 1 => 0x2000_0000 + i as u32 * 8 + 1,
                 _ => 0x4600_4700,
             };

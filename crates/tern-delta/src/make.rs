@@ -53,29 +53,19 @@ const MARGIN: u32 = 8;
 /// Below this score a reference is dropped for literal coding (predictions from a poor
 /// reference still beat literals without one, so this is low).
 const LITERAL_BELOW: u32 = 2;
-/// Bytes over which a reference is scored.
-
-/// A reference scoring at least this is kept without looking for another.
-
-/// A new reference must beat the current one by this much.
-
-/// Below this score a reference is dropped for literal coding.
-
 
 /// Builds the patch that turns `old` into `new`. With `config.external`, the patch is
 /// made with and without the external map and the smaller one is kept (the external map
 /// pays off where RAM moved and costs a little where it did not).
 pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
-    let first = make_one(old, new, config);
-    if !config.external {
-        return first;
+    let mut best = make_one(old, new, config);
+    if config.external {
+        let other = make_one(old, new, &Config { external: false, ..*config });
+        if other.len() < best.len() {
+            best = other;
+        }
     }
-    let second = make_one(old, new, &Config { external: false, ..*config });
-    if second.len() < first.len() {
-        second
-    } else {
-        first
-    }
+    best
 }
 
 fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
@@ -269,7 +259,7 @@ fn code_map(model: &mut Model, enc: &mut Encoder, maps: &Maps) {
     }
     let m = model;
     entries(&mut m.map_count, &mut m.map_start, &mut m.map_sign, &mut m.map_shift, enc, &maps.image);
-    entries(&mut m.ext_count, &mut m.ext_start, &mut m.ext_sign, &mut m.ext_shift, enc, &maps.external);
+    entries(&mut m.map_count, &mut m.ext_start, &mut m.ext_sign, &mut m.ext_shift, enc, &maps.external);
 }
 
 /// One observed move: an address inside the old image (as an offset) that the new image
@@ -305,7 +295,11 @@ fn observe_moves(old: &[u8], new: &[u8], params: &Params, stretches: &[Stretch])
             let new_addr = load + i64::from(n);
             let (oh0, oh1) = (u16::from_le_bytes([ow[0], ow[1]]), u16::from_le_bytes([ow[2], ow[3]]));
             let (nh0, nh1) = (u16::from_le_bytes([nw[0], nw[1]]), u16::from_le_bytes([nw[2], nw[3]]));
-            if params.branches && old_addr & 1 == 0 && thumb::is_long_branch(oh0, oh1) && thumb::is_long_branch(nh0, nh1) {
+            if params.branches
+                && old_addr & 1 == 0
+                && thumb::is_long_branch(oh0, oh1)
+                && thumb::is_long_branch(nh0, nh1)
+            {
                 let t_old = old_addr + 4 + i64::from(thumb::branch_offset(oh0, oh1));
                 let t_new = new_addr + 4 + i64::from(thumb::branch_offset(nh0, nh1));
                 if inside(t_old) {
@@ -379,7 +373,6 @@ fn build_map<const N: usize>(moves: &[Move]) -> AddressMap<N> {
         min_support += 1;
     }
 }
-
 
 /// The external map: runs of one non-zero shift among the observed addresses outside the
 /// image, each closed by a zero-shift entry just after its last observation, so values

@@ -85,13 +85,7 @@ fn translate(params: &Params, maps: &Maps, addr: i64) -> i64 {
 
 /// Predicts the unit at new offset `n` from old offset `o` (which must be inside the old
 /// image).
-pub fn predict<O: OldImage>(
-    params: &Params,
-    maps: &Maps,
-    old: &mut O,
-    o: u32,
-    n: u32,
-) -> Result<Prediction, O::Error> {
+pub fn predict<O: OldImage>(params: &Params, maps: &Maps, old: &mut O, o: u32, n: u32) -> Result<Prediction, O::Error> {
     let mut w = [0u8; 4];
     let k = (params.old_len - o).min(4) as usize;
     old.read(o, &mut w[..k])?;
@@ -229,7 +223,6 @@ pub struct Model {
     pub(crate) map_start: Gamma,
     pub(crate) map_sign: Prob,
     pub(crate) map_shift: Gamma,
-    pub(crate) ext_count: Gamma,
     pub(crate) ext_start: Gamma,
     pub(crate) ext_sign: Prob,
     pub(crate) ext_shift: Gamma,
@@ -249,7 +242,6 @@ impl Default for Model {
             map_start: Gamma::default(),
             map_sign: PROB_INIT,
             map_shift: Gamma::default(),
-            ext_count: Gamma::default(),
             ext_start: Gamma::default(),
             ext_sign: PROB_INIT,
             ext_shift: Gamma::default(),
@@ -261,18 +253,12 @@ impl Default for Model {
 }
 
 /// What the generator wants coded in a step (the applier passes `Choice::default()`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Choice {
     /// `Some` to move the reference first.
     pub jump: Option<Target>,
     /// The new image's next bytes (zero-padded past its end).
     pub bytes: [u8; 4],
-}
-
-impl Default for Choice {
-    fn default() -> Self {
-        Choice { jump: None, bytes: [0; 4] }
-    }
 }
 
 fn tree_byte<C: Coder>(probs: &mut [Prob; 0x100], c: &mut C, byte: u8) -> u8 {
@@ -376,7 +362,8 @@ impl Model {
         let mut unit = Unit { bytes: [0; 4], len: 1 };
         let Some(d) = cur.d else {
             c.account(Cost::Literal);
-            let b = tree_byte(&mut self.plain[(cur.n as usize & 1) << 2 | usize::from(cur.prev >> 6)], c, choice.bytes[0]);
+            let b =
+                tree_byte(&mut self.plain[(cur.n as usize & 1) << 2 | usize::from(cur.prev >> 6)], c, choice.bytes[0]);
             unit.bytes[0] = b;
             cur.prev = b;
             cur.hist = 0;

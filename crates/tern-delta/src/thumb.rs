@@ -154,6 +154,9 @@ mod tests {
         assert!(m.push(100, 8));
         assert!(m.push(200, -4));
         assert!(!m.push(200, 0));
-        assert_eq!([m.shift_at(0), m.shift_at(99), m.shift_at(100), m.shift_at(199), m.shift_at(5000)], [0, 0, 8, 8, -4]);
+        assert_eq!(
+            [m.shift_at(0), m.shift_at(99), m.shift_at(100), m.shift_at(199), m.shift_at(5000)],
+            [0, 0, 8, 8, -4]
+        );
     }
 }

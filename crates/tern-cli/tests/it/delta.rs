@@ -51,7 +51,8 @@ fn make_then_apply_reproduces_the_new_image() {
 fn small_pairs() -> PathBuf {
     let dir = tern_testkit::scratch("delta-bench-pairs");
     let mut tsv = String::from("name\told\tnew\n");
-    for name in ["particle_photon_bootloader_1.2.1_to_1.3.1", "adafruit_feather52832_bootloader_0.8.3_to_0.9.0_blonly"] {
+    for name in ["particle_photon_bootloader_1.2.1_to_1.3.1", "adafruit_feather52832_bootloader_0.8.3_to_0.9.0_blonly"]
+    {
         let (old, new) = pair(name);
         tsv += &format!("{name}\t{}\t{}\n", old.display(), new.display());
     }
@@ -93,15 +94,13 @@ fn bench_runs_the_peers_side_by_side() {
     if tern_testkit::python_tool("python").is_none() {
         return;
     }
-    let run = tern([
-        "delta".as_ref(),
-        "bench".as_ref(),
-        small_pairs().as_os_str(),
-    ]);
+    let run = tern(["delta".as_ref(), "bench".as_ref(), small_pairs().as_os_str()]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     let header: Vec<&str> = lines[0].split('\t').collect();
-    for peer in ["bsdiff4", "detools-lzma", "detools-heatshrink", "hdiffpatch-lzma2", "hpatchlite-tuz", "xdelta3", "zstd"] {
+    for peer in
+        ["bsdiff4", "detools-lzma", "detools-heatshrink", "hdiffpatch-lzma2", "hpatchlite-tuz", "xdelta3", "zstd"]
+    {
         assert!(header.contains(&peer), "no {peer} column: {}", lines[0]);
     }
     for row in &lines[1..3] {

@@ -6,8 +6,10 @@ use crate::corpus::{load_of, pairs};
 
 /// A small real pair and its patch.
 fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let (_, old, new) =
-        pairs().into_iter().find(|(name, _, _)| name.contains("photon_bootloader")).expect("the Photon bootloader pair");
+    let (_, old, new) = pairs()
+        .into_iter()
+        .find(|(name, _, _)| name.contains("photon_bootloader"))
+        .expect("the Photon bootloader pair");
     let patch = make(&old, &new, &Config { load_address: Some(load_of(&new)), ..Config::default() });
     (old, new, patch)
 }

@@ -226,7 +226,7 @@ pub struct Model {
     pub(crate) ext_start: Gamma,
     pub(crate) ext_sign: Prob,
     pub(crate) ext_shift: Gamma,
-    eq: [Prob; 3 * 4 * 8],
+    eq: [Prob; 3 * 4 * 8 * 2],
     matched: [[Prob; 0x300]; 3],
     plain: [[Prob; 0x100]; 8],
 }
@@ -245,7 +245,7 @@ impl Default for Model {
             ext_start: Gamma::default(),
             ext_sign: PROB_INIT,
             ext_shift: Gamma::default(),
-            eq: [PROB_INIT; 3 * 4 * 8],
+            eq: [PROB_INIT; 3 * 4 * 8 * 2],
             matched: [[PROB_INIT; 0x300]; 3],
             plain: [[PROB_INIT; 0x100]; 8],
         }
@@ -380,7 +380,7 @@ impl Model {
         let kind = pred.kind as usize;
         let mut miss = false;
         for i in 0..pred.len {
-            let ctx = (kind * 4 + i) * 8 + usize::from(cur.hist);
+            let ctx = ((kind * 4 + i) * 8 + usize::from(cur.hist)) * 2 + (cur.n as usize & 1);
             let want = choice.bytes[i];
             c.account(Cost::Predicted);
             let eq = c.bit(&mut self.eq[ctx], u32::from(want == pred.bytes[i])) == 1;

@@ -25,6 +25,9 @@ pub const FUZZ_OLD: [u8; 256] = {
     b
 };
 
+/// Largest new image the fuzzed patches may claim.
+const MAX_NEW: u32 = 1 << 16;
+
 /// Load address of [`FUZZ_OLD`] in synthesized headers.
 pub const FUZZ_LOAD: u32 = 0x0800_0000;
 
@@ -49,6 +52,11 @@ pub fn apply(data: &[u8]) {
     let chunk = usize::from(mode >> 1) + 1;
     let mut patch = [0u8; 4096];
     let patch: &[u8] = if mode & 1 == 0 {
+        // A device checks the new length against its staging area before applying; so
+        // does the fuzzer (a patch claiming gigabytes would only cost time).
+        if Header::parse(rest).is_ok_and(|h| h.new_len > MAX_NEW) {
+            return;
+        }
         rest
     } else {
         if rest.len() < 3 {

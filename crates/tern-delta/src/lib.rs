@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod flash;
 pub mod fuzzing;
 #[cfg(feature = "std")]
 mod infer;
@@ -28,6 +29,7 @@ pub mod thumb;
 #[cfg(feature = "std")]
 pub use apply::apply_all;
 pub use apply::{Applier, ApplyError, Corruption, NewImage, Progress, Status, APPLIER_RAM};
+pub use flash::{FlashImage, FlashReadError};
 #[cfg(feature = "std")]
 pub use infer::infer_load_address;
 #[cfg(feature = "std")]

@@ -47,9 +47,10 @@ fn make_then_apply_reproduces_the_new_image() {
     assert!(err.contains("truncated"), "{err}");
 }
 
-/// A PAIRS.tsv directory with two small corpus pairs (paths absolute).
-fn small_pairs() -> PathBuf {
-    let dir = tern_testkit::scratch("delta-bench-pairs");
+/// A PAIRS.tsv directory with two small corpus pairs (paths absolute), in a scratch
+/// directory of its own for each test (`name`).
+fn small_pairs(name: &str) -> PathBuf {
+    let dir = tern_testkit::scratch(name);
     let mut tsv = String::from("name\told\tnew\n");
     for name in ["particle_photon_bootloader_1.2.1_to_1.3.1", "adafruit_feather52832_bootloader_0.8.3_to_0.9.0_blonly"]
     {
@@ -66,7 +67,12 @@ fn number(cell: &str) -> u64 {
 
 #[test]
 fn bench_without_peers_prints_tern_and_its_ablations() {
-    let out = tern_ok(["delta".as_ref(), "bench".as_ref(), small_pairs().as_os_str(), "--no-peers".as_ref()]);
+    let out = tern_ok([
+        "delta".as_ref(),
+        "bench".as_ref(),
+        small_pairs("delta-bench-alone").as_os_str(),
+        "--no-peers".as_ref(),
+    ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "pair\tnew\ttern\tbytes only\tno maps\tbranches\tpointers\tno external");
     for row in &lines[1..3] {
@@ -94,7 +100,7 @@ fn bench_runs_the_peers_side_by_side() {
     if tern_testkit::python_tool("python").is_none() {
         return;
     }
-    let run = tern(["delta".as_ref(), "bench".as_ref(), small_pairs().as_os_str()]);
+    let run = tern(["delta".as_ref(), "bench".as_ref(), small_pairs("delta-bench-peers").as_os_str()]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     let header: Vec<&str> = lines[0].split('\t').collect();

@@ -69,3 +69,26 @@ fn applier_ram_is_within_budget() {
     const { assert!(tern_delta::APPLIER_RAM <= 16 * 1024) };
     eprintln!("applier RAM: {} bytes", tern_delta::APPLIER_RAM);
 }
+
+#[test]
+fn load_addresses_of_raw_images_are_inferred() {
+    // Where each raw (non-Particle) image of the corpus pairs runs, from PAIRS.tsv's
+    // provenance: SoftDevices from hex base 0 (Nordic's MBR first), the Adafruit
+    // bootloader regions extracted at 0xF4000 / 0x74000, the Portenta H7 bootloader at
+    // the start of STM32H7 flash, the Spark Core firmware after its 20 KiB bootloader.
+    let cases = [
+        ("nordic_s140_softdevice_6.1.0_to_6.1.1_bin", 0),
+        ("nordic_s140_softdevice_7.2.0_to_7.3.0_bin", 0),
+        ("adafruit_feather52840_bootloader_0.9.0_to_0.9.1_blonly", 0xF4000),
+        ("adafruit_feather52832_bootloader_0.8.3_to_0.9.0_blonly", 0x74000),
+        ("arduino_portenta_h7_bootloader_v23_to_v24", 0x0800_0000),
+        ("arduino_portenta_h7_bootloader_v21_to_v22", 0x0800_0000),
+        ("spark_core_firmware_spark_8_to_spark_9_bin", 0x0800_5000),
+    ];
+    let pairs = pairs();
+    for (name, load) in cases {
+        let (_, old, new) = pairs.iter().find(|(n, _, _)| n == name).expect("pair in PAIRS.tsv");
+        assert_eq!(tern_delta::infer_load_address(new), load, "{name} new");
+        assert_eq!(tern_delta::infer_load_address(old), load, "{name} old");
+    }
+}

@@ -220,10 +220,6 @@ impl Encoder {
 
     /// Writes out the final state; the decoder reads exactly these bytes.
     pub fn finish(mut self) -> Vec<u8> {
-        if std::env::var_os("TERN_DELTA_TALLY").is_some() {
-            let bytes: Vec<String> = self.tally.iter().map(|b| format!("{:.0}", b / 8.0)).collect();
-            eprintln!("bytes spent on map, jumps, predicted flags, missed bytes, literals: {}", bytes.join(" "));
-        }
         for _ in 0..5 {
             self.shift_low();
         }

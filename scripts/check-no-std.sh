@@ -9,7 +9,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   rustup target add "$target"
 fi
 crates=(-p tern-image)
-for c in tern-device tern-proto; do
+for c in tern-device tern-proto tern-delta; do
   [ -d "crates/$c" ] && crates+=(-p "$c")
 done
 cargo build --release --no-default-features --target "$target" "${crates[@]}"

@@ -5,6 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-peers.sh
+bash scripts/install-delta-peers.sh
 export TERN_PEERS="$root/.peers"
 export TERN_ORACLE_DIR="$root/tests/oracle"
 export TERN_CORPUS="${TERN_CORPUS:-$root/../shared/corpus}"

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod command;
+mod delta;
 mod flash;
 mod fleet;
 mod hexfile;
@@ -77,6 +78,9 @@ enum Command {
     Sim(sim::Command),
     /// Start the server with a simulated fleet and show updates live (`--demo`).
     Up(up::UpArgs),
+    /// Delta patches: make, apply, and bench against the peer tools.
+    #[command(subcommand)]
+    Delta(delta::Command),
 }
 
 /// Exit status of a command whose reader went away (`tern … | head`): 128 + SIGPIPE, as
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Flash(args) => flash::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Up(args) => up::run(args),
+        Command::Delta(cmd) => delta::run(cmd),
     };
     match result {
         Ok(code) => code,

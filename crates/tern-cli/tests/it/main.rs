@@ -1,5 +1,6 @@
 //! Integration tests of the `tern` command (one binary; see STYLE.md).
 
+mod delta;
 mod hex;
 mod inspect;
 mod mcuboot;

@@ -1,0 +1,5 @@
+//! Integration tests of tern-delta (one binary; see STYLE.md).
+mod corpus;
+mod fuzz_corpus;
+mod refusals;
+mod resume;

@@ -97,14 +97,24 @@ pub enum GroupCommand {
 
 /// `tern release create` (on the server).
 #[derive(Args)]
+#[command(after_help = "From a signed release bundle (`tern release build`): --bundle FILE --key KEY checks the \
+                        bundle's signature with KEY, uploads its modules with statements signed by KEY (same \
+                        platform, product and security counter as the bundle) and makes the release of them, \
+                        in the bundle's order.")]
 pub struct ReleaseCreate {
     /// The product.
     #[arg(long)]
     pub product: u32,
     /// Modules of the release, in install order: catalog SHA-256s or module files already
     /// uploaded (their SHA-256 is computed here).
-    #[arg(required = true, value_name = "MODULE")]
+    #[arg(value_name = "MODULE", required_unless_present = "bundle", conflicts_with = "bundle")]
     pub modules: Vec<String>,
+    /// Make the release from a signed release bundle instead (needs --key).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub bundle: Option<std::path::PathBuf>,
+    /// The key that signed the bundle (PKCS#8 PEM); it signs each module's statement.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<std::path::PathBuf>,
     /// A note for people.
     #[arg(long)]
     pub note: Option<String>,
@@ -113,7 +123,8 @@ pub struct ReleaseCreate {
     pub json: bool,
 }
 
-/// A device's place in the fleet, the `tern device` subcommands that change it.
+/// A device's place in the fleet, the `tern device` subcommands that change it (each prints
+/// the device's fleet record as JSON with `--json`).
 #[derive(Subcommand)]
 pub enum MembershipCommand {
     /// Put a device in a product (or `--none`).
@@ -125,6 +136,9 @@ pub enum MembershipCommand {
         /// Take it out of its product.
         #[arg(long, conflicts_with = "product")]
         none: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Add tags to a device.
     Tag {
@@ -133,6 +147,9 @@ pub enum MembershipCommand {
         /// Tags: 1 to 64 of A-Z a-z 0-9 - _ . :
         #[arg(required = true)]
         tags: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove tags from a device.
     Untag {
@@ -141,6 +158,9 @@ pub enum MembershipCommand {
         /// Tags.
         #[arg(required = true)]
         tags: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Lock a device to a release of its product: no rollout touches it.
     Pin {
@@ -148,11 +168,17 @@ pub enum MembershipCommand {
         id: String,
         /// Release number.
         release: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Let rollouts update a device again.
     Unpin {
         /// Device id.
         id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Set a device's cellular data budget (bytes per calendar month, UTC), or `--none`.
     Budget {
@@ -163,6 +189,9 @@ pub enum MembershipCommand {
         /// No budget.
         #[arg(long, conflicts_with = "bytes")]
         none: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Mark a device as a development device (no rollout touches it), or `--off`.
     Development {
@@ -171,6 +200,9 @@ pub enum MembershipCommand {
         /// Clear the flag.
         #[arg(long)]
         off: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -303,9 +335,49 @@ fn module_hash(arg: &str) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
+/// Uploads a signed bundle's modules, each with a statement signed by `key` after checking
+/// the bundle was signed by that key; returns their SHA-256s in the bundle's order.
+fn upload_bundle(client: &Client, file: &Path, key: &Path) -> Result<Vec<String>> {
+    use tern_image::manifest::build::Document;
+    use tern_image::manifest::Kind;
+    let key = crate::key::load_signing_key(key)?;
+    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let bundle = tern_image::bundle::Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let verified = bundle
+        .verify(&[key.verifying_key()])
+        .map_err(|e| anyhow::anyhow!("{}: not signed by this key ({e})", file.display()))?;
+    let m = &verified.manifest;
+    let mut hashes = Vec::new();
+    for (entry, module) in verified.modules() {
+        let statement = Document {
+            kind: Kind::ModuleStatement,
+            platform_id: m.platform_id,
+            product_id: m.product_id,
+            security_counter: m.security_counter,
+            created: m.created,
+            modules: vec![*entry],
+            name: String::new(),
+        }
+        .sign(&key)
+        .map_err(|e| anyhow::anyhow!("cannot sign a statement: {e}"))?;
+        let body = tern_image::bundle::write_signed_module(&statement, module)
+            .map_err(|e| anyhow::anyhow!("the statement does not fit the module: {e}"))?;
+        let name =
+            format!("{}-{}", file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), hashes.len() + 1);
+        client
+            .post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &body)
+            .with_context(|| format!("{}: uploading module {}", file.display(), hashes.len() + 1))?;
+        hashes.push(hex::encode(Sha256::digest(module)));
+    }
+    Ok(hashes)
+}
+
 pub fn release_create(args: ReleaseCreate) -> Result<ExitCode> {
     let client = Client::connect()?;
-    let modules = args.modules.iter().map(|m| module_hash(m)).collect::<Result<Vec<_>>>()?;
+    let modules = match (&args.bundle, &args.key) {
+        (Some(bundle), Some(key)) => upload_bundle(&client, bundle, key)?,
+        _ => args.modules.iter().map(|m| module_hash(m)).collect::<Result<Vec<_>>>()?,
+    };
     let answer = client
         .post_json(
             &format!("/api/products/{}/releases", args.product),
@@ -355,8 +427,8 @@ pub fn release_show(product: u32, number: u32, json: bool) -> Result<ExitCode> {
 
 pub fn membership(cmd: MembershipCommand) -> Result<ExitCode> {
     let client = Client::connect()?;
-    let (id, body, done) = match cmd {
-        MembershipCommand::Product { id, product, none } => {
+    let (id, body, done, as_json) = match cmd {
+        MembershipCommand::Product { id, product, none, json } => {
             if product.is_none() && !none {
                 bail!("name a product, or pass --none");
             }
@@ -364,25 +436,25 @@ pub fn membership(cmd: MembershipCommand) -> Result<ExitCode> {
                 Some(p) => format!("device {id} is in product {p}"),
                 None => format!("device {id} is in no product"),
             };
-            (id, json!({ "product": product }), done)
+            (id, json!({ "product": product }), done, json)
         }
-        MembershipCommand::Tag { id, tags } => {
+        MembershipCommand::Tag { id, tags, json } => {
             let done = format!("device {id} tagged {}", tags.join(" "));
-            (id, json!({ "add_tags": tags }), done)
+            (id, json!({ "add_tags": tags }), done, json)
         }
-        MembershipCommand::Untag { id, tags } => {
+        MembershipCommand::Untag { id, tags, json } => {
             let done = format!("device {id} untagged {}", tags.join(" "));
-            (id, json!({ "remove_tags": tags }), done)
+            (id, json!({ "remove_tags": tags }), done, json)
         }
-        MembershipCommand::Pin { id, release } => {
+        MembershipCommand::Pin { id, release, json } => {
             let done = format!("device {id} pinned to release {release}: rollouts leave it alone");
-            (id, json!({ "pinned_release": release }), done)
+            (id, json!({ "pinned_release": release }), done, json)
         }
-        MembershipCommand::Unpin { id } => {
+        MembershipCommand::Unpin { id, json } => {
             let done = format!("device {id} unpinned");
-            (id, json!({ "pinned_release": Value::Null }), done)
+            (id, json!({ "pinned_release": Value::Null }), done, json)
         }
-        MembershipCommand::Budget { id, bytes, none } => {
+        MembershipCommand::Budget { id, bytes, none, json } => {
             if bytes.is_none() && !none {
                 bail!("give the budget in bytes per month, or pass --none");
             }
@@ -390,19 +462,22 @@ pub fn membership(cmd: MembershipCommand) -> Result<ExitCode> {
                 Some(b) => format!("device {id}: data budget {b} bytes per month"),
                 None => format!("device {id}: no data budget"),
             };
-            (id, json!({ "budget_bytes": bytes }), done)
+            (id, json!({ "budget_bytes": bytes }), done, json)
         }
-        MembershipCommand::Development { id, off } => {
+        MembershipCommand::Development { id, off, json } => {
             let done = match off {
                 true => format!("device {id} is no longer a development device"),
                 false => format!("device {id} is a development device: rollouts leave it alone"),
             };
-            (id, json!({ "development": !off }), done)
+            (id, json!({ "development": !off }), done, json)
         }
     };
     let answer = client
         .patch_json(&format!("/api/devices/{}/fleet", query_value(&id)), body)
         .with_context(|| format!("device {id}"))?;
+    if as_json {
+        return print_json(&answer).map(|()| ExitCode::SUCCESS);
+    }
     let m: Membership = typed(answer)?;
     println!("{done}");
     let tags = if m.tags.is_empty() { "none".to_owned() } else { m.tags.join(" ") };

@@ -46,6 +46,9 @@ pub enum Command {
         id: i64,
         /// Device id.
         device: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -167,10 +170,13 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Pause(args) => return control(&client, args, "pause"),
         Command::Resume(args) => return control(&client, args, "resume"),
         Command::Abort(args) => return control(&client, args, "abort"),
-        Command::Approve { id, device } => {
-            client
+        Command::Approve { id, device, json } => {
+            let answer = client
                 .post_json(&format!("/api/rollouts/{id}/approve"), json!({ "device": device }))
                 .with_context(|| format!("rollout {id}, device {}", query_value(&device)))?;
+            if json {
+                return print_json(&answer).map(|()| ExitCode::SUCCESS);
+            }
             println!("device {device} may exceed its data budget for rollout {id}");
         }
     }

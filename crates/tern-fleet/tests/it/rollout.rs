@@ -19,12 +19,12 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use serde_json::{json, Value};
 use tern_image::model::{Dependency, ModuleFunction};
 use tern_sim::device::{Behaviour, Image};
 
-use crate::cli::{tern, tern_cmd};
+use crate::cli::{run, tern, tern_cmd};
 use crate::support::{free_port, release_key, scratch, statement_signed_by, Server};
 
 const A: u32 = 4001;
@@ -342,5 +342,66 @@ fn a_product_converges_in_phases_and_a_bad_release_stops_in_its_canary() {
             assert_eq!(app_version_of(&fleet_b, &id), 1, "{id}: the device's flash");
         }
     }
+
+    // The operator's view through the CLI.
+    let text = |args: &[&str]| {
+        let out = run(&server, args);
+        assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = text(&["rollout", "status", &ra.to_string()]);
+    assert!(status.contains("completed") && status.contains("failures: 0 of"), "{status}");
+    let status = text(&["rollout", "status", &rb.to_string()]);
+    assert!(status.contains("paused — failure threshold reached") && status.contains("rolled_back"), "{status}");
+    let out = run(&server, &["rollout", "status", &rb.to_string(), "--wait", "--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(2), "a paused rollout exits 2 with --wait");
+    let listed: Value = serde_json::from_str(&text(&["rollout", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert!(text(&["product", "show", &A.to_string()]).contains(&format!("devices: {A_COUNT}")));
+    assert!(text(&["group", "show", "night"]).contains("ga-13"));
+    assert!(text(&["release", "list", "--product", &A.to_string()]).contains("user_part"));
+    let fleet: Value = serde_json::from_str(&text(&["device", "tag", "ga-9", "spare", "--json"])).unwrap();
+    assert_eq!(fleet["tags"], json!(["spare"]));
+    let out = run(&server, &["rollout", "start", "--product", &A.to_string(), "--release", "2", "--phases", "10,50%"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("does not add up"), "{stderr}");
+    // A release made from a signed bundle: its modules enter the catalog with statements
+    // signed by the bundle's key.
+    let bundle_file = dir.join("a5.tern");
+    std::fs::write(&bundle_file, crate::support::bundle(platform, &[&app(5)], 1)).unwrap();
+    let private = dir.join("release.pem");
+    std::fs::write(&private, release_key().to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+    let made = text(&[
+        "release",
+        "create",
+        "--product",
+        &A.to_string(),
+        "--bundle",
+        bundle_file.to_str().unwrap(),
+        "--key",
+        private.to_str().unwrap(),
+        "--json",
+    ]);
+    let made: Value = serde_json::from_str(&made).unwrap();
+    assert_eq!((made["number"].as_u64(), made["modules"][0]["version"].as_u64()), (Some(3), Some(5)), "{made}");
+    let other = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let stranger = dir.join("stranger.pem");
+    std::fs::write(&stranger, other.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+    let out = run(
+        &server,
+        &[
+            "release",
+            "create",
+            "--product",
+            &A.to_string(),
+            "--bundle",
+            bundle_file.to_str().unwrap(),
+            "--key",
+            stranger.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not signed by this key"));
+    let out = run(&server, &["device", "pin", "ga-9", "9"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no release 9"));
     server.kill();
 }

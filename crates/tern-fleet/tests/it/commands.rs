@@ -176,6 +176,7 @@ fn cancel_stops_the_attempt_in_flight() {
         provision::synthetic(profile, keys, Behaviour::Healthy).unwrap()
     });
     device.wait_for("the first describe", Duration::from_secs(30), |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
     let v2 = Image::synthetic(profile, ModuleFunction::UserPart, 1, 2, &dep, Behaviour::Healthy, 96 * 1024);
     let attempt = server.flash(id, &bundle(profile.platform_id, &[&v2], 1));

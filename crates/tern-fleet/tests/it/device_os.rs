@@ -114,9 +114,16 @@ fn run(upgrade: &Upgrade) {
         dev
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
-    let (_, record) = server.get("/api/devices/dev");
-    let capacity =
-        record["inventory"]["capacity"]["staging_bytes"].as_u64().expect("the device says what it can stage");
+    // The device counts a Describe when it sends it; the server stores it a moment later.
+    let start = std::time::Instant::now();
+    let capacity = loop {
+        let (_, record) = server.get("/api/devices/dev");
+        if let Some(bytes) = record["inventory"]["capacity"]["staging_bytes"].as_u64() {
+            break bytes;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the device never said what it can stage: {record}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
 
     // The plan, before anything is sent: exactly the release, staged to fit.
     let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--dry-run", "--json"], "");
@@ -300,6 +307,7 @@ fn impossible_requests_are_refused_before_sending() {
         dev
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, "p");
     let refused = |args: &[&str], reason: &str| {
         let out = tern_run(&server, args, "");
         let stderr = text(&out.stderr);

@@ -151,6 +151,7 @@ fn tern_flash_plans_missing_system_parts_confirms_cellular_cost_and_is_confirmed
     let id = "argon-cell";
     let device = start_argon(&server, id, "cellular", part1_needs("argon-system-part1@4.0.1.bin"));
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     let installed = device_record(&server, id)["inventory"]["modules"].as_array().unwrap().clone();
 
     // Application v2 needs the newest system part 1; the operator has only the app file
@@ -287,6 +288,7 @@ fn unsigned_and_wrongly_signed_modules_are_refused() {
     let id = "argon-sig";
     let device = start_argon(&server, id, "wifi", part1_needs("argon-system-part1@4.0.1.bin"));
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     let profile = &tern_device::NRF52840;
     let app = |v| {
         let need = part1_needs("argon-system-part1@4.0.1.bin");

@@ -37,6 +37,7 @@ fn synthetic_device(
             .expect("synthetic modules fit")
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     device
 }
 
@@ -138,6 +139,7 @@ fn server_killed_mid_transfer_continues_and_confirms() {
             .0
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     let part2 = tern_sim::corpus::module(&rel.join("photon-system-part2@2.3.1.bin"), 6).expect("corpus module");
     let blocks = part2.bytes.len().div_ceil(1024) as u64;
     let attempt = server.flash(id, &bundle(6, &[&part2], 1));
@@ -222,6 +224,7 @@ fn server_killed_between_stages_resumes_the_staged_attempt() {
         dev
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+    crate::support::wait_inventory(&server, id);
     let refs: Vec<&Image> = to.iter().collect();
     let attempt = server.flash(id, &bundle(6, &refs, 1));
     let (_, started) = server.get(&format!("/api/attempts/{attempt}"));

@@ -321,3 +321,18 @@ pub fn inventory_modules(device: &Value) -> Vec<Value> {
 pub fn scratch(name: &str) -> PathBuf {
     tern_testkit::scratch(name)
 }
+
+/// Waits until the server has stored device `id`'s first Describe (a simulated device
+/// counts a Describe when it sends it; the server stores it a moment later) and returns
+/// the device record.
+pub fn wait_inventory(server: &Server, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, record) = server.get(&format!("/api/devices/{id}"));
+        if record["inventory"].is_object() {
+            return record;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "device {id} never described itself: {record}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -2,10 +2,17 @@
 //!
 //! In order, [`boot`]:
 //!
-//! 1. loads the state record and **finishes an interrupted install job** from its journal
-//!    (the job kind and the number of completed copy steps are in the state record; the
+//! 1. loads the state record, finishes an erase the agent journaled (see
+//!    [`Stored::journaled_erase`](crate::state::Stored::journaled_erase)), rewrites the
+//!    record after a power-on reset (the newest record may have been cut at the very end
+//!    of its program), and **finishes an interrupted install job** from its journal (the
+//!    job kind and the number of completed copy steps are in the state record; the
 //!    interrupted step is redone from the start: erase destination, copy, verify — which
-//!    is idempotent because a step's source is never written by that job);
+//!    is idempotent because a step's source is never written by that job — except a
+//!    bootloader step whose destination already verifies, which is not redone). Every
+//!    source of a job is verified before its first erase: a source that fails abandons
+//!    the job (the device keeps what it had, or falls back), with the reason as the last
+//!    result, instead of failing every boot;
 //! 2. starts a **factory restore** if one was requested, or **installs a staged update**:
 //!    rollback copies of the replaced modules first (when the exchange area has room),
 //!    then the new modules, the bootloader last;
@@ -590,6 +597,13 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
     // An erase the agent journaled and a reset interrupted is finished before anything
     // reads the range: cells a cut erase left may read erased and still drift.
     stored.finish_erase(s, profile)?;
+    // After a power loss the newest record may be the one whose program the loss cut at
+    // its very end: it reads right now and may drift later, which would bring back the
+    // state before it. Writing the state again (a program, rarely an erase: the record is
+    // a log) makes a record written with the power on the newest.
+    if cause == ResetCause::PowerOn {
+        stored.save(s, profile)?;
+    }
     let mut ev = BootEvents::default();
     let mut counted = false;
     let mut factory_retried = false;

@@ -740,6 +740,75 @@ mod tests {
         assert!(saw_garbage);
     }
 
+    /// Each fault kind that keeps the power on, or shows later, does what its name says:
+    /// (kind, operation, power stays on, the operation reports an error, bytes 0..8 right
+    /// after, bytes 0..8 after two more power-ons).
+    #[test]
+    fn faults_with_power_on_and_later_effects() {
+        const DATA: [u8; 8] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+        for seed in 0..20 {
+            let run = |kind: FaultKind, erase: bool| {
+                let mut b = bench();
+                b.rng = Rng(seed);
+                b.write(0, 0, &DATA).unwrap();
+                b.faults = vec![(1, kind)];
+                let result = if erase { b.erase(0, 0, 16) } else { b.write(0, 8, &DATA) };
+                let powered = b.powered;
+                let now: Vec<u8> = b.devices[0].bytes[..16].to_vec();
+                b.power_on();
+                b.power_on();
+                let later: Vec<u8> = b.devices[0].bytes[..16].to_vec();
+                (result.is_ok(), powered, now, later)
+            };
+            let ff = vec![0xFF; 16];
+            let written: Vec<u8> = DATA.iter().chain(DATA.iter()).copied().collect();
+            // Failing program: an error, the power stays on, the data is incomplete.
+            let (ok, powered, now, _) = run(FaultKind::FailProgram, false);
+            assert!(!ok && powered && now[8..] != DATA);
+            // Silent program: no error, one byte keeps a zero bit at 1.
+            let (ok, powered, now, _) = run(FaultKind::SilentProgram, false);
+            assert!(ok && powered && now != written && now[..8] == DATA);
+            // Marginal program: reads right at once, drifts after the second power-on.
+            let (ok, powered, now, later) = run(FaultKind::MarginalProgram, false);
+            assert!(!ok && !powered && now == written && later != written);
+            // Retention: the program succeeds, a bit of it flips at the next power-on.
+            let (ok, _, now, later) = run(FaultKind::Retention, false);
+            assert!(ok && now == written && later != written && later[..8] == DATA);
+            // Scattered tear: the power is lost, the page partly programmed.
+            let (ok, powered, now, _) = run(FaultKind::ScatterTear, false);
+            assert!(!ok && !powered && now != written);
+            // Failing erase: an error with the power on (the sector may or may not read
+            // erased: it can fail at any point).
+            let (ok, powered, _, _) = run(FaultKind::FailErase, true);
+            assert!(!ok && powered);
+            // Silent erase: no error, but some bits stay 0.
+            let (ok, _, now, _) = run(FaultKind::SilentErase, true);
+            assert!(ok && now != ff);
+            // Marginal erase: reads erased at once, drifts to 0 bits later.
+            let (ok, powered, now, later) = run(FaultKind::MarginalErase, true);
+            assert!(!ok && !powered && now == ff && later != ff);
+        }
+        // Wear-out: the faulted erase and every later one of that sector fail.
+        let mut b = bench();
+        b.faults = vec![(0, FaultKind::WearOut)];
+        assert!(b.erase(0, 0, 16).is_err());
+        assert!(b.powered);
+        assert!(b.erase(0, 0, 16).is_err(), "a worn-out sector stays worn out");
+        b.erase(0, 16, 32).expect("other sectors still erase");
+        // An erase of the range before the drift shows cancels it.
+        let mut b = bench();
+        b.faults = vec![(0, FaultKind::MarginalErase)];
+        assert!(b.erase(0, 0, 16).is_err());
+        b.power_on();
+        b.erase(0, 0, 16).unwrap();
+        b.power_on();
+        b.power_on();
+        assert_eq!(b.devices[0].bytes[..16], [0xFF; 16]);
+        for kind in ALL_FAULTS {
+            assert_eq!(FaultKind::from_name(kind.name()), Some(*kind));
+        }
+    }
+
     #[test]
     fn uneven_sectors_of_the_stm32f2_profile() {
         let mut b = Bench::new(STM32F2.devices);

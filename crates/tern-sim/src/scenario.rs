@@ -731,7 +731,15 @@ impl World<'_> {
             self.out.degraded = true;
             return;
         }
-        for (slot, img) in self.sc.expected() {
+        // A rollback copy whose bits flipped (retention) cannot be restored: the factory
+        // image is then the expected fallback instead of the previous application.
+        let flipped = dev.bench.borrow().injected.iter().any(|(_, k)| *k == FaultKind::Retention);
+        let fell_to_factory = matches!(st.last_result, UpdateResult::FactoryRestored);
+        let mut sc = self.sc.clone();
+        if matches!(sc.expect, Expect::Old) && flipped && fell_to_factory {
+            sc.expect = Expect::Factory;
+        }
+        for (slot, img) in sc.expected() {
             let name = self.sc.profile.slots[slot].name;
             let reported = st.installed[slot].map(|m| m.sha256);
             if reported != Some(img.entry.sha256) {
@@ -746,7 +754,7 @@ impl World<'_> {
         if !matches!(run, Run::Application { .. }) || !matches!(st.boot, BootState::Confirmed { .. }) {
             self.out.violations.push(format!("ended in {run:?} with boot state {:?}", st.boot));
         }
-        let ok = match self.sc.expect {
+        let ok = match sc.expect {
             Expect::New(_) => st.last_result == UpdateResult::Confirmed,
             Expect::Old => matches!(
                 st.last_result,

@@ -297,3 +297,18 @@ fn state_log_reads_records_of_the_old_gen3_banks() {
     assert_eq!(d.run, Run::Application { test: false });
     assert!(!matches!(boot::boot(&mut s, &NRF52840, ResetCause::PowerOn), Err(BootError::NoState)));
 }
+
+/// The state record's log spreads its erases: over 24 application updates in a row, the
+/// most-erased state sector is erased at most once per update (four times per update when
+/// each state change erased a bank), and every state change was written.
+#[test]
+fn state_record_wear_is_spread() {
+    for p in [&STM32F2, &NRF52840] {
+        let e = tern_sim::cost::endurance(p, 24);
+        assert!(e.state_writes >= 24 * 7, "{}: {} state writes", p.name, e.state_writes);
+        let records = u64::from(p.state_banks[0].size / state::RECORD_LEN as u32);
+        // One bank erase per `records` writes, shared by two banks.
+        assert!(e.state_sector_erases * records <= e.state_writes / 2 + records, "{}: {e:?}", p.name);
+        assert!(e.state_sector_erases_per_update <= 1.0, "{}: {e:?}", p.name);
+    }
+}

@@ -128,14 +128,16 @@ fn eligible(profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind
 
 fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64, FaultKind)]) {
     if let Some(why) = &out.bricked {
-        // A stop in the bootloader window is the documented residual risk only if the
-        // fault that caused it hit an operation on the bootloader slot.
+        // A stop in the bootloader window is the documented residual risk only if a
+        // fault hit an operation on the bootloader slot (the last one, or an earlier one
+        // that left cells to drift: a program cut at its very end reads right, so the
+        // copy is not redone, and drifts after a later power-on).
         let in_window = out.residual_risk
             && out
                 .injected
-                .last()
-                .and_then(|(i, _)| out.log.get(*i as usize))
-                .is_some_and(|op| scenario::touches_bootloader(sc.profile, op));
+                .iter()
+                .filter_map(|(i, _)| out.log.get(*i as usize))
+                .any(|op| scenario::touches_bootloader(sc.profile, op));
         if in_window {
             rep.residual_risk += 1;
         } else {

@@ -11,11 +11,13 @@ use tern_sim::scenario::{self, Scenario};
 /// Simulator commands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Cut power at every flash operation of every scenario (and tear writes and erases),
-    /// reboot, and check the device never bricks. Exits non-zero on any brick or violation.
+    /// Cut power at every flash operation of every scenario (and tear writes and erases, or
+    /// inject the other fault kinds of --faults), plus nearby multi-fault chains, reboot,
+    /// and check the device never bricks. Exits non-zero on any brick or violation.
     Powercut(PowercutArgs),
     /// Flash cost per scenario: erases and bytes programmed, next to the minimum the layout
-    /// allows and MCUboot's swap-move and swap-scratch.
+    /// allows and MCUboot's swap-move and swap-scratch; erases of the most-erased state
+    /// sector per update, and the most-erased sector of the run.
     Cost(Selection),
     /// Simulated devices connected to a server (`tern sim device`, `tern sim fleet`).
     #[command(flatten)]
@@ -51,6 +53,43 @@ pub struct PowercutArgs {
     /// Random multi-fault runs per scenario.
     #[arg(long, default_value_t = 20)]
     random_runs: u64,
+    /// Fault kinds to inject, comma-separated, or `all`: cut, torn_write, torn_erase
+    /// (power losses), scatter_tear (a torn program whose bits land anywhere in the page),
+    /// fail_program, fail_erase (an error with the power on), silent_program,
+    /// silent_erase (no error, wrong result), marginal_program, marginal_erase (reads right,
+    /// drifts after a later reboot), retention (a bit of a stored image flips),
+    /// wear_out (the erased sectors fail from then on).
+    #[arg(long, default_value = "cut,torn_write,torn_erase")]
+    faults: String,
+    /// Nearby multi-fault chains: after each single fault, cut power at each of the next N
+    /// operations (the recovery's), and once more from each of those (0: off).
+    #[arg(long, default_value_t = 4)]
+    chain_window: u64,
+    /// Every pair of faults on the synthetic scenarios: after each single fault, every
+    /// selected kind at every later operation (a long run; replaces the chains' second
+    /// fault).
+    #[arg(long)]
+    all_pairs: bool,
+}
+
+fn fault_kinds(list: &str) -> Result<Vec<tern_sim::flash::FaultKind>> {
+    if list == "all" {
+        return Ok(tern_sim::flash::ALL_FAULTS.to_vec());
+    }
+    let mut kinds = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(kind) = tern_sim::flash::FaultKind::from_name(name) else {
+            let known: Vec<&str> = tern_sim::flash::ALL_FAULTS.iter().map(|k| k.name()).collect();
+            bail!("--faults {name}: unknown fault kind (known: {}, or all)", known.join(", "));
+        };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    if kinds.is_empty() {
+        bail!("--faults: no fault kind given");
+    }
+    Ok(kinds)
 }
 
 fn select(sel: &Selection) -> Result<Vec<Scenario>> {
@@ -79,25 +118,44 @@ fn select(sel: &Selection) -> Result<Vec<Scenario>> {
     Ok(chosen)
 }
 
+/// Updates in a row of the steady-state wear figure of `tern sim cost`.
+const ENDURANCE_UPDATES: u64 = 24;
+
 /// Runs a `tern sim` command.
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Fleet(cmd) => crate::fleet::run(cmd),
         Command::Powercut(args) => {
+            let kinds = fault_kinds(&args.faults)?;
             let scenarios = select(&args.selection)?;
-            let config = Config { seed: args.seed, random_runs: args.random_runs, ..Config::default() };
+            let config = Config {
+                seed: args.seed,
+                random_runs: args.random_runs,
+                kinds,
+                chain_window: args.chain_window,
+                all_pairs: args.all_pairs,
+                ..Config::default()
+            };
             let report = explore_all(&scenarios, &config);
             if args.selection.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "{:<38} {:<9} {:>6} {:>7} {:>7} {:>10} {:>8}",
-                    "scenario", "profile", "ops", "faults", "bricked", "violations", "residual"
+                    "{:<38} {:<9} {:>6} {:>7} {:>7} {:>7} {:>10} {:>8} {:>8}",
+                    "scenario", "profile", "ops", "faults", "multi", "bricked", "violations", "residual", "degraded"
                 );
                 for s in &report.scenarios {
                     println!(
-                        "{:<38} {:<9} {:>6} {:>7} {:>7} {:>10} {:>8}",
-                        s.name, s.profile, s.flash_ops, s.faults_injected, s.bricked, s.violations, s.residual_risk
+                        "{:<38} {:<9} {:>6} {:>7} {:>7} {:>7} {:>10} {:>8} {:>8}",
+                        s.name,
+                        s.profile,
+                        s.flash_ops,
+                        s.faults_injected,
+                        s.multi_fault_runs,
+                        s.bricked,
+                        s.violations,
+                        s.residual_risk,
+                        s.degraded
                     );
                     if s.stage_ops.len() > 1 {
                         let ops: Vec<String> = s.stage_ops.iter().map(u64::to_string).collect();
@@ -113,9 +171,23 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                     }
                 }
                 println!(
-                    "total: {} faults injected, {} bricked, {} violations, {} in the documented bootloader window (see docs/device.md)",
-                    report.total_faults_injected, report.total_bricked, report.total_violations, report.total_residual_risk
+                    "total: {} faults injected, {} multi-fault runs, {} bricked, {} violations, {} in the documented bootloader window (see docs/device.md), {} degraded by wear-out",
+                    report.total_faults_injected,
+                    report.total_multi_fault_runs,
+                    report.total_bricked,
+                    report.total_violations,
+                    report.total_residual_risk,
+                    report.total_degraded
                 );
+                let mut residual: Vec<(&str, u64)> = Vec::new();
+                for s in &report.scenarios {
+                    match residual.iter_mut().find(|(p, _)| *p == s.profile) {
+                        Some((_, n)) => *n += s.residual_risk,
+                        None => residual.push((&s.profile, s.residual_risk)),
+                    }
+                }
+                let per: Vec<String> = residual.iter().map(|(p, n)| format!("{p} {n}")).collect();
+                println!("residual bootloader-window faults per profile: {}", per.join(", "));
             }
             Ok(if report.total_bricked == 0 && report.total_violations == 0 {
                 ExitCode::SUCCESS
@@ -124,17 +196,38 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             })
         }
         Command::Cost(sel) => {
-            let reports: Vec<_> = select(&sel)?.iter().map(tern_sim::cost::report).collect();
+            let chosen = select(&sel)?;
+            let reports: Vec<_> = chosen.iter().map(tern_sim::cost::report).collect();
+            let mut profiles: Vec<&'static tern_device::profile::Profile> = Vec::new();
+            for sc in &chosen {
+                if !profiles.iter().any(|p| p.name == sc.profile.name) {
+                    profiles.push(sc.profile);
+                }
+            }
+            let endurance: Vec<_> = profiles.iter().map(|p| tern_sim::cost::endurance(p, ENDURANCE_UPDATES)).collect();
             if sel.json {
-                println!("{}", serde_json::to_string(&serde_json::json!({ "scenarios": reports }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({ "scenarios": reports, "endurance": endurance }))?
+                );
             } else {
                 println!(
-                    "{:<38} {:<9} {:>9} | {:>6} {:>10} | {:>6} {:>10} | {:>6} {:>10}",
-                    "scenario", "profile", "image B", "erases", "tern B", "min er", "min B", "mcuboot", "swap B"
+                    "{:<38} {:<9} {:>9} | {:>6} {:>10} | {:>6} {:>10} | {:>6} {:>10} | {:>9} {:<22}",
+                    "scenario",
+                    "profile",
+                    "image B",
+                    "erases",
+                    "tern B",
+                    "min er",
+                    "min B",
+                    "mcuboot",
+                    "swap B",
+                    "state/upd",
+                    "hottest sector (erases)"
                 );
                 for r in &reports {
                     println!(
-                        "{:<38} {:<9} {:>9} | {:>6} {:>10} | {:>6} {:>10} | {:>6} {:>10}",
+                        "{:<38} {:<9} {:>9} | {:>6} {:>10} | {:>6} {:>10} | {:>6} {:>10} | {:>9.2} {:<22}",
                         r.name,
                         r.profile,
                         r.image_bytes,
@@ -143,10 +236,19 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                         r.minimum.erases,
                         r.minimum.bytes_programmed,
                         r.mcuboot_swap_move.erases,
-                        r.mcuboot_swap_move.bytes_programmed
+                        r.mcuboot_swap_move.bytes_programmed,
+                        r.state_sector_erases_per_update,
+                        format!("{} ({})", r.hottest_sector.0, r.hottest_sector.1)
                     );
                 }
                 println!("MCUboot swap-move and swap-scratch cost the same erases and bytes (MCUboot docs/design.md); see docs/device.md.");
+                println!("state/upd: erases of the most-erased state-bank sector per update offered.");
+                for e in &endurance {
+                    println!(
+                        "state record wear, {} application updates in a row on {}: {} state writes, most-erased state sector {} erases = {:.3} per update",
+                        e.updates, e.profile, e.state_writes, e.state_sector_erases, e.state_sector_erases_per_update
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

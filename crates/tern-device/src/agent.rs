@@ -583,7 +583,7 @@ impl<'k> Agent<'k> {
                 }
             }
         }
-        s.erase(ex.dev, start, start + size)?;
+        self.stored.journaled_erase(s, self.profile, ex.dev, start, start + size)?;
         Ok(self.marker_count(s, number)?)
     }
 

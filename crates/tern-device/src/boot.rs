@@ -2,10 +2,17 @@
 //!
 //! In order, [`boot`]:
 //!
-//! 1. loads the state record and **finishes an interrupted install job** from its journal
-//!    (the job kind and the number of completed copy steps are in the state record; the
+//! 1. loads the state record, finishes an erase the agent journaled (see
+//!    [`Stored::journaled_erase`](crate::state::Stored::journaled_erase)), rewrites the
+//!    record after a power-on reset (the newest record may have been cut at the very end
+//!    of its program), and **finishes an interrupted install job** from its journal (the
+//!    job kind and the number of completed copy steps are in the state record; the
 //!    interrupted step is redone from the start: erase destination, copy, verify — which
-//!    is idempotent because a step's source is never written by that job);
+//!    is idempotent because a step's source is never written by that job — except a
+//!    bootloader step whose destination already verifies, which is not redone). Every
+//!    source of a job is verified before its first erase: a source that fails abandons
+//!    the job (the device keeps what it had, or falls back), with the reason as the last
+//!    result, instead of failing every boot;
 //! 2. starts a **factory restore** if one was requested, or **installs a staged update**:
 //!    rollback copies of the replaced modules first (when the exchange area has room),
 //!    then the new modules, the bootloader last;
@@ -109,7 +116,9 @@ pub enum BootError {
     NoState,
     /// Flash failed.
     Flash(FlashError),
-    /// A copy step's source or destination did not verify.
+    /// A copy step's destination did not verify after [`COPY_ATTEMPTS`] tries (worn-out
+    /// or failing flash). A source that does not verify is not an error: the job is
+    /// abandoned before anything is erased and the reason recorded.
     CopyVerifyFailed,
     /// The profile is inconsistent ([`Profile::check`] fails): a porting error.
     BadProfile,
@@ -273,24 +282,148 @@ pub fn backup_plan(
     (plan, area)
 }
 
-fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &Step) -> Result<(), BootError> {
-    let copies = || step.copies.iter().flatten();
-    // Never copy anything but a verified module.
-    for c in copies() {
-        if storage::hash(s, c.from, c.len)? != c.sha256 {
-            return Err(BootError::CopyVerifyFailed);
-        }
-    }
-    storage::erase_covering(s, profile, step.erase.0, step.erase.1)?;
-    for c in copies() {
-        storage::copy(s, profile, c.from, c.to, c.len)?;
-    }
-    for c in copies() {
+/// How a step went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepOutcome {
+    /// The destination holds the step's images (copied now, or already there).
+    Done,
+    /// A source does not verify; nothing of the step was erased.
+    BadSource,
+}
+
+/// Whether every copy of `step` already holds its image at the destination (the step
+/// completed before a reset cut the journal write that would have recorded it).
+fn step_in_place<S: Storage>(s: &mut S, step: &Step) -> Result<bool, FlashError> {
+    for c in step.copies.iter().flatten() {
         if storage::hash(s, c.to, c.len)? != c.sha256 {
-            return Err(BootError::CopyVerifyFailed);
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Whether a step copies into the bootloader slot.
+fn writes_bootloader(profile: &Profile, step: &Step) -> bool {
+    profile.slots.iter().any(|slot| {
+        slot.function == ModuleFunction::Bootloader
+            && slot.region.dev == step.erase.0.dev
+            && slot.region.offset == step.erase.0.offset
+    })
+}
+
+/// Whether every source of `step` verifies.
+fn sources_verify<S: Storage>(s: &mut S, step: &Step) -> Result<bool, FlashError> {
+    for c in step.copies.iter().flatten() {
+        if storage::hash(s, c.from, c.len)? != c.sha256 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn run_step<S: Storage>(s: &mut S, profile: &Profile, step: &Step) -> Result<StepOutcome, BootError> {
+    // A bootloader step whose destination already verifies is not redone: on a profile
+    // without an immutable first stage (the STM32F2) this keeps sector 0 from being erased
+    // again when only the journal write after the bootloader copy was cut. Other steps are
+    // redone from the start: the last program of a copy cut by a power loss may read
+    // right and still drift, and redoing costs nothing but time.
+    if writes_bootloader(profile, step) && step_in_place(s, step)? {
+        return Ok(StepOutcome::Done);
+    }
+    // Never copy anything but a verified module; a bad source is found before the erase.
+    if !sources_verify(s, step)? {
+        return Ok(StepOutcome::BadSource);
+    }
+    let copies = || step.copies.iter().flatten();
+    // A program or erase that failed silently shows as a destination that does not
+    // verify: the step is tried again, a few times, before giving up.
+    for _ in 0..COPY_ATTEMPTS {
+        storage::erase_covering(s, profile, step.erase.0, step.erase.1)?;
+        for c in copies() {
+            storage::copy(s, profile, c.from, c.to, c.len)?;
+        }
+        if step_in_place(s, step)? {
+            return Ok(StepOutcome::Done);
+        }
+    }
+    Err(BootError::CopyVerifyFailed)
+}
+
+/// Tries of a copy step whose destination does not verify afterwards.
+const COPY_ATTEMPTS: usize = 3;
+
+/// Whether step `i` of a job of `kind` writes into a module slot (every step does except
+/// the rollback copies of an update, which go to the exchange area).
+fn writes_slot(kind: JobKind, i: usize) -> bool {
+    !(kind == (JobKind::Update { keep_rollback: true }) && i == 0)
+}
+
+/// A copy source failed verification before its step erased anything: the job is
+/// abandoned and the device keeps (or falls back from) what it had, the reason recorded
+/// as the last result. Returns `false` when no safe way out exists: an update without
+/// rollback copies that already replaced a slot.
+fn abandon(profile: &Profile, st: &mut DeviceState, job: Job, failed_step: usize, started: bool) -> bool {
+    let slots_touched = started && (0..failed_step).any(|i| writes_slot(job.kind, i));
+    let drop_staged = |st: &mut DeviceState| {
+        st.phase = UpdatePhase::Idle;
+        st.staged = [None; MAX_UPDATE_MODULES];
+        st.staged_count = 0;
+        st.last_result = UpdateResult::VerifyFailed;
+    };
+    match job.kind {
+        JobKind::Update { keep_rollback: true } if failed_step == 0 && !slots_touched => {
+            // An installed module (a rollback source) no longer verifies: install without
+            // rollback copies instead; nothing was erased.
+            st.job = Some(Job { kind: JobKind::Update { keep_rollback: false }, step: 0 });
+        }
+        JobKind::Update { .. } if !slots_touched => {
+            // A staged module changed since it was verified: drop the update and keep the
+            // installed modules.
+            st.job = None;
+            drop_staged(st);
+        }
+        JobKind::Update { keep_rollback: true } => {
+            // Part of the update is in place: restore what it replaced from the rollback
+            // copies step 0 made.
+            let (plan, _) = backup_plan(profile, st);
+            st.rollback = [None; MAX_SLOTS];
+            for (b, slot) in plan.iter().flatten() {
+                st.rollback[*slot] = Some(*b);
+            }
+            drop_staged(st);
+            st.job = Some(Job { kind: JobKind::Rollback, step: 0 });
+        }
+        JobKind::Update { keep_rollback: false } => return false,
+        JobKind::Rollback => {
+            // A rollback copy changed: restore the factory image instead, or disable the
+            // application. The slots the rollback already restored are recorded as such;
+            // the others keep what they hold.
+            let (steps, n) = job_steps(profile, st, JobKind::Rollback);
+            let done = if started { failed_step } else { 0 };
+            for c in steps.iter().take(n.min(done)).flatten().flat_map(|step| step.copies.iter().flatten()) {
+                let slot =
+                    profile.slots.iter().position(|d| d.region.dev == c.to.dev && d.region.offset == c.to.offset);
+                if let Some(slot) = slot {
+                    st.installed[slot] = st.rollback[slot].map(|b| b.module);
+                }
+            }
+            st.job = None;
+            st.rollback = [None; MAX_SLOTS];
+            st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 0, power_cycles: 0 };
+            fail(profile, st, UpdateResult::RolledBackInvalid);
+        }
+        JobKind::FactoryRestore => {
+            // The factory image no longer verifies: it is forgotten. A restore on request
+            // leaves the application running; a restore as the last fallback disables it.
+            st.job = None;
+            st.factory = None;
+            if slots_touched || st.last_result != UpdateResult::FactoryRestoredOnRequest {
+                st.boot = BootState::Disabled(DisableReason::FactoryFailed);
+            }
+            st.last_result = UpdateResult::VerifyFailed;
+        }
+    }
+    true
 }
 
 /// Runs the job recorded in the state from its next step, then applies its effect.
@@ -302,9 +435,28 @@ fn run_job<S: Storage>(
 ) -> Result<(), BootError> {
     let Some(job) = stored.state.job else { return Ok(()) };
     let (steps, n) = job_steps(profile, &stored.state, job.kind);
+    if job.step == 0 {
+        // Every source is checked before the job's first erase, so that a bad one leaves
+        // every slot as it was.
+        for (i, step) in steps.iter().enumerate().take(n) {
+            if let Some(step) = step {
+                if !sources_verify(s, step)? {
+                    abandon(profile, &mut stored.state, job, i, false);
+                    stored.save(s, profile)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
     for (i, step) in steps.iter().enumerate().take(n).skip(job.step as usize) {
         if let Some(step) = step {
-            run_step(s, profile, step)?;
+            if run_step(s, profile, step)? == StepOutcome::BadSource {
+                if !abandon(profile, &mut stored.state, job, i, true) {
+                    return Err(BootError::CopyVerifyFailed);
+                }
+                stored.save(s, profile)?;
+                return Ok(());
+            }
         }
         stored.state.job = Some(Job { kind: job.kind, step: i as u8 + 1 });
         if i + 1 < n {
@@ -329,7 +481,7 @@ fn run_job<S: Storage>(
             st.phase = UpdatePhase::Idle;
             st.staged = [None; MAX_UPDATE_MODULES];
             st.staged_count = 0;
-            st.boot = BootState::Testing { origin: Origin::Update, attempts: 0 };
+            st.boot = BootState::Testing { origin: Origin::Update, attempts: 0, power_cycles: 0 };
             st.last_result = UpdateResult::Installed;
             ev.installed_update = true;
         }
@@ -341,7 +493,7 @@ fn run_job<S: Storage>(
                 }
             }
             st.rollback = [None; MAX_SLOTS];
-            st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 0 };
+            st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 0, power_cycles: 0 };
             ev.rolled_back = true;
         }
         JobKind::FactoryRestore => {
@@ -349,7 +501,7 @@ fn run_job<S: Storage>(
                 st.installed[app] = st.factory;
             }
             st.rollback = [None; MAX_SLOTS];
-            st.boot = BootState::Testing { origin: Origin::Factory, attempts: 0 };
+            st.boot = BootState::Testing { origin: Origin::Factory, attempts: 0, power_cycles: 0 };
             ev.factory_restored = true;
         }
     }
@@ -442,6 +594,16 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
         Err(LoadError::NoState | LoadError::WrongLayout) => return Err(BootError::NoState),
         Err(LoadError::Flash(e)) => return Err(BootError::Flash(e)),
     };
+    // An erase the agent journaled and a reset interrupted is finished before anything
+    // reads the range: cells a cut erase left may read erased and still drift.
+    stored.finish_erase(s, profile)?;
+    // After a power loss the newest record may be the one whose program the loss cut at
+    // its very end: it reads right now and may drift later, which would bring back the
+    // state before it. Writing the state again (a program, rarely an erase: the record is
+    // a log) makes a record written with the power on the newest.
+    if cause == ResetCause::PowerOn {
+        stored.save(s, profile)?;
+    }
     let mut ev = BootEvents::default();
     let mut counted = false;
     let mut factory_retried = false;
@@ -530,14 +692,22 @@ pub fn boot<S: Storage>(s: &mut S, profile: &Profile, cause: ResetCause) -> Resu
         }
         let st = &mut stored.state;
         match st.boot {
-            BootState::Testing { origin, attempts } if !counted => {
+            BootState::Testing { origin, attempts, power_cycles } if !counted => {
                 counted = true;
-                if attempts >= profile.boot.max_test_boots {
+                // A power-on reset (a cut, a brown-out) is not the application's doing:
+                // it counts against its own, higher limit, so power cuts between a test
+                // boot's count and its confirmation cannot fail a good application.
+                let power_on = cause == ResetCause::PowerOn;
+                if attempts >= profile.boot.max_test_boots || power_cycles >= state::MAX_TEST_POWER_CYCLES {
                     fail(profile, st, UpdateResult::RolledBackUnconfirmed);
                     stored.save(s, profile)?;
                     continue;
                 }
-                st.boot = BootState::Testing { origin, attempts: attempts + 1 };
+                st.boot = if power_on {
+                    BootState::Testing { origin, attempts, power_cycles: power_cycles + 1 }
+                } else {
+                    BootState::Testing { origin, attempts: attempts + 1, power_cycles }
+                };
                 stored.save(s, profile)?;
             }
             BootState::Confirmed { fault_resets } if !counted => {

@@ -146,9 +146,11 @@ pub struct Profile {
     pub exchange: Region,
     /// The factory application image.
     pub factory: Region,
-    /// Whether an immutable first stage runs before the bootloader and can finish an
-    /// interrupted bootloader copy (Nordic's MBR on the nRF52840). Without one, the
-    /// bootloader copy is the residual risk window described in `docs/device.md`.
+    /// Whether the port copies the bootloader through an immutable first stage that
+    /// finishes an interrupted copy by itself (Nordic's MBR on the nRF52840 can, given its
+    /// parameter page and a copy source in internal flash). No profile has one today:
+    /// Tern copies the bootloader itself, so on every profile the bootloader copy is the
+    /// residual risk window described in `docs/device.md`.
     pub immutable_first_stage: bool,
     /// Test-boot and fault limits.
     pub boot: BootPolicy,
@@ -452,9 +454,11 @@ const GEN3_NCP: Slot =
 
 /// Tern's areas on the external flash of every Gen 3 profile: state banks, progress
 /// markers, a 2 MiB exchange area (a whole release with its SoftDevice stages in one
-/// offer), a 256 KiB factory image; the asset slot above them.
-const GEN3_STATE_BANKS: [Region; 2] = [region(1, 0, 4 * KIB), region(1, 0x1000, 4 * KIB)];
-const GEN3_PROGRESS: Region = region(1, 0x2000, 16 * KIB);
+/// offer), a 256 KiB factory image; the asset slot above them. The state banks are
+/// 24 KiB each (12 records: one erase per 24 state changes per sector); bank A begins
+/// where both 4 KiB banks of earlier layouts were, so a record those wrote still loads.
+const GEN3_STATE_BANKS: [Region; 2] = [region(1, 0, 24 * KIB), region(1, 0x6000, 24 * KIB)];
+const GEN3_PROGRESS: Region = region(1, 0xC000, 16 * KIB);
 const GEN3_EXCHANGE: Region = region(1, 0x1_0000, 2048 * KIB);
 const GEN3_FACTORY: Region = region(1, 0x21_0000, 256 * KIB);
 
@@ -485,7 +489,11 @@ const fn gen3(
         progress: GEN3_PROGRESS,
         exchange: GEN3_EXCHANGE,
         factory: GEN3_FACTORY,
-        immutable_first_stage: true,
+        // Nordic's MBR could finish an interrupted bootloader copy, but only from internal
+        // flash and with its parameter page; internal flash is fully allocated to Device
+        // OS's modules and the bootloader is staged on the external NOR, so Tern copies it
+        // itself and the window is residual risk, as on the STM32F2.
+        immutable_first_stage: false,
         boot: BOOT_POLICY,
     }
 }

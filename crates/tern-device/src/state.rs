@@ -1,14 +1,20 @@
 //! The device state record: what is installed, what is staged, the journal of an install
 //! in progress and the test-boot accounting — and how it is kept on flash.
 //!
-//! # Persistence: two banks, highest sequence wins
+//! # Persistence: a log across two banks, highest sequence wins
 //!
-//! The record is written alternately into two banks (each one or more whole sectors).
-//! A write erases the bank that does *not* hold the current record, then programs the new
-//! record there with the sequence number incremented. At load, the valid record (magic,
-//! layout version and CRC all correct) with the highest sequence wins. A power cut during
-//! the erase or the program leaves the other bank — the previous state — intact, so every
-//! state change is atomic. This record is also the install journal: each completed copy
+//! The state banks (each one or more whole sectors) hold record positions of
+//! [`RECORD_LEN`] bytes each. A write programs the new record, with the sequence number
+//! incremented, into the next erased position after the current record in the same bank;
+//! only when the bank is full is the *other* bank erased and the record written at its
+//! first position. At load, the valid record (magic, layout version and CRC all correct)
+//! with the highest sequence in any position wins. A power cut during the program leaves
+//! the current record intact (a torn position is skipped by the next write, which finds
+//! it not erased); a cut during the erase of the other bank leaves the current bank
+//! intact; so every state change is atomic. A sector of a bank holding `n` records is
+//! erased once per `2n` state changes, instead of once per two with one record per bank
+//! (the STM32F2's 16 KiB banks hold 8 records, the Gen 3 banks 12). This record is also
+//! the install journal: each completed copy
 //! step is recorded by writing the next step number. It also names the server's attempt
 //! the staged or last update belongs to, written in the same record as the offer, so the
 //! attempt a device reports can never disagree with what its flash holds. (Records
@@ -30,16 +36,21 @@
 //! | 24 | 8 | security counter of the staged update |
 //! | 32 | 1 | boot state: 0 confirmed, 1 testing, 2 application disabled |
 //! | 33 | 1 | testing: origin (0 update, 1 rollback, 2 factory); disabled: reason |
-//! | 34 | 1 | testing: boots so far; confirmed: consecutive fault resets |
-//! | 35 | 1 | flags: bit 0 factory restore requested, bit 1 safe mode requested for the next boot, bit 2 attempt id present |
+//! | 34 | 1 | testing: boots so far after software, panic or watchdog resets; confirmed: consecutive fault resets |
+//! | 35 | 1 | flags: bit 0 factory restore requested, bit 1 safe mode requested for the next boot, bit 2 attempt id present, bit 3 journaled erase pending |
 //! | 36 | 1 | result of the last update attempt ([`UpdateResult`] code) |
-//! | 37 | 3 | reserved, 0 |
+//! | 37 | 1 | testing: power-on resets so far (0 in records written before it existed) |
+//! | 38 | 2 | reserved, 0 |
 //! | 40 | 6 × 68 | installed module per slot (module record) |
 //! | 448 | 6 × 72 | rollback copy per slot: module record, then its offset in the exchange area (u32) |
 //! | 880 | 68 | factory image (module record) |
 //! | 948 | 4 × 76 | staged modules: slot (u8), 3 reserved, offset in the exchange area (u32), module record |
 //! | 1252 | 8 | attempt id of the last accepted offer (valid when flag bit 2 is set) |
-//! | 1260 | 784 | reserved, 0 |
+//! | 1260 | 1 | journaled erase: flash device (valid when flag bit 3 is set) |
+//! | 1261 | 3 | reserved, 0 |
+//! | 1264 | 4 | journaled erase: first byte |
+//! | 1268 | 4 | journaled erase: end (exclusive) |
+//! | 1272 | 772 | reserved, 0 |
 //! | 2044 | 4 | CRC-32 (ISO-HDLC) of bytes 0..2044 |
 //!
 //! Module record (68 bytes); function 0 marks an empty entry:
@@ -72,6 +83,8 @@ pub const MAX_UPDATE_MODULES: usize = 4;
 const MODULE_RECORD_LEN: usize = 68;
 /// Offset of the attempt id in the record.
 const ATTEMPT_AT: usize = 1252;
+/// Offset of the journaled erase in the record.
+const PENDING_AT: usize = 1260;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// What the device knows about one module: enough to verify it and check dependencies.
@@ -194,8 +207,13 @@ pub enum BootState {
     Testing {
         /// What put it there.
         origin: Origin,
-        /// Boots so far without confirmation.
+        /// Boots so far without confirmation, after a reset the application could have
+        /// caused (software, panic, watchdog).
         attempts: u8,
+        /// Power-on resets during the test (a power cut says nothing about the
+        /// application, so these count against a separate, higher limit:
+        /// [`MAX_TEST_POWER_CYCLES`]).
+        power_cycles: u8,
     },
     /// The application is not started (safe mode) until an update arrives.
     Disabled(DisableReason),
@@ -222,7 +240,9 @@ pub enum UpdateResult {
     FactoryRestored,
     /// The factory image was restored on request.
     FactoryRestoredOnRequest,
-    /// A staged module did not match its signed hash.
+    /// A staged module did not match its signed hash when received, or a copy source (a
+    /// staged module, a rollback copy, the factory image) no longer did when the boot
+    /// manager was about to install it: the job was abandoned before erasing anything.
     VerifyFailed,
     /// The update was cancelled.
     Cancelled,
@@ -299,7 +319,27 @@ pub struct DeviceState {
     /// The server's attempt id of the last accepted offer (what is staged, installed or
     /// was last tried), if the offer carried one.
     pub attempt: Option<u64>,
+    /// An erase that was started and must be finished before the range is used (the
+    /// journal of the agent's sector repair): redone by the boot manager after a reset.
+    pub pending_erase: Option<PendingErase>,
 }
+
+/// A journaled erase: `[from, to)` of flash device `dev`, whole sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingErase {
+    /// Flash device number.
+    pub dev: u8,
+    /// First byte (a sector boundary).
+    pub from: u32,
+    /// One past the last byte (a sector boundary).
+    pub to: u32,
+}
+
+/// Power-on resets a test boot survives before it counts as failed: high enough that
+/// power cuts during a test boot (the explorer's multi-fault runs) never fail a good
+/// application, finite so that an application that browns out the device is still rolled
+/// back.
+pub const MAX_TEST_POWER_CYCLES: u8 = 16;
 
 /// Why a state record could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,6 +375,7 @@ impl DeviceState {
             safe_mode_requested: false,
             last_result: UpdateResult::None,
             attempt: None,
+            pending_erase: None,
         }
     }
 
@@ -369,7 +410,7 @@ impl DeviceState {
         out[24..32].copy_from_slice(&self.update_counter.to_le_bytes());
         let (kind, detail, count) = match self.boot {
             BootState::Confirmed { fault_resets } => (0, 0, fault_resets),
-            BootState::Testing { origin, attempts } => (
+            BootState::Testing { origin, attempts, .. } => (
                 1,
                 match origin {
                     Origin::Update => 0,
@@ -390,9 +431,19 @@ impl DeviceState {
         out[32] = kind;
         out[33] = detail;
         out[34] = count;
+        out[37] = match self.boot {
+            BootState::Testing { power_cycles, .. } => power_cycles,
+            _ => 0,
+        };
+        if let Some(e) = self.pending_erase {
+            out[PENDING_AT] = e.dev;
+            out[PENDING_AT + 4..PENDING_AT + 8].copy_from_slice(&e.from.to_le_bytes());
+            out[PENDING_AT + 8..PENDING_AT + 12].copy_from_slice(&e.to.to_le_bytes());
+        }
         out[35] = u8::from(self.factory_requested)
             | u8::from(self.safe_mode_requested) << 1
-            | u8::from(self.attempt.is_some()) << 2;
+            | u8::from(self.attempt.is_some()) << 2
+            | u8::from(self.pending_erase.is_some()) << 3;
         out[ATTEMPT_AT..ATTEMPT_AT + 8].copy_from_slice(&self.attempt.unwrap_or(0).to_le_bytes());
         out[36] = self.last_result.code();
         for (i, m) in self.installed.iter().enumerate() {
@@ -462,6 +513,7 @@ impl DeviceState {
                     _ => return Err(RecordError::BadField("test origin")),
                 },
                 attempts: rec[34],
+                power_cycles: rec[37],
             },
             (2, 0) => BootState::Disabled(DisableReason::FactoryFailed),
             (2, 1) => BootState::Disabled(DisableReason::NoFallback),
@@ -503,6 +555,11 @@ impl DeviceState {
             factory_requested: rec[35] & 1 != 0,
             safe_mode_requested: rec[35] & 2 != 0,
             last_result,
+            pending_erase: (rec[35] & 8 != 0).then(|| PendingErase {
+                dev: rec[PENDING_AT],
+                from: le32(rec, PENDING_AT + 4),
+                to: le32(rec, PENDING_AT + 8),
+            }),
             attempt: (rec[35] & 4 != 0)
                 .then(|| rec[ATTEMPT_AT..ATTEMPT_AT + 8].try_into().map(u64::from_le_bytes))
                 .transpose()
@@ -559,13 +616,22 @@ fn decode_module(b: &[u8]) -> Result<Option<ModuleRecord>, RecordError> {
     }))
 }
 
-/// The state as loaded from flash, with which bank holds it.
+/// The state as loaded from flash, with where its record is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     /// The state.
     pub state: DeviceState,
     /// The bank (0 or 1) holding the current record.
     pub bank: u8,
+    /// The record's position within its bank (in units of [`RECORD_LEN`]).
+    pub position: u32,
+    /// Writes of the current save that did not read back (see [`Stored::save`]).
+    retries: u32,
+}
+
+/// Record positions in a bank.
+fn positions(bank: &crate::profile::Region) -> u32 {
+    bank.size / RECORD_LEN as u32
 }
 
 /// Why the state could not be loaded.
@@ -588,10 +654,13 @@ pub fn load<S: Storage>(s: &mut S, profile: &Profile) -> Result<Stored, LoadErro
     let mut best: Option<Stored> = None;
     let mut buf = [0u8; RECORD_LEN];
     for (bank, region) in profile.state_banks.iter().enumerate() {
-        s.read(region.dev, region.offset, &mut buf).map_err(LoadError::Flash)?;
-        if let Ok(state) = DeviceState::decode(&buf) {
-            if best.as_ref().is_none_or(|b| state.sequence > b.state.sequence) {
-                best = Some(Stored { state, bank: bank as u8 });
+        for position in 0..positions(region) {
+            let at = region.offset + position * RECORD_LEN as u32;
+            s.read(region.dev, at, &mut buf).map_err(LoadError::Flash)?;
+            if let Ok(state) = DeviceState::decode(&buf) {
+                if best.as_ref().is_none_or(|b| state.sequence > b.state.sequence) {
+                    best = Some(Stored { state, bank: bank as u8, position, retries: 0 });
+                }
             }
         }
     }
@@ -625,6 +694,11 @@ impl DeviceState {
                     && in_exchange(m.offset, m.module.size)
             })
             && self.staged().count() == self.staged_count as usize
+            && self.pending_erase.is_none_or(|e| {
+                // Only the exchange area is ever erased under the journal.
+                let ex = profile.exchange;
+                e.dev == ex.dev && ex.offset <= e.from && e.from < e.to && e.to <= ex.end()
+            })
             && {
                 let ws = profile.device(profile.progress.dev).map_or(u32::MAX, |d| d.write_size);
                 let blocks: u64 =
@@ -635,18 +709,80 @@ impl DeviceState {
 }
 
 impl Stored {
-    /// Writes `self.state` with the next sequence number into the other bank, which then
-    /// becomes current. Atomic with respect to power loss (see the module docs).
+    /// Writes `self.state` with the next sequence number at the next erased position of
+    /// the current bank, or, when the bank is full, at the start of the other bank after
+    /// erasing it. Atomic with respect to power loss (see the module docs).
     pub fn save<S: Storage>(&mut self, s: &mut S, profile: &Profile) -> Result<(), FlashError> {
-        let target = 1 - (self.bank & 1);
+        let bank = profile.state_banks[(self.bank & 1) as usize];
+        let mut next = None;
+        for position in self.position.saturating_add(1)..positions(&bank) {
+            let at = Loc { dev: bank.dev, offset: bank.offset + position * RECORD_LEN as u32 };
+            if storage::is_erased(s, at, RECORD_LEN as u32)? {
+                next = Some((self.bank & 1, position));
+                break;
+            }
+        }
+        let (target, position) = match next {
+            Some(next) => next,
+            None => {
+                let other = 1 - (self.bank & 1);
+                let region = profile.state_banks[other as usize];
+                s.erase(region.dev, region.offset, region.end())?;
+                (other, 0)
+            }
+        };
         let region = profile.state_banks[target as usize];
         self.state.sequence = self.state.sequence.wrapping_add(1);
         let mut buf = [0u8; RECORD_LEN];
         self.state.encode(&mut buf);
-        s.erase(region.dev, region.offset, region.end())?;
-        storage::program(s, profile, Loc { dev: region.dev, offset: region.offset }, &buf)?;
+        let at = Loc { dev: region.dev, offset: region.offset + position * RECORD_LEN as u32 };
+        // An erase that failed silently leaves the position not erased: writing there would
+        // only produce a bad record. Move on instead (the position counts as used).
+        if storage::is_erased(s, at, RECORD_LEN as u32)? {
+            storage::program(s, profile, at, &buf)?;
+        }
         self.bank = target;
+        self.position = position;
+        // A program that failed silently leaves a record that does not read back: the
+        // state is written again at the next position (bounded by the banks' positions:
+        // flash that keeps failing ends in an error).
+        if !storage::equals(s, at, &buf)? {
+            self.state.sequence = self.state.sequence.wrapping_sub(1);
+            self.retries += 1;
+            if self.retries > 2 * positions(&profile.state_banks[0]).max(positions(&profile.state_banks[1])) {
+                self.retries = 0;
+                return Err(FlashError::Other);
+            }
+            return self.save(s, profile);
+        }
+        self.retries = 0;
         Ok(())
+    }
+
+    /// Erases `[from, to)` of device `dev` (whole sectors) under the journal: the erase is
+    /// recorded in the state before it starts and cleared after it completed, and the boot
+    /// manager redoes a recorded one after a reset. An erase cut by a power loss may
+    /// leave cells that read erased but are not, so it is never trusted to have finished.
+    pub fn journaled_erase<S: Storage>(
+        &mut self,
+        s: &mut S,
+        profile: &Profile,
+        dev: u8,
+        from: u32,
+        to: u32,
+    ) -> Result<(), FlashError> {
+        self.state.pending_erase = Some(PendingErase { dev, from, to });
+        self.save(s, profile)?;
+        self.finish_erase(s, profile)
+    }
+
+    /// Finishes the journaled erase recorded in the state, if any (see
+    /// [`Stored::journaled_erase`]).
+    pub fn finish_erase<S: Storage>(&mut self, s: &mut S, profile: &Profile) -> Result<(), FlashError> {
+        let Some(e) = self.state.pending_erase else { return Ok(()) };
+        s.erase(e.dev, e.from, e.to)?;
+        self.state.pending_erase = None;
+        self.save(s, profile)
     }
 }
 
@@ -655,8 +791,9 @@ pub fn provision<S: Storage>(s: &mut S, profile: &Profile, state: &DeviceState) 
     for region in &profile.state_banks {
         s.erase(region.dev, region.offset, region.end())?;
     }
-    // Bank 1 is "current" so that the first save lands in bank 0.
-    let mut stored = Stored { state: state.clone(), bank: 1 };
+    // The last position of bank 1 is "current" so that the first save lands in bank 0
+    // (after erasing it again: provisioning may erase twice, it runs once).
+    let mut stored = Stored { state: state.clone(), bank: 1, position: u32::MAX - 1, retries: 0 };
     stored.save(s, profile)?;
     Ok(stored)
 }
@@ -694,7 +831,8 @@ mod tests {
         st.staged_count = 1;
         st.staged[0] = Some(StagedModule { slot: 3, offset: 0, module: module(ModuleFunction::UserPart, 5) });
         st.job = Some(Job { kind: JobKind::Update { keep_rollback: true }, step: 2 });
-        st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 2 };
+        st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 2, power_cycles: 5 };
+        st.pending_erase = Some(PendingErase { dev: 1, from: 0x1_0000, to: 0x1_1000 });
         st.factory_requested = true;
         st.safe_mode_requested = true;
         st.last_result = UpdateResult::RolledBackFaults;

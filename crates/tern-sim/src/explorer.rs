@@ -1,8 +1,17 @@
 //! The power-cut explorer: for each scenario, a clean run counts the flash operations;
-//! then every operation index is faulted with every applicable fault kind (a cut before
-//! any operation, a torn write at a program, a torn erase at an erase), each from the same
-//! initial state, and the device is rebooted until it settles; the invariants of
-//! [`crate::scenario`] are checked. Seeded random runs add several faults to one run.
+//! then every operation index is faulted with every selected fault kind that applies to
+//! it (by default the power losses: a cut before any operation, a torn write at a
+//! program, a torn erase at an erase; [`Config::kinds`] adds the others of
+//! [`FaultKind`]), each from the same initial state, and the device is rebooted until it
+//! settles; the invariants of [`crate::scenario`] are checked.
+//!
+//! Operations that only happen during recovery are faulted systematically too: from each
+//! single-fault run, *chains* cut power again at each of the next [`Config::chain_window`]
+//! operations the recovery performs, and from each of those once more (nearby pairs and
+//! triples: the class of faults that cut a test boot between its count and its
+//! confirmation several times). [`Config::all_pairs`] instead adds a second fault of every
+//! selected kind at every later operation of every single-fault run (a long run). Seeded
+//! random runs add several faults anywhere in one run.
 //!
 //! A staged scenario (an upgrade installed in several offers) is swept stage by stage:
 //! every operation of every stage is faulted, each stage starting from the flash a clean
@@ -12,7 +21,7 @@
 
 use serde::Serialize;
 
-use crate::flash::{FaultKind, OpKind, Rng};
+use crate::flash::{FaultKind, Rng, POWER_FAULTS};
 use crate::scenario::{self, Outcome, Scenario};
 
 /// The result for one scenario on one profile.
@@ -39,6 +48,11 @@ pub struct ScenarioReport {
     pub residual_risk: u64,
     /// Seeded random multi-fault runs.
     pub random_runs: u64,
+    /// Runs with two or three faults (chains, or every pair).
+    pub multi_fault_runs: u64,
+    /// Runs that ended with a worn-out sector the device could no longer use: it must
+    /// keep running complete modules, but need not finish the update.
+    pub degraded: u64,
     /// The first few problems, with the faults that caused them.
     pub examples: Vec<String>,
 }
@@ -56,10 +70,14 @@ pub struct Report {
     pub total_violations: u64,
     /// Sum of residual-risk faults.
     pub total_residual_risk: u64,
+    /// Sum of multi-fault runs (chains or pairs).
+    pub total_multi_fault_runs: u64,
+    /// Sum of degraded runs (worn-out sectors).
+    pub total_degraded: u64,
 }
 
 /// Explorer settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Seed of the random multi-fault runs.
     pub seed: u64,
@@ -67,24 +85,59 @@ pub struct Config {
     pub random_runs: u64,
     /// Largest number of faults in one random run.
     pub max_faults: u64,
+    /// The fault kinds injected (each where it applies).
+    pub kinds: Vec<FaultKind>,
+    /// Chains: after each single fault, a cut at each of the next this-many operations,
+    /// and from each of those a third cut as near (0 turns chains off).
+    pub chain_window: u64,
+    /// Every pair: after each single fault, every selected kind at every later operation
+    /// of that run. Multi-fault runs (pairs and chains) grow on the synthetic scenarios
+    /// only: the staged real-module ones have thousands of operations per stage.
+    pub all_pairs: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { seed: 1, random_runs: 20, max_faults: 4 }
+        Config {
+            seed: 1,
+            random_runs: 20,
+            max_faults: 4,
+            kinds: POWER_FAULTS.to_vec(),
+            chain_window: 4,
+            all_pairs: false,
+        }
+    }
+}
+
+/// Whether a fault kind is injected at `op` of a scenario on `profile`. Retention flips
+/// and wear-out are injected where Tern stores images it copies from (the exchange area):
+/// a flip in an installed slot or the state record, or a worn-out state sector, is a
+/// hardware failure no update design can mask (see docs/device.md).
+fn eligible(profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind: FaultKind) -> bool {
+    if !kind.applies_to(op.kind) {
+        return false;
+    }
+    match kind {
+        FaultKind::Retention | FaultKind::WearOut => {
+            let ex = profile.exchange;
+            op.dev == ex.dev && ex.offset <= op.offset && op.offset < ex.end()
+        }
+        _ => true,
     }
 }
 
 fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64, FaultKind)]) {
     if let Some(why) = &out.bricked {
-        // A stop in the bootloader window is the documented residual risk only if the
-        // fault that caused it hit an operation on the bootloader slot.
+        // A stop in the bootloader window is the documented residual risk only if a
+        // fault hit an operation on the bootloader slot (the last one, or an earlier one
+        // that left cells to drift: a program cut at its very end reads right, so the
+        // copy is not redone, and drifts after a later power-on).
         let in_window = out.residual_risk
             && out
                 .injected
-                .last()
-                .and_then(|(i, _)| out.log.get(*i as usize))
-                .is_some_and(|op| scenario::touches_bootloader(sc.profile, op));
+                .iter()
+                .filter_map(|(i, _)| out.log.get(*i as usize))
+                .any(|op| scenario::touches_bootloader(sc.profile, op));
         if in_window {
             rep.residual_risk += 1;
         } else {
@@ -93,6 +146,9 @@ fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64,
                 rep.examples.push(format!("bricked by {faults:?}: {why}"));
             }
         }
+    }
+    if out.degraded {
+        rep.degraded += 1;
     }
     if !out.violations.is_empty() {
         rep.violations += 1;
@@ -123,14 +179,20 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
             return rep;
         }
     };
+    // Multi-fault runs grow from every single fault of the synthetic scenarios; the staged
+    // real-module upgrades (thousands of operations per stage) take the single faults and
+    // the random runs.
+    let multi = !sc.staged;
     for (stage, start) in &stages {
-        let part = sweep(stage, start);
+        let part = sweep(stage, start, config, multi);
         rep.flash_ops += part.flash_ops;
         rep.stage_ops.push(part.flash_ops);
         rep.faults_injected += part.faults_injected;
         rep.bricked += part.bricked;
         rep.violations += part.violations;
         rep.residual_risk += part.residual_risk;
+        rep.multi_fault_runs += part.multi_fault_runs;
+        rep.degraded += part.degraded;
         rep.examples.extend(part.examples);
     }
     rep.examples.truncate(5);
@@ -141,7 +203,7 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
         let n = 2 + rng.below(config.max_faults.saturating_sub(1).max(1));
         let mut faults: Vec<(u64, FaultKind)> = (0..n)
             .map(|_| {
-                let kind = [FaultKind::Cut, FaultKind::TornWrite, FaultKind::TornErase][rng.below(3) as usize];
+                let kind = config.kinds[rng.below(config.kinds.len() as u64) as usize];
                 (rng.below(span), kind)
             })
             .collect();
@@ -155,9 +217,9 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     rep
 }
 
-/// The clean run of one stage, then every operation index × every applicable fault kind,
-/// split over two threads.
-fn sweep(sc: &Scenario, base: &crate::flash::Bench) -> ScenarioReport {
+/// The clean run of one stage, then every operation index × every selected fault kind,
+/// then the multi-fault runs that grow from each single fault; split over two threads.
+fn sweep(sc: &Scenario, base: &crate::flash::Bench, config: &Config, multi: bool) -> ScenarioReport {
     let mut rep = ScenarioReport::default();
     let clean = scenario::run(sc, base, &[]);
     rep.flash_ops = clean.ops;
@@ -166,13 +228,7 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench) -> ScenarioReport {
         .log
         .iter()
         .enumerate()
-        .flat_map(|(i, op)| {
-            let torn = match op.kind {
-                OpKind::Write => FaultKind::TornWrite,
-                OpKind::Erase => FaultKind::TornErase,
-            };
-            [(i as u64, FaultKind::Cut), (i as u64, torn)]
-        })
+        .flat_map(|(i, op)| config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(move |k| (i as u64, *k)))
         .collect();
     let half = cases.len().div_ceil(2).max(1);
     let parts: Vec<ScenarioReport> = std::thread::scope(|scope| {
@@ -186,6 +242,10 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench) -> ScenarioReport {
                         let out = scenario::run(sc, base, &faults);
                         part.faults_injected += out.injected.len() as u64;
                         tally(sc, &mut part, &out, &faults);
+                        if !multi || out.injected.is_empty() {
+                            continue;
+                        }
+                        follow_ups(sc, base, config, &faults, &out, 2, &mut part);
                     }
                     part
                 })
@@ -198,9 +258,48 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench) -> ScenarioReport {
         rep.bricked += part.bricked;
         rep.violations += part.violations;
         rep.residual_risk += part.residual_risk;
+        rep.multi_fault_runs += part.multi_fault_runs;
+        rep.degraded += part.degraded;
         rep.examples.extend(part.examples);
     }
     rep
+}
+
+/// The multi-fault runs grown from a run with `faults` (whose outcome is `out`): a cut at
+/// each of the next [`Config::chain_window`] operations after the last fault (then, up to
+/// three faults, recursively), or with [`Config::all_pairs`] every selected kind at every
+/// later operation (pairs only).
+fn follow_ups(
+    sc: &Scenario,
+    base: &crate::flash::Bench,
+    config: &Config,
+    faults: &[(u64, FaultKind)],
+    out: &scenario::Outcome,
+    depth: usize,
+    part: &mut ScenarioReport,
+) {
+    let Some(&(last, _)) = faults.last() else { return };
+    let later =
+        |n: u64| (last + 1..out.ops.min(last + 1 + n)).filter_map(|j| out.log.get(j as usize).map(|op| (j, op)));
+    let mut next: Vec<(u64, FaultKind)> = Vec::new();
+    if config.all_pairs && depth == 2 {
+        for (j, op) in later(u64::MAX) {
+            next.extend(config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(|k| (j, *k)));
+        }
+    } else if config.chain_window > 0 {
+        next.extend(later(config.chain_window).map(|(j, _)| (j, FaultKind::Cut)));
+    }
+    for fault in next {
+        let mut more = faults.to_vec();
+        more.push(fault);
+        let o = scenario::run(sc, base, &more);
+        part.multi_fault_runs += 1;
+        part.faults_injected += o.injected.len() as u64;
+        tally(sc, part, &o, &more);
+        if depth < 3 && config.chain_window > 0 && o.injected.len() == more.len() {
+            follow_ups(sc, base, config, &more, &o, depth + 1, part);
+        }
+    }
 }
 
 /// Explores every scenario given.
@@ -212,6 +311,8 @@ pub fn explore_all(scenarios: &[Scenario], config: &Config) -> Report {
         report.total_bricked += r.bricked;
         report.total_violations += r.violations;
         report.total_residual_risk += r.residual_risk;
+        report.total_multi_fault_runs += r.multi_fault_runs;
+        report.total_degraded += r.degraded;
         report.scenarios.push(r);
     }
     report

@@ -11,12 +11,13 @@
 //! the bits would allow it; reads of erased bytes return `0xFF`. A violation is recorded
 //! and the operation fails.
 //!
-//! Faults: [`FaultKind::Cut`] loses power before the operation; [`FaultKind::TornWrite`]
-//! programs a strict prefix of the bytes and some bits of the next one (a byte whose bits
-//! all still read 1 is indistinguishable from an untouched one and stays writable); [`FaultKind::TornErase`]
-//! erases the sectors before a point and leaves the torn sector partly erased, partly
-//! garbage. After a fault the power is off: every operation fails until
-//! [`Bench::power_on`].
+//! Faults ([`FaultKind`] documents each): power losses before or during an operation
+//! (cut, torn write as a prefix or scattered over the page, torn erase), operations that
+//! fail with the power on (an error returned, or silently), cells left marginal by a cut
+//! at the very end of an operation that read right now and drift after a later reboot,
+//! retention bit flips in stored data, and sectors that wear out. After a power loss
+//! every operation fails until [`Bench::power_on`]; the later-reboot effects (drift,
+//! retention) are applied by [`Bench::power_on`] itself.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -34,7 +35,48 @@ pub enum FaultKind {
     TornWrite,
     /// Power lost during an erase: the sector left partly erased, partly garbage.
     TornErase,
+    /// Power lost during a program, the bits that made it scattered over the whole range
+    /// (an SPI NOR page program is not a prefix).
+    ScatterTear,
+    /// A program fails with the power on: part of the data programmed, an error returned.
+    FailProgram,
+    /// A program reports success, but some zero bits of one byte were not programmed.
+    SilentProgram,
+    /// Power lost at the very end of a program: every byte reads right, but some bits
+    /// drift back to 1 after the second power-on.
+    MarginalProgram,
+    /// An erase fails with the power on: the sectors left partly erased, an error returned.
+    FailErase,
+    /// An erase reports success, but some bytes of one sector still hold zero bits.
+    SilentErase,
+    /// Power lost at the very end of an erase: everything reads `0xFF`, but some bits drift
+    /// to 0 after the second power-on (unless the range is erased again first).
+    MarginalErase,
+    /// A bit of the data this program stored flips at the next power-on (retention).
+    Retention,
+    /// The erased sectors are worn out: this and every later erase of them fails with an
+    /// error, leaving them partly erased.
+    WearOut,
 }
+
+/// Every fault kind, in the order of their names.
+pub const ALL_FAULTS: &[FaultKind] = &[
+    FaultKind::Cut,
+    FaultKind::TornWrite,
+    FaultKind::TornErase,
+    FaultKind::ScatterTear,
+    FaultKind::FailProgram,
+    FaultKind::SilentProgram,
+    FaultKind::MarginalProgram,
+    FaultKind::FailErase,
+    FaultKind::SilentErase,
+    FaultKind::MarginalErase,
+    FaultKind::Retention,
+    FaultKind::WearOut,
+];
+
+/// The power-loss faults the explorer injects by default.
+pub const POWER_FAULTS: &[FaultKind] = &[FaultKind::Cut, FaultKind::TornWrite, FaultKind::TornErase];
 
 impl FaultKind {
     /// Name used on the command line and in JSON.
@@ -43,8 +85,57 @@ impl FaultKind {
             FaultKind::Cut => "cut",
             FaultKind::TornWrite => "torn_write",
             FaultKind::TornErase => "torn_erase",
+            FaultKind::ScatterTear => "scatter_tear",
+            FaultKind::FailProgram => "fail_program",
+            FaultKind::SilentProgram => "silent_program",
+            FaultKind::MarginalProgram => "marginal_program",
+            FaultKind::FailErase => "fail_erase",
+            FaultKind::SilentErase => "silent_erase",
+            FaultKind::MarginalErase => "marginal_erase",
+            FaultKind::Retention => "retention",
+            FaultKind::WearOut => "wear_out",
         }
     }
+
+    /// Parses a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        ALL_FAULTS.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Whether the fault applies to operations of this kind (a cut applies to both).
+    pub fn applies_to(self, op: OpKind) -> bool {
+        match self {
+            FaultKind::Cut => true,
+            FaultKind::TornWrite
+            | FaultKind::ScatterTear
+            | FaultKind::FailProgram
+            | FaultKind::SilentProgram
+            | FaultKind::MarginalProgram
+            | FaultKind::Retention => op == OpKind::Write,
+            FaultKind::TornErase
+            | FaultKind::FailErase
+            | FaultKind::SilentErase
+            | FaultKind::MarginalErase
+            | FaultKind::WearOut => op == OpKind::Erase,
+        }
+    }
+}
+
+/// A later-reboot effect waiting in the cells: applied by [`Bench::power_on`] when
+/// `power_ons` reaches 0, dropped if the range is erased first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Latent {
+    /// Device number.
+    pub dev: usize,
+    /// First byte.
+    pub offset: u32,
+    /// Bytes.
+    pub len: u32,
+    /// Power-ons left before it shows.
+    pub power_ons: u8,
+    /// `true`: programmed zero bits drift back to 1 (marginal program, retention);
+    /// `false`: erased bits drift to 0 (marginal erase).
+    pub loses_charge: bool,
 }
 
 /// What kind of operation an index was.
@@ -181,6 +272,10 @@ pub struct Bench {
     pub rng: Rng,
     /// Whether to keep the operation log (costs memory on long runs).
     pub log_ops: bool,
+    /// Latent drifts and retention flips, applied at later power-ons.
+    pub latent: Vec<Latent>,
+    /// Worn-out sectors: (device, sector start). Their erases fail.
+    pub worn: Vec<(usize, u32)>,
     op_count: u64,
 }
 
@@ -196,6 +291,8 @@ impl Bench {
             violations: Vec::new(),
             rng: Rng(1),
             log_ops: true,
+            latent: Vec::new(),
+            worn: Vec::new(),
             op_count: 0,
         }
     }
@@ -214,9 +311,43 @@ impl Bench {
         }
     }
 
-    /// Restores power after a fault.
+    /// Restores power after a fault (and counts a power-on: latent effects that come due
+    /// show now).
     pub fn power_on(&mut self) {
         self.powered = true;
+        let mut due = Vec::new();
+        self.latent.retain_mut(|l| {
+            l.power_ons = l.power_ons.saturating_sub(1);
+            if l.power_ons == 0 {
+                due.push(l.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for l in due {
+            self.show(&l);
+        }
+    }
+
+    /// Flips one bit of a latent range in the direction it drifts (a bit that is already
+    /// there is left: nothing to drift).
+    fn show(&mut self, l: &Latent) {
+        let Some(d) = self.devices.get(l.dev) else { return };
+        let candidates: Vec<(usize, u8)> = (l.offset as usize..(l.offset + l.len) as usize)
+            .filter(|&k| k < d.bytes.len())
+            .flat_map(|k| (0..8u8).map(move |bit| (k, bit)))
+            .filter(|&(k, bit)| (d.bytes[k] >> bit & 1 == 0) == l.loses_charge)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let (k, bit) = candidates[self.rng.below(candidates.len() as u64) as usize];
+        self.devices[l.dev].bytes[k] ^= 1 << bit;
+    }
+
+    fn forget_latent(&mut self, dev: usize, from: u32, to: u32) {
+        self.latent.retain(|l| !(l.dev == dev && from <= l.offset && l.offset + l.len <= to));
     }
 
     fn violation(&mut self, what: String) -> SimError {
@@ -273,6 +404,37 @@ impl Bench {
         if let Some(i) = (start..end).find(|&i| d.programmed[i]) {
             return Err(self.violation(format!("double write without erase: dev {dev} offset {i:#x}")));
         }
+        match fault {
+            Some(FaultKind::ScatterTear) => return Err(self.scatter(dev, start, data)),
+            Some(k @ (FaultKind::SilentProgram | FaultKind::MarginalProgram | FaultKind::Retention)) => {
+                self.program_all(dev, start, data);
+                let len = data.len() as u32;
+                return match k {
+                    FaultKind::SilentProgram => {
+                        // One byte with zero bits to program keeps some of them at 1.
+                        let zeros: Vec<usize> = (0..data.len()).filter(|&k| data[k] != 0xFF).collect();
+                        if !zeros.is_empty() {
+                            let k = zeros[self.rng.below(zeros.len() as u64) as usize];
+                            // The lowest zero bit of the data stays 1.
+                            let zero_bits = !data[k];
+                            let keep = zero_bits & zero_bits.wrapping_neg();
+                            self.devices[dev].bytes[start + k] |= keep;
+                        }
+                        Ok(())
+                    }
+                    FaultKind::MarginalProgram => {
+                        self.latent.push(Latent { dev, offset, len, power_ons: 2, loses_charge: true });
+                        self.powered = false;
+                        Err(SimError(NorFlashErrorKind::Other))
+                    }
+                    _ => {
+                        self.latent.push(Latent { dev, offset, len, power_ons: 1, loses_charge: true });
+                        Ok(())
+                    }
+                };
+            }
+            _ => {}
+        }
         let cut_at = match fault {
             Some(FaultKind::Cut) => {
                 self.powered = false;
@@ -281,6 +443,7 @@ impl Bench {
             Some(_) => Some(self.rng.below(data.len() as u64) as usize),
             None => None,
         };
+        let keep_power = fault == Some(FaultKind::FailProgram);
         let partial_bits = self.rng.next_u64() as u8;
         let d = &mut self.devices[dev];
         let n = cut_at.unwrap_or(data.len());
@@ -299,10 +462,38 @@ impl Bench {
                 d.bytes[start + n] &= data[n] | partial_bits;
                 d.programmed[start + n] = d.bytes[start + n] != before;
             }
-            self.powered = false;
+            self.powered = keep_power;
             return Err(SimError(NorFlashErrorKind::Other));
         }
         Ok(())
+    }
+
+    fn program_all(&mut self, dev: usize, start: usize, data: &[u8]) {
+        let d = &mut self.devices[dev];
+        for (k, &b) in data.iter().enumerate() {
+            d.bytes[start + k] &= b;
+            d.programmed[start + k] = true;
+        }
+        d.stats.writes += 1;
+        d.stats.bytes_programmed += data.len() as u64;
+    }
+
+    /// A program torn by a power loss with the programmed bits anywhere in the range.
+    fn scatter(&mut self, dev: usize, start: usize, data: &[u8]) -> SimError {
+        for (k, &b) in data.iter().enumerate() {
+            let r = self.rng.next_u64();
+            let made_it = match r % 3 {
+                0 => b,
+                1 => 0xFF,
+                _ => b | (r >> 8) as u8,
+            };
+            let d = &mut self.devices[dev];
+            let before = d.bytes[start + k];
+            d.bytes[start + k] &= made_it;
+            d.programmed[start + k] = d.bytes[start + k] != before;
+        }
+        self.powered = false;
+        SimError(NorFlashErrorKind::Other)
     }
 
     /// Erases `[from, to)` of device `dev`, which must be whole sectors.
@@ -328,7 +519,20 @@ impl Bench {
             sectors.push((start, size));
             at = start + size;
         }
-        let torn = if fault.is_some() { Some(self.rng.below(sectors.len() as u64) as usize) } else { None };
+        self.forget_latent(dev, from, to);
+        if fault == Some(FaultKind::WearOut) {
+            for &(start, _) in &sectors {
+                if !self.worn.contains(&(dev, start)) {
+                    self.worn.push((dev, start));
+                }
+            }
+        }
+        let worn_at = sectors.iter().position(|&(start, _)| self.worn.contains(&(dev, start)));
+        let torn = match fault {
+            _ if worn_at.is_some() => worn_at,
+            Some(FaultKind::TornErase | FaultKind::FailErase) => Some(self.rng.below(sectors.len() as u64) as usize),
+            _ => None,
+        };
         for (i, &(start, size)) in sectors.iter().enumerate() {
             if torn.is_some_and(|t| i > t) {
                 break;
@@ -350,11 +554,31 @@ impl Bench {
                 d.programmed[k] = d.bytes[k] != 0xFF;
             }
         }
-        if torn.is_some() {
-            self.powered = false;
-            return Err(SimError(NorFlashErrorKind::Other));
+        match fault {
+            _ if worn_at.is_some() => Err(SimError(NorFlashErrorKind::Other)),
+            Some(FaultKind::FailErase) => Err(SimError(NorFlashErrorKind::Other)),
+            Some(FaultKind::TornErase) => {
+                self.powered = false;
+                Err(SimError(NorFlashErrorKind::Other))
+            }
+            Some(FaultKind::SilentErase) => {
+                // A few bytes of one sector keep zero bits; they read as not erased but
+                // were never programmed since (the software did erase them).
+                let (start, size) = sectors[self.rng.below(sectors.len() as u64) as usize];
+                for _ in 0..1 + self.rng.below(4) {
+                    let k = (start + self.rng.below(u64::from(size)) as u32) as usize;
+                    let stuck = self.rng.next_u64() as u8 | 1;
+                    self.devices[dev].bytes[k] &= !stuck;
+                }
+                Ok(())
+            }
+            Some(FaultKind::MarginalErase) => {
+                self.latent.push(Latent { dev, offset: from, len: to - from, power_ons: 2, loses_charge: false });
+                self.powered = false;
+                Err(SimError(NorFlashErrorKind::Other))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -514,6 +738,75 @@ mod tests {
             assert!(bytes.iter().any(|&x| x != 0xFF), "a torn erase never completes");
         }
         assert!(saw_garbage);
+    }
+
+    /// Each fault kind that keeps the power on, or shows later, does what its name says:
+    /// (kind, operation, power stays on, the operation reports an error, bytes 0..8 right
+    /// after, bytes 0..8 after two more power-ons).
+    #[test]
+    fn faults_with_power_on_and_later_effects() {
+        const DATA: [u8; 8] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+        for seed in 0..20 {
+            let run = |kind: FaultKind, erase: bool| {
+                let mut b = bench();
+                b.rng = Rng(seed);
+                b.write(0, 0, &DATA).unwrap();
+                b.faults = vec![(1, kind)];
+                let result = if erase { b.erase(0, 0, 16) } else { b.write(0, 8, &DATA) };
+                let powered = b.powered;
+                let now: Vec<u8> = b.devices[0].bytes[..16].to_vec();
+                b.power_on();
+                b.power_on();
+                let later: Vec<u8> = b.devices[0].bytes[..16].to_vec();
+                (result.is_ok(), powered, now, later)
+            };
+            let ff = vec![0xFF; 16];
+            let written: Vec<u8> = DATA.iter().chain(DATA.iter()).copied().collect();
+            // Failing program: an error, the power stays on, the data is incomplete.
+            let (ok, powered, now, _) = run(FaultKind::FailProgram, false);
+            assert!(!ok && powered && now[8..] != DATA);
+            // Silent program: no error, one byte keeps a zero bit at 1.
+            let (ok, powered, now, _) = run(FaultKind::SilentProgram, false);
+            assert!(ok && powered && now != written && now[..8] == DATA);
+            // Marginal program: reads right at once, drifts after the second power-on.
+            let (ok, powered, now, later) = run(FaultKind::MarginalProgram, false);
+            assert!(!ok && !powered && now == written && later != written);
+            // Retention: the program succeeds, a bit of it flips at the next power-on.
+            let (ok, _, now, later) = run(FaultKind::Retention, false);
+            assert!(ok && now == written && later != written && later[..8] == DATA);
+            // Scattered tear: the power is lost, the page partly programmed.
+            let (ok, powered, now, _) = run(FaultKind::ScatterTear, false);
+            assert!(!ok && !powered && now != written);
+            // Failing erase: an error with the power on (the sector may or may not read
+            // erased: it can fail at any point).
+            let (ok, powered, _, _) = run(FaultKind::FailErase, true);
+            assert!(!ok && powered);
+            // Silent erase: no error, but some bits stay 0.
+            let (ok, _, now, _) = run(FaultKind::SilentErase, true);
+            assert!(ok && now != ff);
+            // Marginal erase: reads erased at once, drifts to 0 bits later.
+            let (ok, powered, now, later) = run(FaultKind::MarginalErase, true);
+            assert!(!ok && !powered && now == ff && later != ff);
+        }
+        // Wear-out: the faulted erase and every later one of that sector fail.
+        let mut b = bench();
+        b.faults = vec![(0, FaultKind::WearOut)];
+        assert!(b.erase(0, 0, 16).is_err());
+        assert!(b.powered);
+        assert!(b.erase(0, 0, 16).is_err(), "a worn-out sector stays worn out");
+        b.erase(0, 16, 32).expect("other sectors still erase");
+        // An erase of the range before the drift shows cancels it.
+        let mut b = bench();
+        b.faults = vec![(0, FaultKind::MarginalErase)];
+        assert!(b.erase(0, 0, 16).is_err());
+        b.power_on();
+        b.erase(0, 0, 16).unwrap();
+        b.power_on();
+        b.power_on();
+        assert_eq!(b.devices[0].bytes[..16], [0xFF; 16]);
+        for kind in ALL_FAULTS {
+            assert_eq!(FaultKind::from_name(kind.name()), Some(*kind));
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Tern's simulator: the proof that the device crate never bricks a device.
 //!
 //! - [`flash`]: a strict NOR flash model with wear and operation counters and fault
-//!   injection (power cut, torn write, torn erase);
+//!   injection (power cuts and tears, failing and silently failing operations, marginal
+//!   cells, retention flips, wear-out: [`flash::FaultKind`]);
 //! - [`device`]: a simulated device — the real device crate on the model flash with a
 //!   platform profile, and a simulated application whose behaviour comes from its image;
 //!   flash saved to and loaded from a file;

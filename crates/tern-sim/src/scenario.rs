@@ -5,7 +5,7 @@
 //! reports, as a real server would.
 
 use ed25519_dalek::SigningKey;
-use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest};
+use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest, OfferError};
 use tern_device::block::{Block, BLOCK_SIZE};
 use tern_device::boot::{self, BootError, ResetCause, Run};
 use tern_device::profile::{Profile, NRF52840, STM32F2};
@@ -285,6 +285,35 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
     out
 }
 
+/// `n` application updates in a row, each installed and confirmed: the steady state of a
+/// device's life, for wear figures (`tern sim cost`).
+pub fn repeated_app_updates(profile: &'static Profile, n: u64) -> Scenario {
+    let mut sc = synthetic(profile).into_iter().find(|s| s.name == "app-update").expect("every profile has app-update");
+    let app_dep = [dep(ModuleFunction::SystemPart, 1, 100)];
+    let app = profile.app_index();
+    sc.name = format!("{n}-app-updates");
+    sc.tasks = (0..n)
+        .map(|k| {
+            let img = Image::synthetic(
+                profile,
+                ModuleFunction::UserPart,
+                app,
+                10 + k as u32,
+                &app_dep,
+                Behaviour::Healthy,
+                SYNTH,
+            );
+            update(profile, vec![img], 1 + k)
+        })
+        .collect();
+    let last = match sc.tasks.last() {
+        Some(Task::Update { modules, .. }) => modules.clone(),
+        _ => Vec::new(),
+    };
+    sc.expect = Expect::New(last);
+    sc
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -307,6 +336,11 @@ pub struct Outcome {
     pub blocks_sent: u64,
     /// Per device: sector erases and bytes programmed.
     pub cost: Vec<(u64, u64)>,
+    /// A sector wore out during the run: the device only had to keep running complete
+    /// modules, not to finish the scenario.
+    pub degraded: bool,
+    /// Per device, per sector (in sector order): erases during the run.
+    pub sector_erases: Vec<Vec<u32>>,
 }
 
 const MAX_BOOTS: u32 = 80;
@@ -384,6 +418,12 @@ fn run_keeping(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], keep: b
     world.out.injected = b.injected.clone();
     world.out.violations.extend(b.violations.iter().map(|v| format!("flash: {v}")));
     world.out.cost = b.devices.iter().map(|d| (d.stats.sector_erases, d.stats.bytes_programmed)).collect();
+    world.out.sector_erases = b
+        .devices
+        .iter()
+        .zip(&base.devices)
+        .map(|(d, d0)| d.wear.iter().zip(&d0.wear).map(|(w, w0)| w.saturating_sub(*w0)).collect())
+        .collect();
     drop(b);
     let mut kept = None;
     if let Ok(cell) = std::rc::Rc::try_unwrap(dev.bench) {
@@ -434,8 +474,10 @@ impl World<'_> {
             let mut storage = dev.storage();
             let decision = match boot::boot(&mut storage, profile, cause) {
                 Ok(d) => d,
-                Err(BootError::Flash(_)) if !Self::powered(dev) => {
-                    cause = ResetCause::PowerOn;
+                // A flash error with the power on (a failing program or erase): the port
+                // resets and the boot manager resumes from its journal.
+                Err(BootError::Flash(_)) => {
+                    cause = if Self::powered(dev) { ResetCause::Software } else { ResetCause::PowerOn };
                     continue;
                 }
                 Err(e) => {
@@ -452,6 +494,10 @@ impl World<'_> {
                 Ok(a) => a,
                 Err(_) if !Self::powered(dev) => {
                     cause = ResetCause::PowerOn;
+                    continue;
+                }
+                Err(tern_device::state::LoadError::Flash(_)) => {
+                    cause = ResetCause::Software;
                     continue;
                 }
                 Err(e) => {
@@ -506,6 +552,10 @@ impl World<'_> {
                     return;
                 }
             }
+        }
+        if !dev.bench.borrow().worn.is_empty() {
+            self.out.degraded = true;
+            return;
         }
         self.out.violations.push(format!("did not settle after {MAX_BOOTS} boots"));
     }
@@ -601,6 +651,7 @@ impl World<'_> {
                             match agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice)) {
                                 Ok(_) => self.offer_sent = true,
                                 Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
+                                Err(OfferError::Flash(_)) => return Next::Reboot(ResetCause::Software),
                                 Err(e) => {
                                     self.out.violations.push(format!("offer refused: {e:?}"));
                                     return Next::Settled;
@@ -637,6 +688,12 @@ impl World<'_> {
                                         self.received_before_reset = Some(agent.progress().0);
                                         return Next::Reboot(ResetCause::PowerOn);
                                     }
+                                    // A flash error with the power on: the port resets.
+                                    Err(BlockError::Flash(_)) => return Next::Reboot(ResetCause::Software),
+                                    // The staged update failed its verification (a program
+                                    // failed silently): the device reports it, the server
+                                    // offers the update again.
+                                    Err(BlockError::VerifyFailed(_)) => return Next::Reboot(ResetCause::Software),
                                     Err(e) => {
                                         self.out.violations.push(format!("block refused: {e:?}"));
                                         return Next::Settled;
@@ -668,7 +725,21 @@ impl World<'_> {
     /// application runs confirmed.
     fn final_check(&mut self, dev: &SimDevice, agent: &Agent<'_>, run: &Run) {
         let st = agent.state();
-        for (slot, img) in self.sc.expected() {
+        if !dev.bench.borrow().worn.is_empty() {
+            // With a worn-out sector the update may not complete; what runs was already
+            // checked to be complete modules with their dependencies met.
+            self.out.degraded = true;
+            return;
+        }
+        // A rollback copy whose bits flipped (retention) cannot be restored: the factory
+        // image is then the expected fallback instead of the previous application.
+        let flipped = dev.bench.borrow().injected.iter().any(|(_, k)| *k == FaultKind::Retention);
+        let fell_to_factory = matches!(st.last_result, UpdateResult::FactoryRestored);
+        let mut sc = self.sc.clone();
+        if matches!(sc.expect, Expect::Old) && flipped && fell_to_factory {
+            sc.expect = Expect::Factory;
+        }
+        for (slot, img) in sc.expected() {
             let name = self.sc.profile.slots[slot].name;
             let reported = st.installed[slot].map(|m| m.sha256);
             if reported != Some(img.entry.sha256) {
@@ -683,7 +754,7 @@ impl World<'_> {
         if !matches!(run, Run::Application { .. }) || !matches!(st.boot, BootState::Confirmed { .. }) {
             self.out.violations.push(format!("ended in {run:?} with boot state {:?}", st.boot));
         }
-        let ok = match self.sc.expect {
+        let ok = match sc.expect {
             Expect::New(_) => st.last_result == UpdateResult::Confirmed,
             Expect::Old => matches!(
                 st.last_result,

@@ -3,4 +3,5 @@
 mod agent;
 mod explorer;
 mod fuzz_corpus;
+mod nobrick;
 mod profiles;

@@ -37,7 +37,7 @@ fn synthetic_device(
             .expect("synthetic modules fit")
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
-    crate::support::wait_inventory(&server, id);
+    crate::support::wait_inventory(server, id);
     device
 }
 

@@ -62,7 +62,7 @@ fn start_device(server: &Server, board: &Board, id: &str) -> (Device, Image) {
         made.expect("the corpus modules install").0
     });
     device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
-    crate::support::wait_inventory(&server, id);
+    crate::support::wait_inventory(server, id);
     (device, v1)
 }
 

@@ -39,6 +39,12 @@ fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).map_or(default, |v| v.trim().parse().unwrap_or_else(|_| panic!("{name}: a number")))
 }
 
+/// The machine's 1-minute load average (other work on the shared machine shows here).
+fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0)
+}
+
 /// The server's HTTP API with its admin token.
 struct Api {
     http: String,
@@ -108,8 +114,7 @@ fn server(tern: &Path, dir: &Path) -> (SimProcess, Api, u16) {
     let http = format!("http://127.0.0.1:{http_port}");
     let token_file = data.join(tern_server::ADMIN_TOKEN_FILE);
     let start = Instant::now();
-    while !(token_file.exists() && agent().get(&format!("{http}/api/health")).call().is_ok_and(|r| r.status() == 200))
-    {
+    while !(token_file.exists() && agent().get(&format!("{http}/api/health")).call().is_ok_and(|r| r.status() == 200)) {
         assert!(start.elapsed() < Duration::from_secs(30), "tern server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -132,6 +137,8 @@ struct Row {
     /// Link counters over the idle window before the rollout, per second.
     idle_link_per_s: [f64; 4],
     idle_s: f64,
+    /// The machine's 1-minute load average when the rollout started and when it ended.
+    load: [f64; 2],
     air_bytes: u64,
     attempts_min: usize,
     attempts_max: usize,
@@ -178,7 +185,15 @@ fn run_size(n: usize, cap: u64, phases: &[String], soak: u64, timeout: Duration)
     // The product, and a release of one 16 KiB application (16 blocks), version 2.
     let profile = &tern_device::profile::PHOTON;
     let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
-    let app = Image::synthetic(profile, ModuleFunction::UserPart, profile.app_index(), 2, &dep, Behaviour::Healthy, 16 * 1024);
+    let app = Image::synthetic(
+        profile,
+        ModuleFunction::UserPart,
+        profile.app_index(),
+        2,
+        &dep,
+        Behaviour::Healthy,
+        16 * 1024,
+    );
     let statement = statement_signed_by(&app, profile.platform_id, &release_key());
     let body = tern_image::bundle::write_signed_module(&statement, &app.bytes).expect("a signed module");
     let (s, module) = api.post_bytes(&format!("/api/modules?filename={}", app.name), &body);
@@ -236,6 +251,7 @@ fn run_size(n: usize, cap: u64, phases: &[String], soak: u64, timeout: Duration)
 
     // The rollout.
     let (link0, server0, fleet0) = (api.link(), cpu_seconds(server_pid), cpu_seconds(fleet_pid));
+    let load0 = load_average();
     let start = Instant::now();
     let (s, rollout) = api.post(
         "/api/rollouts",
@@ -297,7 +313,9 @@ fn run_size(n: usize, cap: u64, phases: &[String], soak: u64, timeout: Duration)
             break;
         }
         if flash_done.elapsed() > Duration::from_secs(30) {
-            return Err(format!("healthy on the server, but the fleet's flash of {behind:?} does not run application 2"));
+            return Err(format!(
+                "healthy on the server, but the fleet's flash of {behind:?} does not run application 2"
+            ));
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -313,6 +331,7 @@ fn run_size(n: usize, cap: u64, phases: &[String], soak: u64, timeout: Duration)
         link,
         idle_link_per_s,
         idle_s,
+        load: [load0, load_average()],
         air_bytes: view["air_bytes_so_far"].as_u64().unwrap_or(0),
         attempts_min: attempts.iter().copied().min().unwrap_or(0),
         attempts_max: attempts.iter().copied().max().unwrap_or(0),
@@ -344,8 +363,8 @@ fn rollout_bench() {
                 println!("{HEADER}\n{}", row.line());
                 let idle = row.idle_link_per_s.map(|v| v / row.n as f64 * 60.0);
                 println!(
-                    "{n}: idle before the rollout ({:.0} s), per device per minute: {:.2} messages in, {:.2} out, {:.0} bytes in, {:.0} out",
-                    row.idle_s, idle[0], idle[1], idle[2], idle[3]
+                    "{n}: idle before the rollout ({:.0} s), per device per minute: {:.2} messages in, {:.2} out, {:.0} bytes in, {:.0} out; load average {:.1} at the start, {:.1} at the end",
+                    row.idle_s, idle[0], idle[1], idle[2], idle[3], row.load[0], row.load[1]
                 );
             }
             Err(e) => println!("{n}: FAILED: {e}"),

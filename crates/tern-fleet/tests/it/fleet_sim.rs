@@ -20,7 +20,7 @@ use crate::support::{bundle, release_key, scratch, Server};
 
 const COUNT: usize = 50;
 
-fn read_status(path: &std::path::Path) -> Option<Value> {
+pub(crate) fn read_status(path: &std::path::Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
@@ -37,7 +37,7 @@ fn wait_status(path: &std::path::Path, what: &str, timeout: Duration, check: imp
     }
 }
 
-fn devices(status: &Value) -> Vec<Value> {
+pub(crate) fn devices(status: &Value) -> Vec<Value> {
     status["devices"].as_array().cloned().unwrap_or_default()
 }
 
@@ -254,7 +254,7 @@ fn offline_devices_disconnect_and_late_joiners_join() {
 }
 
 /// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
@@ -264,7 +264,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// A `/proc/PID/status` value in kB (or a count).
-fn proc_status(pid: u32, key: &str) -> u64 {
+pub(crate) fn proc_status(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -10,5 +10,6 @@ mod fleet_sim;
 mod heal;
 mod resilience;
 mod rollout;
+mod rollout_bench;
 mod support;
 mod update;

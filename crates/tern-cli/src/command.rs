@@ -16,7 +16,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::ops::{print_json, query_value, Client};
+use crate::ops::{print_json, query_value, typed, Client};
+use tern_server::api::types::DeviceDetail;
+use tern_server::store::{AttemptRecord, AttemptStatus, Event, Inventory, ResultRecord};
 
 /// Arguments shared by `reboot`, `safe-mode` and `factory-restore`.
 #[derive(Args)]
@@ -101,12 +103,13 @@ pub fn run(client: &Client, action: Action, args: CommandArgs) -> anyhow::Result
     // stores the event): one that already shows the outcome asked for is the answer; any
     // other one before the announcement is the device's periodic Describe of its old state.
     let mut announced = false;
-    let answered = next_event(client, &id, since, deadline, |e| match e["kind"].as_str() {
-        Some("device.command_sent") if e["data"]["command_id"] == sent["command_id"] => {
+    let answered = next_event(client, &id, since, deadline, |e| match e.kind.as_str() {
+        // Event data is per kind: a command's announcement names the command it sent.
+        "device.command_sent" if e.data["command_id"] == sent["command_id"] => {
             announced = true;
             false
         }
-        Some("device.described") => announced || judge(action, &id, &e["data"]).0,
+        "device.described" => announced || described(e).is_some_and(|i| judge(action, &id, &i).0),
         _ => false,
     })?;
     let Some(event) = answered else {
@@ -114,9 +117,14 @@ pub fn run(client: &Client, action: Action, args: CommandArgs) -> anyhow::Result
             format!("{id} did not describe itself within {} s after the {} command", wait.timeout, action.api_name());
         return answer(&wait, &id, &sent, None, false, &line);
     };
-    let inventory = &event["data"];
-    let (ok, line) = judge(action, &id, inventory);
-    answer(&wait, &id, &sent, Some(inventory), ok, &line)
+    let inventory = described(&event).ok_or_else(|| anyhow!("the server sent a Describe it cannot read"))?;
+    let (ok, line) = judge(action, &id, &inventory);
+    answer(&wait, &id, &sent, Some(&event.data), ok, &line)
+}
+
+/// The inventory a `device.described` event carries.
+fn described(event: &Event) -> Option<Inventory> {
+    serde_json::from_value(event.data.clone()).ok()
 }
 
 /// Prints the outcome (one line, or JSON) and turns it into the exit status.
@@ -141,9 +149,9 @@ fn answer(
 
 /// Whether the Describe `inventory` is the outcome `action` asked for, and the line that
 /// says what the device did.
-pub fn judge(action: Action, id: &str, inventory: &Value) -> (bool, String) {
-    let boot = inventory["boot_reason"].as_str().unwrap_or("?");
-    let cause = inventory["safe_mode"].as_str();
+pub fn judge(action: Action, id: &str, inventory: &Inventory) -> (bool, String) {
+    let boot = inventory.boot_reason.as_str();
+    let cause = inventory.safe_mode.as_deref();
     let app = application(inventory);
     match (action, boot) {
         (Action::SafeMode, "safe_mode") if cause == Some("requested") => (
@@ -187,72 +195,63 @@ fn boot_words(boot: &str) -> String {
 }
 
 /// `application v7 confirmed` / `… on test`, or that there is none.
-fn app_state(inventory: &Value, app: Option<String>) -> String {
+fn app_state(inventory: &Inventory, app: Option<String>) -> String {
     match app {
-        Some(app) if inventory["confirmed"] == true => format!("{app} confirmed"),
+        Some(app) if inventory.confirmed => format!("{app} confirmed"),
         Some(app) => format!("{app} not confirmed yet"),
         None => "no application".into(),
     }
 }
 
 /// `application v7` for the described application module (user part 1), if any.
-fn application(inventory: &Value) -> Option<String> {
-    let user_part = u64::from(tern_image::ModuleFunction::UserPart.code());
-    inventory["modules"]
-        .as_array()?
-        .iter()
-        .find(|m| m["function"].as_u64() == Some(user_part))
-        .map(|m| format!("application v{}", m["version"]))
+fn application(inventory: &Inventory) -> Option<String> {
+    let user_part = tern_image::ModuleFunction::UserPart.code();
+    inventory.modules.iter().find(|m| m.function == user_part).map(|m| format!("application v{}", m.version))
 }
 
 /// Runs `tern device cancel`.
 pub fn cancel(client: &Client, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let CancelArgs { id, wait } = args;
     let device_path = format!("/api/devices/{}", query_value(&id));
-    let device = client.get(&device_path).with_context(|| format!("device {id}"))?;
-    let attempts = device["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let Some(in_flight) = attempts.iter().find(|a| a["finished"] == false) else {
-        let last = attempts
-            .first()
-            .map(|a| format!(" (last: attempt {} {})", a["id"], a["state"].as_str().unwrap_or("?")))
-            .unwrap_or_default();
+    let device: DeviceDetail = typed(client.get(&device_path).with_context(|| format!("device {id}"))?)?;
+    let Some(in_flight) = device.attempts.iter().find(|a| !a.finished) else {
+        let last =
+            device.attempts.first().map(|a| format!(" (last: attempt {} {})", a.id, a.state)).unwrap_or_default();
         bail!("device {id} has no update attempt in flight{last}");
     };
-    let attempt_id = in_flight["id"].as_i64().ok_or_else(|| anyhow!("the server listed an attempt without an id"))?;
+    let attempt_id = in_flight.id;
     let since = latest_event(client, &device_path)?;
-    let attempt = client
+    let answer = client
         .post_json(&format!("/api/attempts/{attempt_id}/cancel"), json!({}))
         .with_context(|| format!("device {id}: attempt {attempt_id}"))?;
-    let state = attempt["state"].as_str().unwrap_or("?").to_owned();
-    let progress = format!("{} of {} bytes", attempt["bytes_done"], attempt["bytes_total"]);
+    let attempt: AttemptRecord = typed(answer.clone())?;
+    let state = attempt.state;
+    let progress = format!("{} of {} bytes", attempt.bytes_done, attempt.bytes_total);
     if !wait.wait {
         if wait.json {
-            print_json(&attempt)?;
+            print_json(&answer)?;
         } else {
             println!("{id}: attempt {attempt_id} {state} ({progress} delivered); the device was told to drop it");
         }
-        return Ok(if state == "cancelled" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if state == AttemptStatus::Cancelled { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     // The device acknowledges with its Result for the attempt.
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     let wanted = attempt_id as u64;
-    let result = next_event(client, &id, since, deadline, |e| {
-        e["kind"] == "device.result" && e["data"]["attempt"].as_u64() == Some(wanted)
-    })?;
-    let attempt = client.get(&format!("/api/attempts/{attempt_id}")).unwrap_or(attempt);
-    let state = attempt["state"].as_str().unwrap_or("?");
-    let (ok, line) = match result.as_ref().map(|e| &e["data"]) {
-        Some(r) if r["outcome"] == "cancelled" && state == "cancelled" => {
+    let result: Option<ResultRecord> = next_event(client, &id, since, deadline, |e| {
+        e.kind == "device.result"
+            && serde_json::from_value::<ResultRecord>(e.data.clone()).is_ok_and(|r| r.attempt == wanted)
+    })?
+    .and_then(|e| serde_json::from_value(e.data).ok());
+    let answer = client.get(&format!("/api/attempts/{attempt_id}")).unwrap_or(answer);
+    let state = typed::<AttemptRecord>(answer.clone()).map_or(state, |a| a.state);
+    let (ok, line) = match &result {
+        Some(r) if r.outcome == "cancelled" && state == AttemptStatus::Cancelled => {
             (true, format!("{id}: attempt {attempt_id} cancelled ({progress} delivered); the device dropped it"))
         }
-        Some(r) => (
-            false,
-            format!(
-                "{id}: attempt {attempt_id} is {state}; the device reported {} ({})",
-                r["outcome"].as_str().unwrap_or("?"),
-                r["reason"].as_str().unwrap_or("?")
-            ),
-        ),
+        Some(r) => {
+            (false, format!("{id}: attempt {attempt_id} is {state}; the device reported {} ({})", r.outcome, r.reason))
+        }
         None => (
             false,
             format!(
@@ -262,9 +261,7 @@ pub fn cancel(client: &Client, args: CancelArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     if wait.json {
-        print_json(
-            &json!({ "device": id, "attempt": attempt, "ok": ok, "outcome": line, "result": result.map(|e| e["data"].clone()) }),
-        )?;
+        print_json(&json!({ "device": id, "attempt": answer, "ok": ok, "outcome": line, "result": result }))?;
     } else if ok {
         println!("{line}");
     }
@@ -276,8 +273,8 @@ pub fn cancel(client: &Client, args: CancelArgs) -> anyhow::Result<ExitCode> {
 
 /// The id of the device's newest stored event (0 when it has none).
 fn latest_event(client: &Client, device_path: &str) -> anyhow::Result<i64> {
-    let device = client.get(device_path)?;
-    Ok(device["history"].as_array().into_iter().flatten().filter_map(|e| e["id"].as_i64()).max().unwrap_or(0))
+    let device: DeviceDetail = typed(client.get(device_path)?)?;
+    Ok(device.history.iter().map(|e| e.id).max().unwrap_or(0))
 }
 
 /// The first event of `device` after event `since` that `wanted` accepts, or `None` when
@@ -287,8 +284,8 @@ fn next_event(
     device: &str,
     since: i64,
     deadline: Instant,
-    mut wanted: impl FnMut(&Value) -> bool,
-) -> anyhow::Result<Option<Value>> {
+    mut wanted: impl FnMut(&Event) -> bool,
+) -> anyhow::Result<Option<Event>> {
     let events = client.event_stream(Some(device), Some(since))?;
     // The stream blocks between events: a reader thread hands them over, so the deadline
     // holds however long the server stays silent.
@@ -297,7 +294,7 @@ fn next_event(
         for line in BufReader::new(events).lines() {
             let Ok(line) = line else { break };
             let Some(data) = line.strip_prefix("data:") else { continue };
-            if tx.send(serde_json::from_str::<Value>(data.trim())).is_err() {
+            if tx.send(serde_json::from_str::<Event>(data.trim())).is_err() {
                 break;
             }
         }

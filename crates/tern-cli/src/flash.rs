@@ -20,7 +20,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::ops::{module_line, print_json, query_value, upload_module_with, Client};
+use crate::ops::{module_line, print_json, query_value, typed, upload_module_with, Client};
+use tern_server::api::types::DeviceDetail;
+use tern_server::store::{AttemptRecord, AttemptStatus, PlanRecord};
 
 /// `tern flash`.
 #[derive(Args)]
@@ -102,7 +104,7 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
             let mut target = crate::release::SigningTarget::default();
             if key.is_some() && !files.is_empty() {
                 let device = client.get(&device_path).with_context(|| format!("device {}", args.device))?;
-                target.platform = device["platform_id"].as_u64().and_then(|p| u16::try_from(p).ok());
+                target.platform = Some(typed::<DeviceDetail>(device)?.summary.platform_id);
             }
             let mut hashes = Vec::new();
             for file in files {
@@ -111,7 +113,7 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
                 if !args.json {
                     println!("{}: {}", file.display(), module_line(&module));
                 }
-                hashes.push(module["sha256"].as_str().unwrap_or_default().to_owned());
+                hashes.push(module.sha256);
             }
             let mut request = json!({ "modules": hashes, "allow_downgrade": args.allow_downgrade });
             if let Some(target) = &args.target {
@@ -122,27 +124,28 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("device {}", args.device))?
         }
     };
-    print_plan(&plan, args.json);
+    let record: PlanRecord = typed(plan.clone())?;
+    print_plan(&record, args.json);
     if args.dry_run {
         if args.json {
             print_json(&plan)?;
         }
-        eprintln!("plan {} not sent (--dry-run)", plan["id"]);
+        eprintln!("plan {} not sent (--dry-run)", record.id);
         return Ok(ExitCode::SUCCESS);
     }
-    let air_bytes = plan["air_bytes"].as_u64().ok_or_else(|| anyhow!("the server returned no estimate"))?;
+    let air_bytes = record.air_bytes;
     let mut body = json!({});
-    if plan["confirm_required"] == true {
-        if !args.yes && !confirm(&args.device, &plan, air_bytes)? {
-            eprintln!("error: not confirmed: nothing was sent to {} (plan {} stays proposed)", args.device, plan["id"]);
+    if record.confirm_required {
+        if !args.yes && !confirm(&args.device, &record, air_bytes)? {
+            eprintln!("error: not confirmed: nothing was sent to {} (plan {} stays proposed)", args.device, record.id);
             return Ok(ExitCode::from(NOT_CONFIRMED));
         }
         body["confirm_air_bytes"] = json!(air_bytes);
     }
     let attempt = client
-        .post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+        .post_json(&format!("/api/plans/{}/start", record.id), body)
         .with_context(|| format!("device {}", args.device))?;
-    let id = attempt["id"].as_i64().ok_or_else(|| anyhow!("the server returned no attempt id"))?;
+    let id = typed::<AttemptRecord>(attempt.clone())?.id;
     if !args.json {
         println!("attempt {id} started on device {}", args.device);
     }
@@ -156,28 +159,29 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&attempt)?;
     }
-    match attempt["state"].as_str() {
-        Some("confirmed") => {
+    let attempt: AttemptRecord = typed(attempt)?;
+    match attempt.state {
+        AttemptStatus::Confirmed => {
             if !args.json {
                 println!("attempt {id}: confirmed by device {}", args.device);
             }
             Ok(ExitCode::SUCCESS)
         }
         state => {
-            let reason = attempt["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            eprintln!("error: attempt {id} on device {} ended {}{reason}", args.device, state.unwrap_or("?"));
+            let reason = attempt.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            eprintln!("error: attempt {id} on device {} ended {state}{reason}", args.device);
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
 /// Asks the operator to type the plan's bytes on the air; `true` when they did.
-fn confirm(device: &str, plan: &Value, air_bytes: u64) -> anyhow::Result<bool> {
+fn confirm(device: &str, plan: &PlanRecord, air_bytes: u64) -> anyhow::Result<bool> {
     let mut err = std::io::stderr();
     writeln!(
         err,
         "device {device} is {}: this update puts about {air_bytes} bytes ({}) on the air.",
-        plan["connectivity"].as_str().unwrap_or("cellular"),
+        plan.connectivity.name(),
         human_bytes(air_bytes)
     )?;
     write!(err, "Type {air_bytes} to send it (anything else cancels): ")?;
@@ -203,21 +207,20 @@ fn human_bytes(bytes: u64) -> String {
 
 /// Prints a plan: each module with why it is sent and, when the update goes in several
 /// stages, what each stage carries, costs and leaves the device running.
-fn print_plan(plan: &Value, to_stderr: bool) {
+fn print_plan(plan: &PlanRecord, to_stderr: bool) {
     let mut lines = Vec::new();
-    lines.push(format!("plan {} for device {}:", plan["id"], plan["device"].as_str().unwrap_or("?")));
-    let stages = plan["stages"].as_array().map_or(&[][..], Vec::as_slice);
-    let steps = plan["steps"].as_array().map_or(&[][..], Vec::as_slice);
+    lines.push(format!("plan {} for device {}:", plan.id, plan.device));
+    let stages = &plan.stages;
     let staged = stages.len() > 1;
     let mut shown_stage = None;
-    for (i, m) in steps.iter().enumerate() {
-        let stage = m["stage"].as_u64().unwrap_or(0);
+    for (i, m) in plan.steps.iter().enumerate() {
+        let stage = m.stage;
         if staged && shown_stage != Some(stage) {
             shown_stage = Some(stage);
             let s = &stages[usize::try_from(stage).unwrap_or(0).min(stages.len() - 1)];
-            let after = match s["expect"].as_str() {
-                Some("safe_mode") => {
-                    format!("then safe mode ({})", s["expect_detail"].as_str().unwrap_or("until a later stage"))
+            let after = match s.expect.as_str() {
+                "safe_mode" => {
+                    format!("then safe mode ({})", s.expect_detail.as_deref().unwrap_or("until a later stage"))
                 }
                 _ => "then runs normally".to_owned(),
             };
@@ -225,28 +228,28 @@ fn print_plan(plan: &Value, to_stderr: bool) {
                 "  stage {} of {}: {} bytes, about {} bytes on the air, one reboot; {after}",
                 stage + 1,
                 stages.len(),
-                s["bytes"],
-                s["air_bytes"]
+                s.bytes,
+                s.air_bytes
             ));
         }
         lines.push(format!(
             "  {}. {:<13} {:>2} v{:<6} {:>8} bytes at {:#010x}  {}",
             i + 1,
-            m["function_name"].as_str().unwrap_or("?"),
-            m["index"],
-            m["version"],
-            m["size"],
-            m["start_address"].as_u64().unwrap_or(0),
-            m["reason"].as_str().unwrap_or(""),
+            m.function_name,
+            m.index,
+            m.version,
+            m.size,
+            m.start_address,
+            m.reason.as_deref().unwrap_or(""),
         ));
     }
-    let air = plan["air_bytes"].as_u64().unwrap_or(0);
+    let air = plan.air_bytes;
     let in_stages = if staged { format!(" in {} stages", stages.len()) } else { String::new() };
     lines.push(format!(
-        "  {} bytes of modules{in_stages}, about {air} bytes ({}) on the air{}",
-        plan["bytes_total"],
+        "  {} bytes of modules{in_stages}, about {air} bytes ({}) on the air over {}",
+        plan.bytes_total,
         human_bytes(air),
-        plan["connectivity"].as_str().map(|c| format!(" over {c}")).unwrap_or_default()
+        plan.connectivity.name()
     ));
     for line in lines {
         if to_stderr {
@@ -269,25 +272,26 @@ fn wait(client: &Client, id: i64, args: &FlashArgs) -> anyhow::Result<Value> {
     );
     let mut last_state = String::new();
     let attempt = loop {
-        let attempt = client.get(&format!("/api/attempts/{id}"))?;
-        let state = attempt["state"].as_str().unwrap_or("?").to_owned();
-        bar.set_length(attempt["bytes_total"].as_u64().unwrap_or(0));
-        bar.set_position(attempt["bytes_done"].as_u64().unwrap_or(0));
+        let answer = client.get(&format!("/api/attempts/{id}"))?;
+        let attempt: AttemptRecord = typed(answer.clone())?;
+        let state = attempt.state.name().to_owned();
+        bar.set_length(attempt.bytes_total);
+        bar.set_position(attempt.bytes_done);
         bar.set_message(state.clone());
-        let stages = attempt["stages"].as_array().map_or(0, Vec::len);
-        let state = if stages > 1 && attempt["finished"] != true {
-            format!("stage {} of {stages}: {state}", attempt["stage"].as_u64().unwrap_or(0) + 1)
+        let stages = attempt.stages.len();
+        let state = if stages > 1 && !attempt.finished {
+            format!("stage {} of {stages}: {state}", attempt.stage + 1)
         } else {
             state
         };
         if state != last_state && !args.json {
-            let done = attempt["bytes_done"].as_u64().unwrap_or(0);
-            let total = attempt["bytes_total"].as_u64().unwrap_or(0).max(1);
+            let done = attempt.bytes_done;
+            let total = attempt.bytes_total.max(1);
             bar.suspend(|| println!("attempt {id}: {state} ({}%)", done * 100 / total));
             last_state = state;
         }
-        if attempt["finished"] == true {
-            break attempt;
+        if attempt.finished {
+            break answer;
         }
         if deadline.is_some_and(|d| Instant::now() > d) {
             bar.finish_and_clear();

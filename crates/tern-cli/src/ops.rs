@@ -14,6 +14,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView};
+use tern_server::store::{Event, ModuleRecord, PlanOrigin, PlanStatus};
 
 use crate::command::Action;
 
@@ -246,7 +248,7 @@ pub(crate) fn upload_module_with(
     file: &Path,
     key: Option<&ed25519_dalek::SigningKey>,
     target: &crate::release::SigningTarget,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<ModuleRecord> {
     let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read: {e}"))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let beside = crate::statement::default_path(file);
@@ -265,28 +267,28 @@ pub(crate) fn upload_module_with(
             .map_err(|e| anyhow!("the statement does not fit the module: {e}"))?,
         None => bytes,
     };
-    client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &body)
+    typed(client.post_bytes(&format!("/api/modules?filename={}", query_value(&name)), &body)?)
 }
 
 /// "Device OS 2.3.1 (v2302)" for a system part: the release its version belongs to (system
 /// parts of one release share their module version).
-fn release_of(module: &Value) -> Option<String> {
-    let version = u32::try_from(module["version"].as_u64()?).ok()?;
-    (module["function_name"] == "system_part").then(|| format!("Device OS {}", tern_plan::device_os::label(version)))
+fn release_of(module: &ModuleRecord) -> Option<String> {
+    (module.function_name == "system_part")
+        .then(|| format!("Device OS {}", tern_plan::device_os::label(module.version)))
 }
 
 /// One line about a catalog module.
-pub(crate) fn module_line(module: &Value) -> String {
+pub(crate) fn module_line(module: &ModuleRecord) -> String {
     format!(
         "in catalog: platform {} {} {} version {}{} ({} bytes) file sha256 {}{}",
-        module["platform_id"],
-        module["function_name"].as_str().unwrap_or("?"),
-        module["index"],
-        module["version"],
+        module.platform_id,
+        module.function_name,
+        module.index,
+        module.version,
         release_of(module).map(|r| format!(" — {r}")).unwrap_or_default(),
-        module["size"],
-        module["sha256"].as_str().unwrap_or("?"),
-        match (module["statement"].is_string(), module["security_counter"].as_u64().unwrap_or(0)) {
+        module.size,
+        module.sha256,
+        match (module.statement.is_some(), module.security_counter) {
             (true, 0) => ", signed".to_owned(),
             (true, counter) => format!(", signed (security counter {counter})"),
             (false, _) => ", UNSIGNED (pass --key to sign it)".to_owned(),
@@ -296,28 +298,29 @@ pub(crate) fn module_line(module: &Value) -> String {
 
 /// `tern module list [--json]`: the server's module catalog.
 pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
-    let modules = Client::connect()?.get("/api/modules")?;
+    let answer = Client::connect()?.get("/api/modules")?;
     if json {
-        print_json(&modules)?;
+        print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let modules: Vec<ModuleRecord> = typed(answer)?;
     println!(
         "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {:<24}  FILE",
         "PLATFORM", "FUNCTION", "INDEX", "VERSION", "SIZE", "FILE SHA256", "SIGNED", "COUNTER", "RELEASE"
     );
-    for m in modules.as_array().into_iter().flatten() {
+    for m in &modules {
         println!(
             "{:<8} {:<13} {:>5} {:>8} {:>8}  {:<16}  {:<6} {:>7}  {:<24}  {}",
-            m["platform_id"].to_string(),
-            m["function_name"].as_str().unwrap_or("?"),
-            m["index"].to_string(),
-            m["version"].to_string(),
-            m["size"].to_string(),
-            m["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
-            if m["statement"].is_string() { "yes" } else { "no" },
-            m["security_counter"].as_u64().unwrap_or(0),
+            m.platform_id,
+            m.function_name,
+            m.index,
+            m.version,
+            m.size,
+            m.sha256.get(..16).unwrap_or("?"),
+            if m.statement.is_some() { "yes" } else { "no" },
+            m.security_counter,
             release_of(m).unwrap_or_else(|| "-".to_owned()),
-            m["filename"].as_str().unwrap_or("-"),
+            m.filename.as_deref().unwrap_or("-"),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -454,19 +457,20 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             if let Some(switch) = auto_heal {
                 body["auto_heal"] = switch.json();
             }
-            let added = client.post_json("/api/devices", body).with_context(|| format!("device {id}"))?;
+            let answer = client.post_json("/api/devices", body).with_context(|| format!("device {id}"))?;
             if json {
-                print_json(&added)?;
+                print_json(&answer)?;
             } else {
+                let added: AddedDevice = typed(answer)?;
                 println!(
                     "device {} registered (platform {}, {}, auto-heal {})",
-                    id,
-                    added["platform_id"],
-                    connectivity.name(),
-                    if added["auto_heal"] == true { "on" } else { "off" }
+                    added.id,
+                    added.platform_id,
+                    added.connectivity,
+                    if added.auto_heal { "on" } else { "off" }
                 );
-                println!("MQTT username: {id}");
-                println!("MQTT password (shown only now): {}", added["secret"].as_str().unwrap_or("?"));
+                println!("MQTT username: {}", added.id);
+                println!("MQTT password (shown only now): {}", added.secret);
             }
         }
         DeviceCommand::Set { id, connectivity, auto_heal } => {
@@ -480,34 +484,32 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 bail!("nothing to change: pass --connectivity and/or --auto-heal");
             }
-            let policy = client
+            let answer = client
                 .patch_json(&format!("/api/devices/{}", query_value(&id)), body)
                 .with_context(|| format!("device {id}"))?;
-            println!(
-                "device {id}: {}, auto-heal {}",
-                policy["connectivity"].as_str().unwrap_or("?"),
-                if policy["auto_heal"] == true { "on" } else { "off" }
-            );
+            let policy: PolicyView = typed(answer)?;
+            println!("device {id}: {}, auto-heal {}", policy.connectivity, if policy.auto_heal { "on" } else { "off" });
         }
         DeviceCommand::List { json } => {
-            let devices = client.get("/api/devices")?;
+            let answer = client.get("/api/devices")?;
             if json {
-                print_json(&devices)?;
+                print_json(&answer)?;
             } else {
+                let devices: Vec<DeviceSummary> = typed(answer)?;
                 println!(
                     "{:<24} {:<9} {:<10} {:>8}  {:<8} {:<4}  LAST SEEN",
                     "ID", "PLATFORM", "STATUS", "APP", "LINK", "HEAL"
                 );
-                for d in devices.as_array().into_iter().flatten() {
+                for d in &devices {
                     println!(
                         "{:<24} {:<9} {:<10} {:>8}  {:<8} {:<4}  {}",
-                        d["id"].as_str().unwrap_or("?"),
-                        d["platform"].as_str().map(str::to_owned).unwrap_or_else(|| d["platform_id"].to_string()),
-                        d["status"].as_str().unwrap_or("?"),
-                        d["application_version"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                        d["connectivity"].as_str().unwrap_or("?"),
-                        if d["auto_heal"] == true { "auto" } else { "ask" },
-                        when(&d["last_seen"]),
+                        d.id,
+                        d.platform.clone().unwrap_or_else(|| d.platform_id.to_string()),
+                        d.status,
+                        d.application_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        d.connectivity,
+                        if d.auto_heal { "auto" } else { "ask" },
+                        when(d.last_seen),
                     );
                 }
             }
@@ -523,7 +525,7 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&device)?;
             } else {
-                show_device(&device);
+                show_device(&typed(device)?);
             }
         }
     }
@@ -532,8 +534,8 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
 
 /// A stored time (Unix milliseconds) for people: seconds since the epoch in UTC is exact but
 /// unreadable, so print `YYYY-MM-DD HH:MM:SS UTC`.
-fn when(millis: &Value) -> String {
-    let Some(ms) = millis.as_i64() else { return "never".into() };
+fn when(millis: Option<i64>) -> String {
+    let Some(ms) = millis else { return "never".into() };
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -549,114 +551,97 @@ fn when(millis: &Value) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-fn show_device(d: &Value) {
-    println!("device    {}", d["id"].as_str().unwrap_or("?"));
-    println!("platform  {} ({})", d["platform"].as_str().unwrap_or("-"), d["platform_id"]);
-    println!("status    {}", d["status"].as_str().unwrap_or("?"));
-    println!(
-        "policy    {}, auto-heal {}",
-        d["connectivity"].as_str().unwrap_or("?"),
-        if d["auto_heal"] == true { "on" } else { "off" }
-    );
-    println!("last seen {}", when(&d["last_seen"]));
-    let inventory = &d["inventory"];
-    if inventory.is_null() {
-        println!("modules   (the device has not described itself yet)");
-    } else {
-        println!("described {}", when(&inventory["described_at"]));
-        let mut boot = inventory["boot_reason"].as_str().unwrap_or("?").to_owned();
-        if let Some(cause) = inventory["safe_mode"].as_str() {
-            boot.push_str(&format!(" ({cause})"));
-        }
-        println!("boot      {boot}, {}", if inventory["confirmed"] == true { "confirmed" } else { "not confirmed" });
-        if !inventory["unmet"].is_null() {
-            let u = &inventory["unmet"];
+fn show_device(d: &DeviceDetail) {
+    let summary = &d.summary;
+    println!("device    {}", summary.id);
+    println!("platform  {} ({})", summary.platform.as_deref().unwrap_or("-"), summary.platform_id);
+    println!("status    {}", summary.status);
+    println!("policy    {}, auto-heal {}", summary.connectivity, if summary.auto_heal { "on" } else { "off" });
+    println!("last seen {}", when(summary.last_seen));
+    match &d.inventory {
+        None => println!("modules   (the device has not described itself yet)"),
+        Some(inventory) => {
+            println!("described {}", when(Some(inventory.described_at)));
+            let mut boot = inventory.boot_reason.clone();
+            if let Some(cause) = &inventory.safe_mode {
+                boot.push_str(&format!(" ({cause})"));
+            }
+            println!("boot      {boot}, {}", if inventory.confirmed { "confirmed" } else { "not confirmed" });
+            if let Some(u) = &inventory.unmet {
+                println!("unmet     {} {} version {}", u.function_name, u.index, u.version);
+            }
+            if let Some(counter) = inventory.security_counter {
+                println!("security  counter {counter} (modules signed with a lower one are refused)");
+            }
+            if let Some(capacity) = &inventory.capacity {
+                println!(
+                    "staging   {} bytes per update offer (larger updates go in stages, one reboot each)",
+                    capacity.staging_bytes
+                );
+            }
             println!(
-                "unmet     {} {} version {}",
-                u["function_name"].as_str().unwrap_or("?"),
-                u["index"],
-                u["version"]
+                "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",
+                "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
             );
-        }
-        if let Some(counter) = inventory["security_counter"].as_u64() {
-            println!("security  counter {counter} (modules signed with a lower one are refused)");
-        }
-        if let Some(staging) = inventory["capacity"]["staging_bytes"].as_u64() {
-            println!("staging   {staging} bytes per update offer (larger updates go in stages, one reboot each)");
-        }
-        println!(
-            "modules   {:<13} {:>5} {:>8} {:>8}  {:<9} FILE SHA256",
-            "FUNCTION", "INDEX", "VERSION", "SIZE", "INTEGRITY"
-        );
-        for m in inventory["modules"].as_array().into_iter().flatten() {
-            println!(
-                "          {:<13} {:>5} {:>8} {:>8}  {:<9} {}{}",
-                m["function_name"].as_str().unwrap_or("?"),
-                m["index"].to_string(),
-                m["version"].to_string(),
-                m["size"].to_string(),
-                m["integrity"].as_str().unwrap_or("?"),
-                m["sha256"].as_str().unwrap_or("?"),
-                if m["dependencies_met"] == false { "  (dependencies unmet)" } else { "" },
-            );
-        }
-        if let Some(r) = inventory["last_result"].as_object() {
-            println!(
-                "last update attempt {}: {} ({})",
-                r["attempt"],
-                r["outcome"].as_str().unwrap_or("?"),
-                r["reason"].as_str().unwrap_or("?")
-            );
+            for m in &inventory.modules {
+                println!(
+                    "          {:<13} {:>5} {:>8} {:>8}  {:<9} {}{}",
+                    m.function_name,
+                    m.index,
+                    m.version,
+                    m.size,
+                    m.integrity,
+                    m.sha256,
+                    if m.dependencies_met { "" } else { "  (dependencies unmet)" },
+                );
+            }
+            if let Some(r) = &inventory.last_result {
+                println!("last update attempt {}: {} ({})", r.attempt, r.outcome, r.reason);
+            }
         }
     }
-    for plan in d["plans"].as_array().into_iter().flatten().filter(|p| p["status"] == "proposed") {
-        let modules: Vec<String> = plan["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| format!("{} {} v{}", m["function_name"].as_str().unwrap_or("?"), m["index"], m["version"]))
-            .collect();
-        let id = d["id"].as_str().unwrap_or("ID");
-        let send = if plan["origin"] == "heal" {
+    for plan in d.plans.iter().filter(|p| p.status == PlanStatus::Proposed) {
+        let modules: Vec<String> =
+            plan.steps.iter().map(|m| format!("{} {} v{}", m.function_name, m.index, m.version)).collect();
+        let id = &summary.id;
+        let send = if plan.origin == PlanOrigin::Heal {
             format!("tern flash {id} --heal")
         } else {
             format!("tern flash {id} FILE...")
         };
         println!(
             "proposed  plan {} ({}): {}; about {} bytes on the air (send: {send})",
-            plan["id"],
-            plan["origin"].as_str().unwrap_or("?"),
+            plan.id,
+            plan.origin,
             modules.join(", "),
-            plan["air_bytes"]
+            plan.air_bytes
         );
     }
-    let attempts = d["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if !attempts.is_empty() {
+    if !d.attempts.is_empty() {
         println!("attempts");
-        for a in attempts.iter().take(5) {
-            let reason = a["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            let stages = a["stages"].as_array().map_or(0, Vec::len);
-            let stage = match (stages > 1, a["finished"] == true) {
-                (true, false) => format!(" at stage {} of {stages}", a["stage"].as_u64().unwrap_or(0) + 1),
+        for a in d.attempts.iter().take(5) {
+            let reason = a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let stages = a.stages.len();
+            let stage = match (stages > 1, a.finished) {
+                (true, false) => format!(" at stage {} of {stages}", a.stage + 1),
                 (true, true) => format!(" ({stages} stages)"),
                 _ => String::new(),
             };
             println!(
                 "  {}  #{:<5} {}{reason}{stage}, {} module(s), {} of {} bytes",
-                when(&a["created_at"]),
-                a["id"].to_string(),
-                a["state"].as_str().unwrap_or("?"),
-                a["plan"].as_array().map_or(0, Vec::len),
-                a["bytes_done"],
-                a["bytes_total"]
+                when(Some(a.created_at)),
+                a.id,
+                a.state,
+                a.plan.len(),
+                a.bytes_done,
+                a.bytes_total
             );
         }
     }
-    let history = d["history"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if !history.is_empty() {
+    if !d.history.is_empty() {
         println!("history");
-        for e in history {
-            println!("  {}  {}", when(&e["at"]), e["kind"].as_str().unwrap_or("?"));
+        for e in &d.history {
+            println!("  {}  {}", when(Some(e.at)), e.kind);
         }
     }
 }
@@ -682,17 +667,20 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(|e| anyhow!("{}: event stream: {e}", client.remote.server))?;
         let Some(data) = line.strip_prefix("data:") else { continue };
-        let event: Value = serde_json::from_str(data.trim()).map_err(|e| anyhow!("event stream: bad event: {e}"))?;
         if args.json {
+            let event: Value =
+                serde_json::from_str(data.trim()).map_err(|e| anyhow!("event stream: bad event: {e}"))?;
             println!("{}", serde_json::to_string(&event)?);
         } else {
+            let event: Event =
+                serde_json::from_str(data.trim()).map_err(|e| anyhow!("event stream: bad event: {e}"))?;
             println!(
                 "{}  #{:<6} {:<26} {:<16} {}",
-                when(&event["at"]),
-                event["id"].to_string(),
-                event["kind"].as_str().unwrap_or("?"),
-                event["device"].as_str().unwrap_or("-"),
-                event["data"]
+                when(Some(event.at)),
+                event.id,
+                event.kind,
+                event.device.as_deref().unwrap_or("-"),
+                event.data
             );
         }
     }

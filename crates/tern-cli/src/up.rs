@@ -24,6 +24,8 @@ use tern_fleet::{device_os, provision, MqttLink, MqttTarget, Settings, SimRuntim
 use tern_image::manifest::build::Document;
 use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
+use tern_server::api::types::{AddedDevice, DeviceDetail};
+use tern_server::store::{AttemptRecord, Inventory, ModuleRecord, PlanRecord};
 use tern_sim::device::{Behaviour, Image};
 
 /// `tern up`.
@@ -71,6 +73,16 @@ impl Api {
                 .call(),
         )
     }
+    /// A GET read as the server's response type `T`.
+    fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        crate::ops::typed(self.get(path)?)
+    }
+
+    /// A JSON POST whose answer is read as the server's response type `T`.
+    fn post_as<T: serde::de::DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
+        crate::ops::typed(self.post_json(path, body)?)
+    }
+
     fn post_json(&self, path: &str, body: Value) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         self.call(self.agent.post(&url).header("Authorization", &format!("Bearer {}", self.token)).send_json(body))
@@ -162,8 +174,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             std::fs::read_to_string(&secret_file)?
         } else {
             let body = json!({ "id": id, "platform": platform, "connectivity": connectivity });
-            let d = api.post_json("/api/devices", body)?;
-            let s = d["secret"].as_str().ok_or_else(|| anyhow!("no secret for {id}"))?.to_owned();
+            let s = api.post_as::<AddedDevice>("/api/devices", body)?.secret;
             std::fs::write(&secret_file, &s)?;
             s
         };
@@ -195,7 +206,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     }
     for (id, _, _) in fleet {
         wait(&api, &format!("{id} to connect"), |a| {
-            Ok(a.get(&format!("/api/devices/{id}"))?["inventory"]["modules"].is_array())
+            Ok(a.get_as::<DeviceDetail>(&format!("/api/devices/{id}"))?.inventory.is_some())
         })?;
     }
     println!(
@@ -213,51 +224,42 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     // mode, and sent it because argon-1's policy (Wi-Fi) heals automatically.
     println!("\n== 2. safe-mode heal of argon-1 (automatic: Wi-Fi policy) ==");
     let described = wait_value(&api, "argon-1 to describe safe mode", |a| {
-        let d = a.get("/api/devices/argon-1")?;
-        let events = d["history"].as_array().cloned().unwrap_or_default();
-        Ok(events
+        let d: DeviceDetail = a.get_as("/api/devices/argon-1")?;
+        Ok(d.history
             .into_iter()
-            .find(|e| {
-                e["kind"] == "device.described"
-                    && e["data"]["boot_reason"] == "safe_mode"
-                    && e["at"].as_i64() >= Some(demo_start)
-            })
-            .map(|e| e["data"].clone()))
+            .filter(|e| e.kind == "device.described" && e.at >= demo_start)
+            .filter_map(|e| serde_json::from_value::<Inventory>(e.data).ok())
+            .find(|i| i.boot_reason == "safe_mode"))
     })?;
+    let unmet = described.unmet.as_ref();
     println!(
         "argon-1 described: {} ({}), unmet {} {} >= v{}",
-        described["boot_reason"].as_str().unwrap_or("?"),
-        described["safe_mode"].as_str().unwrap_or("?"),
-        described["unmet"]["function_name"].as_str().unwrap_or("?"),
-        described["unmet"]["index"],
-        described["unmet"]["version"],
+        described.boot_reason,
+        described.safe_mode.as_deref().unwrap_or("?"),
+        unmet.map_or("?", |u| u.function_name.as_str()),
+        unmet.map_or(0, |u| u.index),
+        unmet.map_or(0, |u| u.version),
     );
     let attempt = wait_value(&api, "the automatic heal", |a| {
-        let d = a.get("/api/devices/argon-1")?;
-        let heal = d["attempts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| !a["plan_id"].is_null() && a["created_at"].as_i64() >= Some(demo_start))
-            .cloned();
-        Ok(heal)
+        let d: DeviceDetail = a.get_as("/api/devices/argon-1")?;
+        Ok(d.attempts.into_iter().find(|a| a.plan_id.is_some() && a.created_at >= demo_start))
     })?;
-    let plan = api.get(&format!("/api/plans/{}", attempt["plan_id"]))?;
+    let plan: PlanRecord = api.get_as(&format!("/api/plans/{}", attempt.plan_id.unwrap_or_default()))?;
     print_plan(&plan);
     follow(&api, &attempt)?;
-    let d = api.get("/api/devices/argon-1")?;
-    println!("argon-1 now: {} (status {})", d["inventory"]["boot_reason"].as_str().unwrap_or("?"), d["status"]);
+    let d: DeviceDetail = api.get_as("/api/devices/argon-1")?;
+    println!("argon-1 now: {} (status {})", boot_reason(&d), d.summary.status);
 
     // 3. An automatic rollback.
     println!("\n== 3. a bad application (panics at boot) on photon-2 ==");
     let bad = upload_image(&api, &key, photon, &papp(3, Behaviour::Panic)?)?;
     let plan = make_plan(&api, "photon-2", &[bad])?;
     follow(&api, &start_plan(&api, &plan, false)?)?;
-    let d = api.get("/api/devices/photon-2")?;
+    let d: DeviceDetail = api.get_as("/api/devices/photon-2")?;
     println!(
         "photon-2 runs application version {} again (boot reason {})",
-        d["application_version"],
-        d["inventory"]["boot_reason"].as_str().unwrap_or("?")
+        d.summary.application_version.map_or("-".to_owned(), |v| v.to_string()),
+        boot_reason(&d)
     );
 
     // 4. A cellular device: the plan heals what the new application needs, and its cost
@@ -267,7 +269,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     let plan = make_plan(&api, "argon-2", &[app2])?;
     println!(
         "argon-2 is cellular: an operator confirms the {} bytes (`tern flash` asks them to type it); the demo confirms",
-        plan["air_bytes"]
+        plan.air_bytes
     );
     follow(&api, &start_plan(&api, &plan, true)?)?;
 
@@ -421,42 +423,42 @@ fn upload_signed(api: &Api, key: &SigningKey, platform: u16, image: &Image, name
     let body = tern_image::bundle::write_signed_module(&statement, &image.bytes).map_err(|e| anyhow!("{name}: {e}"))?;
     let module =
         api.post_bytes(&format!("/api/modules?filename={name}"), &body).with_context(|| format!("uploading {name}"))?;
-    module["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("{name}: no hash in the answer"))
+    Ok(crate::ops::typed::<ModuleRecord>(module)?.sha256)
 }
 
-fn make_plan(api: &Api, device: &str, modules: &[String]) -> Result<Value> {
-    let plan = api.post_json(&format!("/api/devices/{device}/plans"), json!({ "modules": modules }))?;
+fn make_plan(api: &Api, device: &str, modules: &[String]) -> Result<PlanRecord> {
+    let plan = api.post_as(&format!("/api/devices/{device}/plans"), json!({ "modules": modules }))?;
     print_plan(&plan);
     Ok(plan)
 }
 
-fn print_plan(plan: &Value) {
-    println!(
-        "plan {} for {} ({}):",
-        plan["id"],
-        plan["device"].as_str().unwrap_or("?"),
-        plan["origin"].as_str().unwrap_or("?")
-    );
-    for (i, m) in plan["steps"].as_array().into_iter().flatten().enumerate() {
+fn print_plan(plan: &PlanRecord) {
+    println!("plan {} for {} ({}):", plan.id, plan.device, plan.origin);
+    for (i, m) in plan.steps.iter().enumerate() {
         println!(
             "  {}. {} {} v{} ({} bytes)  {}",
             i + 1,
-            m["function_name"].as_str().unwrap_or("?"),
-            m["index"],
-            m["version"],
-            m["size"],
-            m["reason"].as_str().unwrap_or("")
+            m.function_name,
+            m.index,
+            m.version,
+            m.size,
+            m.reason.as_deref().unwrap_or("")
         );
     }
-    println!("  about {} bytes on the air over {}", plan["air_bytes"], plan["connectivity"].as_str().unwrap_or("?"));
+    println!("  about {} bytes on the air over {}", plan.air_bytes, plan.connectivity.name());
 }
 
-fn start_plan(api: &Api, plan: &Value, confirm: bool) -> Result<Value> {
-    let body = if confirm { json!({ "confirm_air_bytes": plan["air_bytes"] }) } else { json!({}) };
-    api.post_json(&format!("/api/plans/{}/start", plan["id"]), body)
+fn start_plan(api: &Api, plan: &PlanRecord, confirm: bool) -> Result<AttemptRecord> {
+    let body = if confirm { json!({ "confirm_air_bytes": plan.air_bytes }) } else { json!({}) };
+    api.post_as(&format!("/api/plans/{}/start", plan.id), body)
 }
 
-fn wait_value(api: &Api, what: &str, f: impl Fn(&Api) -> Result<Option<Value>>) -> Result<Value> {
+/// The boot reason a device last described.
+fn boot_reason(d: &DeviceDetail) -> &str {
+    d.inventory.as_ref().map_or("?", |i| i.boot_reason.as_str())
+}
+
+fn wait_value<T>(api: &Api, what: &str, f: impl Fn(&Api) -> Result<Option<T>>) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Ok(Some(value)) = f(api) {
@@ -481,21 +483,21 @@ fn wait(api: &Api, what: &str, f: impl Fn(&Api) -> Result<bool>) -> Result<()> {
 }
 
 /// Prints attempt `a`'s states as they change, until it ends.
-fn follow(api: &Api, a: &Value) -> Result<Value> {
-    let id = a["id"].as_i64().ok_or_else(|| anyhow!("no attempt id"))?;
-    println!("attempt {id} on {}:", a["device"].as_str().unwrap_or("?"));
+fn follow(api: &Api, a: &AttemptRecord) -> Result<AttemptRecord> {
+    let id = a.id;
+    println!("attempt {id} on {}:", a.device);
     let mut last = String::new();
     let start = Instant::now();
     loop {
-        let a = api.get(&format!("/api/attempts/{id}"))?;
-        let state = a["state"].as_str().unwrap_or("?").to_owned();
-        let line = format!("  {state} ({} / {} bytes)", a["bytes_done"], a["bytes_total"]);
+        let a: AttemptRecord = api.get_as(&format!("/api/attempts/{id}"))?;
+        let state = a.state;
+        let line = format!("  {state} ({} / {} bytes)", a.bytes_done, a.bytes_total);
         if line != last {
             println!("{line}");
             last = line;
         }
-        if a["finished"] == true {
-            if let Some(reason) = a["reason"].as_str() {
+        if a.finished {
+            if let Some(reason) = &a.reason {
                 println!("  reason: {reason}");
             }
             return Ok(a);

@@ -1,6 +1,7 @@
 //! Devices: registration, listing, details, commands, policy.
 
 use super::*;
+pub use crate::api::types::{AddedDevice, DeviceDetail, DeviceSummary};
 
 #[derive(Deserialize)]
 pub(super) struct AddDevice {
@@ -23,20 +24,12 @@ pub(super) fn parse_connectivity(name: &str) -> ApiResult<Connectivity> {
     })
 }
 
-#[derive(Serialize)]
-pub(super) struct AddedDevice {
-    id: String,
-    platform_id: u16,
-    platform: Option<&'static str>,
-    connectivity: &'static str,
-    /// Whether the server heals it without asking (the policy in force).
-    auto_heal: bool,
-    /// Shown once; only its hash is stored.
-    secret: String,
-}
-
 pub(super) fn policy_json(policy: &Policy) -> serde_json::Value {
-    json!({ "connectivity": policy.connectivity.name(), "auto_heal": policy.heals_automatically() })
+    let view = crate::api::types::PolicyView {
+        connectivity: policy.connectivity.name().to_owned(),
+        auto_heal: policy.heals_automatically(),
+    };
+    serde_json::to_value(view).unwrap_or_default()
 }
 
 pub(super) async fn add_device(
@@ -88,33 +81,12 @@ pub(super) async fn add_device(
     let added = AddedDevice {
         id: device.id,
         platform_id,
-        platform: platform::name(platform_id),
-        connectivity: connectivity.name(),
+        platform: platform::name(platform_id).map(str::to_owned),
+        connectivity: connectivity.name().to_owned(),
         auto_heal: policy.heals_automatically(),
         secret,
     };
     Ok((StatusCode::CREATED, Json(added)))
-}
-
-/// One line of the device list.
-#[derive(Serialize)]
-pub(super) struct DeviceSummary {
-    id: String,
-    platform_id: u16,
-    platform: Option<&'static str>,
-    online: bool,
-    /// `online`, `offline` or `safe_mode` (as last described).
-    status: &'static str,
-    /// Version of the application module as last described.
-    application_version: Option<u32>,
-    last_seen: Option<i64>,
-    described_at: Option<i64>,
-    /// `wifi`, `ethernet` or `cellular`.
-    connectivity: &'static str,
-    /// Whether the server heals it without asking (the policy in force).
-    auto_heal: bool,
-    /// Its place in the fleet: product, tags, development flag, pin, data budget.
-    fleet: crate::store::Membership,
 }
 
 pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord) -> DeviceSummary {
@@ -126,7 +98,7 @@ pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord
     DeviceSummary {
         id: id.to_owned(),
         platform_id,
-        platform: platform::name(platform_id),
+        platform: platform::name(platform_id).map(str::to_owned),
         online,
         status: if safe_mode {
             "safe_mode"
@@ -134,13 +106,14 @@ pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord
             "online"
         } else {
             "offline"
-        },
+        }
+        .to_owned(),
         application_version: inv
             .and_then(|inv| inv.modules.iter().find(|m| m.function == application))
             .map(|m| m.version),
         last_seen,
         described_at: inv.map(|inv| inv.described_at),
-        connectivity: device.policy.connectivity.name(),
+        connectivity: device.policy.connectivity.name().to_owned(),
         auto_heal: device.policy.heals_automatically(),
         fleet: device.fleet.clone(),
     }
@@ -149,21 +122,6 @@ pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord
 pub(super) async fn list_devices(State(state): State<AppState>) -> ApiResult<Json<Vec<DeviceSummary>>> {
     let devices = state.store.list_devices().await?;
     Ok(Json(devices.iter().map(|d| summary(&*state.link, d)).collect()))
-}
-
-#[derive(Serialize)]
-pub(super) struct DeviceDetail {
-    #[serde(flatten)]
-    summary: DeviceSummary,
-    created_at: i64,
-    /// What the device last described: the modules actually installed.
-    inventory: Option<Inventory>,
-    /// Its most recent update attempts, newest first.
-    attempts: Vec<AttemptRecord>,
-    /// Its most recent plans, newest first (a proposed heal waits here for an operator).
-    plans: Vec<PlanRecord>,
-    /// Its most recent events, oldest first.
-    history: Vec<Event>,
 }
 
 /// How many attempts `GET /api/devices/{id}` includes.

@@ -33,8 +33,8 @@ use crate::link::{DeviceLink, LinkError};
 use crate::plans::{PlanError, PlanOptions, Planner};
 use crate::platform;
 use crate::store::{
-    AttemptRecord, Connectivity, DependencyRecord, Event, Inventory, ModuleRecord, NewDevice, PlanOrigin, PlanRecord,
-    Policy, Store, StoreError,
+    AttemptRecord, Connectivity, DependencyRecord, Event, ModuleRecord, NewDevice, PlanOrigin, PlanRecord, Policy,
+    Store, StoreError,
 };
 use crate::updates::{UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};
@@ -45,6 +45,7 @@ mod fleet;
 mod modules;
 mod plans;
 mod rollouts;
+pub mod types;
 
 use devices::*;
 use events::*;

@@ -402,7 +402,12 @@ impl Rollouts {
                 in_window: fleet::in_window(device, groups, ms(now)),
                 budget,
                 attempt,
-                rolled_back_since_confirm: matches!(confirmed_state, Some("rolled_back") | Some("safe_mode"))
+                rolled_back_since_confirm: [
+                    tern_proto::BootReason::Rollback.name(),
+                    tern_proto::BootReason::SafeMode.name(),
+                ]
+                .iter()
+                .any(|reason| confirmed_state == Some(*reason))
                     && stored.get(&device.id).is_some_and(|m| m.member.state == MemberState::Soaking),
             });
         }

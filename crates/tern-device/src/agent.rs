@@ -25,16 +25,19 @@
 //! erased, and those blocks are requested again. The transfer therefore loses at most one
 //! erase sector of progress per interruption, never the whole transfer.
 
+use core::cell::RefCell;
+
 use ed25519_dalek::VerifyingKey;
+use tern_delta::{Applier, ApplyError, NewImage, OldImage, Status};
 use tern_image::manifest::{self, Kind, ModuleEntry, SignedDocument};
 use tern_image::model::{Dependency, ModuleFunction};
-use tern_proto::Capacity;
+use tern_proto::{Capacity, Transfer};
 
 use crate::block::{Block, BLOCK_SIZE};
 use crate::profile::{Profile, MAX_SLOTS};
 use crate::state::{
-    self, BootState, DeviceState, LoadError, ModuleRecord, StagedModule, Stored, UpdatePhase, UpdateResult,
-    MAX_UPDATE_MODULES,
+    self, BootState, DeviceState, LoadError, ModuleRecord, StagedModule, StagedTransfer, Stored, UpdatePhase,
+    UpdateResult, MAX_UPDATE_MODULES,
 };
 use crate::storage::{self, FlashError, Loc, Storage};
 
@@ -77,6 +80,10 @@ pub enum OfferError {
     UnsignedModule,
     /// A dependency can never be satisfied on this device by this update.
     UnsatisfiableDependency(Dependency),
+    /// A module offered as a delta patch whose source is not the module installed in its
+    /// slot (the server's view of the device is stale): the server falls back to the
+    /// whole module.
+    DeltaSource(ModuleFunction, u8),
     /// An install is staged or in progress; reboot first.
     Busy,
     /// Flash failed.
@@ -106,6 +113,10 @@ pub enum BlockError {
     /// Every block arrived but a module's SHA-256 does not match the signed manifest; the
     /// update was dropped.
     VerifyFailed(u8),
+    /// Every block arrived but a module's patch could not be applied (damaged, made for
+    /// another source, or its result does not hash to the signed SHA-256); the update was
+    /// dropped and nothing was installed.
+    PatchFailed(u8),
     /// Flash failed.
     Flash(FlashError),
 }
@@ -125,6 +136,9 @@ pub struct OfferScope<'a> {
     /// Which of the signed documents' modules to stage, by SHA-256, in install order.
     /// Empty: every module the documents list, in their order.
     pub modules: &'a [[u8; 32]],
+    /// How each selected module arrives, in the order of `modules`; missing entries (all,
+    /// when empty) are raw.
+    pub transfers: &'a [Transfer],
 }
 
 /// What an accepted offer looks like to the sender.
@@ -132,7 +146,7 @@ pub struct OfferScope<'a> {
 pub struct OfferAccepted {
     /// Number of modules to transfer.
     pub modules: u8,
-    /// Total bytes of the modules.
+    /// Total bytes to receive (module sizes, or patch lengths).
     pub bytes: u32,
     /// The same offer was already in progress: received blocks are kept.
     pub resumed: bool,
@@ -155,7 +169,7 @@ pub enum BlockOutcome {
 pub struct BlockRequest {
     /// Module number in the offer.
     pub module: u8,
-    /// Byte offset within the module.
+    /// Byte offset within the module's transfer (its bytes, or its patch).
     pub offset: u32,
     /// Length in bytes.
     pub len: u32,
@@ -182,6 +196,7 @@ pub fn capacity(profile: &Profile) -> Capacity {
         staging_bytes: marker_blocks.min(exchange_blocks).saturating_mul(BLOCK_SIZE),
         max_modules: MAX_UPDATE_MODULES as u8,
         block_size: BLOCK_SIZE,
+        patches: true,
     }
 }
 
@@ -218,7 +233,7 @@ impl<'k> Agent<'k> {
         // Every block arrived but a reset came before the verification was recorded.
         if agent.stored.state.phase == UpdatePhase::Receiving && agent.received == agent.total_blocks() {
             match agent.finish(s) {
-                Ok(_) | Err(BlockError::VerifyFailed(_)) => {}
+                Ok(_) | Err(BlockError::VerifyFailed(_) | BlockError::PatchFailed(_)) => {}
                 Err(BlockError::Flash(e)) => return Err(LoadError::Flash(e)),
                 Err(_) => return Err(LoadError::Flash(FlashError::Other)),
             }
@@ -237,12 +252,12 @@ impl<'k> Agent<'k> {
     }
 
     fn total_blocks(&self) -> u32 {
-        self.stored.state.staged().map(|m| blocks_of(m.module.size)).sum()
+        self.stored.state.staged().map(|m| blocks_of(m.transfer_len())).sum()
     }
 
-    /// Global block number of block `offset / BLOCK_SIZE` of module `module`.
+    /// Global block number of block `offset / BLOCK_SIZE` of module `module`'s transfer.
     fn block_number(&self, module: u8, offset: u32) -> u32 {
-        self.stored.state.staged().take(module as usize).map(|m| blocks_of(m.module.size)).sum::<u32>()
+        self.stored.state.staged().take(module as usize).map(|m| blocks_of(m.transfer_len())).sum::<u32>()
             + offset / BLOCK_SIZE
     }
 
@@ -373,18 +388,42 @@ impl<'k> Agent<'k> {
         let capacity = self.capacity();
         let mut next = 0u32;
         let mut total_bytes = 0u32;
+        let mut reserve = |len: u32| -> Result<u32, OfferError> {
+            let at = next;
+            let end = next.checked_add(len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE).ok_or(OfferError::TooLarge)?;
+            if end > capacity.staging_bytes {
+                return Err(OfferError::TooLarge);
+            }
+            next = end;
+            Ok(at)
+        };
+        // Every module's place first, then the patches (received there, applied into the
+        // places once all have arrived).
         for (i, entry) in entries.iter().flatten().enumerate() {
             let slot = self.check_entry(entry)?;
             if staged.iter().flatten().any(|m: &StagedModule| m.slot as usize == slot) {
                 return Err(OfferError::TooManyModules);
             }
-            let end = next.checked_add(entry.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE).ok_or(OfferError::TooLarge)?;
-            if end > capacity.staging_bytes {
-                return Err(OfferError::TooLarge);
-            }
-            staged[i] = Some(StagedModule { slot: slot as u8, offset: next, module: ModuleRecord::from_entry(entry) });
-            next = end;
-            total_bytes = total_bytes.saturating_add(entry.size);
+            let offset = reserve(entry.size)?;
+            let module = ModuleRecord::from_entry(entry);
+            staged[i] = Some(StagedModule { slot: slot as u8, offset, module, transfer: StagedTransfer::Raw });
+        }
+        for (i, m) in staged.iter_mut().enumerate() {
+            let Some(m) = m else { continue };
+            m.transfer = match scope.transfers.get(i).copied().unwrap_or(Transfer::Raw) {
+                Transfer::Raw => StagedTransfer::Raw,
+                Transfer::Patch { length: 0, .. } => return Err(OfferError::TooLarge),
+                Transfer::Patch { source, length } => {
+                    if let Some(source) = source {
+                        let installed = self.stored.state.installed[m.slot as usize];
+                        if installed.is_none_or(|r| r.sha256 != source) {
+                            return Err(OfferError::DeltaSource(m.module.function, m.module.index));
+                        }
+                    }
+                    StagedTransfer::Patch { source, length, at: reserve(length)? }
+                }
+            };
+            total_bytes = total_bytes.saturating_add(m.transfer_len());
         }
         self.check_dependencies(&staged)?;
         let count = count as u8;
@@ -467,7 +506,13 @@ impl<'k> Agent<'k> {
         let marker_bytes = self.total_blocks() * MARKER_UNITS * ws;
         storage::erase_covering(s, self.profile, Loc { dev: p.dev, offset: p.offset }, marker_bytes)?;
         let ex = self.profile.exchange;
-        let extent = self.stored.state.staged().map(|m| m.offset + m.module.size).max().unwrap_or(0);
+        let extent = self
+            .stored
+            .state
+            .staged()
+            .map(|m| (m.offset + m.module.size).max(m.transfer_offset() + m.transfer_len()))
+            .max()
+            .unwrap_or(0);
         storage::erase_covering(s, self.profile, Loc { dev: ex.dev, offset: ex.offset }, extent)?;
         self.stored.state.phase = UpdatePhase::Receiving;
         self.stored.save(s, self.profile)?;
@@ -484,13 +529,14 @@ impl<'k> Agent<'k> {
         let mut n = 0;
         let mut block = 0;
         for (i, m) in self.stored.state.staged().enumerate() {
-            for k in 0..blocks_of(m.module.size) {
+            let size = m.transfer_len();
+            for k in 0..blocks_of(size) {
                 if n == out.len() {
                     return Ok(n);
                 }
                 if self.marker_count(s, block)? % 2 == 0 {
                     let offset = k * BLOCK_SIZE;
-                    out[n] = BlockRequest { module: i as u8, offset, len: (m.module.size - offset).min(BLOCK_SIZE) };
+                    out[n] = BlockRequest { module: i as u8, offset, len: (size - offset).min(BLOCK_SIZE) };
                     n += 1;
                 }
                 block += 1;
@@ -499,10 +545,11 @@ impl<'k> Agent<'k> {
         Ok(n)
     }
 
-    /// Bytes received so far and bytes in total.
+    /// Bytes received so far and bytes in total (of the transfers: module sizes, or
+    /// patch lengths).
     pub fn progress(&self) -> (u64, u64) {
-        let total: u64 = self.stored.state.staged().map(|m| u64::from(m.module.size)).sum();
-        (u64::from(self.received) * u64::from(BLOCK_SIZE), total)
+        let total: u64 = self.stored.state.staged().map(|m| u64::from(m.transfer_len())).sum();
+        ((u64::from(self.received) * u64::from(BLOCK_SIZE)).min(total), total)
     }
 
     /// Step 3: one block. Any order, duplicates ignored. When the last block arrives,
@@ -513,10 +560,11 @@ impl<'k> Agent<'k> {
             return Err(BlockError::NotReceiving);
         }
         let m = *self.stored.state.staged().nth(block.module as usize).ok_or(BlockError::UnknownModule)?;
-        if block.offset % BLOCK_SIZE != 0 || block.offset >= m.module.size {
+        let size = m.transfer_len();
+        if block.offset % BLOCK_SIZE != 0 || block.offset >= size {
             return Err(BlockError::BadOffset);
         }
-        if block.data.len() as u32 != (m.module.size - block.offset).min(BLOCK_SIZE) {
+        if block.data.len() as u32 != (size - block.offset).min(BLOCK_SIZE) {
             return Err(BlockError::BadLength);
         }
         match self.store_block(s, &m, block) {
@@ -542,7 +590,7 @@ impl<'k> Agent<'k> {
             return Ok(BlockOutcome::Duplicate);
         }
         let ex = self.profile.exchange;
-        let at = Loc { dev: ex.dev, offset: ex.offset + m.offset + block.offset };
+        let at = Loc { dev: ex.dev, offset: ex.offset + m.transfer_offset() + block.offset };
         let ws = self.profile.devices[ex.dev as usize].write_size;
         let padded = (block.data.len() as u32).div_ceil(ws) * ws;
         let mut unit = count;
@@ -564,14 +612,21 @@ impl<'k> Agent<'k> {
     /// modules are packed on block boundaries), erases it, and returns the marker unit to
     /// program for block `number` afterwards.
     fn repair_sector<S: Storage>(&mut self, s: &mut S, at: Loc, number: u32) -> Result<u32, BlockError> {
+        self.discard_sector(s, at)?;
+        Ok(self.marker_count(s, number)?)
+    }
+
+    /// Marks the received blocks in the sector holding `at` discarded and erases it
+    /// (journaled: an interrupted erase is redone by the boot manager).
+    fn discard_sector<S: Storage>(&mut self, s: &mut S, at: Loc) -> Result<(), BlockError> {
         let ex = self.profile.exchange;
         let dev = &self.profile.devices[ex.dev as usize];
         let (start, size) = dev.sector_at(at.offset).ok_or(BlockError::Flash(FlashError::OutOfBounds))?;
         let staged: [Option<StagedModule>; MAX_UPDATE_MODULES] = self.stored.state.staged;
         for (i, m) in staged.iter().take(self.stored.state.staged_count as usize).enumerate() {
             let Some(m) = m else { continue };
-            for k in 0..blocks_of(m.module.size) {
-                let block_start = ex.offset + m.offset + k * BLOCK_SIZE;
+            for k in 0..blocks_of(m.transfer_len()) {
+                let block_start = ex.offset + m.transfer_offset() + k * BLOCK_SIZE;
                 if block_start + BLOCK_SIZE <= start || block_start >= start + size {
                     continue;
                 }
@@ -584,17 +639,50 @@ impl<'k> Agent<'k> {
             }
         }
         self.stored.journaled_erase(s, self.profile, ex.dev, start, start + size)?;
-        Ok(self.marker_count(s, number)?)
+        Ok(())
     }
 
+    /// Every block arrived: applies the patches into their modules' places, checks every
+    /// module's SHA-256 and marks the update staged (or drops it, saying why).
     fn finish<S: Storage>(&mut self, s: &mut S) -> Result<BlockOutcome, BlockError> {
         let ex = self.profile.exchange;
         let mut bad = None;
-        for (i, m) in self.stored.state.staged().enumerate() {
-            let digest = storage::hash(s, Loc { dev: ex.dev, offset: ex.offset + m.offset }, m.module.size)?;
-            if digest != m.module.sha256 {
-                bad = Some(i as u8);
-                break;
+        // A place found torn by an earlier, interrupted application is erased (with any
+        // received block sharing its sector) and the patches applied again; bounded, as a
+        // flash that keeps failing must end in an error, not a loop.
+        let mut repairs = 0;
+        let staged = self.stored.state.staged;
+        let count = usize::from(self.stored.state.staged_count);
+        'apply: loop {
+            for (i, m) in staged.iter().take(count).flatten().enumerate() {
+                let StagedTransfer::Patch { source, length, at } = m.transfer else { continue };
+                match apply_patch(s, self.profile, m, source.is_some(), length, at)? {
+                    Applied::Done => {}
+                    Applied::Failed => {
+                        bad = Some((i as u8, UpdateResult::PatchFailed));
+                        break 'apply;
+                    }
+                    Applied::Torn(loc) if repairs < MAX_APPLY_REPAIRS => {
+                        repairs += 1;
+                        self.discard_sector(s, loc)?;
+                        if self.received < self.total_blocks() {
+                            // The erase took received blocks with it: they are asked again.
+                            return Ok(BlockOutcome::Stored);
+                        }
+                        continue 'apply;
+                    }
+                    Applied::Torn(_) => return Err(BlockError::Flash(FlashError::Other)),
+                }
+            }
+            break;
+        }
+        if bad.is_none() {
+            for (i, m) in self.stored.state.staged().enumerate() {
+                let digest = storage::hash(s, Loc { dev: ex.dev, offset: ex.offset + m.offset }, m.module.size)?;
+                if digest != m.module.sha256 {
+                    bad = Some((i as u8, UpdateResult::VerifyFailed));
+                    break;
+                }
             }
         }
         let st = &mut self.stored.state;
@@ -603,17 +691,18 @@ impl<'k> Agent<'k> {
                 st.phase = UpdatePhase::Staged;
                 st.last_result = UpdateResult::Staged;
             }
-            Some(_) => {
+            Some((_, result)) => {
                 st.phase = UpdatePhase::Idle;
                 st.staged_count = 0;
                 st.staged = [None; MAX_UPDATE_MODULES];
-                st.last_result = UpdateResult::VerifyFailed;
+                st.last_result = result;
             }
         }
         self.stored.save(s, self.profile)?;
         match bad {
             None => Ok(BlockOutcome::Complete),
-            Some(i) => Err(BlockError::VerifyFailed(i)),
+            Some((i, UpdateResult::PatchFailed)) => Err(BlockError::PatchFailed(i)),
+            Some((i, _)) => Err(BlockError::VerifyFailed(i)),
         }
     }
 
@@ -670,4 +759,138 @@ impl<'k> Agent<'k> {
         self.stored.save(s, self.profile)?;
         Ok(true)
     }
+}
+
+/// How often one [`Agent::finish`] repairs a torn place before it gives up.
+const MAX_APPLY_REPAIRS: u32 = 3;
+
+/// Bytes of a patch read from staging per [`Applier::feed`].
+const PATCH_CHUNK: usize = 256;
+
+/// What applying one patch came to.
+enum Applied {
+    /// The module is in its place, and the patch checked its SHA-256.
+    Done,
+    /// The patch is damaged, or made for another source: the update cannot use it.
+    Failed,
+    /// The place holds bytes from an interrupted earlier application at this location:
+    /// its sector must be erased first.
+    Torn(Loc),
+}
+
+/// The installed module a delta patch applies to, read from its slot.
+struct Source<'c, S> {
+    s: &'c RefCell<&'c mut S>,
+    at: Loc,
+    len: u32,
+}
+
+impl<S: Storage> OldImage for Source<'_, S> {
+    type Error = FlashError;
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), FlashError> {
+        if u64::from(offset) + buf.len() as u64 > u64::from(self.len) {
+            return Err(FlashError::OutOfBounds);
+        }
+        self.s.borrow_mut().read(self.at.dev, self.at.offset + offset, buf)
+    }
+}
+
+/// Nothing: what a compressed image is a patch from.
+struct Nothing;
+
+impl OldImage for Nothing {
+    type Error = FlashError;
+    fn read(&mut self, _: u32, _: &mut [u8]) -> Result<(), FlashError> {
+        Err(FlashError::OutOfBounds)
+    }
+}
+
+/// The module's place in the exchange area, written in order. A write whose bytes are
+/// already there (from an application a reset interrupted) is skipped, one into erased
+/// flash is programmed, and anything else — a torn earlier write — is reported.
+struct Place<'c, S> {
+    s: &'c RefCell<&'c mut S>,
+    profile: &'static Profile,
+    at: Loc,
+    len: u32,
+    torn: Option<Loc>,
+    flash: Option<FlashError>,
+}
+
+impl<S: Storage> NewImage for Place<'_, S> {
+    type Error = ();
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), ()> {
+        if u64::from(offset) + data.len() as u64 > u64::from(self.len) {
+            self.flash = Some(FlashError::OutOfBounds);
+            return Err(());
+        }
+        let at = Loc { dev: self.at.dev, offset: self.at.offset + offset };
+        let mut s = self.s.borrow_mut();
+        let ws = self.profile.devices[at.dev as usize].write_size;
+        let padded = (data.len() as u32).div_ceil(ws) * ws;
+        let result = match storage::equals(*s, at, data) {
+            Ok(true) => Ok(()),
+            Ok(false) => match storage::is_erased(*s, at, padded) {
+                Ok(true) => storage::program(*s, self.profile, at, data),
+                Ok(false) => {
+                    self.torn = Some(at);
+                    return Err(());
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| self.flash = Some(e))
+    }
+}
+
+/// Applies module `m`'s patch (`length` bytes at `at` in the exchange area) into its place.
+fn apply_patch<S: Storage>(
+    s: &mut S,
+    profile: &'static Profile,
+    m: &StagedModule,
+    delta: bool,
+    length: u32,
+    at: u32,
+) -> Result<Applied, BlockError> {
+    let ex = profile.exchange;
+    let slot = profile.slots.get(m.slot as usize).ok_or(BlockError::Flash(FlashError::OutOfBounds))?.region;
+    let cell = RefCell::new(s);
+    let mut place = Place {
+        s: &cell,
+        profile,
+        at: Loc { dev: ex.dev, offset: ex.offset + m.offset },
+        len: m.module.size,
+        torn: None,
+        flash: None,
+    };
+    let mut applier = Applier::new();
+    let mut buf = [0u8; PATCH_CHUNK];
+    let mut done = 0u32;
+    let mut status = Status::NeedMore;
+    while done < length {
+        let n = (length - done).min(PATCH_CHUNK as u32) as usize;
+        cell.borrow_mut().read(ex.dev, ex.offset + at + done, &mut buf[..n])?;
+        done += n as u32;
+        let fed = if delta {
+            let mut source = Source { s: &cell, at: Loc { dev: slot.dev, offset: slot.offset }, len: slot.size };
+            applier.feed(&buf[..n], &mut source, &mut place)
+        } else {
+            applier.feed(&buf[..n], &mut Nothing, &mut place)
+        };
+        match fed {
+            Ok(s) => status = s,
+            Err(ApplyError::WriteNew) => {
+                return match (place.torn, place.flash) {
+                    (Some(loc), _) => Ok(Applied::Torn(loc)),
+                    (None, Some(e)) => Err(BlockError::Flash(e)),
+                    (None, None) => Err(BlockError::Flash(FlashError::Other)),
+                };
+            }
+            // The source could not be read: the patch cannot be used on this device.
+            Err(_) => return Ok(Applied::Failed),
+        }
+    }
+    let complete = status == Status::Done && applier.finish().is_ok();
+    Ok(if complete { Applied::Done } else { Applied::Failed })
 }

@@ -21,6 +21,7 @@
 //! | UpdateOffer, refused | sends Result failed with the reason ([`OfferError::reason`]) and a Describe |
 //! | Block of the current attempt | stores it (any order, duplicates ignored), asks for more; on the last one sends Progress verifying, staged, rebooting and reboots to install |
 //! | Block that fails verification or flash | sends Result failed (verify_error / flash_error) |
+//! | last Block of an offer with patches | applies each patch into its module's place first; a patch that cannot be applied sends Result failed (delta_failed), and the server falls back to whole modules |
 //! | Command (each id once) | reboot; safe mode or factory restore requested in the state record, then reboot; cancel drops the transfer and sends Result cancelled |
 //! | timeout | re-asks for blocks unanswered for `request_timeout_ms`, sends Progress every `progress_every_ms` while downloading and a Describe every `describe_every_ms` |
 //!
@@ -32,7 +33,7 @@
 
 use tern_proto::{
     Action, AttemptId, Block, BlockRequest, BootReason, Command, Describe, InstalledModule, List, Message, Outcome,
-    Phase, Progress, Reason, SafeModeCause, UpdateOffer, UpdateResult, MAX_MODULES,
+    Phase, Progress, Reason, SafeModeCause, Transfer, UpdateOffer, UpdateResult, MAX_MODULES,
 };
 
 use crate::agent::{Agent, BlockError, BlockOutcome, BlockRequest as Missing, OfferError, OfferScope};
@@ -188,6 +189,7 @@ impl OfferError {
             | OfferError::UnsignedModule => Reason::MalformedOffer,
             OfferError::TooLarge => Reason::TooLarge,
             OfferError::UnsatisfiableDependency(_) => Reason::UnmetDependency,
+            OfferError::DeltaSource(..) => Reason::DeltaSource,
             OfferError::Busy => Reason::Busy,
             OfferError::Flash(_) => Reason::FlashError,
         }
@@ -314,10 +316,13 @@ impl<'k> Conversation<'k> {
             return;
         }
         let mut selection = [[0u8; 32]; MAX_MODULES];
+        let mut transfers = [Transfer::Raw; MAX_MODULES];
         for (i, m) in offer.modules.iter().enumerate() {
             selection[i] = m.sha256;
+            transfers[i] = m.transfer;
         }
-        let scope = OfferScope { attempt: Some(offer.attempt), modules: &selection[..offer.modules.len()] };
+        let n = offer.modules.len();
+        let scope = OfferScope { attempt: Some(offer.attempt), modules: &selection[..n], transfers: &transfers[..n] };
         let accepted = if offer.max_block < BLOCK_SIZE {
             // The agent stores whole blocks; shorter ones could never complete one.
             Err(Reason::MalformedOffer)
@@ -379,8 +384,9 @@ impl<'k> Conversation<'k> {
                 self.action = Some(PlatformAction::RebootToInstall);
                 return;
             }
-            Err(BlockError::VerifyFailed(module)) => {
-                let reason = Reason::VerifyError;
+            Err(e @ (BlockError::VerifyFailed(module) | BlockError::PatchFailed(module))) => {
+                let reason =
+                    if matches!(e, BlockError::PatchFailed(_)) { Reason::DeltaFailed } else { Reason::VerifyError };
                 self.own_result =
                     Some(UpdateResult { attempt, outcome: Outcome::Failed, reason, module: Some(module) });
                 self.report();
@@ -580,6 +586,7 @@ impl<'k> Conversation<'k> {
             }
             DeviceResult::RolledBackInvalid => (Outcome::RolledBack, Reason::VerifyError),
             DeviceResult::VerifyFailed => (Outcome::Failed, Reason::VerifyError),
+            DeviceResult::PatchFailed => (Outcome::Failed, Reason::DeltaFailed),
             DeviceResult::Cancelled => (Outcome::Cancelled, Reason::CancelledByServer),
             DeviceResult::None
             | DeviceResult::Staged

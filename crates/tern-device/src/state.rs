@@ -50,7 +50,9 @@
 //! | 1261 | 3 | reserved, 0 |
 //! | 1264 | 4 | journaled erase: first byte |
 //! | 1268 | 4 | journaled erase: end (exclusive) |
-//! | 1272 | 772 | reserved, 0 |
+//! | 1272 | 592 | reserved, 0 |
+//! | 1864 | 4 × 44 | staged modules' transfers: kind (u8: 0 raw, 1 delta patch, 2 compressed), 3 reserved, patch length (u32), patch offset in the exchange area (u32), source SHA-256 (32; zero unless a delta) |
+//! | 2040 | 4 | reserved, 0 |
 //! | 2044 | 4 | CRC-32 (ISO-HDLC) of bytes 0..2044 |
 //!
 //! Module record (68 bytes); function 0 marks an empty entry:
@@ -85,6 +87,9 @@ const MODULE_RECORD_LEN: usize = 68;
 const ATTEMPT_AT: usize = 1252;
 /// Offset of the journaled erase in the record.
 const PENDING_AT: usize = 1260;
+/// Where the staged modules' transfers are recorded (see the layout).
+const TRANSFERS_AT: usize = 1864;
+const TRANSFER_LEN: usize = 44;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// What the device knows about one module: enough to verify it and check dependencies.
@@ -136,6 +141,43 @@ pub struct StagedModule {
     pub offset: u32,
     /// What it is.
     pub module: ModuleRecord,
+    /// How its bytes arrive: as themselves, or as a patch rebuilt into `offset`.
+    pub transfer: StagedTransfer,
+}
+
+impl StagedModule {
+    /// Bytes received for it: the module's size, or its patch's length.
+    pub const fn transfer_len(&self) -> u32 {
+        match self.transfer {
+            StagedTransfer::Raw => self.module.size,
+            StagedTransfer::Patch { length, .. } => length,
+        }
+    }
+
+    /// Offset within the exchange area where its received bytes go.
+    pub const fn transfer_offset(&self) -> u32 {
+        match self.transfer {
+            StagedTransfer::Raw => self.offset,
+            StagedTransfer::Patch { at, .. } => at,
+        }
+    }
+}
+
+/// How a staged module's bytes arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StagedTransfer {
+    /// Block by block, into the module's place in the exchange area.
+    Raw,
+    /// As a patch (`tern-delta`), received into the exchange area at `at` and applied into
+    /// the module's place once every block arrived.
+    Patch {
+        /// SHA-256 of the installed module it applies to; `None` for a compressed image.
+        source: Option<[u8; 32]>,
+        /// Patch length in bytes.
+        length: u32,
+        /// Offset of the patch within the exchange area (after every module's place).
+        at: u32,
+    },
 }
 
 /// Where an update stands.
@@ -246,6 +288,9 @@ pub enum UpdateResult {
     VerifyFailed,
     /// The update was cancelled.
     Cancelled,
+    /// A patch could not be applied (damaged, made for another source, or its result did
+    /// not match the signed hash); nothing was installed.
+    PatchFailed,
 }
 
 impl UpdateResult {
@@ -263,6 +308,7 @@ impl UpdateResult {
             UpdateResult::FactoryRestoredOnRequest => 8,
             UpdateResult::VerifyFailed => 9,
             UpdateResult::Cancelled => 10,
+            UpdateResult::PatchFailed => 11,
         }
     }
 
@@ -280,6 +326,7 @@ impl UpdateResult {
             8 => UpdateResult::FactoryRestoredOnRequest,
             9 => UpdateResult::VerifyFailed,
             10 => UpdateResult::Cancelled,
+            11 => UpdateResult::PatchFailed,
             _ => return None,
         })
     }
@@ -462,6 +509,13 @@ impl DeviceState {
                 out[at] = s.slot;
                 out[at + 4..at + 8].copy_from_slice(&s.offset.to_le_bytes());
                 encode_module(Some(&s.module), &mut out[at + 8..][..MODULE_RECORD_LEN]);
+                if let StagedTransfer::Patch { source, length, at } = s.transfer {
+                    let t = &mut out[TRANSFERS_AT + i * TRANSFER_LEN..][..TRANSFER_LEN];
+                    t[0] = if source.is_some() { 1 } else { 2 };
+                    t[4..8].copy_from_slice(&length.to_le_bytes());
+                    t[8..12].copy_from_slice(&at.to_le_bytes());
+                    t[12..44].copy_from_slice(&source.unwrap_or([0; 32]));
+                }
             }
         }
         let crc = CRC.checksum(&out[..RECORD_LEN - 4]);
@@ -538,7 +592,17 @@ impl DeviceState {
             if rec[at] as usize >= MAX_SLOTS {
                 return Err(RecordError::BadField("staged slot"));
             }
-            *s = Some(StagedModule { slot: rec[at], offset: le32(rec, at + 4), module });
+            let t = &rec[TRANSFERS_AT + i * TRANSFER_LEN..][..TRANSFER_LEN];
+            let mut source = [0u8; 32];
+            source.copy_from_slice(&t[12..44]);
+            let (length, at_patch) = (le32(t, 4), le32(t, 8));
+            let transfer = match t[0] {
+                0 => StagedTransfer::Raw,
+                1 => StagedTransfer::Patch { source: Some(source), length, at: at_patch },
+                2 => StagedTransfer::Patch { source: None, length, at: at_patch },
+                _ => return Err(RecordError::BadField("staged transfer")),
+            };
+            *s = Some(StagedModule { slot: rec[at], offset: le32(rec, at + 4), module, transfer });
         }
         Ok(DeviceState {
             sequence: le32(rec, 8),
@@ -829,7 +893,19 @@ mod tests {
         st.phase = UpdatePhase::Receiving;
         st.update_counter = 10;
         st.staged_count = 1;
-        st.staged[0] = Some(StagedModule { slot: 3, offset: 0, module: module(ModuleFunction::UserPart, 5) });
+        st.staged[0] = Some(StagedModule {
+            slot: 3,
+            offset: 0,
+            module: module(ModuleFunction::UserPart, 5),
+            transfer: StagedTransfer::Patch { source: Some([0xA5; 32]), length: 3000, at: 0x2_0000 },
+        });
+        st.staged[1] = Some(StagedModule {
+            slot: 2,
+            offset: 0x1_0000,
+            module: module(ModuleFunction::SystemPart, 2),
+            transfer: StagedTransfer::Patch { source: None, length: 9000, at: 0x2_1000 },
+        });
+        st.staged_count = 2;
         st.job = Some(Job { kind: JobKind::Update { keep_rollback: true }, step: 2 });
         st.boot = BootState::Testing { origin: Origin::Rollback, attempts: 2, power_cycles: 5 };
         st.pending_erase = Some(PendingErase { dev: 1, from: 0x1_0000, to: 0x1_1000 });

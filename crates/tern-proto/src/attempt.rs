@@ -300,9 +300,9 @@ impl Attempt {
         self.stats
     }
 
-    /// Total bytes of the offered modules.
+    /// Total bytes of the offered modules' transfers (module sizes, or patch lengths).
     pub fn total_bytes(&self) -> u64 {
-        self.modules.iter().map(|m| u64::from(m.size)).sum()
+        self.modules.iter().map(|m| u64::from(m.transfer_len())).sum()
     }
 
     /// Whether the device said its update succeeded (a Result), while the server still
@@ -334,7 +334,7 @@ impl Attempt {
                 AttemptState::Verifying | AttemptState::Staged | AttemptState::Rebooting | AttemptState::Confirmed
             );
             if delivered {
-                let total: u64 = self.modules.iter().map(|m| u64::from(m.size)).sum();
+                let total = self.total_bytes();
                 self.stats.bytes_sent = self.stats.bytes_sent.max(total);
             }
             if state.is_final() {
@@ -394,10 +394,11 @@ impl Attempt {
         }
         self.heard(now);
         let module = *self.modules.get(usize::from(request.module)).ok_or(Ignored::NoSuchModule)?;
-        if request.offset >= module.size || request.length == 0 {
+        let size = module.transfer_len();
+        if request.offset >= size || request.length == 0 {
             return Err(Ignored::OutOfRange);
         }
-        let length = request.length.min(module.size - request.offset).min(self.config.max_block);
+        let length = request.length.min(size - request.offset).min(self.config.max_block);
         self.push(Transmit::Block { module: request.module, offset: request.offset, length })?;
         self.record_sent(request.module, request.offset, length);
         if self.state == AttemptState::Offered {
@@ -413,8 +414,12 @@ impl Attempt {
         self.stats.bytes_sent += u64::from(length);
         let unit = u64::from(TRACK_UNIT);
         // Each module starts on a unit boundary of the record, so modules never share a unit.
-        let base: u64 =
-            self.modules.iter().take(usize::from(module)).map(|m| u64::from(m.size).div_ceil(unit) * unit).sum();
+        let base: u64 = self
+            .modules
+            .iter()
+            .take(usize::from(module))
+            .map(|m| u64::from(m.transfer_len()).div_ceil(unit) * unit)
+            .sum();
         let (mut at, end) = (base + u64::from(offset), base + u64::from(offset) + u64::from(length));
         while at < end {
             let index = at / unit;

@@ -23,6 +23,7 @@ fn offered(sizes: &[u32]) -> List<OfferedModule, MAX_MODULES> {
             version: 100 + i as u32,
             size,
             sha256: [i as u8 + 1; 32],
+            transfer: Transfer::Raw,
         })
         .collect();
     List::from_slice(&modules).unwrap()
@@ -234,6 +235,25 @@ fn transfers_confirm_despite_loss_duplication_reordering_and_resets() {
             );
         }
     }
+}
+
+#[test]
+fn requests_for_a_patched_module_address_its_patch() {
+    let mut modules = offered(&[300_000, 2000]);
+    let mut patched = modules.iter().copied().collect::<Vec<_>>();
+    patched[0].transfer = Transfer::Patch { source: Some([7; 32]), length: 5000 };
+    modules = List::from_slice(&patched).unwrap();
+    let mut attempt = Attempt::new(ATTEMPT, modules, TransferConfig::default(), 0);
+    assert_eq!(attempt.total_bytes(), 7000);
+    while attempt.poll_transmit().is_some() {}
+    let ask = |attempt: &mut Attempt, offset, length| {
+        attempt.handle_block_request(&BlockRequest { attempt: ATTEMPT, module: 0, offset, length }, 1)
+    };
+    // The patch's last block is cut at the patch's end, not the module's.
+    assert_eq!(ask(&mut attempt, 4096, 1024), Ok(()));
+    assert_eq!(attempt.poll_transmit(), Some(Transmit::Block { module: 0, offset: 4096, length: 904 }));
+    assert_eq!(ask(&mut attempt, 5000, 1024), Err(Ignored::OutOfRange));
+    assert_eq!(attempt.stats().bytes_sent, 904);
 }
 
 #[test]

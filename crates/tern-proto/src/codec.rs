@@ -199,7 +199,10 @@ fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W>
         write_result(e, result)?;
     }
     if let Some(c) = &m.capacity {
-        e.u8(7)?.array(3)?.u32(c.staging_bytes)?.u8(c.max_modules)?.u32(c.block_size)?;
+        e.u8(7)?.array(3 + u64::from(c.patches))?.u32(c.staging_bytes)?.u8(c.max_modules)?.u32(c.block_size)?;
+        if c.patches {
+            e.bool(true)?;
+        }
     }
     if let Some(counter) = m.security_counter {
         e.u8(8)?.u64(counter)?;
@@ -214,8 +217,16 @@ fn write_offer<W: Write>(e: &mut Encoder<W>, m: &UpdateOffer<'_>) -> EncodeResul
     }
     e.u8(2)?.array(m.modules.len() as u64)?;
     for module in m.modules.iter() {
-        e.map(5)?.u8(0)?.u8(module.function.code())?.u8(1)?.u8(module.index)?.u8(2)?.u32(module.version)?;
-        e.u8(3)?.u32(module.size)?.u8(4)?.bytes(&module.sha256)?;
+        let patch = matches!(module.transfer, Transfer::Patch { .. });
+        e.map(5 + u64::from(patch))?.u8(0)?.u8(module.function.code())?.u8(1)?.u8(module.index)?;
+        e.u8(2)?.u32(module.version)?.u8(3)?.u32(module.size)?.u8(4)?.bytes(&module.sha256)?;
+        if let Transfer::Patch { source, length } = module.transfer {
+            e.u8(5)?.array(2)?.u32(length)?;
+            match source {
+                Some(hash) => e.bytes(&hash)?,
+                None => e.null()?,
+            };
+        }
     }
     e.u8(3)?.u64(m.air_bytes)?.u8(4)?.u8(m.window)?.u8(5)?.u32(m.max_block)?;
     Ok(())
@@ -296,13 +307,16 @@ fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
             5 => modules = Some(decode_installed(d)?),
             6 => last_result = Some(decode_result(d)?),
             7 => {
-                if definite_array(d, "capacity")? != 3 {
+                // A fourth element (whether patches are applied) came later.
+                let len = definite_array(d, "capacity")?;
+                if !(3..=4).contains(&len) {
                     return Err(DecodeError::Malformed("capacity"));
                 }
                 capacity = Some(Capacity {
                     staging_bytes: d.u32().map_err(malformed("capacity"))?,
                     max_modules: d.u8().map_err(malformed("capacity"))?,
                     block_size: d.u32().map_err(malformed("capacity"))?,
+                    patches: len == 4 && d.bool().map_err(malformed("capacity"))?,
                 });
             }
             8 => security_counter = Some(d.u64().map_err(malformed("security counter"))?),
@@ -399,6 +413,7 @@ fn decode_offered(d: &mut Decoder<'_>) -> Result<List<OfferedModule, MAX_MODULES
     let mut list = List::new();
     for _ in 0..count {
         let (mut function, mut index, mut version, mut size, mut hash) = (None, None, None, None, None);
+        let mut transfer = Transfer::Raw;
         read_map(d, "module", |key, d| {
             match key {
                 0 => function = Some(ModuleFunction::from_code(d.u8().map_err(malformed("module function"))?)),
@@ -406,6 +421,7 @@ fn decode_offered(d: &mut Decoder<'_>) -> Result<List<OfferedModule, MAX_MODULES
                 2 => version = Some(d.u32().map_err(malformed("module version"))?),
                 3 => size = Some(d.u32().map_err(malformed("module size"))?),
                 4 => hash = Some(sha256(d, "module sha256")?),
+                5 => transfer = decode_transfer(d)?,
                 _ => return Ok(false),
             }
             Ok(true)
@@ -416,10 +432,26 @@ fn decode_offered(d: &mut Decoder<'_>) -> Result<List<OfferedModule, MAX_MODULES
             version: version.ok_or(DecodeError::Missing("module version"))?,
             size: size.ok_or(DecodeError::Missing("module size"))?,
             sha256: hash.ok_or(DecodeError::Missing("module sha256"))?,
+            transfer,
         };
         list.push(module).map_err(|_| DecodeError::TooMany("modules"))?;
     }
     Ok(list)
+}
+
+/// An offered module's transfer: `[patch length, source SHA-256 or null]`.
+fn decode_transfer(d: &mut Decoder<'_>) -> Result<Transfer, DecodeError> {
+    if definite_array(d, "transfer")? != 2 {
+        return Err(DecodeError::Malformed("transfer"));
+    }
+    let length = d.u32().map_err(malformed("transfer length"))?;
+    let source = if d.datatype().map_err(malformed("transfer source"))? == minicbor::data::Type::Null {
+        d.skip().map_err(malformed("transfer source"))?;
+        None
+    } else {
+        Some(sha256(d, "transfer source")?)
+    };
+    Ok(Transfer::Patch { source, length })
 }
 
 fn decode_block_request(d: &mut Decoder<'_>) -> Result<BlockRequest, DecodeError> {

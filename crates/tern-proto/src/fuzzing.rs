@@ -2,7 +2,7 @@
 //! `cargo test` replays the committed corpus through exactly the same code.
 
 use crate::attempt::{Attempt, TransferConfig};
-use crate::{List, Message, OfferedModule};
+use crate::{List, Message, OfferedModule, Transfer};
 
 /// The message decoder on arbitrary bytes: never panics; whatever decodes re-encodes to
 /// bytes that decode to the same message (the codec agrees with itself).
@@ -29,6 +29,7 @@ pub fn attempt(data: &[u8]) {
             version: 2,
             size: 5000,
             sha256: [1; 32],
+            transfer: Transfer::Patch { source: Some([3; 32]), length: 1500 },
         },
         OfferedModule {
             function: tern_image::ModuleFunction::UserPart,
@@ -36,6 +37,7 @@ pub fn attempt(data: &[u8]) {
             version: 3,
             size: 1,
             sha256: [2; 32],
+            transfer: Transfer::Raw,
         },
     ];
     let list: List<OfferedModule, { crate::MAX_MODULES }> = List::from_slice(&modules).expect("two fit");

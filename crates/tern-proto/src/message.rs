@@ -309,6 +309,9 @@ pub struct Capacity {
     pub max_modules: u8,
     /// The unit module sizes are rounded up to in `staging_bytes` (the agent's block).
     pub block_size: u32,
+    /// Whether the device applies patches ([`Transfer::Patch`]: Tern delta patches and
+    /// compressed images, `docs/delta.md`). Absent from older devices: raw transfers only.
+    pub patches: bool,
 }
 
 impl Capacity {
@@ -316,6 +319,37 @@ impl Capacity {
     pub const fn staged_size(&self, size: u32) -> u64 {
         let unit = if self.block_size == 0 { 1 } else { self.block_size as u64 };
         (size as u64).div_ceil(unit) * unit
+    }
+}
+
+/// How a module's bytes travel to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// The module's own bytes: block requests address the module.
+    Raw,
+    /// A Tern patch (`docs/delta.md`) that rebuilds the module on the device: block
+    /// requests address the patch's `length` bytes. With a `source`, the patch is a delta
+    /// from the module with that SHA-256, which the device must run in the module's slot;
+    /// without one, it is the module compressed (a patch from nothing). The rebuilt module
+    /// must hash to [`OfferedModule::sha256`] like any other: a patch changes nothing
+    /// about trust.
+    Patch {
+        /// SHA-256 of the installed module the patch applies to; `None` for a compressed
+        /// image.
+        source: Option<Sha256>,
+        /// Length of the patch in bytes.
+        length: u32,
+    },
+}
+
+impl Transfer {
+    /// A stable lowercase name for JSON and logs: `raw`, `delta` or `compressed`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Transfer::Raw => "raw",
+            Transfer::Patch { source: Some(_), .. } => "delta",
+            Transfer::Patch { source: None, .. } => "compressed",
+        }
     }
 }
 
@@ -328,10 +362,22 @@ pub struct OfferedModule {
     pub index: u8,
     /// Its version number.
     pub version: u32,
-    /// Size of the module in bytes (what block requests address).
+    /// Size of the module in bytes.
     pub size: u32,
     /// SHA-256 of the module's bytes.
     pub sha256: Sha256,
+    /// How its bytes travel (raw, or as a patch).
+    pub transfer: Transfer,
+}
+
+impl OfferedModule {
+    /// The bytes block requests address: the module's size, or its patch's length.
+    pub const fn transfer_len(&self) -> u32 {
+        match self.transfer {
+            Transfer::Raw => self.size,
+            Transfer::Patch { length, .. } => length,
+        }
+    }
 }
 
 /// Server → device: an update to download and install, in the order listed.
@@ -353,7 +399,8 @@ pub struct UpdateOffer<'a> {
     pub max_block: u32,
 }
 
-/// Device → server: please send `length` bytes of module `module` from `offset`.
+/// Device → server: please send `length` bytes of module `module` from `offset` (of the
+/// module's transfer: its own bytes, or its patch's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRequest {
     /// The attempt whose offer lists the module.
@@ -523,6 +570,10 @@ pub enum Reason {
     Busy,
     /// 13: a cancel command stopped the attempt.
     CancelledByServer,
+    /// 14: a patch's source module is not what the device runs in that slot.
+    DeltaSource,
+    /// 15: a patch could not be applied (damaged, or its result did not match).
+    DeltaFailed,
     /// Any other code, from a newer device.
     Other(u16),
 }
@@ -545,6 +596,8 @@ impl Reason {
             Reason::MalformedOffer => 11,
             Reason::Busy => 12,
             Reason::CancelledByServer => 13,
+            Reason::DeltaSource => 14,
+            Reason::DeltaFailed => 15,
             Reason::Other(code) => code,
         }
     }
@@ -566,6 +619,8 @@ impl Reason {
             11 => Reason::MalformedOffer,
             12 => Reason::Busy,
             13 => Reason::CancelledByServer,
+            14 => Reason::DeltaSource,
+            15 => Reason::DeltaFailed,
             other => Reason::Other(other),
         }
     }
@@ -587,6 +642,8 @@ impl Reason {
             Reason::MalformedOffer => "malformed_offer",
             Reason::Busy => "busy",
             Reason::CancelledByServer => "cancelled_by_server",
+            Reason::DeltaSource => "delta_source",
+            Reason::DeltaFailed => "delta_failed",
             Reason::Other(_) => "unknown",
         }
     }

@@ -58,7 +58,7 @@ fn samples() -> Vec<Message<'static>> {
             unmet: Some(Dependency { function: ModuleFunction::SystemPart, index: 1, version: 4100 }),
             confirmed: false,
             modules: List::from_slice(&photon).unwrap(),
-            capacity: Some(Capacity { staging_bytes: 256 * 1024, max_modules: 4, block_size: 1024 }),
+            capacity: Some(Capacity { staging_bytes: 256 * 1024, max_modules: 4, block_size: 1024, patches: true }),
             security_counter: Some(u64::MAX),
             last_result: Some(result),
         }),
@@ -83,6 +83,7 @@ fn samples() -> Vec<Message<'static>> {
                     version: 4100,
                     size: 600_000,
                     sha256: hash(9),
+                    transfer: Transfer::Patch { source: Some(hash(11)), length: 17_000 },
                 },
                 OfferedModule {
                     function: ModuleFunction::UserPart,
@@ -90,6 +91,15 @@ fn samples() -> Vec<Message<'static>> {
                     version: 6,
                     size: 4_321,
                     sha256: hash(10),
+                    transfer: Transfer::Patch { source: None, length: 3_000 },
+                },
+                OfferedModule {
+                    function: ModuleFunction::UserPart,
+                    index: 2,
+                    version: 7,
+                    size: 4_000,
+                    sha256: hash(12),
+                    transfer: Transfer::Raw,
                 },
             ])
             .unwrap(),

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::json;
 use tern_proto::attempt::{Attempt, AttemptEvent, AttemptState, TransferConfig, TransferStats, Transmit};
 use tern_proto::{
-    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, UpdateOffer,
-    UpdateResult, MAX_MODULES,
+    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, Transfer,
+    UpdateOffer, UpdateResult, MAX_MODULES,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -179,7 +179,14 @@ fn offered_modules(plan: &[PlannedModule]) -> Option<List<OfferedModule, MAX_MOD
         let mut sha256 = [0u8; 32];
         hex::decode_to_slice(&m.sha256, &mut sha256).ok()?;
         let function = tern_image::ModuleFunction::from_code(m.function);
-        let module = OfferedModule { function, index: m.index, version: m.version, size: m.size, sha256 };
+        let module = OfferedModule {
+            function,
+            index: m.index,
+            version: m.version,
+            size: m.size,
+            sha256,
+            transfer: Transfer::Raw,
+        };
         list.push(module).ok()?;
     }
     Some(list)

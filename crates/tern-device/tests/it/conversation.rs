@@ -13,7 +13,7 @@ use tern_device::state::UpdatePhase;
 use tern_image::model::ModuleFunction::{self, SystemPart, UserPart};
 use tern_proto::{
     Action, Block, BootReason, Capacity, Command, List, Message, OfferedModule, Outcome, Reason, SafeModeCause,
-    UpdateOffer, UpdateResult,
+    Transfer, UpdateOffer, UpdateResult,
 };
 use tern_sim::device::{Behaviour, Image, SimDevice, SimStorage};
 
@@ -79,8 +79,14 @@ fn offer<'a>(attempt: u64, signed: &'a [u8], modules: &[&Image], window: u8) -> 
     let mut list = List::new();
     for m in modules {
         let e = m.entry;
-        let offered =
-            OfferedModule { function: e.function, index: e.index, version: e.version, size: e.size, sha256: e.sha256 };
+        let offered = OfferedModule {
+            function: e.function,
+            index: e.index,
+            version: e.version,
+            size: e.size,
+            sha256: e.sha256,
+            transfer: Transfer::Raw,
+        };
         list.push(offered).expect("few modules");
     }
     UpdateOffer {
@@ -364,6 +370,7 @@ fn describe_carries_inventory_capacity_and_counter() {
             staging_bytes: if p.name == STM32F2.name { 256 * 1024 } else { 2048 * 1024 },
             max_modules: 4,
             block_size: 1024,
+            patches: true,
         };
         assert_eq!(d.capacity, Some(expected_capacity), "{}", p.name);
         assert_eq!(d.capacity, Some(c.agent().capacity()));

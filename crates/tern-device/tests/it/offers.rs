@@ -21,7 +21,8 @@ fn capacity_is_the_smaller_of_exchange_and_markers() {
     static WIDE_WRITES: Profile =
         Profile { devices: &[FlashGeometry { write_size: 16, ..STM32F2.devices[0] }], ..STM32F2 };
     let check = |p: &Profile, staging_bytes: u32| {
-        let expected = Capacity { staging_bytes, max_modules: MAX_UPDATE_MODULES as u8, block_size: BLOCK_SIZE };
+        let expected =
+            Capacity { staging_bytes, max_modules: MAX_UPDATE_MODULES as u8, block_size: BLOCK_SIZE, patches: true };
         assert_eq!(agent::capacity(p), expected, "{}", p.name);
     };
     // 256 KiB exchange; 16 KiB of markers at 4 bytes per unit cover 512 blocks.
@@ -40,7 +41,7 @@ fn offer(dev: &SimDevice, documents: &[&[u8]], selection: &[[u8; 32]]) -> Staged
     let keys = dev.keys.clone();
     let mut s = dev.storage();
     let mut agent = Agent::load(&mut s, dev.profile, &keys).expect("provisioned");
-    let scope = OfferScope { attempt: Some(7), modules: selection };
+    let scope = OfferScope { attempt: Some(7), modules: selection, transfers: &[] };
     let got = agent.handle_offer_scoped(&mut s, documents.iter().copied(), scope);
     match got {
         Ok(accepted) => {
@@ -147,7 +148,7 @@ fn subset_offer_resumes_after_reset_and_installs_only_the_subset() {
     let dev = device(p);
     let keys = dev.keys.clone();
     let mut s = dev.storage();
-    let scope = OfferScope { attempt: Some(41), modules: &selection };
+    let scope = OfferScope { attempt: Some(41), modules: &selection, transfers: &[] };
     let mut agent = Agent::load(&mut s, p, &keys).unwrap();
     let installed_before = agent.state().installed;
     assert!(!agent.handle_offer_scoped(&mut s, [signed.as_slice()], scope).unwrap().resumed);

@@ -242,6 +242,18 @@ fn print_plan(plan: &PlanRecord, to_stderr: bool) {
             m.start_address,
             m.reason.as_deref().unwrap_or(""),
         ));
+        if let Some(patch) = &m.patch {
+            let from = match &patch.source {
+                Some(source) => format!("from the installed {}", &source[..12.min(source.len())]),
+                None => "no usable source on the device".to_owned(),
+            };
+            lines.push(format!(
+                "     sent as a {} patch of {} bytes ({:.1}% of the module; {from})",
+                patch.kind(),
+                patch.length,
+                100.0 * f64::from(patch.length) / f64::from(m.size.max(1))
+            ));
+        }
     }
     let air = plan.air_bytes;
     let in_stages = if staged { format!(" in {} stages", stages.len()) } else { String::new() };
@@ -251,6 +263,14 @@ fn print_plan(plan: &PlanRecord, to_stderr: bool) {
         human_bytes(air),
         plan.connectivity.name()
     ));
+    if plan.air_bytes_full > air {
+        lines.push(format!(
+            "  whole modules would cost about {} bytes ({}): patches save {:.1}%",
+            plan.air_bytes_full,
+            human_bytes(plan.air_bytes_full),
+            100.0 * (plan.air_bytes_full - air) as f64 / plan.air_bytes_full as f64
+        ));
+    }
     for line in lines {
         if to_stderr {
             eprintln!("{line}");

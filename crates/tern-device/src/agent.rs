@@ -815,13 +815,15 @@ struct Place<'c, S> {
     len: u32,
     torn: Option<Loc>,
     flash: Option<FlashError>,
+    /// The patch tried to write past the module's size.
+    overflow: bool,
 }
 
 impl<S: Storage> NewImage for Place<'_, S> {
     type Error = ();
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), ()> {
         if u64::from(offset) + data.len() as u64 > u64::from(self.len) {
-            self.flash = Some(FlashError::OutOfBounds);
+            self.overflow = true;
             return Err(());
         }
         let at = Loc { dev: self.at.dev, offset: self.at.offset + offset };
@@ -863,6 +865,7 @@ fn apply_patch<S: Storage>(
         len: m.module.size,
         torn: None,
         flash: None,
+        overflow: false,
     };
     let mut applier = Applier::new();
     let mut buf = [0u8; PATCH_CHUNK];
@@ -878,13 +881,21 @@ fn apply_patch<S: Storage>(
         } else {
             applier.feed(&buf[..n], &mut Nothing, &mut place)
         };
+        // The patch must rebuild exactly the signed module: checked on its header, before
+        // the payload writes anything.
+        if let Some(h) = applier.header() {
+            if h.new_len != m.module.size || h.new_sha256 != m.module.sha256 {
+                return Ok(Applied::Failed);
+            }
+        }
         match fed {
             Ok(s) => status = s,
             Err(ApplyError::WriteNew) => {
-                return match (place.torn, place.flash) {
-                    (Some(loc), _) => Ok(Applied::Torn(loc)),
-                    (None, Some(e)) => Err(BlockError::Flash(e)),
-                    (None, None) => Err(BlockError::Flash(FlashError::Other)),
+                return match (place.torn, place.flash, place.overflow) {
+                    (_, _, true) => Ok(Applied::Failed),
+                    (Some(loc), _, _) => Ok(Applied::Torn(loc)),
+                    (None, Some(e), _) => Err(BlockError::Flash(e)),
+                    (None, None, _) => Err(BlockError::Flash(FlashError::Other)),
                 };
             }
             // The source could not be read: the patch cannot be used on this device.

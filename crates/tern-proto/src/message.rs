@@ -115,6 +115,10 @@ impl MessageKind {
 }
 
 /// One protocol message.
+// An offer (twelve modules with their transfers) is much larger than a block request;
+// without an allocator there is nothing to box it in, and a message lives on the stack
+// only while it is encoded or handled.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// Device → server: inventory and boot state.

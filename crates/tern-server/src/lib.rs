@@ -18,6 +18,7 @@ pub mod events;
 pub mod fleet;
 pub mod gateway;
 pub mod link;
+pub mod patches;
 pub mod plans;
 pub mod platform;
 pub mod rollouts;

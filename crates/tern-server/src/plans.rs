@@ -29,8 +29,9 @@ use tern_proto::attempt::TransferConfig;
 use crate::auth::now_millis;
 use crate::blob::{BlobError, BlobStore};
 use crate::events::EventHub;
+use crate::patches::Patches;
 use crate::store::{
-    AttemptRecord, AttemptStatus, DeviceRecord, Inventory, ModuleRecord, PlanOrigin, PlanRecord, PlanStatus,
+    AttemptRecord, AttemptStatus, DeviceRecord, Inventory, ModuleRecord, PatchRef, PlanOrigin, PlanRecord, PlanStatus,
     PlannedModule, StageRecord, Store, StoreError,
 };
 use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
@@ -100,6 +101,7 @@ pub struct Planner {
     hub: EventHub,
     updates: Updates,
     transfer: TransferConfig,
+    patches: Patches,
 }
 
 /// The identity of what a device runs: SHA-256 over its described module hashes, sorted.
@@ -277,6 +279,7 @@ fn empty_record(device: &DeviceRecord, inventory: &Inventory, origin: PlanOrigin
         manifest: None,
         bytes_total: 0,
         air_bytes: 0,
+        air_bytes_full: 0,
         inventory_key: inventory_key(inventory),
         connectivity: device.policy.connectivity,
         confirm_required: device.policy.confirms_cost(),
@@ -294,7 +297,8 @@ impl Planner {
         updates: Updates,
         transfer: TransferConfig,
     ) -> Self {
-        Planner { store, blobs, hub, updates, transfer }
+        let patches = Patches::new(store.clone(), blobs.clone());
+        Planner { store, blobs, hub, updates, transfer, patches }
     }
 
     /// Computes and stores a plan installing `requested` (catalog SHA-256s; empty: heal
@@ -543,8 +547,11 @@ impl Planner {
                 reason: Some(reason_text(&step.reason)),
                 stage: u32::try_from(stage).unwrap_or(0),
                 security_counter: step.module.security_counter,
+                patch: None,
+                patch_dropped: None,
             });
         }
+        self.choose_patches(device, inventory, &mut steps).await?;
         let mut stage_records = Vec::with_capacity(stages.len());
         for (k, stage) in stages.iter().enumerate() {
             let modules: Vec<PlannedModule> = steps.iter().filter(|m| m.stage as usize == k).cloned().collect();
@@ -555,15 +562,19 @@ impl Planner {
                 }
             };
             let (expect, expect_detail) = expect_record(&stage.expect);
+            let whole: Vec<PlannedModule> =
+                modules.iter().map(|m| PlannedModule { patch: None, ..m.clone() }).collect();
             stage_records.push(StageRecord {
                 bytes: stage.bytes,
                 air_bytes: estimate_air_bytes(&device.id, &modules, signed_len, &self.transfer),
+                air_bytes_full: estimate_air_bytes(&device.id, &whole, signed_len, &self.transfer),
                 expect,
                 expect_detail,
             });
         }
         record.bytes_total = steps.iter().map(|m| u64::from(m.size)).sum();
         record.air_bytes = stage_records.iter().map(|s| s.air_bytes).sum();
+        record.air_bytes_full = stage_records.iter().map(|s| s.air_bytes_full).sum();
         record.steps = steps;
         record.stages = stage_records;
         record.id = self.store.create_plan(&record).await?;
@@ -574,9 +585,80 @@ impl Planner {
             "stages": record.stages.len(),
             "heals": record.steps.iter().any(|s| s.reason.as_deref() != Some("requested")),
             "air_bytes": record.air_bytes,
+            "air_bytes_full": record.air_bytes_full,
+            "patches": record.steps.iter().filter(|s| s.patch.is_some()).count(),
         });
         self.hub.publish(Some(&device.id), "plan.created", data).await?;
         Ok(record)
+    }
+
+    /// Gives each planned module the smallest way to travel to a device that applies
+    /// patches: a delta from the module it runs in that slot, the module compressed, or
+    /// the module itself; then drops patches (largest first) from any stage whose modules
+    /// and patches together would not fit the device's staging area. A device whose last
+    /// attempt could not use a patch gets whole modules. A patch that cannot be made is
+    /// logged and the module sent whole.
+    async fn choose_patches(
+        &self,
+        device: &DeviceRecord,
+        inventory: &Inventory,
+        steps: &mut [PlannedModule],
+    ) -> Result<(), PlanError> {
+        let Some(capacity) = inventory.capacity.as_ref().filter(|c| c.patches) else { return Ok(()) };
+        if let Some(last) = self.store.device_attempts(&device.id, 1).await?.first() {
+            if matches!(last.reason.as_deref(), Some("delta_source" | "delta_failed")) {
+                return Ok(());
+            }
+        }
+        for step in steps.iter_mut() {
+            let source = inventory
+                .modules
+                .iter()
+                .find(|m| m.function == step.function && m.index == step.index)
+                .map(|m| m.sha256.clone());
+            let mut best: Option<PatchRef> = None;
+            for from in [source.as_deref(), None] {
+                match self.patches.get_or_make(from, &step.sha256, step.start_address).await {
+                    Ok(Some(p)) if p.length < best.as_ref().map_or(step.size, |b| b.length) => {
+                        best = Some(PatchRef {
+                            source: (!p.source.is_empty()).then(|| p.source.clone()),
+                            address: p.address,
+                            length: p.length,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(module = step.sha256, "no patch: {err}"),
+                }
+                if source.is_none() {
+                    break;
+                }
+            }
+            step.patch = best;
+        }
+        let unit = u64::from(capacity.block_size.max(1));
+        let staged = |n: u32| u64::from(n).div_ceil(unit) * unit;
+        let stages = steps.iter().map(|s| s.stage + 1).max().unwrap_or(0);
+        for k in 0..stages {
+            loop {
+                let total: u64 = steps
+                    .iter()
+                    .filter(|s| s.stage == k)
+                    .map(|s| staged(s.size) + s.patch.as_ref().map_or(0, |p| staged(p.length)))
+                    .sum();
+                if total <= u64::from(capacity.staging_bytes) {
+                    break;
+                }
+                let largest = steps
+                    .iter_mut()
+                    .filter(|s| s.stage == k && s.patch.is_some())
+                    .max_by_key(|s| s.patch.as_ref().map_or(0, |p| p.length));
+                match largest {
+                    Some(step) => step.patch = None,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts plan `id` as an update attempt. `confirm_air_bytes` must equal the plan's

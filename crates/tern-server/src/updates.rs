@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tern_proto::attempt::{Attempt, AttemptEvent, AttemptState, TransferConfig, TransferStats, Transmit};
 use tern_proto::{
-    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, Transfer,
+    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, Reason, Transfer,
     UpdateOffer, UpdateResult, MAX_MODULES,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -79,8 +79,8 @@ pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usiz
     // The data's own byte-string header grows by up to 4 bytes for long blocks.
     let per_block = block_header.encoded_len() as u64 + 4 + MQTT_OVERHEAD + topic(MessageKind::Block);
     let max_block = u64::from(config.max_block.max(1));
-    let blocks: u64 = plan.iter().map(|m| u64::from(m.size).div_ceil(max_block)).sum();
-    let data: u64 = plan.iter().map(|m| u64::from(m.size)).sum();
+    let blocks: u64 = plan.iter().map(|m| u64::from(m.transfer_len()).div_ceil(max_block)).sum();
+    let data: u64 = plan.iter().map(|m| u64::from(m.transfer_len())).sum();
     let offer = signed_len as u64 + 64 * plan.len() as u64 + 32 + MQTT_OVERHEAD + topic(MessageKind::UpdateOffer);
     offer + data + blocks * (per_request + per_block)
 }
@@ -98,9 +98,11 @@ struct Active {
 
 /// The protocol attempt id of stage `stage` of attempt `id`: stage 0 is the attempt id
 /// itself, later stages carry their number in the top 16 bits, so that a device never
-/// mistakes one stage's offer, blocks or result for another's.
-pub fn stage_attempt_id(id: i64, stage: u32) -> u64 {
-    (id as u64 & STAGE_ID_MASK) | (u64::from(stage) << 48)
+/// mistakes one stage's offer, blocks or result for another's. A stage offered again with
+/// whole modules after its patches could not be used (`whole`) sets bit 47: to the device
+/// it is a new offer, not the one whose failure it already reported.
+pub fn stage_attempt_id(id: i64, stage: u32, whole: bool) -> u64 {
+    (id as u64 & STAGE_ID_MASK) | (u64::from(stage) << 48) | if whole { WHOLE_BIT } else { 0 }
 }
 
 /// The attempt id and stage a protocol attempt id names (inverse of [`stage_attempt_id`]).
@@ -109,7 +111,9 @@ pub fn split_stage_attempt_id(id: u64) -> (u64, u32) {
 }
 
 /// The bits of a protocol attempt id that hold the attempt's own id.
-const STAGE_ID_MASK: u64 = (1 << 48) - 1;
+const STAGE_ID_MASK: u64 = (1 << 47) - 1;
+/// The bit of a protocol attempt id that marks a stage re-offered with whole modules.
+const WHOLE_BIT: u64 = 1 << 47;
 
 /// Module bytes of the stages before the current one: what the device already holds of
 /// a staged attempt.
@@ -146,7 +150,8 @@ fn stage_machine(
 ) -> Option<(Attempt, Vec<PlannedModule>)> {
     let plan = stage_plan(record, stage);
     let modules = offered_modules(&plan)?;
-    let id = stage_attempt_id(record.id, stage);
+    let whole = plan.iter().any(|m| m.patch_dropped.is_some());
+    let id = stage_attempt_id(record.id, stage, whole);
     let mut attempt = match resumed {
         None => Attempt::new(id, modules, ctx.config, ctx.now()),
         Some((state, stats)) => Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now()),
@@ -179,14 +184,21 @@ fn offered_modules(plan: &[PlannedModule]) -> Option<List<OfferedModule, MAX_MOD
         let mut sha256 = [0u8; 32];
         hex::decode_to_slice(&m.sha256, &mut sha256).ok()?;
         let function = tern_image::ModuleFunction::from_code(m.function);
-        let module = OfferedModule {
-            function,
-            index: m.index,
-            version: m.version,
-            size: m.size,
-            sha256,
-            transfer: Transfer::Raw,
+        let transfer = match &m.patch {
+            None => Transfer::Raw,
+            Some(patch) => {
+                let source = match &patch.source {
+                    Some(hex) => {
+                        let mut source = [0u8; 32];
+                        hex::decode_to_slice(hex, &mut source).ok()?;
+                        Some(source)
+                    }
+                    None => None,
+                };
+                Transfer::Patch { source, length: patch.length }
+            }
         };
+        let module = OfferedModule { function, index: m.index, version: m.version, size: m.size, sha256, transfer };
         list.push(module).ok()?;
     }
     Some(list)
@@ -376,8 +388,14 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
         }
         let mut progressed = false;
         let mut next_stage = false;
+        let mut fallback = None;
         while let Some(event) = entry.attempt.poll_event() {
             match event {
+                AttemptEvent::State(AttemptState::Failed(reason @ (Reason::DeltaSource | Reason::DeltaFailed)))
+                    if entry.stage_plan.iter().any(|m| m.patch.is_some()) && fallback.is_none() =>
+                {
+                    fallback = Some(reason);
+                }
                 AttemptEvent::State(AttemptState::Confirmed) if entry.record.stage + 1 < stage_count(&entry.record) => {
                     next_stage = true;
                 }
@@ -413,6 +431,12 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
             advance_stage(ctx, entry, device).await;
             // The next stage's offer is waiting to be sent.
             continue;
+        }
+        if let Some(reason) = fallback {
+            if fall_back(ctx, entry, device, reason).await {
+                // The stage's offer with whole modules is waiting to be sent.
+                continue;
+            }
         }
         if progressed || entry.attempt.stats().requests >= entry.persisted_requests + PERSIST_EVERY {
             persist(ctx, entry).await;
@@ -466,6 +490,83 @@ async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
     let _ = ctx.hub.publish(Some(device), "attempt.stage", data).await;
 }
 
+/// The device could not use the current stage's patches (`reason`: `delta_source`, the
+/// module it runs is not the patch's source; `delta_failed`, a patch did not apply): the
+/// stage is offered again with whole modules, under a new protocol id, with the reason
+/// recorded on each module and in an event. On a device whose bytes the operator confirms
+/// (cellular), more bytes than were confirmed are never sent: the attempt ends failed with
+/// the reason instead, and the next plan for the device sends whole modules. Returns
+/// whether the stage was offered again.
+async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reason) -> bool {
+    let confirms = match ctx.store.get_device(device).await {
+        Ok(Some(d)) => d.policy.confirms_cost(),
+        // Unknown: the safe side is not to send unconfirmed bytes.
+        _ => true,
+    };
+    let stage = entry.record.stage;
+    if confirms {
+        entry.record.state = AttemptStatus::Failed;
+        entry.record.reason = Some(reason.name().to_owned());
+        entry.record.reason_code = Some(reason.code());
+        entry.record.finished = true;
+        persist(ctx, entry).await;
+        let data = json!({
+            "attempt": entry.record.id,
+            "state": entry.record.state,
+            "reason": entry.record.reason,
+            "stage": stage,
+            "stages": stage_count(&entry.record),
+            "message": format!(
+                "the device could not use a patch ({}); whole modules cost more than the confirmed \
+                 estimate, so nothing more is sent: plan again (whole modules) and confirm",
+                reason.name()
+            ),
+        });
+        let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
+        return false;
+    }
+    let mut dropped = Vec::new();
+    for m in entry.record.plan.iter_mut().filter(|m| m.stage == stage) {
+        if let Some(patch) = m.patch.take() {
+            m.patch_dropped = Some(reason.name().to_owned());
+            dropped.push(json!({ "module": m.sha256, "kind": patch.kind(), "patch_bytes": patch.length }));
+        }
+    }
+    let stats = entry.attempt.stats();
+    let base = &mut entry.record.stage_base;
+    base.offers_sent += stats.offers_sent;
+    base.requests += stats.requests;
+    base.bytes_sent += stats.bytes_sent;
+    base.bytes_resent += stats.bytes_resent;
+    entry.record.sent_record.clear();
+    let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, stage, None) else {
+        tracing::error!(attempt = entry.record.id, stage, "stage plan is invalid");
+        return false;
+    };
+    entry.attempt = attempt;
+    entry.stage_plan = stage_plan;
+    entry.persisted_requests = 0;
+    while let Some(event) = entry.attempt.poll_event() {
+        if let AttemptEvent::State(state) = event {
+            entry.record.state = AttemptStatus::of(state);
+        }
+    }
+    persist(ctx, entry).await;
+    let data = json!({
+        "attempt": entry.record.id,
+        "stage": stage,
+        "reason": reason.name(),
+        "dropped": dropped,
+        "message": format!(
+            "the device could not use a patch ({}); stage {} offered again with whole modules",
+            reason.name(),
+            stage + 1
+        ),
+    });
+    let _ = ctx.hub.publish(Some(device), "attempt.delta_fallback", data).await;
+    true
+}
+
 async fn persist(ctx: &Context, entry: &mut Active) {
     let stats = entry.attempt.stats();
     let base = entry.record.stage_base;
@@ -504,7 +605,8 @@ async fn transmit_one(ctx: &Context, entry: &Active, transmit: Transmit) {
         }
         Transmit::Block { module, offset, length } => {
             let Some(planned) = entry.stage_plan.get(usize::from(module)) else { return };
-            let data = match ctx.blobs.read_range(&planned.sha256, u64::from(offset), length as usize).await {
+            let address = planned.patch.as_ref().map_or(&planned.sha256, |p| &p.address);
+            let data = match ctx.blobs.read_range(address, u64::from(offset), length as usize).await {
                 Ok(Some(data)) => data,
                 other => {
                     tracing::error!(

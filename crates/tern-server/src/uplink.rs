@@ -205,6 +205,7 @@ pub fn inventory(describe: &Describe, described_at: i64) -> Inventory {
             staging_bytes: c.staging_bytes,
             max_modules: c.max_modules,
             block_size: c.block_size,
+            patches: c.patches,
         }),
         security_counter: describe.security_counter,
     }

@@ -127,14 +127,20 @@ fn a_delta_for_another_source_is_refused_before_anything_changes() {
 #[test]
 fn a_damaged_patch_fails_and_the_device_keeps_its_modules() {
     for p in [&STM32F2, &NRF52840] {
-        for damage in ["payload", "header", "truncated"] {
+        for damage in ["payload", "header", "truncated", "another module"] {
             let dev = device(p);
             let keys = dev.keys.clone();
             let mut u = update(&dev, &keys);
             let (old_app, _) = installed_bytes(&dev, &keys, &u.modules[1]);
             let source = u.sent_source();
+            let other = tern_delta::make(&old_app, &u.modules[0].bytes, &tern_delta::Config::default());
             let patch = &mut u.sent[1];
             match damage {
+                "another module" => {
+                    // A sound patch from the right source, for a module that is not the one offered.
+                    *patch = other;
+                    u.transfers[1] = Transfer::Patch { source, length: patch.len() as u32 };
+                }
                 "payload" => {
                     let mid = patch.len() / 2;
                     patch[mid] ^= 0x5A;
@@ -207,7 +213,6 @@ fn a_power_cut_at_any_operation_while_applying_loses_nothing() {
                 break;
             }
             cut_points += 1;
-            drop(agent);
             // The agent finishes at load; blocks a repair erased are asked again.
             dev.bench.borrow_mut().faults.clear();
             dev.bench.borrow_mut().power_on();

@@ -44,6 +44,13 @@ struct Upgrade {
     /// Whether the plan must be split into stages on this device (`None`: whatever its
     /// reported capacity requires).
     staged: Option<bool>,
+    /// How the modules must travel: `Some("delta")` when the catalog holds what the device
+    /// runs (each module a delta from its installed one); `None`: not checked.
+    transfer: Option<&'static str>,
+    /// Damage every patch blob after planning: the device cannot apply them and the server
+    /// falls back to whole modules (Wi-Fi), or ends the attempt for a new confirmation
+    /// (cellular).
+    damage_patches: bool,
 }
 
 fn profile(name: &str) -> &'static Profile {
@@ -80,7 +87,8 @@ fn app(profile: &'static Profile, version: u32, needs: u32) -> Image {
 fn run(upgrade: &Upgrade) {
     let profile = profile(upgrade.platform);
     let platform = profile.platform_id;
-    let dir = scratch(&format!("fleet-device-os-{}", upgrade.platform));
+    let damaged = if upgrade.damage_patches { "-damaged" } else { "" };
+    let dir = scratch(&format!("fleet-device-os-{}{damaged}", upgrade.platform));
     let server = Server::start(&dir.join("server"));
     for file in upgrade.catalog {
         let image = corpus_image(file, platform);
@@ -153,7 +161,39 @@ fn run(upgrade: &Upgrade) {
         stages.len(),
         plan["air_bytes"]
     );
+    let steps = plan["steps"].as_array().unwrap();
+    let patched: Vec<&Value> = steps.iter().filter(|s| s["patch"].is_object()).collect();
+    let patch_bytes: u64 = patched.iter().map(|s| s["patch"]["length"].as_u64().unwrap()).sum();
+    println!(
+        "  {} of {} modules as patches ({patch_bytes} bytes), about {} bytes on the air, {} whole",
+        patched.len(),
+        steps.len(),
+        plan["air_bytes"],
+        plan["air_bytes_full"]
+    );
+    if let Some(kind) = upgrade.transfer {
+        assert_eq!(patched.len(), steps.len(), "every module travels as a patch: {plan}");
+        for s in &patched {
+            let source = s["patch"]["source"].as_str();
+            assert_eq!(source.is_some(), kind == "delta", "{kind}: {s}");
+        }
+        assert!(plan["air_bytes"].as_u64() < plan["air_bytes_full"].as_u64(), "patches cost less: {plan}");
+    }
     let printed = text(&out.stderr) + &text(&out.stdout);
+    if !patched.is_empty() {
+        assert!(printed.contains("patches save"), "the saving is shown: {printed}");
+    }
+    if upgrade.damage_patches {
+        assert!(!patched.is_empty(), "patches to damage: {plan}");
+        for s in &patched {
+            let address = s["patch"]["address"].as_str().unwrap();
+            let path = dir.join("server/blobs/sha256").join(&address[..2]).join(address);
+            let mut bytes = std::fs::read(&path).expect("the patch blob");
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
     if must_stage {
         assert!(printed.contains(&format!("stage 1 of {}", stages.len())), "the stages are shown: {printed}");
     }
@@ -169,8 +209,40 @@ fn run(upgrade: &Upgrade) {
         answer = format!("{air}\n");
     }
     let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait", "--json"], &answer);
+    if upgrade.damage_patches && upgrade.connectivity == "cellular" {
+        // More than the confirmed bytes are never sent: the attempt ends with the reason,
+        // and the next plan sends whole modules, for a new confirmation.
+        assert!(!out.status.success(), "the attempt fails: {}", text(&out.stdout));
+        let (_, record) = server.get("/api/devices/dev");
+        let last = &record["attempts"][0];
+        assert_eq!(last["reason"], "delta_failed", "{record}");
+        let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--dry-run", "--json"], "");
+        let again: Value = serde_json::from_slice(&out.stdout).expect("a plan");
+        assert!(again["steps"].as_array().unwrap().iter().all(|s| s["patch"].is_null()), "whole modules: {again}");
+        assert_eq!(again["air_bytes"], again["air_bytes_full"]);
+        answer = format!("{}\n", again["air_bytes"]);
+    }
+    let out = if upgrade.damage_patches && upgrade.connectivity == "cellular" {
+        tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait", "--json"], &answer)
+    } else {
+        out
+    };
     assert!(out.status.success(), "flash: {}", text(&out.stderr));
     let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the final attempt");
+    println!(
+        "  attempt: {} bytes sent ({} re-sent) for {} module bytes",
+        attempt["bytes_sent"], attempt["bytes_resent"], attempt["bytes_total"]
+    );
+    if upgrade.transfer.is_some() && !upgrade.damage_patches {
+        let sent = attempt["bytes_sent"].as_u64().unwrap();
+        assert!(sent <= patch_bytes + attempt["bytes_resent"].as_u64().unwrap(), "only patch bytes sent: {attempt}");
+    }
+    if upgrade.damage_patches && upgrade.connectivity != "cellular" {
+        let (_, record) = server.get(&format!("/api/attempts/{}", attempt["id"]));
+        let dropped =
+            record["plan"].as_array().unwrap().iter().filter(|m| m["patch_dropped"] == "delta_failed").count();
+        assert_eq!(dropped, patched.len(), "each module says why it went whole: {record}");
+    }
     assert_eq!(attempt["state"], "confirmed", "{attempt}");
     assert_eq!(
         attempt["stages"].as_array().map(Vec::len),
@@ -214,6 +286,65 @@ fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
             "electron-system-part3@1.5.2.bin",
         ],
         staged: None,
+        transfer: Some("delta"),
+        damage_patches: false,
+    });
+}
+
+/// The same Electron story with every patch damaged after planning: the device refuses
+/// to install what does not match, the attempt ends `delta_failed` without sending more
+/// than the operator confirmed, and the next plan sends whole modules, confirmed anew.
+#[test]
+fn cellular_electron_with_damaged_patches_gets_whole_modules_confirmed_anew() {
+    run(&Upgrade {
+        platform: "electron",
+        connectivity: "cellular",
+        from: &[
+            "electron-system-part1@1.4.4.bin",
+            "electron-system-part2@1.4.4.bin",
+            "electron-system-part3@1.4.4.bin",
+        ],
+        extra: &[(ModuleFunction::Bootloader, 501)],
+        catalog: &[
+            "electron-system-part1@1.4.4.bin",
+            "electron-system-part2@1.4.4.bin",
+            "electron-system-part3@1.4.4.bin",
+            "electron-system-part1@1.5.2.bin",
+            "electron-system-part2@1.5.2.bin",
+            "electron-system-part3@1.5.2.bin",
+        ],
+        target: "1.5.2",
+        expected: &[
+            "electron-system-part1@1.5.2.bin",
+            "electron-system-part2@1.5.2.bin",
+            "electron-system-part3@1.5.2.bin",
+        ],
+        staged: None,
+        transfer: Some("delta"),
+        damage_patches: true,
+    });
+}
+
+/// A Wi-Fi Argon taking system part 1 4.0.1 → 4.0.2 as a delta whose blob is damaged: the
+/// server falls back to the whole module by itself, with the reason on the attempt.
+#[test]
+fn wifi_argon_falls_back_to_the_whole_module_when_a_delta_is_damaged() {
+    run(&Upgrade {
+        platform: "argon",
+        connectivity: "wifi",
+        from: &["argon-softdevice@4.1.0.bin", "argon-bootloader@4.0.2.bin", "argon-system-part1@4.0.1.bin"],
+        extra: &[],
+        catalog: &[
+            "argon-softdevice@4.1.0.bin",
+            "argon-bootloader@4.0.2.bin",
+            "argon-system-part1@4.0.1.bin",
+            "argon-system-part1@4.0.2.bin",
+        ],
+        target: "4.0.2",
+        expected: &["argon-system-part1@4.0.2.bin"],
+        staged: Some(false),
+        transfer: Some("delta"),
+        damage_patches: true,
     });
 }
 
@@ -240,6 +371,8 @@ fn photon_1_5_2_to_2_3_1_in_stages() {
         ],
         // 517 KB against a 256 KiB exchange area: what the field reports could not do.
         staged: Some(true),
+        transfer: None,
+        damage_patches: false,
     });
 }
 
@@ -254,6 +387,8 @@ fn boron_1_5_2_to_2_0_1_with_its_softdevice() {
         target: "2.0.1",
         expected: &["boron-bootloader@2.0.1.bin", "boron-system-part1@2.0.1.bin"],
         staged: None,
+        transfer: None,
+        damage_patches: false,
     });
 }
 
@@ -268,6 +403,8 @@ fn tracker_2_0_1_to_2_3_0() {
         target: "2.3.0",
         expected: &["tracker-bootloader@2.3.0.bin", "tracker-system-part1@2.3.0.bin"],
         staged: None,
+        transfer: None,
+        damage_patches: false,
     });
 }
 

@@ -50,6 +50,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Storage the server core needs; implemented by [`SqliteStore`].
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// The patch kept for (`source`, `target`, `format`), if one was made.
+    async fn patch(&self, source: &str, target: &str, format: u8) -> StoreResult<Option<PatchRecord>>;
+    /// Keeps a patch (a second one for the same key is ignored: patches are deterministic).
+    async fn put_patch(&self, patch: &PatchRecord) -> StoreResult<()>;
+
     /// How many operator tokens exist.
     async fn token_count(&self) -> StoreResult<u64>;
     /// Adds an operator token.
@@ -114,7 +119,7 @@ pub trait Store: Send + Sync {
 
     /// Stores a new attempt (its `id` is ignored) and returns its id.
     async fn create_attempt(&self, attempt: &AttemptRecord) -> StoreResult<i64>;
-    /// Saves an attempt's state, reason and counters.
+    /// Saves an attempt's state, reason, counters and plan (whose patches a fallback drops).
     async fn update_attempt(&self, attempt: &AttemptRecord) -> StoreResult<()>;
     /// The attempt `id`.
     async fn get_attempt(&self, id: i64) -> StoreResult<Option<AttemptRecord>>;

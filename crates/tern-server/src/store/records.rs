@@ -159,6 +159,9 @@ pub struct CapacityRecord {
     pub max_modules: u8,
     /// The unit module sizes are rounded up to.
     pub block_size: u32,
+    /// Whether the device applies patches (deltas and compressed images).
+    #[serde(default)]
+    pub patches: bool,
 }
 
 /// A device to register.
@@ -564,6 +567,58 @@ pub struct PlannedModule {
     /// The security counter of its signed statement.
     #[serde(default)]
     pub security_counter: u64,
+    /// The patch it travels as, when that is smaller than the module (absent: raw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchRef>,
+    /// Why a patch planned for it was dropped for the whole module (`delta_source`,
+    /// `delta_failed`): the device could not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_dropped: Option<String>,
+}
+
+impl PlannedModule {
+    /// Bytes the device receives for it: the patch's length, or the module's size.
+    pub fn transfer_len(&self) -> u32 {
+        self.patch.as_ref().map_or(self.size, |p| p.length)
+    }
+}
+
+/// A patch a planned module travels as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRef {
+    /// SHA-256 (hex) of the installed module it applies to; absent for a compressed image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Blob address of the patch.
+    pub address: String,
+    /// Its length in bytes.
+    pub length: u32,
+}
+
+impl PatchRef {
+    /// `delta` or `compressed`.
+    pub fn kind(&self) -> &'static str {
+        if self.source.is_some() {
+            "delta"
+        } else {
+            "compressed"
+        }
+    }
+}
+
+/// A patch the server made and keeps (see [`Store::patch`](super::Store::patch)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchRecord {
+    /// SHA-256 (hex) of the module it applies to; empty for a compressed image.
+    pub source: String,
+    /// SHA-256 (hex) of the module it rebuilds.
+    pub target: String,
+    /// The patch format version (`tern_delta::VERSION`).
+    pub format: u8,
+    /// Blob address of the patch.
+    pub address: String,
+    /// Its length in bytes.
+    pub length: u32,
 }
 
 /// One stage of a plan: one offer, installed at one reboot.
@@ -573,6 +628,10 @@ pub struct StageRecord {
     pub bytes: u64,
     /// Estimated bytes on the air of the stage.
     pub air_bytes: u64,
+    /// Estimated bytes on the air of the stage with every module sent whole (raw): what
+    /// the patches save is the difference.
+    #[serde(default)]
+    pub air_bytes_full: u64,
     /// What the device runs after it: `normal`, or `safe_mode` until a later stage.
     pub expect: String,
     /// Why, for safe mode (`application needs system part 2 >= v2302`).
@@ -626,6 +685,9 @@ pub struct PlanRecord {
     pub bytes_total: u64,
     /// Estimated bytes on the air (offer, requests, blocks and MQTT framing).
     pub air_bytes: u64,
+    /// Estimated bytes on the air with every module sent whole (no patches).
+    #[serde(default)]
+    pub air_bytes_full: u64,
     /// Whether the operator must confirm `air_bytes` before it is sent (cellular).
     pub confirm_required: bool,
     /// The attempt that carries it, once started.

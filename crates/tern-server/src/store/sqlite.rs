@@ -146,7 +146,9 @@ fn plan_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<PlanRecord> {
     let connectivity: String = row.try_get("connectivity")?;
     let connectivity = Connectivity::parse(&connectivity)
         .ok_or_else(|| StoreError::Backend(format!("stored connectivity {connectivity} is unknown")))?;
+    let stages: Vec<StageRecord> = serde_json::from_str(row.try_get("stages")?)?;
     Ok(PlanRecord {
+        air_bytes_full: stages.iter().map(|s| s.air_bytes_full).sum(),
         id: row.try_get("id")?,
         device: row.try_get("device")?,
         platform_id: int(row.try_get("platform_id")?)?,
@@ -154,7 +156,7 @@ fn plan_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<PlanRecord> {
         status: named(row, "status", PlanStatus::parse)?,
         requested: serde_json::from_str(row.try_get("requested")?)?,
         steps: serde_json::from_str(row.try_get("steps")?)?,
-        stages: serde_json::from_str(row.try_get("stages")?)?,
+        stages,
         manifest: row.try_get("manifest")?,
         inventory_key: row.try_get("inventory_key")?,
         connectivity,
@@ -227,6 +229,41 @@ fn int<T: TryFrom<i64>>(value: i64) -> StoreResult<T> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn patch(&self, source: &str, target: &str, format: u8) -> StoreResult<Option<PatchRecord>> {
+        let row = sqlx::query("SELECT address, length FROM patches WHERE source = ? AND target = ? AND format = ?")
+            .bind(source)
+            .bind(target)
+            .bind(i64::from(format))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(PatchRecord {
+                source: source.to_owned(),
+                target: target.to_owned(),
+                format,
+                address: row.try_get("address")?,
+                length: int(row.try_get("length")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_patch(&self, patch: &PatchRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO patches (source, target, format, address, length, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&patch.source)
+        .bind(&patch.target)
+        .bind(i64::from(patch.format))
+        .bind(&patch.address)
+        .bind(i64::from(patch.length))
+        .bind(crate::auth::now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn token_count(&self) -> StoreResult<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?;
         int(count)
@@ -526,7 +563,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE attempts SET state = ?, reason = ?, reason_code = ?, bytes_done = ?, bytes_sent = ?, \
              bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ?, stage = ?, \
-             stage_base = ? WHERE id = ?",
+             stage_base = ?, plan = ? WHERE id = ?",
         )
         .bind(a.state.name())
         .bind(&a.reason)
@@ -541,6 +578,7 @@ impl Store for SqliteStore {
         .bind(a.updated_at)
         .bind(i64::from(a.stage))
         .bind(serde_json::to_string(&a.stage_base)?)
+        .bind(serde_json::to_string(&a.plan)?)
         .bind(a.id)
         .execute(&self.pool)
         .await?;

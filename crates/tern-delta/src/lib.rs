@@ -39,7 +39,7 @@ pub use model::OldImage;
 /// First bytes of every patch: "TDP" and the format generation.
 pub const MAGIC: [u8; 4] = *b"TDP1";
 /// The payload format version this crate writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header flag: long branches are predicted through the address map.
 pub const FLAG_BRANCHES: u8 = 0x01;
 /// Header flag: pointers into the image are predicted through the address map.

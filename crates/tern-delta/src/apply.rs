@@ -332,6 +332,7 @@ impl Applier {
                 }
             }
             check_source(&h, old)?;
+            self.dec.rate = crate::rc::rate_for(h.old_len);
             self.header = Some(h);
             self.phase = Phase::Start;
         }

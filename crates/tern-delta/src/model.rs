@@ -87,8 +87,7 @@ impl Kind {
     fn table(self) -> usize {
         match self {
             Kind::Plain => 0,
-            Kind::Branch | Kind::RepeatBranch => 1,
-            Kind::Pointer => 2,
+            Kind::Branch | Kind::RepeatBranch | Kind::Pointer => 1,
             Kind::Repeat => 0,
         }
     }
@@ -292,6 +291,7 @@ pub struct Model {
     sign: Prob,
     delta: Gamma,
     dist: Gamma,
+    dist_low: [Prob; 3],
     pub(crate) map_count: Gamma,
     pub(crate) map_start: Gamma,
     pub(crate) map_sign: Prob,
@@ -300,8 +300,8 @@ pub struct Model {
     pub(crate) ext_sign: Prob,
     pub(crate) ext_shift: Gamma,
     eq: [Prob; EQ_CONTEXTS],
-    matched: [[Prob; 0x300]; 3],
-    plain: [[Prob; 0x100]; 8],
+    matched: [[Prob; 0x300]; 2],
+    plain: [[Prob; 0x100]; LIT_TABLES],
 }
 
 impl Default for Model {
@@ -312,6 +312,7 @@ impl Default for Model {
             sign: PROB_INIT,
             delta: Gamma::default(),
             dist: Gamma::default(),
+            dist_low: [PROB_INIT; 3],
             map_count: Gamma::default(),
             map_start: Gamma::default(),
             map_sign: PROB_INIT,
@@ -320,8 +321,8 @@ impl Default for Model {
             ext_sign: PROB_INIT,
             ext_shift: Gamma::default(),
             eq: [PROB_INIT; EQ_CONTEXTS],
-            matched: [[PROB_INIT; 0x300]; 3],
-            plain: [[PROB_INIT; 0x100]; 8],
+            matched: [[PROB_INIT; 0x300]; 2],
+            plain: [[PROB_INIT; 0x100]; LIT_TABLES],
         }
     }
 }
@@ -360,6 +361,23 @@ fn matched_byte<C: Coder>(probs: &mut [Prob; 0x300], c: &mut C, predicted: u8, b
         sym = (sym << 1) | b as usize;
     }
     sym as u8
+}
+
+impl Model {
+    /// Bits the literal `byte` at new offset `n` after `prev` would cost now, with
+    /// `bits(p, bit)` the price of one coded bit (the generator's estimate).
+    #[cfg(feature = "std")]
+    pub(crate) fn literal_price(&self, n: u32, prev: u8, byte: u8, bits: impl Fn(Prob, u32) -> f64) -> f64 {
+        let probs = &self.plain[literal_table(n, prev)];
+        let mut sym = 1usize;
+        let mut sum = 0.0;
+        for i in (0..8).rev() {
+            let b = u32::from((byte >> i) & 1);
+            sum += bits(probs[sym], b);
+            sym = (sym << 1) | b as usize;
+        }
+        sum
+    }
 }
 
 /// Signed-magnitude coding on top of a gamma code.
@@ -451,7 +469,14 @@ impl Model {
                     } else if c.bit(&mut self.jump_kind[NEW_REP1][rk], u32::from(t == cur.nrep[1])) == 1 {
                         cur.nrep[1]
                     } else {
-                        let v = self.dist.code(c, u64::from(t).wrapping_sub(1));
+                        // dist - 1: the bits above the lowest two as an integer, those two
+                        // in a small tree (Thumb code repeats at halfword and word
+                        // distances).
+                        let v = u64::from(t).wrapping_sub(1);
+                        let high = self.dist.code(c, v >> 2);
+                        let b1 = c.bit(&mut self.dist_low[0], ((v >> 1) & 1) as u32);
+                        let b0 = c.bit(&mut self.dist_low[1 + b1 as usize], (v & 1) as u32);
+                        let v = high << 2 | u64::from(b1 << 1 | b0);
                         u32::try_from(v + 1).map_err(|_| StepError::BadJump)?
                     };
                     if dist == 0 || dist > cur.n {
@@ -500,12 +525,12 @@ impl Model {
             None => {
                 c.account(Cost::Literal);
                 let b = tree_byte(
-                    &mut self.plain[(cur.n as usize & 1) << 2 | usize::from(cur.prev >> 6)],
+                    &mut self.plain[literal_table(cur.n, cur.prev)],
                     c,
                     choice.bytes[0],
                 );
                 unit.bytes[0] = b;
-                cur.prev = b;
+            cur.prev = b;
                 cur.hist = 0;
                 cur.last_miss = true;
                 cur.n += 1;
@@ -544,4 +569,18 @@ impl Model {
 }
 
 /// Adaptation rate of the literal trees.
-const LIT_RATE: u32 = 4;
+const LIT_RATE: u32 = 5;
+
+/// Literal trees: at even offsets (the low byte of a Thumb halfword) by the previous
+/// byte's top 2 bits, at odd offsets (the high byte, which holds the opcode) by its top
+/// 3 bits.
+const LIT_TABLES: usize = 12;
+
+/// The literal tree for new offset `n` after byte `prev`.
+pub(crate) fn literal_table(n: u32, prev: u8) -> usize {
+    if n & 1 == 0 {
+        usize::from(prev >> 6)
+    } else {
+        4 + usize::from(prev >> 5)
+    }
+}

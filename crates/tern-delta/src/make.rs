@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::infer::infer_load_address;
-use crate::model::{code_signed, predict, predict_repeat, Choice, Cursor, Kind, Model, Params, Prediction, Ref, Target};
+use crate::model::{
+    code_signed, predict, predict_repeat, Choice, Cursor, Kind, Model, Params, Prediction, Ref, Target,
+};
 use crate::rc::{Coder, Encoder};
 use crate::thumb::{self, AddressMap, Maps};
 use crate::{Header, FLAG_BRANCHES, FLAG_EXTERNAL, FLAG_POINTERS};
@@ -69,6 +71,13 @@ pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
         }
     }
     best
+}
+
+/// A full image compressed: the patch from an empty old image (the same format and
+/// applier as any patch; apply it with an empty old image, e.g. `&[][..]` or a
+/// [`crate::FlashImage`] of length 0).
+pub fn compress(new: &[u8], config: &Config) -> Vec<u8> {
+    make(&[], new, config)
 }
 
 fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
@@ -416,14 +425,7 @@ fn score_repeat(new: &[u8], params: &Params, n: u32, dist: u32) -> u32 {
 
 /// Walks the new image, choosing references and coding every step; returns the payload
 /// and the stretches chosen (from the old image).
-fn walk(
-    old: &[u8],
-    new: &[u8],
-    params: &Params,
-    map: &Maps,
-    index: &Index,
-    repeats: bool,
-) -> (Vec<u8>, Vec<Stretch>) {
+fn walk(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index, repeats: bool) -> (Vec<u8>, Vec<Stretch>) {
     let mut enc = Encoder::new();
     enc.rate = crate::rc::rate_for(params.old_len);
     let mut model = Model::default();

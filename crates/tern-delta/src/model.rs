@@ -160,7 +160,12 @@ pub fn predict<O: OldImage>(params: &Params, maps: &Maps, old: &mut O, o: u32, n
 /// Predicts the unit at new offset `n` from the new image's own byte `dist` back (which
 /// must be written: `1 <= dist <= n`). A long branch at least 4 bytes back is re-encoded
 /// to reach the same target from `n`; anything else is the one byte.
-pub fn predict_repeat<W: OldImage>(params: &Params, written: &mut W, dist: u32, n: u32) -> Result<Prediction, W::Error> {
+pub fn predict_repeat<W: OldImage>(
+    params: &Params,
+    written: &mut W,
+    dist: u32,
+    n: u32,
+) -> Result<Prediction, W::Error> {
     let p = n - dist;
     let mut w = [0u8; 4];
     let from = i64::from(params.load) + i64::from(p);
@@ -441,7 +446,7 @@ impl Model {
             Some(Ref::Old(_)) => 1,
             Some(Ref::New(_)) => 2,
         };
-        let ctx = usize::from(cur.last_miss) | rk << 1 | usize::from(cur.last_jump) * 6;
+        let ctx = usize::from(cur.last_miss) + rk * 2 + usize::from(cur.last_jump) * 6;
         let jump = c.bit(&mut self.jump[ctx], u32::from(choice.jump.is_some())) == 1;
         cur.last_jump = jump;
         if jump {
@@ -524,13 +529,9 @@ impl Model {
         let pred = match cur.r {
             None => {
                 c.account(Cost::Literal);
-                let b = tree_byte(
-                    &mut self.plain[literal_table(cur.n, cur.prev)],
-                    c,
-                    choice.bytes[0],
-                );
+                let b = tree_byte(&mut self.plain[literal_table(cur.n, cur.prev)], c, choice.bytes[0]);
                 unit.bytes[0] = b;
-            cur.prev = b;
+                cur.prev = b;
                 cur.hist = 0;
                 cur.last_miss = true;
                 cur.n += 1;

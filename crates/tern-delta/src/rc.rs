@@ -216,7 +216,16 @@ impl Default for Encoder {
 impl Encoder {
     /// An empty encoder.
     pub fn new() -> Self {
-        Encoder { low: 0, range: 0xFFFF_FFFF, cache: 0, cache_size: 1, out: Vec::new(), tally: [0.0; 5], what: 0, rate: ADAPT }
+        Encoder {
+            low: 0,
+            range: 0xFFFF_FFFF,
+            cache: 0,
+            cache_size: 1,
+            out: Vec::new(),
+            tally: [0.0; 5],
+            what: 0,
+            rate: ADAPT,
+        }
     }
 
     fn shift_low(&mut self) {

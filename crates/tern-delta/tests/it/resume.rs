@@ -35,7 +35,7 @@ impl NewImage for Staging {
 }
 
 /// Runs an apply that is cut after `budget` writes, persists the marker, and resumes.
-fn cut_and_resume(old: &[u8], patch: &[u8], budget: usize, chunk: usize) -> Vec<u8> {
+pub fn cut_and_resume(old: &[u8], patch: &[u8], budget: usize, chunk: usize) -> Vec<u8> {
     let mut staging = Staging { bytes: Vec::new(), writes_left: Some(budget), floor: 0 };
     let mut a = Applier::new();
     let mut o = old;

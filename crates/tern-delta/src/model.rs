@@ -344,7 +344,7 @@ pub struct Choice {
 fn tree_byte<C: Coder>(probs: &mut [Prob; 0x100], c: &mut C, byte: u8) -> u8 {
     let mut sym = 1usize;
     for i in (0..8).rev() {
-        let b = c.bit_at(&mut probs[sym], u32::from((byte >> i) & 1), LIT_RATE);
+        let b = c.bit_at(&mut probs[sym], u32::from((byte >> i) & 1), lit_rate(c));
         sym = (sym << 1) | b as usize;
     }
     sym as u8
@@ -357,11 +357,11 @@ fn matched_byte<C: Coder>(probs: &mut [Prob; 0x300], c: &mut C, predicted: u8, b
         let want = u32::from((byte >> i) & 1);
         let b = if same {
             let mbit = usize::from((predicted >> i) & 1);
-            let b = c.bit_at(&mut probs[0x100 + (mbit << 8) + sym], want, LIT_RATE);
+            let b = c.bit_at(&mut probs[0x100 + (mbit << 8) + sym], want, lit_rate(c));
             same = b as usize == mbit;
             b
         } else {
-            c.bit_at(&mut probs[sym], want, LIT_RATE)
+            c.bit_at(&mut probs[sym], want, lit_rate(c))
         };
         sym = (sym << 1) | b as usize;
     }
@@ -569,9 +569,6 @@ impl Model {
     }
 }
 
-/// Adaptation rate of the literal trees.
-const LIT_RATE: u32 = 5;
-
 /// Literal trees: at even offsets (the low byte of a Thumb halfword) by the previous
 /// byte's top 2 bits, at odd offsets (the high byte, which holds the opcode) by its top
 /// 3 bits.
@@ -584,4 +581,9 @@ pub(crate) fn literal_table(n: u32, prev: u8) -> usize {
     } else {
         4 + usize::from(prev >> 5)
     }
+}
+/// The literal trees' adaptation rate: one step slower than the other bits' (1/16 in a
+/// delta, 1/32 in a patch from nothing).
+fn lit_rate<C: Coder>(c: &C) -> u32 {
+    c.rate() + 1
 }

@@ -24,11 +24,13 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Compare Tern's patches with the peer tools on every pair of a PAIRS.tsv directory.
+    /// Compare Tern's patches with the peer tools on every pair of a PAIRS.tsv directory,
+    /// then every pair's new image compressed (a patch from nothing) with xz, zstd and gzip.
     #[command(after_help = "Peers: bsdiff4, detools and hdiffpatch from the peers venv \
                             ($TERN_PEERS/venv, default .peers/venv), xdelta3 and zstd from PATH; \
-                            `bash scripts/install-delta-peers.sh` installs them. A missing peer is \
-                            reported and its columns left empty; with CI=true it is an error.")]
+                            `bash scripts/install-delta-peers.sh` installs them; xz and gzip from \
+                            PATH (Debian's xz-utils and gzip). A missing peer is reported and its \
+                            columns left empty; with CI=true it is an error.")]
     Bench(BenchArgs),
 }
 
@@ -138,18 +140,53 @@ const PEERS: [&str; 7] =
     ["bsdiff4", "detools-lzma", "detools-heatshrink", "hdiffpatch-lzma2", "hpatchlite-tuz", "xdelta3", "zstd"];
 
 /// Tern's ablation columns: what each modelling idea is worth. "bytes only" predicts
-/// every byte from the old image as it is; "no maps" recognises branches and pointers but
-/// assumes nothing moved; "branches" and "pointers" add the image's address map for one
-/// of them; "no external" is everything but the map of addresses outside the image.
-fn ablations(load: u32) -> [(&'static str, Config); 5] {
+/// every byte from the old image as it is (no repeats either); "no maps" recognises
+/// branches and pointers but assumes nothing moved; "branches" and "pointers" add the
+/// image's address map for one of them; "no external" is everything but the map of
+/// addresses outside the image; "no repeats" everything but references into the new
+/// image's own earlier bytes.
+fn ablations(load: u32) -> [(&'static str, Config); 6] {
     let all = Config { load_address: Some(load), ..Config::default() };
     [
-        ("bytes only", Config { branches: false, pointers: false, address_map: false, external: false, ..all }),
-        ("no maps", Config { address_map: false, external: false, ..all }),
-        ("branches", Config { pointers: false, external: false, ..all }),
-        ("pointers", Config { branches: false, external: false, ..all }),
-        ("no external", Config { external: false, ..all }),
+        (
+            "bytes only",
+            Config { branches: false, pointers: false, address_map: false, external: false, repeats: false, ..all },
+        ),
+        ("no maps", Config { address_map: false, external: false, repeats: false, ..all }),
+        ("branches", Config { pointers: false, external: false, repeats: false, ..all }),
+        ("pointers", Config { branches: false, external: false, repeats: false, ..all }),
+        ("no external", Config { external: false, repeats: false, ..all }),
+        ("no repeats", Config { repeats: false, ..all }),
     ]
+}
+
+/// The general-purpose compressors a full image is compared with (from PATH; Debian's
+/// xz-utils, zstd and gzip), with their arguments.
+const COMPRESSORS: [(&str, &[&str]); 3] =
+    [("xz", &["-9", "-c"]), ("zstd", &["-19", "-q", "-c"]), ("gzip", &["-9", "-c"])];
+
+/// Which of [`COMPRESSORS`] are installed; missing ones are an error with CI=true.
+fn find_compressors() -> anyhow::Result<Vec<bool>> {
+    let found: Vec<bool> = COMPRESSORS.iter().map(|(tool, _)| on_path(tool)).collect();
+    let missing: Vec<&str> = COMPRESSORS.iter().zip(&found).filter(|(_, ok)| !**ok).map(|((t, _), _)| *t).collect();
+    if !missing.is_empty() {
+        let msg = format!("compressors missing: {} (Debian: apt-get install xz-utils zstd gzip)", missing.join(", "));
+        if tern_testkit_free_in_ci() {
+            bail!("{msg}; CI=true, so the bench must compare against every compressor");
+        }
+        eprintln!("warning: {msg}");
+    }
+    Ok(found)
+}
+
+/// Size of `file` compressed by `tool` with `args`.
+fn compressed_size(tool: &str, args: &[&str], file: &Path) -> anyhow::Result<u64> {
+    let run =
+        std::process::Command::new(tool).args(args).arg(file).output().with_context(|| format!("running {tool}"))?;
+    if !run.status.success() {
+        bail!("{tool} {}: {}", file.display(), String::from_utf8_lossy(&run.stderr).trim());
+    }
+    Ok(run.stdout.len() as u64)
 }
 
 struct Peers {
@@ -356,5 +393,72 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         applied_bytes,
         apply_secs
     );
+    println!();
+    full_images(&args, &tsv_path, &tsv)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The second table: every pair's new image sent whole and compressed, as Tern's patch
+/// from nothing (applied back and checked) next to the general-purpose compressors, as
+/// compressed / full.
+fn full_images(args: &BenchArgs, tsv_path: &Path, tsv: &str) -> anyhow::Result<()> {
+    let tools = if args.no_peers { vec![false; COMPRESSORS.len()] } else { find_compressors()? };
+    let mut header = vec!["new image of pair".to_string(), "bytes".into(), "tern".into(), "tern ratio".into()];
+    for ((tool, tool_args), ok) in COMPRESSORS.iter().zip(&tools) {
+        if *ok {
+            header.push(format!("{tool} {}", tool_args[0]));
+        }
+    }
+    header.push("no repeats".into());
+    println!("{}", header.join("\t"));
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 2 + COMPRESSORS.len()];
+    let (mut applied_bytes, mut apply_secs, mut make_secs) = (0u64, 0f64, 0f64);
+    for line in tsv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 3 {
+            bail!("{}: a line without name, old and new: {line}", tsv_path.display());
+        }
+        let new_path = args.pairs.join(f[2]);
+        let new = read(&new_path)?;
+        let config = Config { load_address: Some(load_address(&new)), ..Config::default() };
+        let started = Instant::now();
+        let patch = tern_delta::compress(&new, &config);
+        make_secs += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let back = apply_streaming(&[], &patch).map_err(|e| anyhow!("{}: Tern's compressed image: {e}", f[0]))?;
+        apply_secs += started.elapsed().as_secs_f64();
+        applied_bytes += new.len() as u64;
+        if back != new {
+            bail!("{}: Tern's compressed image does not reproduce the image", f[0]);
+        }
+        let n = new.len().max(1) as f64;
+        let mut row = vec![
+            f[0].to_string(),
+            new.len().to_string(),
+            patch.len().to_string(),
+            format!("{:.4}", patch.len() as f64 / n),
+        ];
+        ratios[0].push(patch.len() as f64 / n);
+        for (i, ((tool, tool_args), ok)) in COMPRESSORS.iter().zip(&tools).enumerate() {
+            if *ok {
+                let size = compressed_size(tool, tool_args, &new_path)?;
+                ratios[1 + i].push(size as f64 / n);
+                row.push(format!("{:.4}", size as f64 / n));
+            }
+        }
+        let plain = tern_delta::compress(&new, &Config { repeats: false, ..config });
+        ratios[1 + COMPRESSORS.len()].push(plain.len() as f64 / n);
+        row.push(format!("{:.4}", plain.len() as f64 / n));
+        println!("{}", row.join("\t"));
+    }
+    let mut means = vec!["geomean compressed/full".to_string(), String::new(), String::new()];
+    for r in ratios.iter().filter(|r| !r.is_empty()) {
+        means.push(format!("{:.4}", geomean(r)));
+    }
+    println!("{}", means.join("\t"));
+    println!(
+        "full images: made in {make_secs:.1} s; applied (the same applier, from an empty old image) at {:.1} MB/s",
+        applied_bytes as f64 / apply_secs.max(1e-9) / 1e6
+    );
+    Ok(())
 }

@@ -15,12 +15,12 @@ use crate::thumb::{Maps, MAX_EXTERNAL_MAP, MAX_MAP};
 use crate::{Header, HEADER_LEN};
 
 /// Payload ring buffer size.
-const RING: usize = 640;
+const RING: usize = 512;
 /// Most payload bytes one step can consume: a step codes at most 106 binary decisions
 /// (a map entry 131) and each decision shifts in at most 2 bytes.
 const STEP_INPUT_MAX: usize = 320;
 /// Output is collected and written in pieces of this size.
-const OUT_CHUNK: usize = 256;
+const OUT_CHUNK: usize = 128;
 /// Bytes of the old image hashed per read when checking the source.
 const HASH_CHUNK: usize = 64;
 
@@ -31,13 +31,19 @@ pub const APPLIER_RAM: usize = core::mem::size_of::<Applier>() + HASH_CHUNK;
 // The budget for applying on a device: 16 KiB, every buffer included.
 const _: () = assert!(APPLIER_RAM <= 16 * 1024);
 
-/// Writes the new image sequentially into staging.
+/// Writes the new image sequentially into staging, and reads back what it wrote (the
+/// new image's earlier bytes are a dictionary for its later ones).
 pub trait NewImage {
     /// The writer's own error (a flash fault).
     type Error;
     /// Writes `data` at `offset` of the new image. Offsets only grow: each write starts
     /// where the previous one ended (after a resume: at the resume point).
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
+    /// Fills `buf` with the new image's bytes from `offset`. The applier only reads bytes
+    /// already handed to [`NewImage::write`] (`offset + buf.len()` never exceeds the bytes
+    /// written, counting after a resume the prefix written before the reset), so a writer
+    /// that buffers a flash page must serve reads from that buffer too.
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error>;
 }
 
 #[cfg(feature = "std")]
@@ -50,6 +56,11 @@ impl NewImage for Vec<u8> {
         }
         self.truncate(at);
         self.extend_from_slice(data);
+        Ok(())
+    }
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), ()> {
+        let at = offset as usize;
+        buf.copy_from_slice(self.get(at..at + buf.len()).ok_or(())?);
         Ok(())
     }
 }
@@ -70,6 +81,8 @@ pub enum ApplyError {
     ReadOld,
     /// The new image could not be written.
     WriteNew,
+    /// The new image's written bytes could not be read back.
+    ReadNew,
 }
 
 /// Where a corrupt patch went wrong.
@@ -108,6 +121,7 @@ impl core::fmt::Display for ApplyError {
             ApplyError::WrongProgress => f.write_str("the resume marker belongs to another patch"),
             ApplyError::ReadOld => f.write_str("the old image could not be read"),
             ApplyError::WriteNew => f.write_str("the new image could not be written"),
+            ApplyError::ReadNew => f.write_str("the new image's written bytes could not be read back"),
         }
     }
 }
@@ -191,6 +205,30 @@ impl Source for Ring<'_> {
         *self.head = (*self.head + 1) % RING;
         *self.len -= 1;
         Some(b)
+    }
+}
+
+/// The new image's bytes below the decoder's position: the output buffer not yet
+/// written, and below it staging (read back through [`NewImage::read`]).
+struct Written<'a, N> {
+    out: &'a [u8],
+    out_base: u32,
+    new: &'a mut N,
+}
+
+impl<N: NewImage> OldImage for Written<'_, N> {
+    type Error = N::Error;
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), N::Error> {
+        // The model reads at most 4 bytes, all below the position (so inside what was
+        // flushed plus `out`).
+        let staged = (self.out_base.saturating_sub(offset) as usize).min(buf.len());
+        if staged > 0 {
+            self.new.read(offset, &mut buf[..staged])?;
+        }
+        for (i, b) in buf.iter_mut().enumerate().skip(staged) {
+            *b = self.out[(offset + i as u32 - self.out_base) as usize];
+        }
+        Ok(())
     }
 }
 
@@ -294,6 +332,7 @@ impl Applier {
                 }
             }
             check_source(&h, old)?;
+            self.dec.rate = crate::rc::rate_for(h.old_len);
             self.header = Some(h);
             self.phase = Phase::Start;
         }
@@ -415,11 +454,13 @@ impl Applier {
                 }
                 Phase::Data => {
                     let mut d = Decoding { dec: &mut self.dec, src: &mut src, overrun: false };
+                    let mut written = Written { out: &self.out[..self.out_len], out_base: self.out_base, new };
                     let unit = self
                         .model
-                        .step(&mut self.cursor, &mut d, &params, &self.maps, old, &Choice::default())
+                        .step(&mut self.cursor, &mut d, &params, &self.maps, old, &mut written, &Choice::default())
                         .map_err(|e| match e {
                             StepError::Read(_) => ApplyError::ReadOld,
+                            StepError::ReadNew(_) => ApplyError::ReadNew,
                             StepError::BadJump => ApplyError::Corrupt(Corruption::Jump),
                         })?;
                     if d.overrun {

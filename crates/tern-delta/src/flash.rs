@@ -79,4 +79,20 @@ mod tests {
         let mut a = Applier::new();
         assert_eq!(a.feed(&patch, &mut short, &mut Vec::new()), Err(ApplyError::WrongSource));
     }
+
+    #[test]
+    fn a_full_image_applies_from_an_empty_slot() {
+        let new: Vec<u8> = (0..5000u32).map(|i| (i % 7 * 31 + i / 700) as u8).collect();
+        let patch = crate::compress(&new, &Config { load_address: Some(0x1000), ..Config::default() });
+        assert!(patch.len() < new.len() / 4, "{} bytes", patch.len());
+        // Nothing installed: a zero-length region of the flash is the old image.
+        let mut source = FlashImage { flash: Ram(vec![0xEE; 64]), base: 32, len: 0 };
+        let mut out = Vec::new();
+        let mut a = Applier::new();
+        for piece in patch.chunks(33) {
+            a.feed(piece, &mut source, &mut out).expect("applies");
+        }
+        assert_eq!(a.finish(), Ok(()));
+        assert_eq!(out, new);
+    }
 }

@@ -31,13 +31,27 @@ const MAX_NEW: u32 = 1 << 16;
 /// Load address of [`FUZZ_OLD`] in synthesized headers.
 pub const FUZZ_LOAD: u32 = 0x0800_0000;
 
-struct Sink(u32);
-impl NewImage for Sink {
+/// Staging for the fuzzed new image: it keeps what was written, for reading back.
+struct Sink<'a> {
+    bytes: &'a mut [u8],
+    written: u32,
+}
+
+impl NewImage for Sink<'_> {
     type Error = ();
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), ()> {
         // Writes must be sequential.
-        assert_eq!(offset, self.0, "applier wrote out of order");
-        self.0 += data.len() as u32;
+        assert_eq!(offset, self.written, "applier wrote out of order");
+        let at = offset as usize;
+        self.bytes.get_mut(at..at + data.len()).ok_or(())?.copy_from_slice(data);
+        self.written += data.len() as u32;
+        Ok(())
+    }
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), ()> {
+        // Only what was written may be read back.
+        let end = offset as usize + buf.len();
+        assert!(end <= self.written as usize, "applier read {end} past the {} bytes written", self.written);
+        buf.copy_from_slice(&self.bytes[offset as usize..end]);
         Ok(())
     }
 }
@@ -81,13 +95,14 @@ pub fn apply(data: &[u8]) {
     };
     let mut a = Applier::new();
     let mut old: &[u8] = &FUZZ_OLD;
-    let mut sink = Sink(0);
+    let mut store = [0u8; MAX_NEW as usize];
+    let mut sink = Sink { bytes: &mut store, written: 0 };
     for piece in patch.chunks(chunk) {
         if a.feed(piece, &mut old, &mut sink).is_err() {
             return;
         }
         // The resume marker never claims more than was written.
-        assert_eq!(a.progress().written, sink.0);
+        assert_eq!(a.progress().written, sink.written);
     }
     let _ = a.finish();
 }
@@ -111,6 +126,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let config = Config { load_address: Some(FUZZ_LOAD), ..Config::default() };
     let patch = make(&FUZZ_OLD, &new, &config);
     let empty = make(&FUZZ_OLD, &[], &config);
+    // A patch from nothing: the image repeats its own bytes (and branches).
+    let compressed = make(&[], &new, &config);
     let with_mode = |mode: u8, body: &[u8]| {
         let mut v = vec![mode];
         v.extend_from_slice(body);
@@ -124,5 +141,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("patch-bytewise", with_mode(0, &patch)),
         ("payload-only", payload_only),
         ("patch-to-empty", with_mode(0xFE, &empty)),
+        ("from-nothing", with_mode(0xFE, &compressed)),
+        ("from-nothing-chunks-5", with_mode(4 << 1, &compressed)),
     ]
 }

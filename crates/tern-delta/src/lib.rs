@@ -1,6 +1,7 @@
 //! Delta updates for ARM Thumb-2 firmware images.
 //!
-//! - [`make`] (std, the server side): the patch from an old image to a new one.
+//! - [`make`] (std, the server side): the patch from an old image to a new one;
+//!   [`compress`]: a full image compressed, as the patch from an empty old image.
 //! - [`Applier`] (`no_std`, no allocation, no `unsafe`): applies a patch as it arrives, in
 //!   chunks of any size, reading the old image through [`OldImage`] (flash) and writing
 //!   the new one sequentially through [`NewImage`] (staging), in a fixed RAM budget
@@ -11,7 +12,8 @@
 //! The patch format is documented in `docs/delta.md`: a fixed header ([`Header`]) and a
 //! range-coded payload holding an address map (where the old image's code and data moved)
 //! and the new image as a walk over the old one in which branch targets and pointers into
-//! the image are predicted through that map.
+//! the image are predicted through that map, and over the new image's own earlier bytes
+//! (repeats, read back from staging through [`NewImage::read`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -33,13 +35,13 @@ pub use flash::{FlashImage, FlashReadError};
 #[cfg(feature = "std")]
 pub use infer::infer_load_address;
 #[cfg(feature = "std")]
-pub use make::{make, Config};
+pub use make::{compress, make, Config};
 pub use model::OldImage;
 
 /// First bytes of every patch: "TDP" and the format generation.
 pub const MAGIC: [u8; 4] = *b"TDP1";
 /// The payload format version this crate writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header flag: long branches are predicted through the address map.
 pub const FLAG_BRANCHES: u8 = 0x01;
 /// Header flag: pointers into the image are predicted through the address map.

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::infer::infer_load_address;
-use crate::model::{code_signed, predict, Choice, Cursor, Model, Params, Target};
+use crate::model::{
+    code_signed, predict, predict_repeat, Choice, Cursor, Kind, Model, Params, Prediction, Ref, Target,
+};
 use crate::rc::{Coder, Encoder};
 use crate::thumb::{self, AddressMap, Maps};
 use crate::{Header, FLAG_BRANCHES, FLAG_EXTERNAL, FLAG_POINTERS};
@@ -32,11 +34,13 @@ pub struct Config {
     pub address_map: bool,
     /// Predict pointers outside the image (RAM, other modules) through a second map.
     pub external: bool,
+    /// Predict from the new image's own earlier bytes (repeats), as LZ77 coders do.
+    pub repeats: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { load_address: None, branches: true, pointers: true, address_map: true, external: true }
+        Config { load_address: None, branches: true, pointers: true, address_map: true, external: true, repeats: true }
     }
 }
 
@@ -59,13 +63,21 @@ const LITERAL_BELOW: u32 = 2;
 /// pays off where RAM moved and costs a little where it did not).
 pub fn make(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
     let mut best = make_one(old, new, config);
-    if config.external {
+    // Without an old image there is nothing for a map to say.
+    if config.external && !old.is_empty() {
         let other = make_one(old, new, &Config { external: false, ..*config });
         if other.len() < best.len() {
             best = other;
         }
     }
     best
+}
+
+/// A full image compressed: the patch from an empty old image (the same format and
+/// applier as any patch; apply it with an empty old image, e.g. `&[][..]` or a
+/// [`crate::FlashImage`] of length 0).
+pub fn compress(new: &[u8], config: &Config) -> Vec<u8> {
+    make(&[], new, config)
 }
 
 fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
@@ -81,8 +93,8 @@ fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
     let index = Index::new(old);
     let params = Params { branches: config.branches, pointers: config.pointers, external: config.external, ..base };
     let mut maps = Maps::default();
-    if (config.address_map && (config.branches || config.pointers)) || config.external {
-        let (_, stretches) = walk(old, new, &base, &maps, &index);
+    if !old.is_empty() && ((config.address_map && (config.branches || config.pointers)) || config.external) {
+        let (_, stretches) = walk(old, new, &base, &maps, &index, config.repeats);
         let (inside, outside) = observe_moves(old, new, &params, &stretches);
         if config.address_map {
             maps.image = build_map(&inside);
@@ -92,7 +104,7 @@ fn make_one(old: &[u8], new: &[u8], config: &Config) -> Vec<u8> {
         }
     }
     let map = maps;
-    let (payload, _) = walk(old, new, &params, &map, &index);
+    let (payload, _) = walk(old, new, &params, &map, &index, config.repeats);
     let header = Header {
         flags: if config.branches { FLAG_BRANCHES } else { 0 }
             | if config.pointers { FLAG_POINTERS } else { 0 }
@@ -165,17 +177,158 @@ fn score(old: &[u8], new: &[u8], params: &Params, map: &Maps, n: u32, d: i64) ->
     hits
 }
 
+/// Estimated bits of a literal byte, of a byte as predicted and of a missed prediction
+/// (the generator's rough prices for choosing references; they do not affect the
+/// format).
+const PRICE_HIT: f64 = 0.3;
+const PRICE_MISS: f64 = 15.0;
+/// Price of jumping to literals, to a recent reference.
+const PRICE_TO_LITERAL: f64 = 3.0;
+const PRICE_TO_REP: f64 = 4.0;
+/// Price of a new distance: a constant and bits per bit of the distance (the gamma
+/// code's unary length and mantissa, less what adaptation saves).
+const PRICE_DISTANCE: f64 = 8.0;
+const PRICE_DISTANCE_BIT: f64 = 1.4;
+/// Bits a repeat must be worth more than the alternative (in a delta, than the old
+/// image's choice).
+const REPEAT_MARGIN: f64 = 1.0;
+const REPEAT_MARGIN_DELTA: f64 = 5.0;
+/// Bytes over which a repeat is valued.
+const REPEAT_WINDOW: u32 = 32;
+/// Candidates looked at per position.
+const CHAIN_DEPTH: usize = 48;
+/// Shortest raw match looked at for a repeat.
+const REPEAT_MIN: usize = 3;
+
+/// Bits saved (against coding literals) by following `r` for the best prefix of the next
+/// `REPEAT_WINDOW` bytes.
+fn savings(ctx: &Walk, n: u32, r: Ref, lits: &[f64]) -> f64 {
+    let params = ctx.params;
+    let end = (n + REPEAT_WINDOW).min(params.new_len);
+    let mut pos = n;
+    let (mut sum, mut best) = (0.0f64, 0.0f64);
+    let mut old_reader: &[u8] = ctx.old;
+    let mut new_reader: &[u8] = ctx.new;
+    while pos < end {
+        let p = match r {
+            Ref::Old(d) => {
+                let o = i64::from(pos) + d;
+                if (0..i64::from(params.old_len)).contains(&o) {
+                    predict(params, ctx.maps, &mut old_reader, o as u32, pos).expect("inside the old image")
+                } else {
+                    Prediction { kind: Kind::Plain, len: 1, bytes: [0; 4] }
+                }
+            }
+            Ref::New(dist) => predict_repeat(params, &mut new_reader, dist, pos).expect("inside the new image"),
+        };
+        for i in 0..p.len {
+            let lit = lits[(pos - n) as usize + i];
+            sum += if ctx.new[pos as usize + i] == p.bytes[i] { lit - PRICE_HIT } else { lit - PRICE_MISS };
+        }
+        best = best.max(sum);
+        pos += p.len as u32;
+    }
+    best
+}
+
+/// Bits of coding `bit` with probability `p` (a table of [`crate::rc::cost`]).
+fn bits(p: crate::rc::Prob, bit: u32) -> f64 {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=4096u32).map(|i| f64::from(crate::rc::cost((i << 4).clamp(1, 65535) as u16, 0)) / 256.0).collect()
+    });
+    let p0 = if bit == 0 { u32::from(p) } else { 65536 - u32::from(p) };
+    table[(p0 >> 4) as usize]
+}
+
+/// Price of coding a jump to `dist` bytes back.
+fn price_distance(cur: &Cursor, dist: u32) -> f64 {
+    if cur.nrep.contains(&dist) {
+        PRICE_TO_REP
+    } else {
+        PRICE_DISTANCE + PRICE_DISTANCE_BIT * f64::from(32 - dist.leading_zeros())
+    }
+}
+
+/// Positions of the new image by the `REPEAT_MIN` bytes that start there (hash chains).
+struct Chains {
+    head: Vec<u32>,
+    prev: Vec<u32>,
+    /// The new image as the chains see it: long branches into the image replaced by
+    /// their absolute targets, so calls to one function look alike wherever they are (a
+    /// repeat re-encodes them for their new address).
+    image: Vec<u8>,
+}
+
+const CHAIN_BITS: u32 = 16;
+const NONE: u32 = u32::MAX;
+
+impl Chains {
+    fn new(new: &[u8], params: &Params) -> Self {
+        let mut image = new.to_vec();
+        if params.branches {
+            let load = i64::from(params.load);
+            let mut i = (params.load & 1) as usize;
+            while i + 4 <= new.len() {
+                let hw0 = u16::from_le_bytes([new[i], new[i + 1]]);
+                let hw1 = u16::from_le_bytes([new[i + 2], new[i + 3]]);
+                if thumb::is_long_branch(hw0, hw1) {
+                    let target = load + i as i64 + 4 + i64::from(thumb::branch_offset(hw0, hw1));
+                    if (0..new.len() as i64).contains(&(target - load)) {
+                        // Targets are even: bit 0 tells BL from B.W.
+                        let t = target as u32 | u32::from(hw1 >> 12 & 1);
+                        image[i..i + 4].copy_from_slice(&t.to_le_bytes());
+                        i += 4;
+                        continue;
+                    }
+                }
+                i += 2;
+            }
+        }
+        Chains { head: vec![NONE; 1 << CHAIN_BITS], prev: vec![NONE; new.len()], image }
+    }
+    fn hash(new: &[u8], at: usize) -> Option<usize> {
+        let s = new.get(at..at + REPEAT_MIN)?;
+        let mut h = 0u32;
+        for &b in s {
+            h = h.wrapping_mul(0x9E37_79B1).wrapping_add(u32::from(b) + 1);
+        }
+        Some((h.wrapping_mul(0x9E37_79B1) >> (32 - CHAIN_BITS)) as usize)
+    }
+    fn insert(&mut self, at: usize) {
+        if let Some(h) = Self::hash(&self.image, at) {
+            self.prev[at] = self.head[h];
+            self.head[h] = at as u32;
+        }
+    }
+}
+
+/// What a walk works on.
+struct Walk<'a> {
+    old: &'a [u8],
+    new: &'a [u8],
+    params: &'a Params,
+    maps: &'a Maps,
+    index: &'a Index,
+    chains: Option<Chains>,
+}
+
 /// Chooses where the reference should be at `cur.n`: `None` keeps it.
-fn decide(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index, cur: &Cursor) -> Option<Target> {
+fn decide(ctx: &Walk, cur: &Cursor, model: &Model) -> Option<Target> {
+    let (old, new, params, map) = (ctx.old, ctx.new, ctx.params, ctx.maps);
     let n = cur.n;
-    let current = cur.d.map(|d| score(old, new, params, map, n, d));
+    let current = match cur.r {
+        Some(Ref::Old(d)) => Some(score(old, new, params, map, n, d)),
+        Some(Ref::New(dist)) => Some(score_repeat(new, params, n, dist)),
+        None => None,
+    };
     if current.is_some_and(|s| s >= KEEP) {
         return None;
     }
     let floor = current.unwrap_or(0);
     let mut best: Option<(u32, i64)> = None;
     let mut consider = |d: i64| {
-        if Some(d) == cur.d {
+        if Some(Ref::Old(d)) == cur.r {
             return;
         }
         let s = score(old, new, params, map, n, d);
@@ -183,49 +336,138 @@ fn decide(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index, cu
             best = Some((s, d));
         }
     };
-    for &r in &cur.rep {
-        consider(r);
-    }
-    if let Some(key) = seed_at(new, n as usize) {
-        if let Some(positions) = index.seeds.get(&key) {
-            for &p in positions {
-                consider(i64::from(p) - i64::from(n));
+    if params.old_len > 0 {
+        for &r in &cur.rep {
+            consider(r);
+        }
+        if let Some(key) = seed_at(new, n as usize) {
+            if let Some(positions) = ctx.index.seeds.get(&key) {
+                for &p in positions {
+                    consider(i64::from(p) - i64::from(n));
+                }
             }
         }
     }
-    match best {
+    let choice = match best {
         Some((s, d)) if s >= floor + MARGIN && s >= LITERAL_BELOW => Some(Target::Old(d)),
-        _ if cur.d.is_some() && floor < LITERAL_BELOW => Some(Target::Literal),
+        _ if cur.r.is_some() && floor < LITERAL_BELOW => Some(Target::Literal),
         _ => None,
+    };
+    let Some(chains) = &ctx.chains else { return choice };
+    // Repeats of the new image's own bytes, valued in bits against what the old-image
+    // choice above is worth.
+    // What each byte of the window would cost as a literal now.
+    // (A 4-byte unit may start at the window's last byte.)
+    let mut lits = [0.0; REPEAT_WINDOW as usize + 3];
+    let mut prev = if n > 0 { new[n as usize - 1] } else { 0 };
+    for (i, at) in (n..(n + REPEAT_WINDOW + 3).min(params.new_len)).enumerate() {
+        let b = new[at as usize];
+        lits[i] = model.literal_price(at, prev, b, bits);
+        prev = b;
+    }
+    let lits = &lits[..];
+    let value_of = |t: Option<Target>| match t {
+        None => cur.r.map_or(0.0, |r| savings(ctx, n, r, lits)),
+        Some(Target::Literal) => -PRICE_TO_LITERAL,
+        Some(Target::Old(d)) => savings(ctx, n, Ref::Old(d), lits) - PRICE_TO_REP * 2.0,
+        Some(Target::New(dist)) => savings(ctx, n, Ref::New(dist), lits) - price_distance(cur, dist),
+    };
+    let base = value_of(choice);
+    let mut best_new: Option<(f64, u32)> = None;
+    let mut consider_new = |dist: u32| {
+        if dist == 0 || dist > n || Some(Ref::New(dist)) == cur.r {
+            return;
+        }
+        let v = savings(ctx, n, Ref::New(dist), lits) - price_distance(cur, dist);
+        if best_new.is_none_or(|(bv, _)| v > bv) {
+            best_new = Some((v, dist));
+        }
+    };
+    for dist in cur.nrep {
+        consider_new(dist);
+    }
+    let xnew = &chains.image[..];
+    if let Some(h) = Chains::hash(xnew, n as usize) {
+        let mut p = chains.head[h];
+        let mut depth = 0;
+        let at = n as usize;
+        let mut longest = 0;
+        let limit = (new.len() - at).min(REPEAT_WINDOW as usize);
+        while p != NONE && depth < CHAIN_DEPTH {
+            let q = p as usize;
+            let len = xnew[q..].iter().zip(&xnew[at..at + limit]).take_while(|(a, b)| a == b).count();
+            // Only candidates about as long as the longest so far are valued in full.
+            if len >= REPEAT_MIN && len + 2 >= longest {
+                longest = longest.max(len);
+                consider_new(n - p);
+            }
+            p = chains.prev[q];
+            depth += 1;
+        }
+    }
+    // In a delta a repeat must beat the old image's choice clearly (the old reference
+    // tends to stay right beyond the window; measured: 5 bits better than 1 or 9).
+    let margin = if params.old_len > 0 { REPEAT_MARGIN_DELTA } else { REPEAT_MARGIN };
+    match best_new {
+        Some((v, dist)) if v > base + margin && v > 0.0 => Some(Target::New(dist)),
+        _ => choice,
     }
 }
 
+/// How many of the next `WINDOW` bytes the repeat from `dist` back predicts.
+fn score_repeat(new: &[u8], params: &Params, n: u32, dist: u32) -> u32 {
+    let mut pos = n;
+    let mut hits = 0;
+    let end = (n + WINDOW).min(params.new_len);
+    let mut reader: &[u8] = new;
+    while pos < end {
+        let p = predict_repeat(params, &mut reader, dist, pos).expect("inside the new image");
+        for i in 0..p.len {
+            hits += u32::from(new[pos as usize + i] == p.bytes[i]);
+        }
+        pos += p.len as u32;
+    }
+    hits
+}
+
 /// Walks the new image, choosing references and coding every step; returns the payload
-/// and the stretches chosen.
-fn walk(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index) -> (Vec<u8>, Vec<Stretch>) {
+/// and the stretches chosen (from the old image).
+fn walk(old: &[u8], new: &[u8], params: &Params, map: &Maps, index: &Index, repeats: bool) -> (Vec<u8>, Vec<Stretch>) {
     let mut enc = Encoder::new();
+    enc.rate = crate::rc::rate_for(params.old_len);
     let mut model = Model::default();
     code_map(&mut model, &mut enc, map);
     let mut cur = Cursor::default();
     let mut stretches = Vec::new();
     let mut open: Option<(u32, i64)> = None;
     let mut reader: &[u8] = old;
+    let mut written: &[u8] = new;
+    let mut ctx = Walk { old, new, params, maps: map, index, chains: repeats.then(|| Chains::new(new, params)) };
     while cur.n < params.new_len {
         let n = cur.n;
-        let jump = decide(old, new, params, map, index, &cur);
+        let jump = decide(&ctx, &cur, &model);
         let mut bytes = [0u8; 4];
         let avail = (params.new_len - n).min(4) as usize;
         bytes[..avail].copy_from_slice(&new[n as usize..n as usize + avail]);
-        let before = cur.d;
+        let before = cur.r;
         let unit = model
-            .step(&mut cur, &mut enc, params, map, &mut reader, &Choice { jump, bytes })
-            .expect("the generator only reads inside the old image and jumps within range");
+            .step(&mut cur, &mut enc, params, map, &mut reader, &mut written, &Choice { jump, bytes })
+            .expect("the generator only reads inside both images and jumps within range");
         debug_assert_eq!(unit.bytes[..unit.len], new[n as usize..n as usize + unit.len]);
-        if cur.d != before || jump.is_some() {
+
+        if let Some(chains) = &mut ctx.chains {
+            for at in n..cur.n {
+                chains.insert(at as usize);
+            }
+        }
+        if cur.r != before || jump.is_some() {
             if let Some((start, d)) = open.take() {
                 stretches.push(Stretch { start, end: n, d });
             }
-            open = cur.d.map(|d| (n, d));
+            open = match cur.r {
+                Some(Ref::Old(d)) => Some((n, d)),
+                _ => None,
+            };
         }
     }
     if let Some((start, d)) = open {

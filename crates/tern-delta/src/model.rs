@@ -61,6 +61,36 @@ pub enum Kind {
     Branch = 1,
     /// A pointer into the image that went through the address map.
     Pointer = 2,
+    /// One byte copied from the new image's own earlier bytes.
+    Repeat = 3,
+    /// A long branch copied from the new image's earlier bytes, re-encoded to reach the
+    /// same target from its new address.
+    RepeatBranch = 4,
+}
+
+/// "As predicted" contexts: per byte of the unit, the last 3 such bits and the parity.
+const EQ_CONTEXTS: usize = 2 * 16 + 3 * 64;
+
+impl Kind {
+    /// Where its "as predicted" contexts start (1-byte kinds have 16, 4-byte kinds 64).
+    fn eq_base(self) -> usize {
+        match self {
+            Kind::Plain => 0,
+            Kind::Repeat => 16,
+            Kind::Branch => 32,
+            Kind::Pointer => 96,
+            Kind::RepeatBranch => 160,
+        }
+    }
+
+    /// The table its missed bytes are coded with (repeated branches share the branches').
+    fn table(self) -> usize {
+        match self {
+            Kind::Plain => 0,
+            Kind::Branch | Kind::RepeatBranch | Kind::Pointer => 1,
+            Kind::Repeat => 0,
+        }
+    }
 }
 
 /// The prediction for the next unit.
@@ -127,6 +157,38 @@ pub fn predict<O: OldImage>(params: &Params, maps: &Maps, old: &mut O, o: u32, n
     Ok(Prediction { kind: Kind::Plain, len: 1, bytes: [w[0], 0, 0, 0] })
 }
 
+/// Predicts the unit at new offset `n` from the new image's own byte `dist` back (which
+/// must be written: `1 <= dist <= n`). A long branch at least 4 bytes back is re-encoded
+/// to reach the same target from `n`; anything else is the one byte.
+pub fn predict_repeat<W: OldImage>(
+    params: &Params,
+    written: &mut W,
+    dist: u32,
+    n: u32,
+) -> Result<Prediction, W::Error> {
+    let p = n - dist;
+    let mut w = [0u8; 4];
+    let from = i64::from(params.load) + i64::from(p);
+    let to = i64::from(params.load) + i64::from(n);
+    if params.branches && dist >= 4 && from & 1 == 0 && to & 1 == 0 && params.new_len - n >= 4 {
+        written.read(p, &mut w)?;
+        let hw0 = u16::from_le_bytes([w[0], w[1]]);
+        let hw1 = u16::from_le_bytes([w[2], w[3]]);
+        if thumb::is_long_branch(hw0, hw1) {
+            let target = from + 4 + i64::from(thumb::branch_offset(hw0, hw1));
+            let inside = (0..i64::from(params.new_len)).contains(&(target - i64::from(params.load)));
+            if let Some((a, b)) = thumb::with_offset(hw0, hw1, target - (to + 4)).filter(|_| inside) {
+                let [a0, a1] = a.to_le_bytes();
+                let [b0, b1] = b.to_le_bytes();
+                return Ok(Prediction { kind: Kind::RepeatBranch, len: 4, bytes: [a0, a1, b0, b1] });
+            }
+        }
+    } else {
+        written.read(p, &mut w[..1])?;
+    }
+    Ok(Prediction { kind: Kind::Repeat, len: 1, bytes: [w[0], 0, 0, 0] })
+}
+
 /// An Elias-gamma style integer code with adaptive bits: the bit length in unary, then
 /// the two leading mantissa bits in context, the rest at even odds.
 #[derive(Clone, Debug)]
@@ -178,6 +240,17 @@ pub enum Target {
     Literal,
     /// New old-minus-new offset.
     Old(i64),
+    /// The new image's own bytes this far back (at least 1).
+    New(u32),
+}
+
+/// What the next unit is predicted from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ref {
+    /// The old image at `n + d`.
+    Old(i64),
+    /// The new image at `n - dist` (already written).
+    New(u32),
 }
 
 /// Position and reference of the walk through the new image.
@@ -185,9 +258,10 @@ pub enum Target {
 pub struct Cursor {
     /// Next new offset to produce.
     pub n: u32,
-    /// The reference: old offset = n + d; `None` codes literals.
-    pub d: Option<i64>,
+    /// The reference; `None` codes literals.
+    pub r: Option<Ref>,
     pub(crate) rep: [i64; 2],
+    pub(crate) nrep: [u32; 2],
     hist: u8,
     last_miss: bool,
     last_jump: bool,
@@ -205,9 +279,11 @@ pub struct Unit {
 
 /// Why a step could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepError<E> {
+pub enum StepError<E, F> {
     /// The old image could not be read.
     Read(E),
+    /// The new image's written bytes could not be read back.
+    ReadNew(F),
     /// A coded jump distance was out of range.
     BadJump,
 }
@@ -215,10 +291,12 @@ pub enum StepError<E> {
 /// All adaptive probabilities of the payload.
 #[derive(Clone, Debug)]
 pub struct Model {
-    jump: [Prob; 8],
-    jump_kind: [Prob; 6],
+    jump: [Prob; 12],
+    jump_kind: [[Prob; 3]; 6],
     sign: Prob,
     delta: Gamma,
+    dist: Gamma,
+    dist_low: [Prob; 3],
     pub(crate) map_count: Gamma,
     pub(crate) map_start: Gamma,
     pub(crate) map_sign: Prob,
@@ -226,18 +304,20 @@ pub struct Model {
     pub(crate) ext_start: Gamma,
     pub(crate) ext_sign: Prob,
     pub(crate) ext_shift: Gamma,
-    eq: [Prob; 3 * 4 * 8 * 2],
-    matched: [[Prob; 0x300]; 3],
-    plain: [[Prob; 0x100]; 8],
+    eq: [Prob; EQ_CONTEXTS],
+    matched: [[Prob; 0x300]; 2],
+    plain: [[Prob; 0x100]; LIT_TABLES],
 }
 
 impl Default for Model {
     fn default() -> Self {
         Model {
-            jump: [PROB_INIT; 8],
-            jump_kind: [PROB_INIT; 6],
+            jump: [PROB_INIT; 12],
+            jump_kind: [[PROB_INIT; 3]; 6],
             sign: PROB_INIT,
             delta: Gamma::default(),
+            dist: Gamma::default(),
+            dist_low: [PROB_INIT; 3],
             map_count: Gamma::default(),
             map_start: Gamma::default(),
             map_sign: PROB_INIT,
@@ -245,9 +325,9 @@ impl Default for Model {
             ext_start: Gamma::default(),
             ext_sign: PROB_INIT,
             ext_shift: Gamma::default(),
-            eq: [PROB_INIT; 3 * 4 * 8 * 2],
-            matched: [[PROB_INIT; 0x300]; 3],
-            plain: [[PROB_INIT; 0x100]; 8],
+            eq: [PROB_INIT; EQ_CONTEXTS],
+            matched: [[PROB_INIT; 0x300]; 2],
+            plain: [[PROB_INIT; 0x100]; LIT_TABLES],
         }
     }
 }
@@ -264,7 +344,7 @@ pub struct Choice {
 fn tree_byte<C: Coder>(probs: &mut [Prob; 0x100], c: &mut C, byte: u8) -> u8 {
     let mut sym = 1usize;
     for i in (0..8).rev() {
-        let b = c.bit(&mut probs[sym], u32::from((byte >> i) & 1));
+        let b = c.bit_at(&mut probs[sym], u32::from((byte >> i) & 1), lit_rate(c));
         sym = (sym << 1) | b as usize;
     }
     sym as u8
@@ -277,15 +357,32 @@ fn matched_byte<C: Coder>(probs: &mut [Prob; 0x300], c: &mut C, predicted: u8, b
         let want = u32::from((byte >> i) & 1);
         let b = if same {
             let mbit = usize::from((predicted >> i) & 1);
-            let b = c.bit(&mut probs[0x100 + (mbit << 8) + sym], want);
+            let b = c.bit_at(&mut probs[0x100 + (mbit << 8) + sym], want, lit_rate(c));
             same = b as usize == mbit;
             b
         } else {
-            c.bit(&mut probs[sym], want)
+            c.bit_at(&mut probs[sym], want, lit_rate(c))
         };
         sym = (sym << 1) | b as usize;
     }
     sym as u8
+}
+
+impl Model {
+    /// Bits the literal `byte` at new offset `n` after `prev` would cost now, with
+    /// `bits(p, bit)` the price of one coded bit (the generator's estimate).
+    #[cfg(feature = "std")]
+    pub(crate) fn literal_price(&self, n: u32, prev: u8, byte: u8, bits: impl Fn(Prob, u32) -> f64) -> f64 {
+        let probs = &self.plain[literal_table(n, prev)];
+        let mut sym = 1usize;
+        let mut sum = 0.0;
+        for i in (0..8).rev() {
+            let b = u32::from((byte >> i) & 1);
+            sum += bits(probs[sym], b);
+            sym = (sym << 1) | b as usize;
+        }
+        sum
+    }
 }
 
 /// Signed-magnitude coding on top of a gamma code.
@@ -302,90 +399,164 @@ pub(crate) fn code_signed<C: Coder>(sign: &mut Prob, g: &mut Gamma, c: &mut C, v
     }
 }
 
+/// Moves `left` (the reference being left, if of this kind) to the front of `reps` and
+/// removes `taken` (the one being taken) from them.
+fn update_reps<T: Copy + PartialEq + Default>(reps: &mut [T; 2], left: Option<T>, taken: Option<T>) {
+    let mut out = [T::default(); 2];
+    let mut k = 0;
+    for r in left.into_iter().chain(*reps) {
+        if Some(r) != taken && !out[..k].contains(&r) && k < 2 {
+            out[k] = r;
+            k += 1;
+        }
+    }
+    if k == 2 {
+        *reps = out;
+    } else if k == 1 {
+        *reps = [out[0], reps[0]];
+    }
+}
+
+/// Jump-kind probabilities (each in three contexts: the current reference is none, old,
+/// new).
+const TO_LITERAL: usize = 0;
+const TO_NEW: usize = 1;
+const OLD_REP0: usize = 2;
+const OLD_REP1: usize = 3;
+const NEW_REP0: usize = 4;
+const NEW_REP1: usize = 5;
+
 impl Model {
-    /// Runs one step at `cur.n` (which must be below `params.new_len`).
-    pub fn step<C: Coder, O: OldImage>(
+    /// Runs one step at `cur.n` (which must be below `params.new_len`). `written` reads
+    /// the new image's bytes below `cur.n`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step<C: Coder, O: OldImage, W: OldImage>(
         &mut self,
         cur: &mut Cursor,
         c: &mut C,
         params: &Params,
         maps: &Maps,
         old: &mut O,
+        written: &mut W,
         choice: &Choice,
-    ) -> Result<Unit, StepError<O::Error>> {
+    ) -> Result<Unit, StepError<O::Error, W::Error>> {
         c.account(Cost::Jump);
-        let ctx = usize::from(cur.last_miss) | usize::from(cur.d.is_none()) << 1 | usize::from(cur.last_jump) << 2;
+        let rk = match cur.r {
+            None => 0,
+            Some(Ref::Old(_)) => 1,
+            Some(Ref::New(_)) => 2,
+        };
+        let ctx = usize::from(cur.last_miss) + rk * 2 + usize::from(cur.last_jump) * 6;
         let jump = c.bit(&mut self.jump[ctx], u32::from(choice.jump.is_some())) == 1;
         cur.last_jump = jump;
         if jump {
-            let lit_ctx = usize::from(cur.d.is_none()) * 3;
             let want = choice.jump.unwrap_or(Target::Literal);
-            let to_literal = c.bit(&mut self.jump_kind[lit_ctx], u32::from(want == Target::Literal)) == 1;
-            let new_d = if to_literal {
+            let to_literal = c.bit(&mut self.jump_kind[TO_LITERAL][rk], u32::from(want == Target::Literal)) == 1;
+            let new_r = if to_literal {
                 None
             } else {
-                let t = match want {
-                    Target::Old(t) => t,
-                    Target::Literal => 0,
+                // Old or new: coded only when both are possible.
+                let to_new = match (params.old_len > 0, cur.n > 0) {
+                    (true, true) => {
+                        c.bit(&mut self.jump_kind[TO_NEW][rk], u32::from(matches!(want, Target::New(_)))) == 1
+                    }
+                    (false, true) => true,
+                    (true, false) => false,
+                    (false, false) => return Err(StepError::BadJump),
                 };
-                if c.bit(&mut self.jump_kind[lit_ctx + 1], u32::from(t == cur.rep[0])) == 1 {
-                    Some(cur.rep[0])
-                } else if c.bit(&mut self.jump_kind[lit_ctx + 2], u32::from(t == cur.rep[1])) == 1 {
-                    Some(cur.rep[1])
-                } else {
-                    let base = cur.d.unwrap_or(cur.rep[0]);
-                    let delta = code_signed(&mut self.sign, &mut self.delta, c, t.wrapping_sub(base));
-                    let t = base.checked_add(delta).ok_or(StepError::BadJump)?;
-                    if t.unsigned_abs() > 1 << 32 {
+                if to_new {
+                    let t = match want {
+                        Target::New(t) => t,
+                        _ => 0,
+                    };
+                    let dist = if c.bit(&mut self.jump_kind[NEW_REP0][rk], u32::from(t == cur.nrep[0])) == 1 {
+                        cur.nrep[0]
+                    } else if c.bit(&mut self.jump_kind[NEW_REP1][rk], u32::from(t == cur.nrep[1])) == 1 {
+                        cur.nrep[1]
+                    } else {
+                        // dist - 1: the bits above the lowest two as an integer, those two
+                        // in a small tree (Thumb code repeats at halfword and word
+                        // distances).
+                        let v = u64::from(t).wrapping_sub(1);
+                        let high = self.dist.code(c, v >> 2);
+                        let b1 = c.bit(&mut self.dist_low[0], ((v >> 1) & 1) as u32);
+                        let b0 = c.bit(&mut self.dist_low[1 + b1 as usize], (v & 1) as u32);
+                        let v = high << 2 | u64::from(b1 << 1 | b0);
+                        u32::try_from(v + 1).map_err(|_| StepError::BadJump)?
+                    };
+                    if dist == 0 || dist > cur.n {
                         return Err(StepError::BadJump);
                     }
-                    Some(t)
+                    Some(Ref::New(dist))
+                } else {
+                    let t = match want {
+                        Target::Old(t) => t,
+                        _ => 0,
+                    };
+                    if c.bit(&mut self.jump_kind[OLD_REP0][rk], u32::from(t == cur.rep[0])) == 1 {
+                        Some(Ref::Old(cur.rep[0]))
+                    } else if c.bit(&mut self.jump_kind[OLD_REP1][rk], u32::from(t == cur.rep[1])) == 1 {
+                        Some(Ref::Old(cur.rep[1]))
+                    } else {
+                        let base = match cur.r {
+                            Some(Ref::Old(d)) => d,
+                            _ => cur.rep[0],
+                        };
+                        let delta = code_signed(&mut self.sign, &mut self.delta, c, t.wrapping_sub(base));
+                        let t = base.checked_add(delta).ok_or(StepError::BadJump)?;
+                        if t.unsigned_abs() > 1 << 32 {
+                            return Err(StepError::BadJump);
+                        }
+                        Some(Ref::Old(t))
+                    }
                 }
             };
             // Recent references: the one left behind goes first, the one taken is removed.
-            let mut reps = [0i64; 3];
-            let mut k = 0;
-            for r in cur.d.into_iter().chain(cur.rep) {
-                if Some(r) != new_d && !reps[..k].contains(&r) && k < 2 {
-                    reps[k] = r;
-                    k += 1;
-                }
-            }
-            if k == 2 {
-                cur.rep = [reps[0], reps[1]];
-            } else if k == 1 {
-                cur.rep = [reps[0], cur.rep[0]];
-            }
-            cur.d = new_d;
+            let old_of = |r: Option<Ref>| match r {
+                Some(Ref::Old(d)) => Some(d),
+                _ => None,
+            };
+            let new_of = |r: Option<Ref>| match r {
+                Some(Ref::New(d)) => Some(d),
+                _ => None,
+            };
+            update_reps(&mut cur.rep, old_of(cur.r), old_of(new_r));
+            update_reps(&mut cur.nrep, new_of(cur.r), new_of(new_r));
+            cur.r = new_r;
         }
 
         let mut unit = Unit { bytes: [0; 4], len: 1 };
-        let Some(d) = cur.d else {
-            c.account(Cost::Literal);
-            let b =
-                tree_byte(&mut self.plain[(cur.n as usize & 1) << 2 | usize::from(cur.prev >> 6)], c, choice.bytes[0]);
-            unit.bytes[0] = b;
-            cur.prev = b;
-            cur.hist = 0;
-            cur.last_miss = true;
-            cur.n += 1;
-            return Ok(unit);
+        let pred = match cur.r {
+            None => {
+                c.account(Cost::Literal);
+                let b = tree_byte(&mut self.plain[literal_table(cur.n, cur.prev)], c, choice.bytes[0]);
+                unit.bytes[0] = b;
+                cur.prev = b;
+                cur.hist = 0;
+                cur.last_miss = true;
+                cur.n += 1;
+                return Ok(unit);
+            }
+            Some(Ref::Old(d)) => {
+                let o = i64::from(cur.n) + d;
+                if (0..i64::from(params.old_len)).contains(&o) {
+                    predict(params, maps, old, o as u32, cur.n).map_err(StepError::Read)?
+                } else {
+                    Prediction { kind: Kind::Plain, len: 1, bytes: [0; 4] }
+                }
+            }
+            Some(Ref::New(dist)) => predict_repeat(params, written, dist, cur.n).map_err(StepError::ReadNew)?,
         };
-        let o = i64::from(cur.n) + d;
-        let pred = if (0..i64::from(params.old_len)).contains(&o) {
-            predict(params, maps, old, o as u32, cur.n).map_err(StepError::Read)?
-        } else {
-            Prediction { kind: Kind::Plain, len: 1, bytes: [0; 4] }
-        };
-        let kind = pred.kind as usize;
+        let base = pred.kind.eq_base();
+        let table = pred.kind.table();
         let mut miss = false;
         for i in 0..pred.len {
-            let ctx = ((kind * 4 + i) * 8 + usize::from(cur.hist)) * 2 + (cur.n as usize & 1);
+            let ctx = base + (i * 8 + usize::from(cur.hist)) * 2 + (cur.n as usize & 1);
             let want = choice.bytes[i];
             c.account(Cost::Predicted);
             let eq = c.bit(&mut self.eq[ctx], u32::from(want == pred.bytes[i])) == 1;
             c.account(Cost::Missed);
-            let b = if eq { pred.bytes[i] } else { matched_byte(&mut self.matched[kind], c, pred.bytes[i], want) };
+            let b = if eq { pred.bytes[i] } else { matched_byte(&mut self.matched[table], c, pred.bytes[i], want) };
             miss |= !eq;
             cur.hist = ((cur.hist << 1) | u8::from(eq)) & 7;
             unit.bytes[i] = b;
@@ -396,4 +567,23 @@ impl Model {
         cur.n += pred.len as u32;
         Ok(unit)
     }
+}
+
+/// Literal trees: at even offsets (the low byte of a Thumb halfword) by the previous
+/// byte's top 2 bits, at odd offsets (the high byte, which holds the opcode) by its top
+/// 3 bits.
+const LIT_TABLES: usize = 12;
+
+/// The literal tree for new offset `n` after byte `prev`.
+pub(crate) fn literal_table(n: u32, prev: u8) -> usize {
+    if n & 1 == 0 {
+        usize::from(prev >> 6)
+    } else {
+        4 + usize::from(prev >> 5)
+    }
+}
+/// The literal trees' adaptation rate: one step slower than the other bits' (1/16 in a
+/// delta, 1/32 in a patch from nothing).
+fn lit_rate<C: Coder>(c: &C) -> u32 {
+    c.rate() + 1
 }

@@ -45,9 +45,9 @@ pub fn with_offset(hw0: u16, hw1: u16, offset: i64) -> Option<(u16, u16)> {
 }
 
 /// Most entries the image's address map may have (the applier keeps it in RAM).
-pub const MAX_MAP: usize = 384;
+pub const MAX_MAP: usize = 256;
 /// Most entries the map of addresses outside the image may have.
-pub const MAX_EXTERNAL_MAP: usize = 128;
+pub const MAX_EXTERNAL_MAP: usize = 64;
 
 /// Where the old image's bytes went: a step function over old offsets. Entry `i` says
 /// that old offsets from `start[i]` up to the next entry's start moved by `shift[i]`

@@ -74,10 +74,10 @@ fn bench_without_peers_prints_tern_and_its_ablations() {
         "--no-peers".as_ref(),
     ]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "pair\tnew\ttern\tbytes only\tno maps\tbranches\tpointers\tno external");
+    assert_eq!(lines[0], "pair\tnew\ttern\tbytes only\tno maps\tbranches\tpointers\tno external\tno repeats");
     for row in &lines[1..3] {
         let cells: Vec<&str> = row.split('\t').collect();
-        assert_eq!(cells.len(), 8, "{row}");
+        assert_eq!(cells.len(), 9, "{row}");
         let tern = number(cells[2]);
         assert!(tern < number(cells[1]));
         // On these Thumb-2 images modelling everything beats modelling nothing.
@@ -92,6 +92,21 @@ fn bench_without_peers_prints_tern_and_its_ablations() {
         .expect("applier RAM line");
     assert!(ram <= 16 * 1024, "{ram}");
     assert!(out.contains("apply throughput on this host: "), "{out}");
+
+    // The second table: each new image compressed (a patch from nothing, applied back by
+    // the bench), as a ratio, next to Tern without repeats.
+    let at = lines.iter().position(|l| l.starts_with("new image of pair\t")).expect("full-image table");
+    assert_eq!(lines[at], "new image of pair\tbytes\ttern\ttern ratio\tno repeats");
+    for row in &lines[at + 1..at + 3] {
+        let cells: Vec<&str> = row.split('\t').collect();
+        assert_eq!(cells.len(), 5, "{row}");
+        let ratio: f64 = cells[3].parse().expect("ratio");
+        assert!((ratio - number(cells[2]) as f64 / number(cells[1]) as f64).abs() < 1e-3, "{row}");
+        // Real firmware compresses, and repeats of its own bytes are worth something.
+        assert!(ratio < 0.8, "{row}");
+        assert!(ratio < cells[4].parse::<f64>().expect("ratio"), "{row}");
+    }
+    assert!(lines[at + 3].starts_with("geomean compressed/full\t"), "{out}");
 }
 
 #[test]
@@ -117,4 +132,7 @@ fn bench_runs_the_peers_side_by_side() {
         }
     }
     assert!(run.stdout.contains("tern / best peer per pair: geomean "), "{}", run.stdout);
+    // The general-purpose compressors beside Tern's full images.
+    let full = lines.iter().find(|l| l.starts_with("new image of pair\t")).expect("full-image table");
+    assert_eq!(*full, "new image of pair\tbytes\ttern\ttern ratio\txz -9\tzstd -19\tgzip -9\tno repeats");
 }

@@ -55,13 +55,13 @@ fn every_pair_applies_bit_exactly() {
     }
     let geomean = (log_sum / pairs.len() as f64).exp();
     eprintln!("geomean {geomean:.4}");
-    // Recorded from real runs of this generator on the 13 corpus pairs (0.0288 when
+    // Recorded from real runs of this generator on the 13 corpus pairs (0.0277 when
     // recorded); a change to the model or the generator that loses compression fails here.
     assert!(geomean <= RECORDED_GEOMEAN_BOUND, "geometric mean patch/new {geomean:.4} > {RECORDED_GEOMEAN_BOUND}");
 }
 
 /// Upper bound of the geometric mean patch/new over the corpus pairs.
-const RECORDED_GEOMEAN_BOUND: f64 = 0.0293;
+const RECORDED_GEOMEAN_BOUND: f64 = 0.0282;
 
 #[test]
 fn applier_ram_is_within_budget() {

@@ -1,5 +1,6 @@
 //! Integration tests of tern-delta (one binary; see STYLE.md).
 mod corpus;
+mod full;
 mod fuzz_corpus;
 mod refusals;
 mod resume;

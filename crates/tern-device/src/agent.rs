@@ -844,6 +844,15 @@ impl<S: Storage> NewImage for Place<'_, S> {
         };
         result.map_err(|e| self.flash = Some(e))
     }
+
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), ()> {
+        if u64::from(offset) + buf.len() as u64 > u64::from(self.len) {
+            self.overflow = true;
+            return Err(());
+        }
+        let result = self.s.borrow_mut().read(self.at.dev, self.at.offset + offset, buf);
+        result.map_err(|e| self.flash = Some(e))
+    }
 }
 
 /// Applies module `m`'s patch (`length` bytes at `at` in the exchange area) into its place.
@@ -890,7 +899,7 @@ fn apply_patch<S: Storage>(
         }
         match fed {
             Ok(s) => status = s,
-            Err(ApplyError::WriteNew) => {
+            Err(ApplyError::WriteNew | ApplyError::ReadNew) => {
                 return match (place.torn, place.flash, place.overflow) {
                     (_, _, true) => Ok(Applied::Failed),
                     (Some(loc), _, _) => Ok(Applied::Torn(loc)),

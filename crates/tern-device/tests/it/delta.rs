@@ -33,11 +33,11 @@ fn installed_bytes(dev: &SimDevice, keys: &[VerifyingKey], like: &Image) -> (Vec
 }
 
 /// A new application sent as a delta from the installed one and a new system part 1
-/// sent compressed (a patch from nothing).
-fn update(dev: &SimDevice, keys: &[VerifyingKey]) -> Update {
+/// sent compressed (a patch from nothing), of about `kib` KiB each.
+fn update_of(dev: &SimDevice, keys: &[VerifyingKey], kib: usize) -> Update {
     let p = dev.profile;
-    let sys = module(p, SystemPart, 1, 101, &[], 24 * 1024 + 300);
-    let app = module(p, UserPart, 1, 2, &[dep(SystemPart, 1, 100)], 20 * 1024 + 7);
+    let sys = module(p, SystemPart, 1, 101, &[], (kib + 4) * 1024 + 300);
+    let app = module(p, UserPart, 1, 2, &[dep(SystemPart, 1, 100)], kib * 1024 + 7);
     let (old_app, old_hash) = installed_bytes(dev, keys, &app);
     let config = tern_delta::Config::default();
     let delta = tern_delta::make(&old_app, &app.bytes, &config);
@@ -48,6 +48,10 @@ fn update(dev: &SimDevice, keys: &[VerifyingKey]) -> Update {
     ];
     let signed = release(p, 1, &[&sys, &app]);
     Update { modules: vec![sys, app], transfers, sent: vec![compressed, delta], signed }
+}
+
+fn update(dev: &SimDevice, keys: &[VerifyingKey]) -> Update {
+    update_of(dev, keys, 20)
 }
 
 fn offer<'k>(dev: &SimDevice, keys: &'k [VerifyingKey], u: &Update) -> Result<Agent<'k>, OfferError> {
@@ -182,7 +186,8 @@ fn a_power_cut_at_any_operation_while_applying_loses_nothing() {
         for k in 0.. {
             let dev = device(p);
             let keys = dev.keys.clone();
-            let u = update(&dev, &keys);
+            // Small modules: one run per flash operation.
+            let u = update_of(&dev, &keys, 5);
             let mut agent = offer(&dev, &keys, &u).expect("accepted");
             // Every block but the last one.
             let last_module = u.sent.len() - 1;

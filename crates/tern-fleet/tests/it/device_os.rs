@@ -260,9 +260,10 @@ fn run(upgrade: &Upgrade) {
     device.stop().expect("the device ran without error");
 }
 
-#[test]
-fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
-    run(&Upgrade {
+/// A cellular Electron from 1.4.4 to 1.5.2, its three system parts in the catalog at both
+/// versions (so each travels as a delta).
+fn electron(damage_patches: bool) -> Upgrade {
+    Upgrade {
         platform: "electron",
         connectivity: "cellular",
         from: &[
@@ -287,8 +288,13 @@ fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
         ],
         staged: None,
         transfer: Some("delta"),
-        damage_patches: false,
-    });
+        damage_patches,
+    }
+}
+
+#[test]
+fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
+    run(&electron(false));
 }
 
 /// The same Electron story with every patch damaged after planning: the device refuses
@@ -296,33 +302,7 @@ fn cellular_electron_1_4_4_to_1_5_2_three_system_parts() {
 /// than the operator confirmed, and the next plan sends whole modules, confirmed anew.
 #[test]
 fn cellular_electron_with_damaged_patches_gets_whole_modules_confirmed_anew() {
-    run(&Upgrade {
-        platform: "electron",
-        connectivity: "cellular",
-        from: &[
-            "electron-system-part1@1.4.4.bin",
-            "electron-system-part2@1.4.4.bin",
-            "electron-system-part3@1.4.4.bin",
-        ],
-        extra: &[(ModuleFunction::Bootloader, 501)],
-        catalog: &[
-            "electron-system-part1@1.4.4.bin",
-            "electron-system-part2@1.4.4.bin",
-            "electron-system-part3@1.4.4.bin",
-            "electron-system-part1@1.5.2.bin",
-            "electron-system-part2@1.5.2.bin",
-            "electron-system-part3@1.5.2.bin",
-        ],
-        target: "1.5.2",
-        expected: &[
-            "electron-system-part1@1.5.2.bin",
-            "electron-system-part2@1.5.2.bin",
-            "electron-system-part3@1.5.2.bin",
-        ],
-        staged: None,
-        transfer: Some("delta"),
-        damage_patches: true,
-    });
+    run(&electron(true));
 }
 
 /// A Wi-Fi Argon taking system part 1 4.0.1 → 4.0.2 as a delta whose blob is damaged: the

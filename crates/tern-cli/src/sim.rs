@@ -67,9 +67,13 @@ pub struct PowercutArgs {
     chain_window: u64,
     /// Every pair of faults on the synthetic scenarios: after each single fault, every
     /// selected kind at every later operation (a long run; replaces the chains' second
-    /// fault).
+    /// fault), and a third cut at each of the next --chain-window operations after the
+    /// pairs whose second fault is within --chain-window of the first (nearby triples).
     #[arg(long)]
     all_pairs: bool,
+    /// Threads each scenario's faults are split over.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
 }
 
 fn fault_kinds(list: &str) -> Result<Vec<tern_sim::flash::FaultKind>> {
@@ -134,6 +138,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 kinds,
                 chain_window: args.chain_window,
                 all_pairs: args.all_pairs,
+                threads: args.threads as usize,
                 ..Config::default()
             };
             let report = explore_all(&scenarios, &config);

@@ -786,6 +786,10 @@ impl Stored {
     pub fn finish_erase<S: Storage>(&mut self, s: &mut S, profile: &Profile) -> Result<(), FlashError> {
         let Some(e) = self.state.pending_erase else { return Ok(()) };
         s.erase(e.dev, e.from, e.to)?;
+        // An erase that reports success but leaves bits at 0 stays pending (redone).
+        if !storage::is_erased(s, storage::Loc { dev: e.dev, offset: e.from }, e.to - e.from)? {
+            return Err(FlashError::Other);
+        }
         self.state.pending_erase = None;
         self.save(s, profile)
     }

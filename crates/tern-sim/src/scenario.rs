@@ -587,6 +587,10 @@ impl World<'_> {
             match self.serve(dev, &mut agent, &mut storage) {
                 Next::Reboot(c) => cause = c,
                 Next::Settled if behaviour == Behaviour::NeverConfirms && test => cause = ResetCause::Watchdog,
+                // Effects that show only at a later power-on (drift, retention) are waited
+                // for: the device is power-cycled until none is pending, and must still boot
+                // complete modules and end as expected.
+                Next::Settled if !dev.bench.borrow().latent.is_empty() => cause = ResetCause::PowerOn,
                 Next::Settled => {
                     self.final_check(dev, &agent, &decision.run);
                     return;

@@ -71,6 +71,11 @@ pub struct PowercutArgs {
     /// pairs whose second fault is within --chain-window of the first (nearby triples).
     #[arg(long)]
     all_pairs: bool,
+    /// Inject retention and wear_out at every program and erase (installed slots, factory
+    /// image, state banks, progress markers), not only in the exchange area; a flip in the
+    /// only copy of the bootloader or of a system part bricks by design (docs/device.md).
+    #[arg(long)]
+    stored_faults_anywhere: bool,
     /// Threads each scenario's faults are split over.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     threads: u64,
@@ -139,6 +144,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 chain_window: args.chain_window,
                 all_pairs: args.all_pairs,
                 threads: args.threads as usize,
+                stored_anywhere: args.stored_faults_anywhere,
                 ..Config::default()
             };
             let report = explore_all(&scenarios, &config);

@@ -96,6 +96,10 @@ pub struct Config {
     /// within [`Config::chain_window`] of the first. Multi-fault runs (pairs and chains) grow on the synthetic scenarios
     /// only: the staged real-module ones have thousands of operations per stage.
     pub all_pairs: bool,
+    /// Retention flips and wear-out at every program and erase, not only in the exchange
+    /// area: installed slots, the factory image, the state banks and the progress markers
+    /// too (docs/device.md lists what the design cannot survive there).
+    pub stored_anywhere: bool,
     /// Threads the single faults of a stage (and the runs grown from them) are split over.
     pub threads: usize,
 }
@@ -109,21 +113,22 @@ impl Default for Config {
             kinds: POWER_FAULTS.to_vec(),
             chain_window: 4,
             all_pairs: false,
+            stored_anywhere: false,
             threads: 2,
         }
     }
 }
 
 /// Whether a fault kind is injected at `op` of a scenario on `profile`. Retention flips
-/// and wear-out are injected where Tern stores images it copies from (the exchange area):
-/// a flip in an installed slot or the state record, or a worn-out state sector, is a
-/// hardware failure no update design can mask (see docs/device.md).
-fn eligible(profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind: FaultKind) -> bool {
+/// and wear-out are injected where Tern stores images it copies from (the exchange area),
+/// unless [`Config::stored_anywhere`]: a flip in the only copy of the bootloader or of a
+/// system part cannot be survived by a copy-based design (see docs/device.md).
+fn eligible(config: &Config, profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind: FaultKind) -> bool {
     if !kind.applies_to(op.kind) {
         return false;
     }
     match kind {
-        FaultKind::Retention | FaultKind::WearOut => {
+        FaultKind::Retention | FaultKind::WearOut if !config.stored_anywhere => {
             let ex = profile.exchange;
             op.dev == ex.dev && ex.offset <= op.offset && op.offset < ex.end()
         }
@@ -166,7 +171,13 @@ fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64,
 /// Explores one scenario.
 pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     let device = sc.provisioned();
-    let base = device.bench.borrow().clone();
+    let mut base = device.bench.borrow().clone();
+    // The random runs pick operations blindly: retention and wear-out take effect only
+    // where the single faults put them (see `eligible`).
+    if !config.stored_anywhere {
+        let ex = sc.profile.exchange;
+        base.stored_faults_in = vec![(ex.dev, ex.offset, ex.end())];
+    }
     let mut rep = ScenarioReport { name: sc.name.clone(), profile: sc.profile.name.to_string(), ..Default::default() };
     rep.modules = sc
         .tasks
@@ -235,7 +246,9 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench, config: &Config, multi: bool
         .log
         .iter()
         .enumerate()
-        .flat_map(|(i, op)| config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(move |k| (i as u64, *k)))
+        .flat_map(|(i, op)| {
+            config.kinds.iter().filter(|k| eligible(config, sc.profile, op, **k)).map(move |k| (i as u64, *k))
+        })
         .collect();
     let half = cases.len().div_ceil(config.threads.max(1)).max(1);
     let parts: Vec<ScenarioReport> = std::thread::scope(|scope| {
@@ -295,7 +308,7 @@ fn follow_ups(
     let mut next: Vec<(u64, FaultKind)> = Vec::new();
     if config.all_pairs && depth == 2 {
         for (j, op) in later(u64::MAX) {
-            next.extend(config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(|k| (j, *k)));
+            next.extend(config.kinds.iter().filter(|k| eligible(config, sc.profile, op, **k)).map(|k| (j, *k)));
         }
     } else if config.chain_window > 0 {
         next.extend(later(config.chain_window).map(|(j, _)| (j, FaultKind::Cut)));

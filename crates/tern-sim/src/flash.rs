@@ -313,6 +313,9 @@ pub struct Bench {
     pub latent: Vec<Latent>,
     /// Worn-out sectors: (device, sector start). Their erases fail.
     pub worn: Vec<(usize, u32)>,
+    /// Where retention and wear-out faults take effect: (device, first byte, end); a
+    /// planned one at an operation elsewhere is not injected. Empty: anywhere.
+    pub stored_faults_in: Vec<(u8, u32, u32)>,
     op_count: u64,
 }
 
@@ -330,6 +333,7 @@ impl Bench {
             log_ops: true,
             latent: Vec::new(),
             worn: Vec::new(),
+            stored_faults_in: Vec::new(),
             op_count: 0,
         }
     }
@@ -373,6 +377,7 @@ impl Bench {
         self.log_ops = base.log_ops;
         self.latent.clone_from(&base.latent);
         self.worn.clone_from(&base.worn);
+        self.stored_faults_in.clone_from(&base.stored_faults_in);
         self.op_count = base.op_count;
     }
 
@@ -445,7 +450,12 @@ impl Bench {
         if self.log_ops {
             self.ops.push(op);
         }
-        let fault = self.faults.iter().find(|(at, _)| *at == index).map(|(_, k)| *k);
+        let in_scope = |k: FaultKind| {
+            !matches!(k, FaultKind::Retention | FaultKind::WearOut)
+                || self.stored_faults_in.is_empty()
+                || self.stored_faults_in.iter().any(|&(d, a, z)| d == op.dev && a <= op.offset && op.offset < z)
+        };
+        let fault = self.faults.iter().find(|(at, _)| *at == index).map(|(_, k)| *k).filter(|k| in_scope(*k));
         if let Some(kind) = fault {
             self.injected.push((index, kind));
         }

@@ -67,9 +67,18 @@ pub struct PowercutArgs {
     chain_window: u64,
     /// Every pair of faults on the synthetic scenarios: after each single fault, every
     /// selected kind at every later operation (a long run; replaces the chains' second
-    /// fault).
+    /// fault), and a third cut at each of the next --chain-window operations after the
+    /// pairs whose second fault is within --chain-window of the first (nearby triples).
     #[arg(long)]
     all_pairs: bool,
+    /// Inject retention and wear_out at every program and erase (installed slots, factory
+    /// image, state banks, progress markers), not only in the exchange area; a flip in the
+    /// only copy of the bootloader or of a system part bricks by design (docs/device.md).
+    #[arg(long)]
+    stored_faults_anywhere: bool,
+    /// Threads each scenario's faults are split over.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
 }
 
 fn fault_kinds(list: &str) -> Result<Vec<tern_sim::flash::FaultKind>> {
@@ -134,6 +143,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 kinds,
                 chain_window: args.chain_window,
                 all_pairs: args.all_pairs,
+                threads: args.threads as usize,
+                stored_anywhere: args.stored_faults_anywhere,
                 ..Config::default()
             };
             let report = explore_all(&scenarios, &config);

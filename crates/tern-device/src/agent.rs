@@ -596,7 +596,9 @@ impl<'k> Agent<'k> {
         let mut unit = count;
         if storage::is_erased(s, at, padded)? {
             storage::program(s, self.profile, at, block.data)?;
-        } else if !storage::equals(s, at, block.data)? {
+        } else {
+            // Written but not marked: its program was interrupted. Even if it reads right,
+            // a cut at the very end can leave cells that drift later: rewrite it.
             unit = self.repair_sector(s, at, number)?;
             storage::program(s, self.profile, at, block.data)?;
         }

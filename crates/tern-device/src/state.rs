@@ -721,6 +721,11 @@ pub fn load<S: Storage>(s: &mut S, profile: &Profile) -> Result<Stored, LoadErro
         for position in 0..positions(region) {
             let at = region.offset + position * RECORD_LEN as u32;
             s.read(region.dev, at, &mut buf).map_err(LoadError::Flash)?;
+            // A record whose sequence is not above the best so far cannot win, valid or
+            // not: skip checking it.
+            if best.as_ref().is_some_and(|b| le32(&buf, 8) <= b.state.sequence) {
+                continue;
+            }
             if let Ok(state) = DeviceState::decode(&buf) {
                 if best.as_ref().is_none_or(|b| state.sequence > b.state.sequence) {
                     best = Some(Stored { state, bank: bank as u8, position, retries: 0 });
@@ -845,6 +850,10 @@ impl Stored {
     pub fn finish_erase<S: Storage>(&mut self, s: &mut S, profile: &Profile) -> Result<(), FlashError> {
         let Some(e) = self.state.pending_erase else { return Ok(()) };
         s.erase(e.dev, e.from, e.to)?;
+        // An erase that reports success but leaves bits at 0 stays pending (redone).
+        if !storage::is_erased(s, storage::Loc { dev: e.dev, offset: e.from }, e.to - e.from)? {
+            return Err(FlashError::Other);
+        }
         self.state.pending_erase = None;
         self.save(s, profile)
     }

@@ -172,14 +172,22 @@ pub fn program<S: Storage>(s: &mut S, profile: &Profile, at: Loc, data: &[u8]) -
     Ok(())
 }
 
-/// Erases the sectors that cover `len` bytes from `at` (rounded out to sector bounds).
+/// Erases the sectors that cover `len` bytes from `at` (rounded out to sector bounds), and
+/// reads them back: an erase that reported success but left bits at 0 (a failing erase)
+/// is an error ([`FlashError::Other`]) like one the driver reports, so the caller resets
+/// and redoes its step instead of trusting bits it never wrote (progress markers that read
+/// as received blocks, for instance).
 pub fn erase_covering<S: Storage>(s: &mut S, profile: &Profile, at: Loc, len: u32) -> Result<(), FlashError> {
     if len == 0 {
         return Ok(());
     }
     let device = profile.device(at.dev).ok_or(FlashError::NoSuchDevice(at.dev))?;
     let (from, to) = device.covering(at.offset, len).ok_or(FlashError::OutOfBounds)?;
-    s.erase(at.dev, from, to)
+    s.erase(at.dev, from, to)?;
+    if !is_erased(s, Loc { dev: at.dev, offset: from }, to - from)? {
+        return Err(FlashError::Other);
+    }
+    Ok(())
 }
 
 /// Copies `len` bytes from `from` to `to` (erased, write-aligned) through a stack buffer.

@@ -10,7 +10,8 @@
 //! operations the recovery performs, and from each of those once more (nearby pairs and
 //! triples: the class of faults that cut a test boot between its count and its
 //! confirmation several times). [`Config::all_pairs`] instead adds a second fault of every
-//! selected kind at every later operation of every single-fault run (a long run). Seeded
+//! selected kind at every later operation of every single-fault run, and the third cuts
+//! after the nearby ones of those pairs (a long run). Seeded
 //! random runs add several faults anywhere in one run.
 //!
 //! A staged scenario (an upgrade installed in several offers) is swept stage by stage:
@@ -91,9 +92,16 @@ pub struct Config {
     /// and from each of those a third cut as near (0 turns chains off).
     pub chain_window: u64,
     /// Every pair: after each single fault, every selected kind at every later operation
-    /// of that run. Multi-fault runs (pairs and chains) grow on the synthetic scenarios
+    /// of that run; the nearby triples then grow from the pairs whose second fault is
+    /// within [`Config::chain_window`] of the first. Multi-fault runs (pairs and chains) grow on the synthetic scenarios
     /// only: the staged real-module ones have thousands of operations per stage.
     pub all_pairs: bool,
+    /// Retention flips and wear-out at every program and erase, not only in the exchange
+    /// area: installed slots, the factory image, the state banks and the progress markers
+    /// too (docs/device.md lists what the design cannot survive there).
+    pub stored_anywhere: bool,
+    /// Threads the single faults of a stage (and the runs grown from them) are split over.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -105,20 +113,22 @@ impl Default for Config {
             kinds: POWER_FAULTS.to_vec(),
             chain_window: 4,
             all_pairs: false,
+            stored_anywhere: false,
+            threads: 2,
         }
     }
 }
 
 /// Whether a fault kind is injected at `op` of a scenario on `profile`. Retention flips
-/// and wear-out are injected where Tern stores images it copies from (the exchange area):
-/// a flip in an installed slot or the state record, or a worn-out state sector, is a
-/// hardware failure no update design can mask (see docs/device.md).
-fn eligible(profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind: FaultKind) -> bool {
+/// and wear-out are injected where Tern stores images it copies from (the exchange area),
+/// unless [`Config::stored_anywhere`]: a flip in the only copy of the bootloader or of a
+/// system part cannot be survived by a copy-based design (see docs/device.md).
+fn eligible(config: &Config, profile: &tern_device::profile::Profile, op: &crate::flash::Op, kind: FaultKind) -> bool {
     if !kind.applies_to(op.kind) {
         return false;
     }
     match kind {
-        FaultKind::Retention | FaultKind::WearOut => {
+        FaultKind::Retention | FaultKind::WearOut if !config.stored_anywhere => {
             let ex = profile.exchange;
             op.dev == ex.dev && ex.offset <= op.offset && op.offset < ex.end()
         }
@@ -161,7 +171,13 @@ fn tally(sc: &Scenario, rep: &mut ScenarioReport, out: &Outcome, faults: &[(u64,
 /// Explores one scenario.
 pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     let device = sc.provisioned();
-    let base = device.bench.borrow().clone();
+    let mut base = device.bench.borrow().clone();
+    // The random runs pick operations blindly: retention and wear-out take effect only
+    // where the single faults put them (see `eligible`).
+    if !config.stored_anywhere {
+        let ex = sc.profile.exchange;
+        base.stored_faults_in = vec![(ex.dev, ex.offset, ex.end())];
+    }
     let mut rep = ScenarioReport { name: sc.name.clone(), profile: sc.profile.name.to_string(), ..Default::default() };
     rep.modules = sc
         .tasks
@@ -199,6 +215,7 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
     let mut rng = Rng(config.seed
         ^ sc.name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)));
     let span = rep.flash_ops + rep.flash_ops / 2 + 1;
+    let mut runner = scenario::Runner::new(&base);
     for _ in 0..config.random_runs {
         let n = 2 + rng.below(config.max_faults.saturating_sub(1).max(1));
         let mut faults: Vec<(u64, FaultKind)> = (0..n)
@@ -209,7 +226,7 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
             .collect();
         faults.sort();
         faults.dedup_by_key(|f| f.0);
-        let out = scenario::run(sc, &base, &faults);
+        let out = runner.run(sc, &faults);
         rep.random_runs += 1;
         rep.faults_injected += out.injected.len() as u64;
         tally(sc, &mut rep, &out, &faults);
@@ -218,7 +235,8 @@ pub fn explore(sc: &Scenario, config: &Config) -> ScenarioReport {
 }
 
 /// The clean run of one stage, then every operation index × every selected fault kind,
-/// then the multi-fault runs that grow from each single fault; split over two threads.
+/// then the multi-fault runs that grow from each single fault; split over
+/// [`Config::threads`] threads.
 fn sweep(sc: &Scenario, base: &crate::flash::Bench, config: &Config, multi: bool) -> ScenarioReport {
     let mut rep = ScenarioReport::default();
     let clean = scenario::run(sc, base, &[]);
@@ -228,24 +246,27 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench, config: &Config, multi: bool
         .log
         .iter()
         .enumerate()
-        .flat_map(|(i, op)| config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(move |k| (i as u64, *k)))
+        .flat_map(|(i, op)| {
+            config.kinds.iter().filter(|k| eligible(config, sc.profile, op, **k)).map(move |k| (i as u64, *k))
+        })
         .collect();
-    let half = cases.len().div_ceil(2).max(1);
+    let half = cases.len().div_ceil(config.threads.max(1)).max(1);
     let parts: Vec<ScenarioReport> = std::thread::scope(|scope| {
         let handles: Vec<_> = cases
             .chunks(half)
             .map(|chunk| {
                 scope.spawn(move || {
                     let mut part = ScenarioReport::default();
+                    let mut runner = scenario::Runner::new(base);
                     for fault in chunk {
                         let faults = [*fault];
-                        let out = scenario::run(sc, base, &faults);
+                        let out = runner.run(sc, &faults);
                         part.faults_injected += out.injected.len() as u64;
                         tally(sc, &mut part, &out, &faults);
                         if !multi || out.injected.is_empty() {
                             continue;
                         }
-                        follow_ups(sc, base, config, &faults, &out, 2, &mut part);
+                        follow_ups(sc, &mut runner, config, &faults, &out, 2, &mut part);
                     }
                     part
                 })
@@ -268,10 +289,11 @@ fn sweep(sc: &Scenario, base: &crate::flash::Bench, config: &Config, multi: bool
 /// The multi-fault runs grown from a run with `faults` (whose outcome is `out`): a cut at
 /// each of the next [`Config::chain_window`] operations after the last fault (then, up to
 /// three faults, recursively), or with [`Config::all_pairs`] every selected kind at every
-/// later operation (pairs only).
+/// later operation, and a third cut as in a chain after the pairs whose second fault is
+/// within the chain window of the first (the nearby triples).
 fn follow_ups(
     sc: &Scenario,
-    base: &crate::flash::Bench,
+    runner: &mut scenario::Runner<'_>,
     config: &Config,
     faults: &[(u64, FaultKind)],
     out: &scenario::Outcome,
@@ -279,12 +301,14 @@ fn follow_ups(
     part: &mut ScenarioReport,
 ) {
     let Some(&(last, _)) = faults.last() else { return };
-    let later =
-        |n: u64| (last + 1..out.ops.min(last + 1 + n)).filter_map(|j| out.log.get(j as usize).map(|op| (j, op)));
+    let later = |n: u64| {
+        (last + 1..out.ops.min(last.saturating_add(1).saturating_add(n)))
+            .filter_map(|j| out.log.get(j as usize).map(|op| (j, op)))
+    };
     let mut next: Vec<(u64, FaultKind)> = Vec::new();
     if config.all_pairs && depth == 2 {
         for (j, op) in later(u64::MAX) {
-            next.extend(config.kinds.iter().filter(|k| eligible(sc.profile, op, **k)).map(|k| (j, *k)));
+            next.extend(config.kinds.iter().filter(|k| eligible(config, sc.profile, op, **k)).map(|k| (j, *k)));
         }
     } else if config.chain_window > 0 {
         next.extend(later(config.chain_window).map(|(j, _)| (j, FaultKind::Cut)));
@@ -292,12 +316,15 @@ fn follow_ups(
     for fault in next {
         let mut more = faults.to_vec();
         more.push(fault);
-        let o = scenario::run(sc, base, &more);
+        let o = runner.run(sc, &more);
         part.multi_fault_runs += 1;
         part.faults_injected += o.injected.len() as u64;
         tally(sc, part, &o, &more);
-        if depth < 3 && config.chain_window > 0 && o.injected.len() == more.len() {
-            follow_ups(sc, base, config, &more, &o, depth + 1, part);
+        // Triples stay nearby: with every pair, a third cut follows only the pairs whose
+        // second fault lies within the chain window of the first.
+        let nearby = fault.0 <= last.saturating_add(config.chain_window);
+        if depth < 3 && config.chain_window > 0 && o.injected.len() == more.len() && nearby {
+            follow_ups(sc, runner, config, &more, &o, depth + 1, part);
         }
     }
 }

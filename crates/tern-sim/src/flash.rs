@@ -198,6 +198,11 @@ pub struct Device {
     pub wear: Vec<u32>,
     /// Operation counters.
     pub stats: Stats,
+    /// Sectors whose contents or wear changed since the last [`Bench::restore_from`]
+    /// (indices in sector order), so that a restore copies only those.
+    touched: Vec<u32>,
+    /// Whether each sector is in `touched`.
+    touched_mark: Vec<bool>,
 }
 
 impl Device {
@@ -211,7 +216,39 @@ impl Device {
             programmed: vec![false; size],
             wear: vec![0; sectors],
             stats: Stats::default(),
+            touched: Vec::new(),
+            touched_mark: vec![false; sectors],
         }
+    }
+
+    /// Records that bytes `[start, end)` changed.
+    fn touch(&mut self, start: usize, end: usize) {
+        let mut at = start as u32;
+        while (at as usize) < end {
+            let Some((sector, size)) = self.geometry.sector_at(at) else { break };
+            let index = self.sector_index(sector);
+            if !self.touched_mark[index] {
+                self.touched_mark[index] = true;
+                self.touched.push(index as u32);
+            }
+            at = sector + size;
+        }
+    }
+
+    /// Byte range of sector `index`.
+    fn sector_range(&self, index: usize) -> (usize, usize) {
+        let mut start = 0usize;
+        let mut first = 0usize;
+        for run in self.geometry.sectors {
+            let n = run.count as usize;
+            if index < first + n {
+                let a = start + (index - first) * run.size as usize;
+                return (a, a + run.size as usize);
+            }
+            start += n * run.size as usize;
+            first += n;
+        }
+        (start, start)
     }
 
     fn sector_index(&self, offset: u32) -> usize {
@@ -276,6 +313,9 @@ pub struct Bench {
     pub latent: Vec<Latent>,
     /// Worn-out sectors: (device, sector start). Their erases fail.
     pub worn: Vec<(usize, u32)>,
+    /// Where retention and wear-out faults take effect: (device, first byte, end); a
+    /// planned one at an operation elsewhere is not injected. Empty: anywhere.
+    pub stored_faults_in: Vec<(u8, u32, u32)>,
     op_count: u64,
 }
 
@@ -293,8 +333,52 @@ impl Bench {
             log_ops: true,
             latent: Vec::new(),
             worn: Vec::new(),
+            stored_faults_in: Vec::new(),
             op_count: 0,
         }
+    }
+
+    /// Makes this bench equal to `base`, which it must have been cloned or restored from
+    /// last (with only this bench's own operations since): copies back the sectors the
+    /// operations changed instead of whole devices. Falls back to a full copy when the
+    /// devices differ in shape.
+    pub fn restore_from(&mut self, base: &Bench) {
+        let same_shape = self.devices.len() == base.devices.len()
+            && self
+                .devices
+                .iter()
+                .zip(&base.devices)
+                .all(|(d, b)| d.bytes.len() == b.bytes.len() && d.wear.len() == b.wear.len());
+        if !same_shape {
+            self.clone_from(base);
+            return;
+        }
+        for (d, b) in self.devices.iter_mut().zip(&base.devices) {
+            for index in std::mem::take(&mut d.touched) {
+                let index = index as usize;
+                let (a, z) = d.sector_range(index);
+                d.bytes[a..z].copy_from_slice(&b.bytes[a..z]);
+                d.programmed[a..z].copy_from_slice(&b.programmed[a..z]);
+                d.wear[index] = b.wear[index];
+                d.touched_mark[index] = false;
+            }
+            d.touched.clone_from(&b.touched);
+            for &index in &d.touched {
+                d.touched_mark[index as usize] = true;
+            }
+            d.stats.clone_from(&b.stats);
+        }
+        self.ops.clone_from(&base.ops);
+        self.faults.clone_from(&base.faults);
+        self.injected.clone_from(&base.injected);
+        self.powered = base.powered;
+        self.violations.clone_from(&base.violations);
+        self.rng = base.rng.clone();
+        self.log_ops = base.log_ops;
+        self.latent.clone_from(&base.latent);
+        self.worn.clone_from(&base.worn);
+        self.stored_faults_in.clone_from(&base.stored_faults_in);
+        self.op_count = base.op_count;
     }
 
     /// Operations counted since the last [`Bench::reset_counter`].
@@ -343,6 +427,7 @@ impl Bench {
             return;
         }
         let (k, bit) = candidates[self.rng.below(candidates.len() as u64) as usize];
+        self.devices[l.dev].touch(k, k + 1);
         self.devices[l.dev].bytes[k] ^= 1 << bit;
     }
 
@@ -365,7 +450,12 @@ impl Bench {
         if self.log_ops {
             self.ops.push(op);
         }
-        let fault = self.faults.iter().find(|(at, _)| *at == index).map(|(_, k)| *k);
+        let in_scope = |k: FaultKind| {
+            !matches!(k, FaultKind::Retention | FaultKind::WearOut)
+                || self.stored_faults_in.is_empty()
+                || self.stored_faults_in.iter().any(|&(d, a, z)| d == op.dev && a <= op.offset && op.offset < z)
+        };
+        let fault = self.faults.iter().find(|(at, _)| *at == index).map(|(_, k)| *k).filter(|k| in_scope(*k));
         if let Some(kind) = fault {
             self.injected.push((index, kind));
         }
@@ -404,6 +494,7 @@ impl Bench {
         if let Some(i) = (start..end).find(|&i| d.programmed[i]) {
             return Err(self.violation(format!("double write without erase: dev {dev} offset {i:#x}")));
         }
+        self.devices[dev].touch(start, end);
         match fault {
             Some(FaultKind::ScatterTear) => return Err(self.scatter(dev, start, data)),
             Some(k @ (FaultKind::SilentProgram | FaultKind::MarginalProgram | FaultKind::Retention)) => {
@@ -519,6 +610,7 @@ impl Bench {
             sectors.push((start, size));
             at = start + size;
         }
+        self.devices[dev].touch(from as usize, to as usize);
         self.forget_latent(dev, from, to);
         if fault == Some(FaultKind::WearOut) {
             for &(start, _) in &sectors {
@@ -806,6 +898,43 @@ mod tests {
         assert_eq!(b.devices[0].bytes[..16], [0xFF; 16]);
         for kind in ALL_FAULTS {
             assert_eq!(FaultKind::from_name(kind.name()), Some(*kind));
+        }
+    }
+
+    /// A restore copies back every sector the operations changed (programs, erases, torn
+    /// ones, drifts shown at a power-on) and nothing else differs afterwards.
+    #[test]
+    fn restore_from_undoes_every_change() {
+        let mut base = Bench::new(tern_device::profile::NRF52840.devices);
+        base.write(0, 0x4000, &[0x12; 64]).unwrap();
+        base.reset_counter();
+        for seed in 0..20 {
+            let mut b = base.clone();
+            for round in 0..3 {
+                b.rng = Rng(seed * 3 + round);
+                b.faults = vec![(1, FaultKind::MarginalErase), (3, FaultKind::TornErase), (5, FaultKind::ScatterTear)];
+                b.reset_counter();
+                let _ = b.write(0, 0x8000, &[0; 32]);
+                let _ = b.erase(0, 0x4000, 0x8000);
+                b.power_on();
+                let _ = b.write(1, 0x1000, &[0x5A; 16]);
+                let _ = b.erase(0, 0x8000, 0xC000);
+                b.power_on();
+                let _ = b.write(1, 0x2000 + 4 * seed as u32, &[0; 8]);
+                let _ = b.write(0, 0x1_0000, &[0; 8]);
+                b.power_on();
+                b.power_on();
+                assert_ne!(
+                    (&b.devices[0].bytes, &b.devices[1].bytes),
+                    (&base.devices[0].bytes, &base.devices[1].bytes)
+                );
+                b.restore_from(&base);
+                for (d, d0) in b.devices.iter().zip(&base.devices) {
+                    assert!(d.bytes == d0.bytes && d.programmed == d0.programmed && d.wear == d0.wear);
+                    assert_eq!(d.stats, d0.stats);
+                }
+                assert!(b.latent.is_empty() && b.faults.is_empty() && b.op_count() == 0 && b.powered);
+            }
         }
     }
 

@@ -334,6 +334,9 @@ pub struct Outcome {
     pub boots: u32,
     /// Blocks sent by the server (duplicates included).
     pub blocks_sent: u64,
+    /// Offers the device accepted (a task's update offered again after the device reported
+    /// a failed verification counts twice).
+    pub offers: u32,
     /// Per device: sector erases and bytes programmed.
     pub cost: Vec<(u64, u64)>,
     /// A sector wore out during the run: the device only had to keep running complete
@@ -348,6 +351,37 @@ const MAX_BOOTS: u32 = 80;
 /// Runs a scenario on a copy of `base` (a provisioned device's flash) with `faults`.
 pub fn run(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)]) -> Outcome {
     run_keeping(sc, base, faults, false).0
+}
+
+/// Many runs from one starting flash: each run's bench is restored from `base` by copying
+/// back only the sectors the previous run changed ([`Bench::restore_from`]), instead of
+/// copying every device (which is most of the cost of a short run). The outcome is the
+/// same as [`run`]'s.
+pub struct Runner<'a> {
+    base: &'a Bench,
+    spare: Option<Bench>,
+}
+
+impl<'a> Runner<'a> {
+    /// Runs from `base` (borrowed, so it cannot change while the runner lives).
+    pub fn new(base: &'a Bench) -> Self {
+        Runner { base, spare: None }
+    }
+
+    /// Runs `sc` with `faults`.
+    pub fn run(&mut self, sc: &Scenario, faults: &[(u64, FaultKind)]) -> Outcome {
+        let mut bench = match self.spare.take() {
+            Some(mut b) => {
+                b.restore_from(self.base);
+                b
+            }
+            None => self.base.clone(),
+        };
+        bench.faults = faults.to_vec();
+        let (out, bench) = run_on(sc, self.base, faults, bench);
+        self.spare = bench;
+        out
+    }
 }
 
 /// Runs a scenario without faults and returns the flash it ends with (its operation
@@ -399,6 +433,19 @@ fn run_keeping(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], keep: b
     // fresh pages for every run.
     let mut bench = SPARE.with(|spare| spare.borrow_mut().take()).unwrap_or_else(|| base.clone());
     bench.clone_from(base);
+    let (out, bench) = run_on(sc, base, faults, bench);
+    match bench {
+        Some(b) if keep => (out, Some(b)),
+        Some(b) => {
+            SPARE.with(|spare| *spare.borrow_mut() = Some(b));
+            (out, None)
+        }
+        None => (out, None),
+    }
+}
+
+/// Runs `sc` with `faults` on `bench` (equal to `base`); returns the bench afterwards.
+fn run_on(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], mut bench: Bench) -> (Outcome, Option<Bench>) {
     bench.faults = faults.to_vec();
     bench.rng = Rng(faults.iter().fold(0x5EED, |a, (i, k)| a ^ (i << 3) ^ *k as u64));
     let mut dev = SimDevice::with_bench(sc.profile, vec![scenario_key().verifying_key()], bench);
@@ -425,15 +472,8 @@ fn run_keeping(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], keep: b
         .map(|(d, d0)| d.wear.iter().zip(&d0.wear).map(|(w, w0)| w.saturating_sub(*w0)).collect())
         .collect();
     drop(b);
-    let mut kept = None;
-    if let Ok(cell) = std::rc::Rc::try_unwrap(dev.bench) {
-        if keep {
-            kept = Some(cell.into_inner());
-        } else {
-            SPARE.with(|spare| *spare.borrow_mut() = Some(cell.into_inner()));
-        }
-    }
-    (world.out, kept)
+    let bench = std::rc::Rc::try_unwrap(dev.bench).ok().map(std::cell::RefCell::into_inner);
+    (world.out, bench)
 }
 
 thread_local! {
@@ -547,6 +587,10 @@ impl World<'_> {
             match self.serve(dev, &mut agent, &mut storage) {
                 Next::Reboot(c) => cause = c,
                 Next::Settled if behaviour == Behaviour::NeverConfirms && test => cause = ResetCause::Watchdog,
+                // Effects that show only at a later power-on (drift, retention) are waited
+                // for: the device is power-cycled until none is pending, and must still boot
+                // complete modules and end as expected.
+                Next::Settled if !dev.bench.borrow().latent.is_empty() => cause = ResetCause::PowerOn,
                 Next::Settled => {
                     self.final_check(dev, &agent, &decision.run);
                     return;
@@ -649,7 +693,10 @@ impl World<'_> {
                         UpdatePhase::Staged => return Next::Reboot(ResetCause::Software),
                         UpdatePhase::Idle | UpdatePhase::Preparing => {
                             match agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice)) {
-                                Ok(_) => self.offer_sent = true,
+                                Ok(_) => {
+                                    self.offer_sent = true;
+                                    self.out.offers += 1;
+                                }
                                 Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
                                 Err(OfferError::Flash(_)) => return Next::Reboot(ResetCause::Software),
                                 Err(e) => {

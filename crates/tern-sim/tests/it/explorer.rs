@@ -81,3 +81,56 @@ fn exhaustive_power_cut_sweep() {
         assert_eq!((s.bricked, s.violations), (0, 0), "{name}: {:?}", s.examples);
     }
 }
+
+/// `--all-pairs` runs a second fault at every later operation of every single-fault run
+/// (it once ran none: the range end overflowed), and the nearby triples after the pairs
+/// whose faults lie within the chain window; counted here independently of the explorer.
+#[test]
+fn all_pairs_runs_every_pair() {
+    use tern_sim::flash::FaultKind;
+    let sc = scenario::synthetic(&tern_device::profile::STM32F2)
+        .into_iter()
+        .find(|s| s.name == "app-update")
+        .expect("app-update exists");
+    let base = sc.provisioned().bench.borrow().clone();
+    let clean = run(&sc, &base, &[]);
+    let (mut pairs, mut triples) = (0u64, 0u64);
+    for i in 0..clean.ops {
+        let single = run(&sc, &base, &[(i, FaultKind::Cut)]);
+        pairs += single.ops - i - 1;
+        for j in i + 1..single.ops.min(i + 3) {
+            let pair = run(&sc, &base, &[(i, FaultKind::Cut), (j, FaultKind::Cut)]);
+            if pair.injected.len() == 2 {
+                triples += pair.ops.min(j + 3) - j - 1;
+            }
+        }
+    }
+    let config =
+        Config { kinds: vec![FaultKind::Cut], all_pairs: true, chain_window: 2, random_runs: 0, ..Config::default() };
+    let rep = tern_sim::explorer::explore(&sc, &config);
+    assert!(pairs > 10 * clean.ops, "{pairs} pairs for {} operations", clean.ops);
+    assert_eq!(rep.multi_fault_runs, pairs + triples);
+    assert_eq!((rep.bricked, rep.violations), (0, 0), "{:?}", rep.examples);
+}
+
+/// Runs from one base that restore only the sectors the previous run changed end exactly
+/// as runs from a full copy of the base.
+#[test]
+fn runner_restores_what_a_full_copy_gives() {
+    use tern_sim::flash::ALL_FAULTS;
+    for sc in scenario::synthetic(&tern_device::profile::NRF52840).into_iter().take(4) {
+        let base = sc.provisioned().bench.borrow().clone();
+        let clean = run(&sc, &base, &[]);
+        let mut runner = scenario::Runner::new(&base);
+        for (k, kind) in ALL_FAULTS.iter().enumerate() {
+            let faults = [((k as u64 * 7) % clean.ops, *kind), ((k as u64 * 7) % clean.ops + 3, *kind)];
+            let a = runner.run(&sc, &faults);
+            let b = run(&sc, &base, &faults);
+            let key = |o: &scenario::Outcome| {
+                (o.log.clone(), o.injected.clone(), o.boots, o.blocks_sent, o.cost.clone(), o.sector_erases.clone())
+            };
+            assert!(key(&a) == key(&b), "{} {faults:?}", sc.name);
+            assert_eq!((&a.bricked, &a.violations), (&b.bricked, &b.violations), "{} {faults:?}", sc.name);
+        }
+    }
+}

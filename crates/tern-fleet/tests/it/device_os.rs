@@ -208,6 +208,12 @@ fn run(upgrade: &Upgrade) {
         assert_eq!(record["attempts"], json!([]), "no attempt without the typed amount");
         answer = format!("{air}\n");
     }
+    // Every MQTT byte the gateway carries for the device from here on (both ways).
+    let link_bytes = || {
+        let (_, stats) = server.get("/api/stats");
+        stats["link"]["bytes_in"].as_u64().unwrap() + stats["link"]["bytes_out"].as_u64().unwrap()
+    };
+    let link_before = link_bytes();
     let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait", "--json"], &answer);
     if upgrade.damage_patches && upgrade.connectivity == "cellular" {
         // More than the confirmed bytes are never sent: the attempt ends with the reason,
@@ -229,13 +235,17 @@ fn run(upgrade: &Upgrade) {
     };
     assert!(out.status.success(), "flash: {}", text(&out.stderr));
     let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the final attempt");
+    let on_link = link_bytes() - link_before;
     println!(
-        "  attempt: {} bytes sent ({} re-sent) for {} module bytes",
+        "  attempt: {} bytes sent ({} re-sent) for {} module bytes; the gateway carried {on_link} MQTT bytes",
         attempt["bytes_sent"], attempt["bytes_resent"], attempt["bytes_total"]
     );
     if upgrade.transfer.is_some() && !upgrade.damage_patches {
         let sent = attempt["bytes_sent"].as_u64().unwrap();
         assert!(sent <= patch_bytes + attempt["bytes_resent"].as_u64().unwrap(), "only patch bytes sent: {attempt}");
+        // The saving shows on the wire, not only in the estimate.
+        let module_bytes = attempt["bytes_total"].as_u64().unwrap();
+        assert!(on_link * 5 < module_bytes, "{on_link} MQTT bytes for {module_bytes} module bytes");
     }
     if upgrade.damage_patches && upgrade.connectivity != "cellular" {
         let (_, record) = server.get(&format!("/api/attempts/{}", attempt["id"]));

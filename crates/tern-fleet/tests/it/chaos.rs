@@ -566,3 +566,168 @@ fn chaos_rounds_agree_with_flash() {
     assert!(tally.duplicate_keys.is_empty(), "{:#?}", tally.duplicate_keys);
     assert!(tally.server_kills > 0 && tally.device_kills > 0, "the run killed nothing: {tally:?}");
 }
+
+/// Waits until attempt `id` satisfies `check`, polling every 10 ms.
+fn poll_attempt(rig: &Rig, id: i64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, a) = rig.server().get(&format!("/api/attempts/{id}"));
+        if check(&a) {
+            return a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "attempt {id} never {what}: {a}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sequence 1 of the issue: the server is SIGKILLed as the device finishes its download,
+/// so it never stores verifying, staged or rebooting; the device installs and confirms
+/// while the server is down. After the restart the server offers the attempt again: the
+/// device answers with its result instead of downloading again, and the attempt ends
+/// confirmed with the flash, having sent the modules about once.
+#[test]
+fn server_killed_as_the_device_finishes_is_answered_not_restarted() {
+    let mut rig = Rig::new("fleet-chaos-finished", 0, 1);
+    rig.upload_modules();
+    rig.start_device(0);
+    rig.wait_online();
+    let id = rig.start_update(0, 1, "finished-1");
+    let total =
+        poll_attempt(&rig, id, "has a size", |a| a["bytes_total"].as_u64() > Some(0))["bytes_total"].as_u64().unwrap();
+    poll_attempt(&rig, id, "reached 80%", |a| a["bytes_done"].as_u64().unwrap_or(0) * 5 >= total * 4);
+    let down = rig.kill_server();
+    // The device finishes, reboots, installs and confirms with nobody listening.
+    std::thread::sleep(Duration::from_secs(3));
+    rig.start_server(Some(down));
+    let a = rig.wait_final(id, Instant::now(), BOUND).expect("the attempt ends");
+    assert_eq!(a["state"], "confirmed", "{a}");
+    assert!(a["bytes_sent"].as_u64().unwrap() < total + total / 4, "the modules were not sent again: {a}");
+    rig.wait_online();
+    std::thread::sleep(Duration::from_millis(800));
+    let before = rig.messages_in();
+    std::thread::sleep(QUIET_WINDOW);
+    assert!(rig.messages_in() - before <= QUIET_MESSAGES, "the device is quiet after its attempt");
+    let problems = rig.compare(0, Some(&a));
+    assert!(problems.is_empty(), "{problems:#?}");
+    let truth = read_flash(&rig.devices[0]);
+    assert_eq!(truth.attempt.map(|t| t & ((1 << 48) - 1)), Some(id as u64), "{truth:?}");
+    assert_eq!(truth.last_result, UpdateResult::Confirmed, "{truth:?}");
+}
+
+/// Sequence 2 of the issue: the device's process and then the server are SIGKILLed just
+/// after the offer, and the device's flash comes back from before the offer (restored
+/// here from a copy taken then). The attempt id lives in the flash's state record, so the
+/// device never describes the new attempt as its own; the server offers it again and it
+/// ends confirmed, with the flash, within the bound.
+#[test]
+fn flash_from_before_the_offer_never_claims_the_attempt() {
+    let mut rig = Rig::new("fleet-chaos-restored", 0, 1);
+    rig.upload_modules();
+    rig.start_device(0);
+    rig.wait_online();
+    let flash = rig.devices[0].state.join(tern_fleet::runtime::FLASH_FILE);
+    let before_offer = std::fs::read(&flash).expect("the saved flash");
+    let before = read_flash(&rig.devices[0]);
+    assert_eq!(rig.devices[0].running(&before), Some(0), "{before:?}");
+    let created = Instant::now();
+    let id = rig.start_update(0, 1, "restored-1");
+    std::thread::sleep(Duration::from_millis(480));
+    rig.kill_device(0);
+    std::fs::write(&flash, &before_offer).expect("the flash is restored");
+    std::thread::sleep(Duration::from_millis(100));
+    let down = rig.kill_server();
+    std::thread::sleep(Duration::from_millis(400));
+    rig.start_device(0);
+    std::thread::sleep(Duration::from_millis(300));
+    rig.start_server(Some(down));
+    let a = rig.wait_final(id, created, BOUND + rig.server_down).expect("the attempt ends within the bound");
+    assert_eq!(a["state"], "confirmed", "{a}");
+    rig.wait_online();
+    let problems = rig.compare(0, Some(&a));
+    assert!(problems.is_empty(), "{problems:#?}");
+    // No Describe ever named the attempt confirmed while the device ran the old modules.
+    let new: Vec<String> = rig.devices[0].sets[1].iter().map(|m| hex(&m.entry.sha256)).collect();
+    let (_, record) = rig.server().get(&format!("/api/devices/{}", rig.devices[0].id));
+    for event in record["history"].as_array().into_iter().flatten().filter(|e| e["kind"] == "device.described") {
+        let result = &event["data"]["last_result"];
+        let claims = result["attempt"].as_i64() == Some(id) && result["outcome"] == "confirmed";
+        let runs =
+            new.iter().all(|h| event["data"]["modules"].as_array().into_iter().flatten().any(|m| m["sha256"] == *h));
+        assert!(!claims || runs, "the device claimed attempt {id} while running the old modules: {event}");
+    }
+}
+
+/// Sequence 3 of the issue: the server is SIGKILLed while `tern flash --wait` talks to it
+/// (at several moments, from before the start request to the transfer) and restarted a
+/// second later. `tern flash` reconnects, finds the attempt by its client key, follows it
+/// and exits 0 with the confirmed attempt; exactly one attempt is made per run. With the
+/// server gone for longer than `--reconnect-for`, it exits 4 and says the outcome is
+/// unknown.
+#[test]
+fn tern_flash_finds_out_what_happened_after_losing_the_server() {
+    let mut rig = Rig::new("fleet-chaos-flash", 1, 0);
+    rig.start_device(0);
+    rig.wait_online();
+    let files: Vec<PathBuf> = (0..2)
+        .map(|set| {
+            let image = &rig.devices[0].sets[set][0];
+            let path = rig.dir.join(format!("tinker-{set}.tern"));
+            std::fs::write(&path, crate::support::bundle(6, &[image], 1)).unwrap();
+            path
+        })
+        .collect();
+    let attempts = |rig: &Rig| {
+        let (_, record) = rig.server().get("/api/devices/photon-0");
+        record["attempts"].as_array().map_or(0, Vec::len)
+    };
+    let flash = |rig: &Rig, file: &PathBuf, reconnect_for: &str| {
+        let server = rig.server();
+        Command::new(&rig.tern)
+            .args(["flash", "photon-0"])
+            .arg(file)
+            .args(["--wait", "--json", "--timeout", "120", "--reconnect-for", reconnect_for])
+            .env("TERN_SERVER", &server.http)
+            .env("TERN_TOKEN", &server.token)
+            .env("HOME", &rig.dir)
+            .env_remove("TERN_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tern flash starts")
+    };
+    let mut lost = 0;
+    for (run, delay) in [30u64, 120, 400].into_iter().enumerate() {
+        let before = attempts(&rig);
+        let truth = read_flash(&rig.devices[0]);
+        let target = if rig.devices[0].running(&truth) == Some(0) { 1 } else { 0 };
+        let child = flash(&rig, &files[target], "60");
+        std::thread::sleep(Duration::from_millis(delay));
+        let down = rig.kill_server();
+        std::thread::sleep(Duration::from_secs(1));
+        rig.start_server(Some(down));
+        let out = child.wait_with_output().expect("tern flash ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run} ({delay} ms): exit {:?}: {stderr}", out.status);
+        let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the attempt");
+        assert_eq!(attempt["state"], "confirmed", "run {run}: {attempt}");
+        assert_eq!(attempts(&rig), before + 1, "run {run}: one attempt per tern flash: {stderr}");
+        lost += usize::from(stderr.contains("lost the server"));
+        rig.wait_online();
+        let problems = rig.compare(0, Some(&attempt));
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+    assert!(lost > 0, "no run lost the server: the kills came too late to test anything");
+
+    // The server stays away longer than tern flash waits for it.
+    let truth = read_flash(&rig.devices[0]);
+    let target = if rig.devices[0].running(&truth) == Some(0) { 1 } else { 0 };
+    let child = flash(&rig, &files[target], "2");
+    std::thread::sleep(Duration::from_millis(30));
+    let down = rig.kill_server();
+    let out = child.wait_with_output().expect("tern flash ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("unreachable") && stderr.contains("unknown"), "{stderr}");
+    rig.start_server(Some(down));
+}

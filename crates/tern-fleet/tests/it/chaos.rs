@@ -580,28 +580,62 @@ fn poll_attempt(rig: &Rig, id: i64, what: &str, check: impl Fn(&Value) -> bool) 
     }
 }
 
-/// Sequence 1 of the issue: the server is SIGKILLed as the device finishes its download,
-/// so it never stores verifying, staged or rebooting; the device installs and confirms
-/// while the server is down. After the restart the server offers the attempt again: the
-/// device answers with its result instead of downloading again, and the attempt ends
-/// confirmed with the flash, having sent the modules about once.
+/// Copies directory `from` to `to`, recursively.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Sequence 1 of the issue: the device finishes an attempt the server has not stored the
+/// end of (the server died before persisting verifying, staged, rebooting). Reproduced
+/// exactly: the server is SIGKILLed mid-download and its data directory copied (the
+/// attempt stored as downloading); it restarts, the device finishes, installs and
+/// confirms; the server is killed again and its data directory put back. The restarted
+/// server believes the attempt is downloading and offers it again: the device answers
+/// with its result instead of downloading again, the attempt ends confirmed, no module
+/// is sent again, and the device is quiet with its state record naming the attempt
+/// confirmed.
 #[test]
-fn server_killed_as_the_device_finishes_is_answered_not_restarted() {
+fn server_that_missed_the_end_is_answered_not_restarted() {
     let mut rig = Rig::new("fleet-chaos-finished", 0, 1);
     rig.upload_modules();
     rig.start_device(0);
     rig.wait_online();
+    let created = Instant::now();
     let id = rig.start_update(0, 1, "finished-1");
-    let total =
-        poll_attempt(&rig, id, "has a size", |a| a["bytes_total"].as_u64() > Some(0))["bytes_total"].as_u64().unwrap();
-    poll_attempt(&rig, id, "reached 80%", |a| a["bytes_done"].as_u64().unwrap_or(0) * 5 >= total * 4);
+    poll_attempt(&rig, id, "downloading", |a| a["state"] != "offered");
     let down = rig.kill_server();
-    // The device finishes, reboots, installs and confirms with nobody listening.
-    std::thread::sleep(Duration::from_secs(3));
+    let stale = rig.dir.join("server-stale");
+    copy_dir(&rig.data, &stale);
     rig.start_server(Some(down));
-    let a = rig.wait_final(id, Instant::now(), BOUND).expect("the attempt ends");
+    let done = rig.wait_final(id, created, BOUND).expect("the attempt ends");
+    assert_eq!(done["state"], "confirmed", "{done}");
+    let total = done["bytes_total"].as_u64().unwrap();
+    // The server forgets the end: its data directory as it was mid-download.
+    let down = rig.kill_server();
+    std::fs::remove_dir_all(&rig.data).unwrap();
+    copy_dir(&stale, &rig.data);
+    rig.start_server(Some(down));
+    let (_, restored) = rig.server().get(&format!("/api/attempts/{id}"));
+    assert_eq!(restored["finished"], false, "the server believes the attempt is unfinished: {restored}");
+    // (`bytes_sent` is floored at the modules' size once confirmed: count requests.)
+    let asked_before = restored["requests"].as_u64().unwrap();
+    let a = rig.wait_final(id, Instant::now(), BOUND).expect("the attempt ends again");
     assert_eq!(a["state"], "confirmed", "{a}");
-    assert!(a["bytes_sent"].as_u64().unwrap() < total + total / 4, "the modules were not sent again: {a}");
+    let asked_after = a["requests"].as_u64().unwrap();
+    let blocks = total.div_ceil(1024);
+    assert!(
+        asked_after - asked_before < blocks / 10,
+        "no module asked for again: {asked_before} → {asked_after} requests"
+    );
     rig.wait_online();
     std::thread::sleep(Duration::from_millis(800));
     let before = rig.messages_in();
@@ -614,11 +648,13 @@ fn server_killed_as_the_device_finishes_is_answered_not_restarted() {
     assert_eq!(truth.last_result, UpdateResult::Confirmed, "{truth:?}");
 }
 
-/// Sequence 2 of the issue: the device's process and then the server are SIGKILLed just
-/// after the offer, and the device's flash comes back from before the offer (restored
-/// here from a copy taken then). The attempt id lives in the flash's state record, so the
+/// Sequence 2 of the issue: while the device downloads, its process and then the server
+/// are SIGKILLed, and the device's flash comes back from before the offer (restored here
+/// from a copy taken then). The attempt id lives in the flash's state record, so the
 /// device never describes the new attempt as its own; the server offers it again and it
-/// ends confirmed, with the flash, within the bound.
+/// ends confirmed, with the flash, within the bound. (A download of the Argon set can
+/// finish in under half a second on an idle machine: a try whose kill came after the
+/// device finished is not this sequence, and is repeated the other way round.)
 #[test]
 fn flash_from_before_the_offer_never_claims_the_attempt() {
     let mut rig = Rig::new("fleet-chaos-restored", 0, 1);
@@ -626,34 +662,51 @@ fn flash_from_before_the_offer_never_claims_the_attempt() {
     rig.start_device(0);
     rig.wait_online();
     let flash = rig.devices[0].state.join(tern_fleet::runtime::FLASH_FILE);
-    let before_offer = std::fs::read(&flash).expect("the saved flash");
-    let before = read_flash(&rig.devices[0]);
-    assert_eq!(rig.devices[0].running(&before), Some(0), "{before:?}");
-    let created = Instant::now();
-    let id = rig.start_update(0, 1, "restored-1");
-    std::thread::sleep(Duration::from_millis(480));
-    rig.kill_device(0);
-    std::fs::write(&flash, &before_offer).expect("the flash is restored");
-    std::thread::sleep(Duration::from_millis(100));
-    let down = rig.kill_server();
-    std::thread::sleep(Duration::from_millis(400));
-    rig.start_device(0);
-    std::thread::sleep(Duration::from_millis(300));
-    rig.start_server(Some(down));
-    let a = rig.wait_final(id, created, BOUND + rig.server_down).expect("the attempt ends within the bound");
+    let mut tries = 0;
+    let (id, a) = loop {
+        tries += 1;
+        assert!(tries <= 6, "every kill came after the download ended");
+        let before = read_flash(&rig.devices[0]);
+        let target = if rig.devices[0].running(&before) == Some(0) { 1 } else { 0 };
+        // The flash as saved before the offer (the device saves it as it changes).
+        std::thread::sleep(Duration::from_millis(2500));
+        let before_offer = std::fs::read(&flash).expect("the saved flash");
+        let created = Instant::now();
+        let id = rig.start_update(0, target, &format!("restored-{tries}"));
+        poll_attempt(&rig, id, "downloading", |a| a["state"] != "offered");
+        rig.kill_device(0);
+        let (_, at_kill) = rig.server().get(&format!("/api/attempts/{id}"));
+        if at_kill["state"] != "downloading" {
+            // Too late: the device had the whole download. Let the attempt end, go again.
+            rig.start_device(0);
+            rig.wait_final(id, created, BOUND).expect("the attempt ends");
+            rig.wait_online();
+            continue;
+        }
+        std::fs::write(&flash, &before_offer).expect("the flash is restored");
+        std::thread::sleep(Duration::from_millis(100));
+        let down = rig.kill_server();
+        std::thread::sleep(Duration::from_millis(400));
+        rig.start_device(0);
+        std::thread::sleep(Duration::from_millis(300));
+        rig.start_server(Some(down));
+        let a = rig.wait_final(id, created, BOUND + rig.server_down).expect("the attempt ends within the bound");
+        break (id, a);
+    };
     assert_eq!(a["state"], "confirmed", "{a}");
     rig.wait_online();
     let problems = rig.compare(0, Some(&a));
     assert!(problems.is_empty(), "{problems:#?}");
-    // No Describe ever named the attempt confirmed while the device ran the old modules.
-    let new: Vec<String> = rig.devices[0].sets[1].iter().map(|m| hex(&m.entry.sha256)).collect();
+    // No Describe ever named the attempt confirmed while the device ran other modules.
+    let new: Vec<String> =
+        a["plan"].as_array().unwrap().iter().map(|m| m["sha256"].as_str().unwrap().to_owned()).collect();
     let (_, record) = rig.server().get(&format!("/api/devices/{}", rig.devices[0].id));
     for event in record["history"].as_array().into_iter().flatten().filter(|e| e["kind"] == "device.described") {
         let result = &event["data"]["last_result"];
         let claims = result["attempt"].as_i64() == Some(id) && result["outcome"] == "confirmed";
         let runs =
             new.iter().all(|h| event["data"]["modules"].as_array().into_iter().flatten().any(|m| m["sha256"] == *h));
-        assert!(!claims || runs, "the device claimed attempt {id} while running the old modules: {event}");
+        assert!(!claims || runs, "the device claimed attempt {id} while running other modules: {event}");
     }
 }
 

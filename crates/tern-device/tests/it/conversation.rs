@@ -514,7 +514,6 @@ fn finished_attempts_offered_again_are_answered_not_restarted() {
     assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
     drain(&mut c);
     // After a reset (nothing but the state record survives).
-    drop(c);
     let mut c = rig.boot(ResetCause::PowerOn, true, Retained::default());
     let s = &mut rig.dev.storage();
     c.handle_connected(s, 0);

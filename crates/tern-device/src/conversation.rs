@@ -16,7 +16,7 @@
 //! |---|---|
 //! | connected | confirms a test boot of a healthy application (reaching the server is the proof), sends the last result if not yet sent and a Describe, asks for missing blocks |
 //! | UpdateOffer, the attempt whose update is staged | reboots to install it |
-//! | UpdateOffer, an attempt the state record says is over (confirmed, failed, rolled back, cancelled) | sends that result again and a Describe, changes nothing |
+//! | UpdateOffer, an attempt the state record says is over (confirmed, failed, rolled back, cancelled) or installed and on test | sends that result again (if any) and a Describe, changes nothing |
 //! | UpdateOffer, any attempt whose modules are all installed and confirmed | sends the last result and a Describe, changes nothing |
 //! | UpdateOffer, accepted | records it with its attempt id in the state record, sends Progress downloading, asks for up to `window` blocks |
 //! | UpdateOffer, refused | sends Result failed with the reason ([`OfferError::reason`]) and a Describe |
@@ -350,11 +350,15 @@ impl<'k> Conversation<'k> {
         }
     }
 
-    /// Whether the state record says the attempt it names is over, with any final outcome
-    /// (confirmed, failed, rolled back, cancelled): nothing in progress, a final result.
+    /// Whether the state record says the attempt it names is past its download: over,
+    /// with any final outcome (confirmed, failed, rolled back, cancelled), or installed
+    /// and on test (the boot manager and the application decide how that ends; an offer
+    /// must neither confirm the test boot nor start the download again).
     fn finished_attempt(&self) -> bool {
         let st = self.agent.state();
-        st.phase == UpdatePhase::Idle && st.job.is_none() && self.result().is_some()
+        st.phase == UpdatePhase::Idle
+            && st.job.is_none()
+            && (self.result().is_some() || st.last_result == DeviceResult::Installed)
     }
 
     /// Whether every module `offer` lists is installed and confirmed, and the state

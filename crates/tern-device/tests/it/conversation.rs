@@ -536,8 +536,21 @@ fn finished_attempts_offered_again_are_answered_not_restarted() {
         c.handle_block(&block(32, &bad, 0, 1), s, 0);
         assert_eq!(c.poll_action(), Some(PlatformAction::RebootToInstall));
     }
+    {
+        // Installed and on test (the application has not confirmed yet): an offer of the
+        // attempt again neither confirms the test boot nor downloads again.
+        let mut c = rig.boot(ResetCause::Software, false, Retained::default());
+        assert_eq!(c.boot_decision().run, Run::Application { test: true });
+        let s = &mut rig.dev.storage();
+        c.handle_connected(s, 0);
+        drain(&mut c);
+        c.handle_offer(&offer(32, &bad_signed, &[&bad], 4), s, 10);
+        assert_eq!(kinds(&drain(&mut c)), ["describe test_boot"]);
+        assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
+        assert!(matches!(c.agent().state().boot, tern_device::state::BootState::Testing { .. }), "still on test");
+    }
     let retained = Retained { fault: Some(AppFault::Panicked), ..Retained::default() };
-    let mut cause = ResetCause::Software;
+    let mut cause = ResetCause::Panic;
     let mut c = loop {
         let c = rig.boot(cause, false, retained);
         if c.boot_decision().events.rolled_back {

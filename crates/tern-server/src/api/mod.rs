@@ -34,7 +34,7 @@ use crate::plans::{PlanError, PlanOptions, Planner};
 use crate::platform;
 use crate::store::{
     AttemptRecord, ClientKeyRecord, Connectivity, DependencyRecord, Event, ModuleRecord, NewDevice, PlanOrigin,
-    PlanRecord, Policy, Store, StoreError,
+    PlanRecord, PlanStatus, Policy, Store, StoreError,
 };
 use crate::updates::{UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};

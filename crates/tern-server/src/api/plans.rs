@@ -59,6 +59,19 @@ async fn replay(
     if let Some(attempt) = attempt_of_plan(state, &plan).await? {
         return Ok((StatusCode::OK, Json(attempt)));
     }
+    if plan.status == PlanStatus::Started {
+        // Claimed but without an attempt: a request with this key is creating it right
+        // now, or the server stopped between the claim and the attempt. Give the first a
+        // moment; then the plan is an orphan of the second and goes back to proposed.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = state.store.get_plan(plan.id).await?.unwrap_or_else(|| plan.clone());
+            if let Some(attempt) = attempt_of_plan(state, &now).await? {
+                return Ok((StatusCode::OK, Json(attempt)));
+            }
+        }
+        state.store.transition_plan(plan.id, PlanStatus::Started, PlanStatus::Proposed, None).await?;
+    }
     match state.planner.start(plan.id, confirm_air_bytes, PlanOrigin::Operator).await {
         Ok((_, attempt)) => Ok((StatusCode::CREATED, Json(attempt))),
         Err(err) => {

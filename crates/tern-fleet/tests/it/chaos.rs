@@ -666,10 +666,11 @@ fn flash_from_before_the_offer_never_claims_the_attempt() {
     let (id, a) = loop {
         tries += 1;
         assert!(tries <= 6, "every kill came after the download ended");
+        // The flash as saved before the offer (the device saves it every 2 s as it
+        // changes).
+        std::thread::sleep(Duration::from_millis(2500));
         let before = read_flash(&rig.devices[0]);
         let target = if rig.devices[0].running(&before) == Some(0) { 1 } else { 0 };
-        // The flash as saved before the offer (the device saves it as it changes).
-        std::thread::sleep(Duration::from_millis(2500));
         let before_offer = std::fs::read(&flash).expect("the saved flash");
         let created = Instant::now();
         let id = rig.start_update(0, target, &format!("restored-{tries}"));

@@ -9,6 +9,14 @@
 //! cellular device sends nothing until the operator types that number (or passes `--yes`).
 //! A release bundle (`tern release build`) is planned the same way: only the modules the
 //! device does not already run, under the same rules.
+//!
+//! Starting the plan carries a client key (`Idempotency-Key`; `--client-key`, else a new
+//! random one). When the connection to the server breaks — while planning, starting or
+//! following the attempt — `tern flash` reconnects (for up to `--reconnect-for` seconds)
+//! and asks again with the same key, so it finds the attempt its first request started
+//! instead of starting a second one, and says what happened before it exits; if the
+//! server stays unreachable it says the outcome is unknown (exit status 4) and how to find
+//! it out.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +28,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::ops::{module_line, print_json, query_value, typed, upload_module_with, Client};
+use crate::ops::{is_unreachable, module_line, print_json, query_value, typed, upload_module_with, Client};
 use tern_server::api::types::DeviceDetail;
 use tern_server::store::{AttemptRecord, AttemptStatus, PlanRecord};
 
@@ -62,10 +70,67 @@ pub struct FlashArgs {
     /// With --wait, give up waiting after this many seconds (the attempt goes on).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// The client key the start carries (default: a new random one). Running `tern flash`
+    /// again for the same device with the same key starts nothing new: it reports the
+    /// attempt the first run started.
+    #[arg(long, value_name = "KEY")]
+    client_key: Option<String>,
+    /// When the server cannot be reached, keep reconnecting for this many seconds before
+    /// giving up (exit status 4: the outcome is unknown).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    reconnect_for: u64,
 }
 
 /// Exit status when the operator did not confirm (nothing was sent).
 const NOT_CONFIRMED: u8 = 3;
+/// Exit status when the server could not be reached again: whether the update started, or
+/// how it ended, is unknown.
+const UNKNOWN: u8 = 4;
+
+/// A new random client key.
+fn new_client_key() -> String {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    format!("tern-flash-{}", hex::encode(bytes))
+}
+
+/// Calls `call` until it gets an answer from the server, reconnecting with back-off while
+/// the server is unreachable, for up to `--reconnect-for` seconds; says so on stderr
+/// (`what` names the step). Returns the answer and whether it took a reconnection; an
+/// unreachable server after that time is the error (see [`is_unreachable`]).
+fn reconnecting<T>(
+    args: &FlashArgs,
+    client: &Client,
+    what: &str,
+    mut call: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, bool)> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut lost = false;
+    loop {
+        match call() {
+            Ok(value) => {
+                if lost {
+                    eprintln!("reconnected to {}", client.server());
+                }
+                return Ok((value, lost));
+            }
+            Err(err) if is_unreachable(&err) => {
+                if !lost {
+                    eprintln!("lost the server while {what} ({err:#}); reconnecting to find out what happened");
+                    lost = true;
+                }
+                if start.elapsed() >= Duration::from_secs(args.reconnect_for) {
+                    return Err(err);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
 
 fn is_bundle(path: &Path) -> anyhow::Result<bool> {
     let mut magic = [0u8; 8];
@@ -94,9 +159,12 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let bytes = std::fs::read(single).map_err(|e| anyhow!("{}: cannot read: {e}", single.display()))?;
-            client
-                .post_bytes(&format!("{device_path}/plans"), &bytes)
-                .map_err(|e| anyhow!("{}: device {}: {e:#}", single.display(), args.device))?
+            // Making a plan changes nothing on the device: asking again is harmless.
+            reconnecting(&args, &client, "making the plan", || {
+                client.post_bytes(&format!("{device_path}/plans"), &bytes)
+            })
+            .map_err(|e| anyhow!("{}: device {}: {e:#}", single.display(), args.device))?
+            .0
         }
         (files, _) => {
             let key = args.key.as_deref().map(crate::key::load_signing_key).transpose()?;
@@ -119,9 +187,11 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
             if let Some(target) = &args.target {
                 request["device_os"] = json!(target);
             }
-            client
-                .post_json(&format!("{device_path}/plans"), request)
-                .with_context(|| format!("device {}", args.device))?
+            reconnecting(&args, &client, "making the plan", || {
+                client.post_json(&format!("{device_path}/plans"), request.clone())
+            })
+            .with_context(|| format!("device {}", args.device))?
+            .0
         }
     };
     let record: PlanRecord = typed(plan.clone())?;
@@ -142,12 +212,39 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
         }
         body["confirm_air_bytes"] = json!(air_bytes);
     }
-    let attempt = client
-        .post_json(&format!("/api/plans/{}/start", record.id), body)
-        .with_context(|| format!("device {}", args.device))?;
+    let key = args.client_key.clone().unwrap_or_else(new_client_key);
+    let start_path = format!("/api/plans/{}/start", record.id);
+    let started = reconnecting(&args, &client, &format!("starting plan {}", record.id), || {
+        client.post_json_keyed(&start_path, body.clone(), &key)
+    });
+    let ((status, attempt), reconnected) = match started {
+        Ok(answer) => answer,
+        Err(err) if is_unreachable(&err) => {
+            eprintln!(
+                "error: {} stayed unreachable for {} s: whether plan {} started on device {} is unknown. Run the \
+                 same command with --client-key {key} to find out without starting it twice, or see `tern device \
+                 show {}`",
+                client.server(),
+                args.reconnect_for,
+                record.id,
+                args.device,
+                args.device
+            );
+            return Ok(ExitCode::from(UNKNOWN));
+        }
+        Err(err) => return Err(err.context(format!("device {}", args.device))),
+    };
     let id = typed::<AttemptRecord>(attempt.clone())?.id;
-    if !args.json {
-        println!("attempt {id} started on device {}", args.device);
+    let said = match (status, reconnected) {
+        // 200: an earlier request with this key had started it.
+        (200, _) => format!("attempt {id} on device {} was already started (client key {key})", args.device),
+        (_, true) => format!("attempt {id} started on device {} (the first request had not started it)", args.device),
+        _ => format!("attempt {id} started on device {}", args.device),
+    };
+    if args.json {
+        eprintln!("{said}");
+    } else {
+        println!("{said}");
     }
     if !args.wait {
         if args.json {
@@ -155,7 +252,21 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let attempt = wait(&client, id, &args)?;
+    let attempt = match wait(&client, id, &args) {
+        Ok(attempt) => attempt,
+        Err(err) if is_unreachable(&err) => {
+            eprintln!(
+                "error: {} stayed unreachable for {} s while following attempt {id} on device {}: it was started; \
+                 how it ends is unknown. See `tern device show {}` when the server is back",
+                client.server(),
+                args.reconnect_for,
+                args.device,
+                args.device
+            );
+            return Ok(ExitCode::from(UNKNOWN));
+        }
+        Err(err) => return Err(err),
+    };
     if args.json {
         print_json(&attempt)?;
     }
@@ -292,7 +403,8 @@ fn wait(client: &Client, id: i64, args: &FlashArgs) -> anyhow::Result<Value> {
     );
     let mut last_state = String::new();
     let attempt = loop {
-        let answer = client.get(&format!("/api/attempts/{id}"))?;
+        let path = format!("/api/attempts/{id}");
+        let (answer, _) = reconnecting(args, client, &format!("following attempt {id}"), || client.get(&path))?;
         let attempt: AttemptRecord = typed(answer.clone())?;
         let state = attempt.state.name().to_owned();
         bar.set_length(attempt.bytes_total);

@@ -71,7 +71,9 @@ enum Command {
     #[command(after_help = "Exit status: 0 sent (with --wait: confirmed by the device); 1 an error, or with \
                             --wait the attempt ended failed, rolled_back, timed_out or cancelled (the \
                             reason is printed); 3 the operator did not confirm the bytes on the air \
-                            (nothing was sent).")]
+                            (nothing was sent); 4 the server stayed unreachable (after reconnecting \
+                            for --reconnect-for seconds): whether the update started, or how it \
+                            ended, is unknown.")]
     Flash(flash::FlashArgs),
     /// Simulated devices: power-cut explorer and flash cost report.
     #[command(subcommand)]

@@ -73,6 +73,25 @@ fn save_remote(remote: &Remote) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The server could not be reached, or the connection broke before its answer arrived:
+/// whether the request took effect is unknown. (An error the server answered with is not
+/// this.)
+#[derive(Debug)]
+pub(crate) struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Whether `err` says the server could not be reached (see [`Unreachable`]).
+pub(crate) fn is_unreachable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.downcast_ref::<Unreachable>().is_some())
+}
+
 /// A blocking JSON client for one server.
 pub(crate) struct Client {
     remote: Remote,
@@ -94,12 +113,21 @@ impl Client {
     }
 
     fn finish(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
-        let mut response = response.map_err(|e| anyhow!("{}: {e}", self.remote.server))?;
+        self.finish_status(response).map(|(_, json)| json)
+    }
+
+    /// The HTTP status (a success) and the JSON of an answer.
+    fn finish_status(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let unreachable = |e: ureq::Error| anyhow::Error::new(Unreachable(format!("{}: {e}", self.remote.server)));
+        let mut response = response.map_err(unreachable)?;
         let status = response.status();
-        let text = response.body_mut().read_to_string().map_err(|e| anyhow!("{}: {e}", self.remote.server))?;
+        let text = response.body_mut().read_to_string().map_err(unreachable)?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(json);
+            return Ok((status.as_u16(), json));
         }
         match json["error"]["message"].as_str() {
             Some(message) => bail!("{message} (HTTP {})", status.as_u16()),
@@ -117,6 +145,18 @@ impl Client {
 
     pub(crate) fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.finish(self.agent.post(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
+    }
+
+    /// POST JSON with an `Idempotency-Key` (repeating it after a lost answer is safe);
+    /// returns the HTTP status with the answer.
+    pub(crate) fn post_json_keyed(&self, path: &str, body: Value, key: &str) -> anyhow::Result<(u16, Value)> {
+        let request = self.agent.post(&self.url(path)).header("Authorization", &self.bearer());
+        self.finish_status(request.header("Idempotency-Key", key).send_json(body))
+    }
+
+    /// The server's address, as configured.
+    pub(crate) fn server(&self) -> &str {
+        &self.remote.server
     }
 
     pub(crate) fn post_bytes(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {

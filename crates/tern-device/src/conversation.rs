@@ -16,7 +16,8 @@
 //! |---|---|
 //! | connected | confirms a test boot of a healthy application (reaching the server is the proof), sends the last result if not yet sent and a Describe, asks for missing blocks |
 //! | UpdateOffer, the attempt whose update is staged | reboots to install it |
-//! | UpdateOffer, the attempt already installed and confirmed with these modules | sends that result again, changes nothing |
+//! | UpdateOffer, an attempt the state record says is over (confirmed, failed, rolled back, cancelled) or installed and on test | sends that result again (if any) and a Describe, changes nothing |
+//! | UpdateOffer, any attempt whose modules are all installed and confirmed | sends the last result and a Describe, changes nothing |
 //! | UpdateOffer, accepted | records it with its attempt id in the state record, sends Progress downloading, asks for up to `window` blocks |
 //! | UpdateOffer, refused | sends Result failed with the reason ([`OfferError::reason`]) and a Describe |
 //! | Block of the current attempt | stores it (any order, duplicates ignored), asks for more; on the last one sends Progress verifying, staged, rebooting and reboots to install |
@@ -308,9 +309,10 @@ impl<'k> Conversation<'k> {
             self.action = Some(PlatformAction::RebootToInstall);
             return;
         }
-        if same && self.already_running(offer) {
-            // A server that did not hear the end of this attempt offers it again: the
-            // answer is how it ended, not a second download.
+        if (same && self.finished_attempt()) || self.already_running(offer) {
+            // A server that did not hear the end of this attempt offers it again (or
+            // offers modules the device already runs and confirmed): the answer is how
+            // it ended and a Describe, never a second download.
             self.start.retained.reported = None;
             self.report();
             return;
@@ -353,11 +355,24 @@ impl<'k> Conversation<'k> {
         }
     }
 
+    /// Whether the state record says the attempt it names is past its download: over,
+    /// with any final outcome (confirmed, failed, rolled back, cancelled), or installed
+    /// and on test (the boot manager and the application decide how that ends; an offer
+    /// must neither confirm the test boot nor start the download again).
+    fn finished_attempt(&self) -> bool {
+        let st = self.agent.state();
+        st.phase == UpdatePhase::Idle
+            && st.job.is_none()
+            && (self.result().is_some() || st.last_result == DeviceResult::Installed)
+    }
+
     /// Whether every module `offer` lists is installed and confirmed, and the state
-    /// record says the attempt ended confirmed.
+    /// record says the last attempt ended confirmed (a server whose view lags the
+    /// device's, whatever attempt id it offers under).
     fn already_running(&self, offer: &UpdateOffer<'_>) -> bool {
         let st = self.agent.state();
         st.phase == UpdatePhase::Idle
+            && st.job.is_none()
             && st.last_result == DeviceResult::Confirmed
             && matches!(st.boot, BootState::Confirmed { .. })
             && !offer.modules.is_empty()

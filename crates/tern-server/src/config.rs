@@ -8,8 +8,10 @@
 //! | MQTT listen address | `127.0.0.1:1883` | `mqtt` | `TERN_MQTT` | `--mqtt` |
 //! | largest module upload (bytes) | 16 MiB | `max_module_size` | — | — |
 //! | largest MQTT packet (bytes) | 64 KiB | `max_mqtt_packet` | — | — |
-//! | offer re-sent after (ms) | 5000 | `offer_retry_ms` | — | — |
-//! | attempt times out after device silence (ms) | 900000 | `give_up_after_ms` | — | — |
+//! | first re-offer of an attempt without progress after (ms) | 5000 | `offer_retry_ms` | — | — |
+//! | longest wait between re-offers (ms; the wait doubles from `offer_retry_ms`) | 60000 | `reoffer_max_ms` | — | — |
+//! | attempt times out after this long without progress (ms) | 900000 | `give_up_after_ms` | — | — |
+//! | attempt times out this long after its creation, progress or not (ms) | 21600000 (6 h) | `attempt_deadline_ms` | — | — |
 //! | public keys statements must be signed with | none | `trusted_keys` | — | `--trusted-key` |
 //!
 //! `trusted_keys` are PEM files (relative paths are relative to the file's directory);
@@ -46,6 +48,8 @@ pub struct Config {
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
     /// How often the rollout pump steps every live rollout, in milliseconds.
     pub rollout_tick_ms: u64,
+    /// Re-offer back-off cap and the deadline of every attempt.
+    pub limits: crate::updates::AttemptLimits,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             transfer: tern_proto::attempt::TransferConfig::default(),
             trusted_keys: Vec::new(),
             rollout_tick_ms: 1000,
+            limits: crate::updates::AttemptLimits::default(),
         }
     }
 }
@@ -74,6 +79,8 @@ struct FileConfig {
     max_mqtt_packet: Option<usize>,
     offer_retry_ms: Option<u64>,
     give_up_after_ms: Option<u64>,
+    reoffer_max_ms: Option<u64>,
+    attempt_deadline_ms: Option<u64>,
     trusted_keys: Option<Vec<PathBuf>>,
     rollout_tick_ms: Option<u64>,
 }
@@ -127,6 +134,8 @@ impl Config {
         config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
         config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
         config.transfer.give_up_after_ms = file.give_up_after_ms.unwrap_or(config.transfer.give_up_after_ms);
+        config.limits.reoffer_max_ms = file.reoffer_max_ms.unwrap_or(config.limits.reoffer_max_ms);
+        config.limits.deadline_ms = file.attempt_deadline_ms.unwrap_or(config.limits.deadline_ms);
         config.rollout_tick_ms = file.rollout_tick_ms.unwrap_or(config.rollout_tick_ms).max(10);
         for key in file.trusted_keys.iter().flatten() {
             config.trusted_keys.push(load_public_key(&file_dir.join(key))?);

@@ -75,7 +75,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", config.mqtt))?;
     let link: Arc<dyn link::DeviceLink> = Arc::new(gateway);
-    let updates = updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer).await?;
+    let updates =
+        updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer, config.limits).await?;
     let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), config.transfer);
     let uplink = Arc::new(uplink::UplinkCounters::default());
     tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone(), planner.clone()));

@@ -5,6 +5,16 @@
 //! the uplink handler send it [`UpdateInput`]s. It reads module bytes from the blob store
 //! for each block request, and restores unfinished attempts from the store at start, so an
 //! attempt survives a server restart and continues when the device reconnects.
+//!
+//! Around each protocol machine the task keeps a [`Watch`], which owns the clock of the
+//! attempt: the offer is re-sent with back-off (from `offer_retry_ms`, doubling up to
+//! [`AttemptLimits::reoffer_max_ms`]) in every unfinished state while the attempt makes no
+//! progress, and at once when the device reconnects, so a device that finished without the
+//! server hearing it answers with its result; the attempt times out after
+//! `give_up_after_ms` without *progress* (a further state, more bytes held by the device,
+//! new bytes sent — a Describe or any other message alone is not progress), and in any case
+//! [`AttemptLimits::deadline_ms`] after its creation. A timed-out attempt is sent a cancel,
+//! so the device stops receiving, and records why (`no_progress` or `deadline`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,8 +95,102 @@ pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usiz
     offer + data + blocks * (per_request + per_block)
 }
 
+/// Server-side limits on every attempt, beyond the protocol machine's transfer settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// The longest wait between two offers of an attempt that shows no progress (the
+    /// first wait is the transfer's `offer_retry_ms`; each next one doubles).
+    pub reoffer_max_ms: u64,
+    /// The longest an attempt lasts from its creation, progress or not: then it is
+    /// `timed_out` with reason `deadline`.
+    pub deadline_ms: u64,
+}
+
+impl Default for AttemptLimits {
+    fn default() -> Self {
+        AttemptLimits { reoffer_max_ms: 60_000, deadline_ms: 6 * 3_600_000 }
+    }
+}
+
+/// Reason recorded for an attempt that timed out without progress.
+pub const REASON_NO_PROGRESS: &str = "no_progress";
+/// Reason recorded for an attempt that reached [`AttemptLimits::deadline_ms`].
+pub const REASON_DEADLINE: &str = "deadline";
+
+/// The clock of one attempt (see the module docs): progress, re-offers, the end.
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    /// When the attempt last made progress (task clock, ms).
+    progress_at: u64,
+    /// How far the current stage got: state rank, bytes the device said it holds, bytes
+    /// sent for the first time.
+    rank: u8,
+    bytes_done: u64,
+    bytes_new: u64,
+    /// The current wait between re-offers, and when the next is due.
+    backoff: u64,
+    next_offer: u64,
+    /// When the attempt ends whatever happens (task clock, ms).
+    deadline_at: u64,
+    /// Offers this watch sent (the machine counts its own).
+    offers: u32,
+    /// An offer to send at the next pump (the device reconnected).
+    offer_now: bool,
+    /// Why the watch ended the attempt.
+    gave_up: Option<&'static str>,
+}
+
+impl Watch {
+    fn new(ctx: &Context, record: &AttemptRecord, state: AttemptState) -> Watch {
+        let now = ctx.now();
+        let age = u64::try_from(now_millis().saturating_sub(record.created_at)).unwrap_or(0);
+        let backoff = ctx.config.offer_retry_ms.max(1);
+        Watch {
+            progress_at: now,
+            rank: rank(state),
+            bytes_done: 0,
+            bytes_new: 0,
+            backoff,
+            next_offer: now.saturating_add(backoff),
+            deadline_at: now.saturating_add(ctx.limits.deadline_ms.saturating_sub(age)),
+            offers: 0,
+            offer_now: false,
+            gave_up: None,
+        }
+    }
+
+    /// The attempt moved forward at `now`: the give-up timer and the back-off restart.
+    fn progressed(&mut self, ctx: &Context, now: u64) {
+        self.progress_at = now;
+        self.backoff = ctx.config.offer_retry_ms.max(1);
+        self.next_offer = now.saturating_add(self.backoff);
+    }
+
+    fn give_up_at(&self, ctx: &Context) -> u64 {
+        self.progress_at.saturating_add(ctx.config.give_up_after_ms).min(self.deadline_at)
+    }
+
+    /// When the watch next needs the clock.
+    fn due(&self, ctx: &Context) -> u64 {
+        self.next_offer.min(self.give_up_at(ctx))
+    }
+}
+
+/// How far along an unfinished state is.
+fn rank(state: AttemptState) -> u8 {
+    match state {
+        AttemptState::Offered => 0,
+        AttemptState::Downloading => 1,
+        AttemptState::Verifying => 2,
+        AttemptState::Staged => 3,
+        AttemptState::Rebooting => 4,
+        _ => 5,
+    }
+}
+
 /// An attempt in flight: the protocol machine of its current stage.
 struct Active {
+    watch: Watch,
     attempt: Attempt,
     record: AttemptRecord,
     /// Every signed document of the attempt, in order (one per module, or one manifest).
@@ -169,6 +273,7 @@ struct Context {
     hub: EventHub,
     link: Arc<dyn DeviceLink>,
     config: TransferConfig,
+    limits: AttemptLimits,
     epoch: Instant,
 }
 
@@ -228,8 +333,9 @@ pub async fn start(
     hub: EventHub,
     link: Arc<dyn DeviceLink>,
     config: TransferConfig,
+    limits: AttemptLimits,
 ) -> anyhow::Result<Updates> {
-    let ctx = Context { store, blobs, hub, link, config, epoch: Instant::now() };
+    let ctx = Context { store, blobs, hub, link, config, limits, epoch: Instant::now() };
     let mut active = HashMap::new();
     for record in ctx.store.unfinished_attempts().await? {
         let id = record.id;
@@ -266,7 +372,8 @@ async fn resume(ctx: &Context, record: AttemptRecord) -> anyhow::Result<Active> 
     let signed = documents(ctx, &record).await?;
     let (attempt, stage_plan) = stage_machine(ctx, &record, record.stage, Some((state, stats)))
         .ok_or_else(|| anyhow::anyhow!("stored plan is invalid"))?;
-    Ok(Active { persisted_requests: stats.requests, attempt, record, signed, stage_plan })
+    let watch = Watch::new(ctx, &record, state);
+    Ok(Active { watch, persisted_requests: stats.requests, attempt, record, signed, stage_plan })
 }
 
 /// Reads the signed documents of an attempt's offer from the blob store.
@@ -284,7 +391,9 @@ async fn documents(ctx: &Context, record: &AttemptRecord) -> anyhow::Result<Vec<
 
 async fn run(ctx: Context, mut active: HashMap<String, Active>, mut rx: mpsc::Receiver<UpdateInput>) {
     loop {
-        let deadline = active.values().filter_map(|a| a.attempt.poll_timeout()).min();
+        // The watches own every attempt's clock: the machines' own timers (a re-offer
+        // without back-off, a give-up on silence) are never run.
+        let deadline = active.values().map(|a| a.watch.due(&ctx)).min();
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(ctx.epoch + Duration::from_millis(at)).await,
@@ -315,7 +424,10 @@ async fn run(ctx: Context, mut active: HashMap<String, Active>, mut rx: mpsc::Re
                 let devices: Vec<String> = active.keys().cloned().collect();
                 for device in devices {
                     if let Some(entry) = active.get_mut(&device) {
-                        entry.attempt.handle_timeout(now);
+                        if entry.watch.due(&ctx) > now {
+                            continue;
+                        }
+                        supervise(&ctx, entry, now);
                     }
                     pump(&ctx, &mut active, &device).await;
                 }
@@ -339,13 +451,23 @@ async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: Upda
                 }
             };
             let (attempt, stage_plan) = stage_machine(ctx, &record, 0, None)?;
-            active.insert(device.clone(), Active { attempt, persisted_requests: 0, record, signed, stage_plan });
+            let watch = Watch::new(ctx, &record, AttemptState::Offered);
+            active.insert(device.clone(), Active { watch, attempt, persisted_requests: 0, record, signed, stage_plan });
             Some(device)
         }
         // Handled by `run`, which answers after storing the change.
         UpdateInput::Cancel(..) => None,
         UpdateInput::Connected(device) => {
-            active.get_mut(&device)?.attempt.handle_connected(now);
+            let entry = active.get_mut(&device)?;
+            entry.attempt.handle_connected(now);
+            // The machine offers again while offered or downloading; past that the device
+            // may have finished while the server did not hear it (or lost its flash since):
+            // the offer asks it, and it answers with its result or resumes.
+            if !matches!(entry.attempt.state(), AttemptState::Offered | AttemptState::Downloading) {
+                entry.watch.offer_now = true;
+            }
+            entry.watch.backoff = ctx.config.offer_retry_ms.max(1);
+            entry.watch.next_offer = now.saturating_add(entry.watch.backoff);
             Some(device)
         }
         UpdateInput::BlockRequest(device, request) => {
@@ -370,6 +492,26 @@ async fn handle(ctx: &Context, active: &mut HashMap<String, Active>, input: Upda
     }
 }
 
+/// The watch's clock has come for `entry`: give up (the machine ends `timed_out`, the
+/// device is told to cancel) or offer again with a longer back-off.
+fn supervise(ctx: &Context, entry: &mut Active, now: u64) {
+    let watch = &mut entry.watch;
+    if entry.attempt.state().is_final() {
+        return;
+    }
+    if now >= watch.give_up_at(ctx) {
+        watch.gave_up = Some(if now >= watch.deadline_at { REASON_DEADLINE } else { REASON_NO_PROGRESS });
+        // The machine times out on silence; at the end of time every attempt is silent.
+        entry.attempt.handle_timeout(u64::MAX);
+        return;
+    }
+    if now >= watch.next_offer {
+        watch.offer_now = true;
+        watch.backoff = watch.backoff.saturating_mul(2).min(ctx.limits.reoffer_max_ms.max(1));
+        watch.next_offer = now.saturating_add(watch.backoff);
+    }
+}
+
 fn encode(message: &Message<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; message.encoded_len()];
     let written = message.encode(&mut buf).expect("buffer sized by encoded_len");
@@ -383,12 +525,19 @@ fn encode(message: &Message<'_>) -> Vec<u8> {
 async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str) {
     let Some(entry) = active.get_mut(device) else { return };
     loop {
+        let mut offered = false;
         while let Some(transmit) = entry.attempt.poll_transmit() {
+            offered |= transmit == Transmit::Offer;
             transmit_one(ctx, entry, transmit).await;
+        }
+        if std::mem::take(&mut entry.watch.offer_now) && !offered && !entry.attempt.state().is_final() {
+            entry.watch.offers += 1;
+            transmit_one(ctx, entry, Transmit::Offer).await;
         }
         let mut progressed = false;
         let mut next_stage = false;
         let mut fallback = None;
+        let now = ctx.now();
         while let Some(event) = entry.attempt.poll_event() {
             match event {
                 AttemptEvent::State(AttemptState::Failed(reason @ (Reason::DeltaSource | Reason::DeltaFailed)))
@@ -400,8 +549,15 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                     next_stage = true;
                 }
                 AttemptEvent::State(state) => {
+                    if rank(state) > entry.watch.rank && !state.is_final() {
+                        entry.watch.progressed(ctx, now);
+                    }
+                    entry.watch.rank = rank(state);
                     entry.record.state = AttemptStatus::of(state);
                     entry.record.reason = state.reason().map(|r| r.name().to_owned());
+                    if state == AttemptState::TimedOut {
+                        entry.record.reason = Some(entry.watch.gave_up.unwrap_or(REASON_NO_PROGRESS).to_owned());
+                    }
                     entry.record.reason_code = state.reason().map(|r| r.code());
                     entry.record.finished = state.is_final();
                     let data = json!({
@@ -415,6 +571,10 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                     let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
                 }
                 AttemptEvent::Progress { bytes_done, bytes_total: _ } => {
+                    if bytes_done > entry.watch.bytes_done {
+                        entry.watch.progressed(ctx, now);
+                    }
+                    entry.watch.bytes_done = bytes_done;
                     entry.record.bytes_done = done_before_stage(&entry.record) + bytes_done;
                     progressed = true;
                     let data = json!({
@@ -426,6 +586,12 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                     let _ = ctx.hub.publish(Some(device), "attempt.progress", data).await;
                 }
             }
+        }
+        let stats = entry.attempt.stats();
+        let bytes_new = stats.bytes_sent.saturating_sub(stats.bytes_resent);
+        if bytes_new > entry.watch.bytes_new {
+            entry.watch.bytes_new = bytes_new;
+            entry.watch.progressed(ctx, now);
         }
         if next_stage {
             advance_stage(ctx, entry, device).await;
@@ -444,6 +610,10 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
         break;
     }
     if entry.attempt.state().is_final() {
+        if entry.watch.gave_up.is_some() {
+            // The device may still be receiving (or hold a staged update): stop it.
+            transmit_one(ctx, entry, Transmit::Cancel).await;
+        }
         active.remove(device);
     }
 }
@@ -451,30 +621,12 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
 /// The current stage is confirmed and another follows: fold the stage's counters into the
 /// record, start the next stage's machine (its offer goes out at once), persist, announce.
 async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
-    let stats = entry.attempt.stats();
-    let base = &mut entry.record.stage_base;
-    base.offers_sent += stats.offers_sent;
-    base.requests += stats.requests;
-    base.bytes_sent += stats.bytes_sent;
-    base.bytes_resent += stats.bytes_resent;
     let finished = entry.record.stage;
     entry.record.stage += 1;
-    entry.record.sent_record.clear();
     entry.record.bytes_done = done_before_stage(&entry.record);
-    let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, entry.record.stage, None) else {
-        tracing::error!(attempt = entry.record.id, stage = entry.record.stage, "stage plan is invalid");
+    if !restart_stage(ctx, entry).await {
         return;
-    };
-    entry.attempt = attempt;
-    entry.stage_plan = stage_plan;
-    entry.persisted_requests = 0;
-    // The new machine announces `offered` first; that is the record's state now.
-    while let Some(event) = entry.attempt.poll_event() {
-        if let AttemptEvent::State(state) = event {
-            entry.record.state = AttemptStatus::of(state);
-        }
     }
-    persist(ctx, entry).await;
     let stages = stage_count(&entry.record);
     let data = json!({
         "attempt": entry.record.id,
@@ -488,6 +640,36 @@ async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
         ),
     });
     let _ = ctx.hub.publish(Some(device), "attempt.stage", data).await;
+}
+
+/// Folds the current stage machine's counters into the record and starts a new machine
+/// for `entry.record.stage` (its offer goes out at once), with a new watch; persists.
+/// `false` when the stored plan cannot make one (logged).
+async fn restart_stage(ctx: &Context, entry: &mut Active) -> bool {
+    let stats = entry.attempt.stats();
+    let base = &mut entry.record.stage_base;
+    base.offers_sent += stats.offers_sent + std::mem::take(&mut entry.watch.offers);
+    base.requests += stats.requests;
+    base.bytes_sent += stats.bytes_sent;
+    base.bytes_resent += stats.bytes_resent;
+    entry.record.sent_record.clear();
+    let stage = entry.record.stage;
+    let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, stage, None) else {
+        tracing::error!(attempt = entry.record.id, stage, "stage plan is invalid");
+        return false;
+    };
+    entry.attempt = attempt;
+    entry.stage_plan = stage_plan;
+    entry.persisted_requests = 0;
+    entry.watch = Watch::new(ctx, &entry.record, AttemptState::Offered);
+    // The new machine announces `offered` first; that is the record's state now.
+    while let Some(event) = entry.attempt.poll_event() {
+        if let AttemptEvent::State(state) = event {
+            entry.record.state = AttemptStatus::of(state);
+        }
+    }
+    persist(ctx, entry).await;
+    true
 }
 
 /// The device could not use the current stage's patches (`reason`: `delta_source`, the
@@ -532,26 +714,9 @@ async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reas
             dropped.push(json!({ "module": m.sha256, "kind": patch.kind(), "patch_bytes": patch.length }));
         }
     }
-    let stats = entry.attempt.stats();
-    let base = &mut entry.record.stage_base;
-    base.offers_sent += stats.offers_sent;
-    base.requests += stats.requests;
-    base.bytes_sent += stats.bytes_sent;
-    base.bytes_resent += stats.bytes_resent;
-    entry.record.sent_record.clear();
-    let Some((attempt, stage_plan)) = stage_machine(ctx, &entry.record, stage, None) else {
-        tracing::error!(attempt = entry.record.id, stage, "stage plan is invalid");
+    if !restart_stage(ctx, entry).await {
         return false;
-    };
-    entry.attempt = attempt;
-    entry.stage_plan = stage_plan;
-    entry.persisted_requests = 0;
-    while let Some(event) = entry.attempt.poll_event() {
-        if let AttemptEvent::State(state) = event {
-            entry.record.state = AttemptStatus::of(state);
-        }
     }
-    persist(ctx, entry).await;
     let data = json!({
         "attempt": entry.record.id,
         "stage": stage,
@@ -573,7 +738,7 @@ async fn persist(ctx: &Context, entry: &mut Active) {
     entry.record.bytes_sent = base.bytes_sent + stats.bytes_sent;
     entry.record.bytes_resent = base.bytes_resent + stats.bytes_resent;
     entry.record.requests = base.requests + stats.requests;
-    entry.record.offers_sent = base.offers_sent + stats.offers_sent;
+    entry.record.offers_sent = base.offers_sent + stats.offers_sent + entry.watch.offers;
     entry.record.sent_record = entry.attempt.sent_record().to_vec();
     entry.record.updated_at = now_millis();
     entry.persisted_requests = stats.requests;

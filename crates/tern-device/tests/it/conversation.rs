@@ -499,3 +499,106 @@ fn attempt_survives_a_reset_with_the_transfer() {
     assert_eq!(c.poll_action(), None);
     assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
 }
+
+/// Every finished attempt, offered again (a server that did not hear its end), is answered
+/// with its final result and a Describe — cancelled, rolled back — and never restarted:
+/// no Progress, no block request, nothing erased. An offer under a new attempt id for
+/// modules the device already runs and confirmed is answered the same way.
+#[test]
+fn finished_attempts_offered_again_are_answered_not_restarted() {
+    let p = &STM32F2;
+    let v2 = app(p, 2, 3 * 1024);
+    let signed = release(p, 1, &[&v2]);
+
+    // Cancelled mid-transfer.
+    let rig = Rig::new(p);
+    let mut c = rig.boot(ResetCause::PowerOn, true, Retained::default());
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    c.handle_offer(&offer(31, &signed, &[&v2], 4), s, 0);
+    c.handle_block(&block(31, &v2, 0, 0), s, 0);
+    c.handle_command(&Command { id: 1, action: Action::CancelUpdate, attempt: Some(31) }, s);
+    assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
+    drain(&mut c);
+    // After a reset (nothing but the state record survives).
+    let mut c = rig.boot(ResetCause::PowerOn, true, Retained::default());
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    drain(&mut c);
+    c.handle_offer(&offer(31, &signed, &[&v2], 4), s, 10);
+    assert_eq!(kinds(&drain(&mut c)), ["result cancelled cancelled_by_server", "describe normal"]);
+    assert_eq!(c.agent().state().phase, UpdatePhase::Idle, "not restarted");
+    assert_eq!(c.agent().progress().0, 0);
+
+    // Rolled back after failed test boots.
+    let rig = Rig::new(p);
+    let bad = Image::synthetic(p, UserPart, 1, 3, &[dep(SystemPart, 1, 100)], Behaviour::Panic, 2000);
+    let bad_signed = release(p, 1, &[&bad]);
+    {
+        let mut c = rig.boot(ResetCause::PowerOn, true, Retained::default());
+        let s = &mut rig.dev.storage();
+        c.handle_connected(s, 0);
+        c.handle_offer(&offer(32, &bad_signed, &[&bad], 4), s, 0);
+        c.handle_block(&block(32, &bad, 0, 0), s, 0);
+        c.handle_block(&block(32, &bad, 0, 1), s, 0);
+        assert_eq!(c.poll_action(), Some(PlatformAction::RebootToInstall));
+    }
+    {
+        // Installed and on test (the application has not confirmed yet): an offer of the
+        // attempt again neither confirms the test boot nor downloads again.
+        let mut c = rig.boot(ResetCause::Software, false, Retained::default());
+        assert_eq!(c.boot_decision().run, Run::Application { test: true });
+        let s = &mut rig.dev.storage();
+        c.handle_connected(s, 0);
+        drain(&mut c);
+        c.handle_offer(&offer(32, &bad_signed, &[&bad], 4), s, 10);
+        assert_eq!(kinds(&drain(&mut c)), ["describe test_boot"]);
+        assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
+        assert!(matches!(c.agent().state().boot, tern_device::state::BootState::Testing { .. }), "still on test");
+    }
+    let retained = Retained { fault: Some(AppFault::Panicked), ..Retained::default() };
+    let mut cause = ResetCause::Panic;
+    let mut c = loop {
+        let c = rig.boot(cause, false, retained);
+        if c.boot_decision().events.rolled_back {
+            break c;
+        }
+        cause = ResetCause::Panic;
+    };
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    drain(&mut c);
+    for again in 0..2 {
+        c.handle_offer(&offer(32, &bad_signed, &[&bad], 4), s, 10);
+        assert_eq!(
+            kinds(&drain(&mut c)),
+            ["result rolled_back app_failed_test_boot", "describe rollback"],
+            "offer {again}"
+        );
+        assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
+    }
+
+    // Confirmed, then offered under a new attempt id: the modules already run.
+    let rig = Rig::new(p);
+    {
+        let mut c = rig.boot(ResetCause::PowerOn, true, Retained::default());
+        let s = &mut rig.dev.storage();
+        c.handle_connected(s, 0);
+        c.handle_offer(&offer(33, &signed, &[&v2], 4), s, 0);
+        for k in 0..3 {
+            c.handle_block(&block(33, &v2, 0, k), s, 0);
+        }
+        assert_eq!(c.poll_action(), Some(PlatformAction::RebootToInstall));
+    }
+    let mut c = rig.boot(ResetCause::Software, true, Retained::default());
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    assert_eq!(kinds(&drain(&mut c)), ["result confirmed none", "describe normal"]);
+    c.handle_offer(&offer(34, &signed, &[&v2], 4), s, 10);
+    let sent = drain(&mut c);
+    assert_eq!(kinds(&sent), ["result confirmed none", "describe normal"]);
+    let Some(Message::Describe(d)) = sent.last() else { unreachable!() };
+    assert!(d.confirmed && d.modules.iter().any(|m| m.sha256 == v2.entry.sha256));
+    assert_eq!(c.agent().state().phase, UpdatePhase::Idle);
+    assert_eq!(c.attempt(), Some(33), "the state record still names the attempt that installed it");
+}

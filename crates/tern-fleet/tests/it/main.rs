@@ -2,6 +2,7 @@
 //! devices running the real device crate on simulated flash, connected over MQTT.
 
 mod assets;
+mod chaos;
 mod cli;
 mod commands;
 mod device_os;

@@ -33,8 +33,8 @@ use crate::link::{DeviceLink, LinkError};
 use crate::plans::{PlanError, PlanOptions, Planner};
 use crate::platform;
 use crate::store::{
-    AttemptRecord, Connectivity, DependencyRecord, Event, ModuleRecord, NewDevice, PlanOrigin, PlanRecord, Policy,
-    Store, StoreError,
+    AttemptRecord, ClientKeyRecord, Connectivity, DependencyRecord, Event, ModuleRecord, NewDevice, PlanOrigin,
+    PlanRecord, PlanStatus, Policy, Store, StoreError,
 };
 use crate::updates::{UpdateInput, Updates};
 use crate::uplink::{integrity_name, UplinkCounters};

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
@@ -215,6 +217,10 @@ async fn run(
     let counters = &inner.counters;
     let max = inner.config.max_packet;
     let mut subscriptions: Vec<(String, QoS)> = Vec::new();
+    // Downlinks that no subscription matched yet: a device subscribes right after
+    // CONNACK, and the server core may already have something for it (an offer sent on
+    // connect). They wait here, oldest first, and go out when a SUBSCRIBE matches them.
+    let mut waiting: VecDeque<(String, Bytes)> = VecDeque::new();
     let mut next_packet_id: u16 = 0;
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
@@ -231,6 +237,7 @@ async fn run(
                 }
             };
             deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+            let mut subscribed = false;
             let reply = match packet {
                 Packet::Publish(publish) => {
                     let Some(kind) = acl::publish_kind(device, &publish.topic) else {
@@ -274,6 +281,7 @@ async fn run(
                             SubscribeReasonCode::Success(qos)
                         })
                         .collect();
+                    subscribed = true;
                     Some(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
                 }
                 Packet::Unsubscribe(unsubscribe) => {
@@ -295,6 +303,21 @@ async fn run(
                     Err(_) => return End::Gone,
                 };
             }
+            if subscribed && !waiting.is_empty() {
+                // After the SUBACK: what waited for this subscription, in order.
+                let mut still = VecDeque::with_capacity(waiting.len());
+                for (topic, payload) in waiting.drain(..) {
+                    match granted_qos(&subscriptions, &topic) {
+                        Some(qos) => {
+                            if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                                return End::Gone;
+                            }
+                        }
+                        None => still.push_back((topic, payload)),
+                    }
+                }
+                waiting = still;
+            }
         }
 
         tokio::select! {
@@ -306,25 +329,19 @@ async fn run(
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Publish { topic, payload }) => {
-                    let granted = subscriptions
-                        .iter()
-                        .filter(|(filter, _)| acl::matches(filter, &topic))
-                        .map(|(_, qos)| *qos)
-                        .max_by_key(|qos| *qos as u8);
-                    let Some(qos) = granted else {
-                        tracing::debug!(device, topic, "mqtt: downlink dropped, no matching subscription");
+                    let Some(qos) = granted_qos(&subscriptions, &topic) else {
+                        if waiting.len() >= inner.config.outbox {
+                            // Bounded like the outbox; the protocol above repeats what matters.
+                            tracing::warn!(device, "mqtt: downlink dropped, too many waiting for a subscription");
+                            waiting.pop_front();
+                        }
+                        tracing::debug!(device, topic, "mqtt: downlink waits for a matching subscription");
+                        waiting.push_back((topic, payload));
                         continue;
                     };
-                    let mut publish = Publish::new(topic, qos, payload.to_vec());
-                    if qos == QoS::AtLeastOnce {
-                        next_packet_id = next_packet_id.checked_add(1).unwrap_or(1);
-                        publish.pkid = next_packet_id;
+                    if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                        return End::Gone;
                     }
-                    match write_packet(writer, Packet::Publish(publish), max).await {
-                        Ok(n) => counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
-                        Err(_) => return End::Gone,
-                    };
-                    counters.messages_out.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Outbound::Replaced) | None => return End::Replaced,
             },
@@ -334,4 +351,35 @@ async fn run(
             }
         }
     }
+}
+
+/// The QoS a downlink on `topic` goes out at: the highest of the matching subscriptions.
+fn granted_qos(subscriptions: &[(String, QoS)], topic: &str) -> Option<QoS> {
+    subscriptions
+        .iter()
+        .filter(|(filter, _)| acl::matches(filter, topic))
+        .map(|(_, qos)| *qos)
+        .max_by_key(|qos| *qos as u8)
+}
+
+/// Writes one downlink PUBLISH; `false` when the connection is gone.
+async fn deliver(
+    writer: &mut OwnedWriteHalf,
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    next_packet_id: &mut u16,
+    inner: &Inner,
+) -> bool {
+    let mut publish = Publish::new(topic, qos, payload.to_vec());
+    if qos == QoS::AtLeastOnce {
+        *next_packet_id = next_packet_id.checked_add(1).unwrap_or(1);
+        publish.pkid = *next_packet_id;
+    }
+    match write_packet(writer, Packet::Publish(publish), inner.config.max_packet).await {
+        Ok(n) => inner.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
+        Err(_) => return false,
+    };
+    inner.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+    true
 }

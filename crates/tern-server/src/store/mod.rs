@@ -128,6 +128,12 @@ pub trait Store: Send + Sync {
     /// Every attempt not in a final state, oldest first.
     async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>>;
 
+    /// Records client key `key.key` for `key.plan`, unless the key is already recorded;
+    /// returns the record the key has now (the earlier one when it was).
+    async fn claim_client_key(&self, key: &ClientKeyRecord) -> StoreResult<ClientKeyRecord>;
+    /// The record of client key `key`, if it was seen.
+    async fn get_client_key(&self, key: &str) -> StoreResult<Option<ClientKeyRecord>>;
+
     /// Adds a product; `Conflict` if its id is taken.
     async fn create_product(&self, product: &ProductRecord) -> StoreResult<()>;
     /// Product `id`.

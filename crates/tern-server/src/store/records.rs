@@ -787,3 +787,17 @@ impl AttemptRecord {
         }
     }
 }
+
+/// A client key (`Idempotency-Key`) and the plan the request that carried it made or
+/// started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientKeyRecord {
+    /// The key, as the client sent it.
+    pub key: String,
+    /// The device the request was for.
+    pub device: String,
+    /// The plan.
+    pub plan: i64,
+    /// When the key was first seen, Unix milliseconds.
+    pub created_at: i64,
+}

@@ -604,6 +604,34 @@ impl Store for SqliteStore {
         rows.iter().map(attempt_from_row).collect()
     }
 
+    async fn claim_client_key(&self, key: &ClientKeyRecord) -> StoreResult<ClientKeyRecord> {
+        sqlx::query(
+            "INSERT INTO client_keys (key, device, plan, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key.key)
+        .bind(&key.device)
+        .bind(key.plan)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        self.get_client_key(&key.key)
+            .await?
+            .ok_or_else(|| StoreError::Backend(format!("client key {} vanished", key.key)))
+    }
+
+    async fn get_client_key(&self, key: &str) -> StoreResult<Option<ClientKeyRecord>> {
+        let row = sqlx::query("SELECT key, device, plan, created_at FROM client_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| ClientKeyRecord {
+            key: r.get("key"),
+            device: r.get("device"),
+            plan: r.get("plan"),
+            created_at: r.get("created_at"),
+        }))
+    }
+
     async fn create_product(&self, p: &ProductRecord) -> StoreResult<()> {
         let result = sqlx::query(
             "INSERT INTO products (id, platform_id, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",

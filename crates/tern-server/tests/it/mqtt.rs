@@ -198,3 +198,27 @@ fn an_mqtt5_client_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Timed out") && !stderr.contains("refused"), "{stderr}");
 }
+
+/// A downlink sent after CONNECT but before the device's SUBSCRIBE (an offer re-sent on
+/// connect, a command) is not dropped: it waits and goes out right after the SUBACK.
+#[test]
+fn downlink_before_subscribe_waits_for_it() {
+    use rumqttc::mqttbytes::v4::Subscribe;
+    let dir = tern_testkit::scratch("mqtt-before-subscribe");
+    let server = Server::start(&dir.join("data"));
+    let secret = server.add_device("dev-s", "photon");
+    let mut raw = Raw::open(&server);
+    assert_eq!(raw.connect("dev-s", &secret, 60), 0);
+    let api = server.api();
+    wait_for("the device online", Duration::from_secs(5), || api.get("/api/devices/dev-s").1["online"] == true);
+    let (status, reply) = api.post_json("/api/devices/dev-s/commands", serde_json::json!({ "action": "reboot" }));
+    assert_eq!(status, 202, "{reply}");
+    // Nothing arrives while the device has no subscription.
+    assert_eq!(raw.next(Duration::from_millis(500)), Err(()));
+    raw.send(Packet::Subscribe(Subscribe::new("tern/v1/d/dev-s/down/#", QoS::AtLeastOnce)));
+    assert!(matches!(raw.next(Duration::from_secs(5)), Ok(Some(Packet::SubAck(_)))));
+    match raw.next(Duration::from_secs(5)) {
+        Ok(Some(Packet::Publish(p))) => assert_eq!(p.topic, "tern/v1/d/dev-s/down/command"),
+        other => panic!("expected the waiting command, got {other:?}"),
+    }
+}

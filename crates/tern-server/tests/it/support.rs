@@ -157,6 +157,20 @@ impl Api {
         finish(self.auth(request).send(bytes))
     }
 
+    /// POST raw bytes to `path` with an `Idempotency-Key`.
+    pub fn post_bytes_keyed(&self, path: &str, bytes: &[u8], key: &str) -> (u16, Value) {
+        let request = agent()
+            .post(&format!("{}{path}", self.base))
+            .header("Content-Type", "application/octet-stream")
+            .header("Idempotency-Key", key);
+        finish(self.auth(request).send(bytes))
+    }
+
+    /// POST JSON to `path` with an `Idempotency-Key`.
+    pub fn post_json_keyed(&self, path: &str, body: Value, key: &str) -> (u16, Value) {
+        finish(self.auth(agent().post(&format!("{}{path}", self.base)).header("Idempotency-Key", key)).send_json(body))
+    }
+
     /// POST JSON to `path`.
     pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
         finish(self.auth(agent().post(&format!("{}{path}", self.base))).send_json(body))

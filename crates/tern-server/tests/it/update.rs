@@ -82,6 +82,10 @@ struct ScriptedDevice {
     in_flight: Vec<(u8, u32, Instant)>,
     duplicate_bytes: u64,
     offers_seen: u32,
+    /// When each offer arrived.
+    offer_times: Vec<Instant>,
+    /// Cancel commands received, with their attempt.
+    cancels: Vec<Option<u64>>,
 }
 
 impl ScriptedDevice {
@@ -95,6 +99,8 @@ impl ScriptedDevice {
             in_flight: Vec::new(),
             duplicate_bytes: 0,
             offers_seen: 0,
+            offer_times: Vec::new(),
+            cancels: Vec::new(),
         }
     }
 
@@ -206,6 +212,7 @@ impl ScriptedDevice {
             Message::UpdateOffer(UpdateOffer { attempt, signed, modules, window, max_block, .. }) => {
                 assert!(usize::from(window) >= WINDOW && max_block >= 1024);
                 self.offers_seen += 1;
+                self.offer_times.push(Instant::now());
                 let listed: Vec<(u32, [u8; 32])> = modules.iter().map(|m| (m.size, m.sha256)).collect();
                 if self.offer.as_ref().is_none_or(|(a, _, _)| *a != attempt) {
                     self.staging = listed.iter().map(|(size, _)| vec![None; size.div_ceil(1024) as usize]).collect();
@@ -223,6 +230,7 @@ impl ScriptedDevice {
                 *slot = Some(block.data.to_vec());
                 self.in_flight.retain(|&(m, o, _)| !(m == block.module && o == block.offset));
             }
+            Message::Command(c) if c.action == tern_proto::Action::CancelUpdate => self.cancels.push(c.attempt),
             Message::Command(_) => {}
             other => panic!("unexpected downlink {other:?}"),
         }
@@ -453,4 +461,145 @@ fn an_attempt_survives_a_sigkill_mid_transfer_and_resumes() {
     let first = before[0]["id"].as_i64().unwrap();
     let start = after.iter().position(|e| e["id"].as_i64() == Some(first)).expect("the oldest event is kept");
     assert_eq!(&after[start..start + before.len()], before.as_slice());
+}
+
+/// Pumps `device` for `duration`: every 300 ms it describes its old modules (as a device
+/// does periodically) and, with `pull`, asks for one more block; nothing else.
+fn idle_describing(device: &mut ScriptedDevice, duration: Duration, pull: bool) {
+    let start = Instant::now();
+    let mut next = Instant::now();
+    while start.elapsed() < duration {
+        if Instant::now() >= next {
+            next += Duration::from_millis(300);
+            device.describe(&old_modules(), true);
+            if pull {
+                if let Some((attempt, _, _)) = &device.offer {
+                    let held = device.blocks_held() as u32;
+                    let request = BlockRequest { attempt: *attempt, module: 0, offset: held * 1024, length: 1024 };
+                    device.publish(MessageKind::BlockRequest, encode(&Message::BlockRequest(request)));
+                }
+            }
+        }
+        let event = {
+            let (_, connection) = device.client.as_mut().expect("connected");
+            connection.recv_timeout(Duration::from_millis(50))
+        };
+        if let Ok(Ok(Event::Incoming(Packet::Publish(publish)))) = event {
+            device.receive(&publish.topic, &publish.payload);
+        }
+    }
+}
+
+/// A device that takes no step on its attempt while it keeps describing itself: the offer
+/// is re-sent with a doubling wait (capped by `reoffer_max_ms`), the Describes do not keep
+/// the attempt alive, and `give_up_after_ms` after the last progress it ends `timed_out`
+/// with reason `no_progress`; the device is sent a cancel for it.
+#[test]
+fn describes_do_not_keep_an_attempt_alive_and_offers_back_off() {
+    let dir = tern_testkit::scratch("update-no-progress");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tern.toml"), "offer_retry_ms = 200\nreoffer_max_ms = 800\ngive_up_after_ms = 3000\n")
+        .unwrap();
+    let server = Server::start(&data);
+    let secret = server.add_device("dev-n", "photon");
+    let (bundle, _, _) = bundle(6, &["photon-system-part2@1.5.2.bin"]);
+    let mut device = ScriptedDevice::new("dev-n", &secret);
+    device.connect(server.mqtt_port, &old_modules(), true);
+    let (status, created) = server.api().post_bytes("/api/devices/dev-n/attempts", &bundle);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let started = Instant::now();
+    idle_describing(&mut device, Duration::from_millis(4500), false);
+    let done = attempt(&server, id);
+    assert_eq!((&done["state"], &done["reason"]), (&json!("timed_out"), &json!("no_progress")), "{done}");
+    let ended = done["updated_at"].as_i64().unwrap() - done["created_at"].as_i64().unwrap();
+    assert!((2900..4400).contains(&ended), "timed out {ended} ms after its creation, not about 3000");
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+    // Offers at about 0, 0.2, 0.6, 1.4, 2.2, 3.0 s: the gaps double up to the cap.
+    let gaps: Vec<u128> = device.offer_times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!((4..=7).contains(&device.offer_times.len()), "offers at gaps {gaps:?}");
+    assert!(gaps.windows(2).all(|g| g[1] + 100 >= g[0]), "the gaps do not shrink: {gaps:?}");
+    assert!(gaps.iter().all(|&g| g <= 1000), "no gap beyond the cap: {gaps:?}");
+    assert!(gaps.last().is_some_and(|&g| g >= 600), "the gaps grew to the cap: {gaps:?}");
+    assert_eq!(done["offers_sent"].as_u64(), Some(device.offer_times.len() as u64), "{done}");
+    assert_eq!(device.cancels, [Some(id as u64)], "the device is told to stop");
+}
+
+/// An attempt that keeps making progress, too slowly, ends at `attempt_deadline_ms`
+/// after its creation with reason `deadline`.
+#[test]
+fn every_attempt_ends_by_its_deadline() {
+    let dir = tern_testkit::scratch("update-deadline");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tern.toml"), "give_up_after_ms = 60000\nattempt_deadline_ms = 2500\n").unwrap();
+    let server = Server::start(&data);
+    let secret = server.add_device("dev-d", "photon");
+    let (bundle, _, _) = bundle(6, &["photon-system-part2@1.5.2.bin"]);
+    let mut device = ScriptedDevice::new("dev-d", &secret);
+    device.connect(server.mqtt_port, &old_modules(), true);
+    let (status, created) = server.api().post_bytes("/api/devices/dev-d/attempts", &bundle);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    idle_describing(&mut device, Duration::from_millis(3500), true);
+    let done = attempt(&server, id);
+    assert_eq!((&done["state"], &done["reason"]), (&json!("timed_out"), &json!("deadline")), "{done}");
+    assert!(device.blocks_held() >= 5, "it was making progress: {} blocks", device.blocks_held());
+    let ended = done["updated_at"].as_i64().unwrap() - done["created_at"].as_i64().unwrap();
+    assert!((2400..3400).contains(&ended), "ended {ended} ms after its creation");
+}
+
+/// Starting an update with an `Idempotency-Key` is idempotent: the same request again (a
+/// retry after a lost response, or after a server restart) answers `200` with the same
+/// attempt and starts nothing; the key cannot be reused for another device or plan; a
+/// plan started with a key answers its repeat with the attempt, without a key with `409`.
+#[test]
+fn starts_with_an_idempotency_key_return_the_same_attempt() {
+    let dir = tern_testkit::scratch("update-idempotent");
+    let data = dir.join("data");
+    let server = Server::start(&data);
+    let api = server.api();
+    let (bundle, _, _) = bundle(6, &["photon-system-part2@1.5.2.bin"]);
+    let mut devices = Vec::new();
+    for id in ["dev-i", "dev-j"] {
+        let secret = server.add_device(id, "photon");
+        let mut device = ScriptedDevice::new(id, &secret);
+        device.connect(server.mqtt_port, &old_modules(), true);
+        device.flush();
+        devices.push(device);
+    }
+    wait_for("both inventories", Duration::from_secs(10), || {
+        ["dev-i", "dev-j"].iter().all(|d| api.get(&format!("/api/devices/{d}")).1["inventory"].is_object())
+    });
+
+    let (status, first) = api.post_bytes_keyed("/api/devices/dev-i/attempts", &bundle, "key-1");
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = api.post_bytes_keyed("/api/devices/dev-i/attempts", &bundle, "key-1");
+    assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
+    // After a server restart too.
+    server.kill();
+    let server = Server::start(&data);
+    let api = server.api();
+    let (status, again) = api.post_bytes_keyed("/api/devices/dev-i/attempts", &bundle, "key-1");
+    assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
+    let (_, shown) = api.get("/api/devices/dev-i");
+    assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(1), "one attempt: {shown}");
+    let (status, reused) = api.post_bytes_keyed("/api/devices/dev-j/attempts", &bundle, "key-1");
+    assert_eq!((status, &reused["error"]["code"]), (422, &json!("idempotency_key_reused")), "{reused}");
+    let (status, bad) = api.post_bytes_keyed("/api/devices/dev-j/attempts", &bundle, "two words");
+    assert_eq!((status, &bad["error"]["code"]), (400, &json!("bad_idempotency_key")), "{bad}");
+
+    // A plan started with a key.
+    let (status, plan) = api.post_bytes("/api/devices/dev-j/plans", &bundle);
+    assert_eq!(status, 201, "{plan}");
+    let start = format!("/api/plans/{}/start", plan["id"]);
+    let (status, started) = api.post_json_keyed(&start, json!({}), "key-2");
+    assert_eq!(status, 201, "{started}");
+    let (status, again) = api.post_json_keyed(&start, json!({}), "key-2");
+    assert_eq!((status, &again["id"]), (200, &started["id"]), "{again}");
+    let (status, unkeyed) = api.post_json(&start, json!({}));
+    assert_eq!((status, &unkeyed["error"]["code"]), (409, &json!("plan_not_proposed")), "{unkeyed}");
+    let (status, other) = api.post_json_keyed(&start, json!({}), "key-1");
+    assert_eq!((status, &other["error"]["code"]), (422, &json!("idempotency_key_reused")), "{other}");
 }

@@ -70,6 +70,7 @@ fn scenario(
             wait_confirm: true,
             expect_fail: false,
             reset_after_blocks: None,
+            patches: Vec::new(),
         }],
         expect: Expect::New(vec![new]),
         staged: false,
@@ -103,6 +104,7 @@ pub fn staged(
             wait_confirm: true,
             expect_fail: false,
             reset_after_blocks: None,
+            patches: Vec::new(),
         });
         all.extend(modules);
     }

@@ -5,14 +5,15 @@
 //! reports, as a real server would.
 
 use ed25519_dalek::SigningKey;
-use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest, OfferError};
+use tern_device::agent::{Agent, BlockError, BlockOutcome, BlockRequest, OfferError, OfferScope};
 use tern_device::block::{Block, BLOCK_SIZE};
 use tern_device::boot::{self, BootError, ResetCause, Run};
 use tern_device::profile::{Profile, NRF52840, STM32F2};
-use tern_device::state::{BootState, UpdatePhase, UpdateResult};
+use tern_device::state::{BootState, StagedTransfer, UpdatePhase, UpdateResult};
 use tern_image::manifest::build::Document;
 use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
+use tern_proto::Transfer;
 
 use crate::device::{Behaviour, Image, SimDevice};
 use crate::flash::{Bench, FaultKind, Op, OpKind, Rng};
@@ -39,6 +40,10 @@ pub enum Task {
         expect_fail: bool,
         /// Reset the device once after this many blocks (an interrupted download).
         reset_after_blocks: Option<usize>,
+        /// How each module travels, in offer order, with the bytes sent for it (a patch);
+        /// empty: every module as itself. A patch the device cannot apply is replaced by
+        /// the whole module, as the server does.
+        patches: Vec<Option<(Transfer, Vec<u8>)>>,
     },
     /// Request a factory restore.
     FactoryRestore,
@@ -165,7 +170,27 @@ fn update(profile: &Profile, modules: Vec<Image>, counter: u64) -> Task {
         wait_confirm: true,
         expect_fail: false,
         reset_after_blocks: None,
+        patches: Vec::new(),
     }
+}
+
+/// An update of `modules` in which each module with a source travels as a delta from it
+/// (`Some(old)`), or compressed (`Some(empty)`), or whole (`None`).
+fn patched_update(profile: &Profile, modules: Vec<Image>, sources: &[Option<&Image>], counter: u64) -> Task {
+    let mut task = update(profile, modules.clone(), counter);
+    if let Task::Update { patches, .. } = &mut task {
+        *patches = modules
+            .iter()
+            .zip(sources)
+            .map(|(m, source)| {
+                let old = (*source)?;
+                let patch = tern_delta::make(&old.bytes, &m.bytes, &tern_delta::Config::default());
+                let source = (!old.bytes.is_empty()).then_some(old.entry.sha256);
+                Some((Transfer::Patch { source, length: patch.len() as u32 }, patch))
+            })
+            .collect();
+    }
+    task
 }
 
 /// The synthetic scenarios for a profile (small images so that every operation index can
@@ -228,6 +253,19 @@ pub fn synthetic(profile: &'static Profile) -> Vec<Scenario> {
         *documents = Scenario::statements(p, &set, 1);
     }
     out.push(base("statements-system-part-and-app", vec![by_statements], Expect::New(set), &initial));
+
+    // Patches: the application as a delta from the one installed, and a system part
+    // compressed (a patch from nothing) together with it; applied in staging, so a cut at
+    // any operation of the application must leave the device as safe as a raw transfer.
+    let app5 = img(UserPart, app, 5, &app_dep, Healthy);
+    let delta = patched_update(p, vec![app5.clone()], &[Some(&app1)], 1);
+    out.push(base("delta-app-update", vec![delta], Expect::New(vec![app5.clone()]), &initial));
+    let nothing = Image { bytes: Vec::new(), ..sys1.clone() };
+    let sys1f = img(SystemPart, 1, 105, &[], Healthy);
+    let app6 = img(UserPart, app, 6, &[dep(SystemPart, 1, 105)], Healthy);
+    let set = vec![sys1f, app6];
+    let compressed = patched_update(p, set.clone(), &[Some(&nothing), Some(&app1)], 1);
+    out.push(base("compressed-system-part-and-delta-app", vec![compressed], Expect::New(set), &initial));
 
     let boot2 = img(Bootloader, 0, 11, &[], Healthy);
     out.push(base(
@@ -457,6 +495,7 @@ fn run_on(sc: &Scenario, base: &Bench, faults: &[(u64, FaultKind)], mut bench: B
         reset_done: false,
         sent_this_task: 0,
         received_before_reset: None,
+        whole: false,
     };
     world.drive(&mut dev);
     let b = dev.bench.borrow();
@@ -488,6 +527,8 @@ struct World<'a> {
     reset_done: bool,
     sent_this_task: usize,
     received_before_reset: Option<u64>,
+    /// The task's patches could not be used: whole modules are offered.
+    whole: bool,
 }
 
 enum Next {
@@ -664,7 +705,8 @@ impl World<'_> {
                     }
                     return Next::Reboot(ResetCause::Software);
                 }
-                Task::Update { documents, modules, wait_confirm, expect_fail, reset_after_blocks } => {
+                Task::Update { documents, modules, wait_confirm, expect_fail, reset_after_blocks, patches } => {
+                    let patches = if self.whole { &[][..] } else { patches.as_slice() };
                     let installed = modules.iter().all(|m| {
                         let slot = self.sc.profile.slot_for(m.entry.function, m.entry.index);
                         slot.and_then(|s| st.installed[s]).map(|r| r.sha256) == Some(m.entry.sha256)
@@ -692,12 +734,27 @@ impl World<'_> {
                     match st.phase {
                         UpdatePhase::Staged => return Next::Reboot(ResetCause::Software),
                         UpdatePhase::Idle | UpdatePhase::Preparing => {
-                            match agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice)) {
+                            let hashes: Vec<[u8; 32]> = modules.iter().map(|m| m.entry.sha256).collect();
+                            let transfers: Vec<Transfer> =
+                                patches.iter().map(|p| p.as_ref().map_or(Transfer::Raw, |(t, _)| *t)).collect();
+                            let scope = OfferScope { attempt: None, modules: &hashes, transfers: &transfers };
+                            let offered = if patches.is_empty() {
+                                agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice))
+                            } else {
+                                agent.handle_offer_scoped(storage, documents.iter().map(Vec::as_slice), scope)
+                            };
+                            match offered {
                                 Ok(_) => {
                                     self.offer_sent = true;
                                     self.out.offers += 1;
                                 }
                                 Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
+                                // The device does not run the patch's source (a retention
+                                // flip, say): the server sends whole modules.
+                                Err(OfferError::DeltaSource(..)) => {
+                                    self.whole = true;
+                                    continue;
+                                }
                                 Err(OfferError::Flash(_)) => return Next::Reboot(ResetCause::Software),
                                 Err(e) => {
                                     self.out.violations.push(format!("offer refused: {e:?}"));
@@ -722,8 +779,13 @@ impl World<'_> {
                             }
                             for k in order {
                                 let r = window[k];
-                                let m = &modules[r.module as usize];
-                                let data = &m.bytes[r.offset as usize..(r.offset + r.len) as usize];
+                                // What the device staged says how the module travels.
+                                let staged = agent.state().staged().nth(r.module as usize).map(|s| s.transfer);
+                                let bytes = match (staged, patches.get(r.module as usize)) {
+                                    (Some(StagedTransfer::Patch { .. }), Some(Some((_, patch)))) => patch,
+                                    _ => &modules[r.module as usize].bytes,
+                                };
+                                let data = &bytes[r.offset as usize..(r.offset + r.len) as usize];
                                 self.out.blocks_sent += 1;
                                 self.sent_this_task += 1;
                                 match agent.handle_block(storage, Block { module: r.module, offset: r.offset, data }) {
@@ -741,6 +803,12 @@ impl World<'_> {
                                     // failed silently): the device reports it, the server
                                     // offers the update again.
                                     Err(BlockError::VerifyFailed(_)) => return Next::Reboot(ResetCause::Software),
+                                    // A patch that cannot be applied (its source was
+                                    // damaged): the server falls back to whole modules.
+                                    Err(BlockError::PatchFailed(_)) => {
+                                        self.whole = true;
+                                        return Next::Reboot(ResetCause::Software);
+                                    }
                                     Err(e) => {
                                         self.out.violations.push(format!("block refused: {e:?}"));
                                         return Next::Settled;
@@ -766,6 +834,7 @@ impl World<'_> {
         self.offer_sent = false;
         self.reset_done = false;
         self.sent_this_task = 0;
+        self.whole = false;
     }
 
     /// The final state is the expected release, the device reports it correctly, and the

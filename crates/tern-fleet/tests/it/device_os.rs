@@ -12,6 +12,11 @@
 //! Each is planned with `tern flash ID --target VERSION`, which must send exactly one
 //! coherent Device OS release, and ends confirmed with every module hash shown by
 //! `tern device show`. Requests that can never work are refused before anything is sent.
+//!
+//! Modules travel as patches where that is smaller (issue 10): the Electron's three parts
+//! as deltas (and, damaged, fall back to whole modules confirmed anew), an Argon's system
+//! part as a delta (damaged: whole, by itself), and a rollout sends each device a delta
+//! from what it runs.
 
 use std::process::Output;
 use std::time::Duration;
@@ -449,4 +454,101 @@ fn impossible_requests_are_refused_before_sending() {
     let (_, record) = server.get("/api/devices/p");
     assert_eq!(record["attempts"], json!([]), "nothing was sent");
     device.stop().expect("the device ran without error");
+}
+
+/// Rollouts send each device its own patch: two Wi-Fi Argons, one on system part 1 4.0.0
+/// and one on 4.0.1, in a product whose release carries 4.0.2; the rollout's plan for each
+/// sends a delta from the system part that device runs, and both converge.
+#[test]
+fn a_rollout_sends_each_device_a_delta_from_what_it_runs() {
+    let profile = profile("argon");
+    let platform = profile.platform_id;
+    let dir = scratch("fleet-device-os-rollout");
+    let server = Server::start(&dir.join("server"));
+    let mut hashes = std::collections::HashMap::new();
+    for file in [
+        "argon-softdevice@4.1.0.bin",
+        "argon-bootloader@4.0.2.bin",
+        "argon-system-part1@4.0.0.bin",
+        "argon-system-part1@4.0.1.bin",
+        "argon-system-part1@4.0.2.bin",
+    ] {
+        let image = corpus_image(file, platform);
+        let body = tern_image::bundle::write_signed_module(&statement(&image, platform), &image.bytes).unwrap();
+        let (status, module) = server.post_bytes(&format!("/api/modules?filename={file}"), &body);
+        assert!(status == 201 || status == 200, "{file}: {status} {module}");
+        hashes.insert(file, hex(&image.entry.sha256));
+    }
+    let (status, body) = server.post_json("/api/products", json!({ "id": 7, "platform": "argon", "name": "argons" }));
+    assert!(status == 201 || status == 200, "{body}");
+    let mut devices = Vec::new();
+    for (id, part1) in [("a1", "argon-system-part1@4.0.0.bin"), ("a2", "argon-system-part1@4.0.1.bin")] {
+        let (status, body) =
+            server.post_json("/api/devices", json!({ "id": id, "platform": "argon", "connectivity": "wifi" }));
+        assert_eq!(status, 201, "{body}");
+        let secret = body["secret"].as_str().unwrap().to_owned();
+        let files = ["argon-softdevice@4.1.0.bin", "argon-bootloader@4.0.2.bin", part1];
+        let installed: Vec<Image> = files.iter().map(|f| corpus_image(f, platform)).collect();
+        let version = installed[2].entry.version;
+        let device = Device::start(&server, id, &secret, Settings::default(), None, move || {
+            let mut dev = SimDevice::new(profile, vec![release_key().verifying_key()]);
+            let mut all: Vec<&Image> = installed.iter().collect();
+            let app = app(profile, 1, version);
+            all.push(&app);
+            dev.provision(&all, Some(&app)).expect("the device is provisioned");
+            dev
+        });
+        device.wait_for("the first describe", TIMEOUT, |s| s.describes > 0);
+        let response = crate::support::agent()
+            .patch(&format!("{}/api/devices/{id}/fleet", server.http))
+            .header("Authorization", &format!("Bearer {}", server.token))
+            .send_json(json!({ "product": 7 }));
+        let (status, body) = crate::support::finish(response);
+        assert_eq!(status, 200, "{body}");
+        devices.push((id, part1, device));
+    }
+    // Both devices said what they can stage (and that they apply patches).
+    for (id, _, _) in &devices {
+        let start = std::time::Instant::now();
+        while server.get(&format!("/api/devices/{id}")).1["inventory"]["capacity"]["patches"] != json!(true) {
+            assert!(start.elapsed() < TIMEOUT, "{id} never described its capacity");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let modules: Vec<&String> =
+        ["argon-softdevice@4.1.0.bin", "argon-bootloader@4.0.2.bin", "argon-system-part1@4.0.2.bin"]
+            .iter()
+            .map(|f| &hashes[f])
+            .collect();
+    let (status, body) = server.post_json("/api/products/7/releases", json!({ "modules": modules }));
+    assert!(status == 201 || status == 200, "{body}");
+    let (status, rollout) = server.post_json(
+        "/api/rollouts",
+        json!({ "product": 7, "release": body["number"], "phases": ["100%"], "soak_seconds": 1 }),
+    );
+    assert!(status == 201 || status == 200, "{rollout}");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, view) = server.get(&format!("/api/rollouts/{}", rollout["id"]));
+        if view["status"] == "completed" {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the rollout did not complete: {view}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let target = &hashes["argon-system-part1@4.0.2.bin"];
+    for (id, part1, device) in devices {
+        let (_, record) = server.get(&format!("/api/devices/{id}"));
+        let attempt = &record["attempts"][0];
+        assert_eq!(attempt["state"], "confirmed", "{record}");
+        let plan = attempt["plan"].as_array().expect("the attempt's plan");
+        assert_eq!(plan.len(), 1, "only the system part: {attempt}");
+        assert_eq!(&plan[0]["sha256"], &json!(target));
+        assert_eq!(plan[0]["patch"]["source"], json!(hashes[part1]), "{id}: a delta from what it runs: {attempt}");
+        let sent = attempt["bytes_sent"].as_u64().unwrap();
+        assert!(sent < 100_000, "{id}: {sent} bytes sent for a 475 KB system part");
+        println!("{id}: {part1} → 4.0.2 as a {} byte delta", plan[0]["patch"]["length"]);
+        assert!(installed_hashes(&server, id).contains(target), "{id} runs 4.0.2");
+        device.stop().expect("the device ran without error");
+    }
 }

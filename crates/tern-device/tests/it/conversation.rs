@@ -12,12 +12,12 @@ use tern_device::profile::{Profile, NRF52840, STM32F2};
 use tern_device::state::UpdatePhase;
 use tern_image::model::ModuleFunction::{self, SystemPart, UserPart};
 use tern_proto::{
-    Action, Block, BootReason, Capacity, Command, List, Message, OfferedModule, Outcome, Reason, SafeModeCause,
-    Transfer, UpdateOffer, UpdateResult,
+    Action, Block, BootReason, Capacity, Command, List, Message, Outcome, Reason, SafeModeCause, UpdateOffer,
+    UpdateResult,
 };
 use tern_sim::device::{Behaviour, Image, SimDevice, SimStorage};
 
-use crate::support::{dep, device, module, release, release_signed_by};
+use crate::support::{dep, device, module, offered, release, release_signed_by};
 
 const CONFIG: ConversationConfig =
     ConversationConfig { request_timeout_ms: 1_000, describe_every_ms: 30_000, progress_every_ms: 500 };
@@ -76,19 +76,7 @@ fn kinds(messages: &[Message<'_>]) -> Vec<String> {
 }
 
 fn offer<'a>(attempt: u64, signed: &'a [u8], modules: &[&Image], window: u8) -> UpdateOffer<'a> {
-    let mut list = List::new();
-    for m in modules {
-        let e = m.entry;
-        let offered = OfferedModule {
-            function: e.function,
-            index: e.index,
-            version: e.version,
-            size: e.size,
-            sha256: e.sha256,
-            transfer: Transfer::Raw,
-        };
-        list.push(offered).expect("few modules");
-    }
+    let list = offered(modules);
     UpdateOffer {
         attempt,
         signed: List::from_slice(&[signed]).expect("one document"),

@@ -13,11 +13,11 @@ use tern_device::conversation::{Conversation, ConversationConfig, Retained, Star
 use tern_device::profile::{Profile, NRF52840, STM32F2};
 use tern_image::model::ModuleFunction::{SystemPart, UserPart};
 use tern_proto::attempt::{Attempt, AttemptState, TransferConfig, Transmit};
-use tern_proto::{Block, List, Message, OfferedModule, Transfer, UpdateOffer};
+use tern_proto::{Block, List, Message, UpdateOffer};
 use tern_sim::device::{Image, SimDevice};
 use tern_sim::flash::FaultKind;
 
-use crate::support::{dep, device, module, release};
+use crate::support::{dep, device, module, offered, release};
 
 const ATTEMPT: u64 = 77;
 
@@ -95,19 +95,7 @@ fn run(p: &'static Profile, modules: &[&Image], faults: Faults, seed: u64) -> (A
     let signed = release(p, 1, modules);
     let dev = device(p);
     let keys = dev.keys.clone();
-    let mut list = List::new();
-    for m in modules {
-        let e = m.entry;
-        let offered = OfferedModule {
-            function: e.function,
-            index: e.index,
-            version: e.version,
-            size: e.size,
-            sha256: e.sha256,
-            transfer: Transfer::Raw,
-        };
-        list.push(offered).expect("few modules");
-    }
+    let list = offered(modules);
     let config = TransferConfig { window: 8, max_block: 1024, offer_retry_ms: 1_000, give_up_after_ms: 120_000 };
     let mut now = 0u64;
     let mut attempt = Attempt::new(ATTEMPT, list, config, now);

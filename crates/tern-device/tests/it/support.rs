@@ -5,6 +5,7 @@ use tern_device::profile::Profile;
 use tern_image::manifest::build::Document;
 use tern_image::manifest::Kind;
 use tern_image::model::{Dependency, ModuleFunction};
+use tern_proto::{List, OfferedModule, Transfer, MAX_MODULES};
 use tern_sim::device::{Behaviour, Image, SimDevice};
 use tern_sim::scenario::{scenario_key, synthetic};
 
@@ -50,4 +51,22 @@ pub fn release_signed_by(p: &Profile, counter: u64, modules: &[&Image], key: &Si
     }
     .sign(key)
     .expect("a valid document")
+}
+
+/// The offer's list of `modules`, each travelling as itself.
+pub fn offered(modules: &[&Image]) -> List<OfferedModule, MAX_MODULES> {
+    let mut list = List::new();
+    for m in modules {
+        let e = m.entry;
+        let module = OfferedModule {
+            function: e.function,
+            index: e.index,
+            version: e.version,
+            size: e.size,
+            sha256: e.sha256,
+            transfer: Transfer::Raw,
+        };
+        list.push(module).expect("few modules");
+    }
+    list
 }

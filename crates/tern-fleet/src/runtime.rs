@@ -46,8 +46,11 @@ pub struct Settings {
     /// learns the outcome of a reboot only from a Describe.
     pub describe_every: Duration,
     /// Test hook: cut the power at the next flash operation once this many blocks were
-    /// stored (a power cut during the download). One-shot.
+    /// stored (a power cut during the download), or `cut_delay_ops` operations later
+    /// (past the last blocks: while patches are applied). One-shot.
     pub cut_after_blocks: Option<u64>,
+    /// Flash operations between the `cut_after_blocks` point and the cut.
+    pub cut_delay_ops: u64,
     /// Test hook: cut the power at this flash operation of the boot that installs a
     /// completed download (a power cut during the install). One-shot.
     pub cut_install_at_op: Option<u64>,
@@ -83,6 +86,7 @@ impl Default for Settings {
             describe_every: Duration::from_secs(30),
             cut_after_blocks: None,
             cut_install_at_op: None,
+            cut_delay_ops: 0,
             block_pace: Duration::ZERO,
             idle_wait: Duration::from_millis(20),
             received_apps: None,
@@ -437,7 +441,7 @@ impl SimRuntime {
 
     fn cut_power_soon(&self) {
         let mut b = self.device.bench.borrow_mut();
-        let at = b.op_count();
+        let at = b.op_count() + self.settings.cut_delay_ops;
         b.faults = vec![(at, FaultKind::Cut)];
     }
 

@@ -56,6 +56,9 @@ struct Upgrade {
     /// falls back to whole modules (Wi-Fi), or ends the attempt for a new confirmation
     /// (cellular).
     damage_patches: bool,
+    /// Cut the device's power once, while it applies the patches (after 8 blocks, 60 flash
+    /// operations later): it must apply them again after the reboot and confirm.
+    cut_while_applying: bool,
 }
 
 fn profile(name: &str) -> &'static Profile {
@@ -120,7 +123,12 @@ fn run(upgrade: &Upgrade) {
         .version;
     installed.push(app(profile, 1, part1));
     let factory = app(profile, 0, part1);
-    let device = Device::start(&server, "dev", &secret, Settings::default(), None, move || {
+    let settings = if upgrade.cut_while_applying {
+        Settings { cut_after_blocks: Some(8), cut_delay_ops: 60, ..Settings::default() }
+    } else {
+        Settings::default()
+    };
+    let device = Device::start(&server, "dev", &secret, settings, None, move || {
         let mut dev = SimDevice::new(profile, vec![release_key().verifying_key()]);
         let refs: Vec<&Image> = installed.iter().collect();
         dev.provision(&refs, Some(&factory)).expect("the device is provisioned");
@@ -272,11 +280,15 @@ fn run(upgrade: &Upgrade) {
         assert!(shown.contains(sha.as_str()), "`tern device show` shows {sha}: {shown}");
     }
     device.wait_for("the application running", TIMEOUT, |s| s.app_version == 1 && s.boot_reason != "safe_mode");
+    if upgrade.cut_while_applying {
+        assert_eq!(device.stats().power_cuts, 1, "the power was cut while the patches were applied");
+    }
     device.stop().expect("the device ran without error");
 }
 
 /// A cellular Electron from 1.4.4 to 1.5.2, its three system parts in the catalog at both
-/// versions (so each travels as a delta).
+/// versions (so each travels as a delta); without damage, the device loses power while it
+/// applies them.
 fn electron(damage_patches: bool) -> Upgrade {
     Upgrade {
         platform: "electron",
@@ -304,6 +316,8 @@ fn electron(damage_patches: bool) -> Upgrade {
         staged: None,
         transfer: Some("delta"),
         damage_patches,
+        // The plain story also loses power while its three deltas are applied.
+        cut_while_applying: !damage_patches,
     }
 }
 
@@ -340,6 +354,7 @@ fn wifi_argon_falls_back_to_the_whole_module_when_a_delta_is_damaged() {
         staged: Some(false),
         transfer: Some("delta"),
         damage_patches: true,
+        cut_while_applying: false,
     });
 }
 
@@ -368,6 +383,7 @@ fn photon_1_5_2_to_2_3_1_in_stages() {
         staged: Some(true),
         transfer: None,
         damage_patches: false,
+        cut_while_applying: false,
     });
 }
 
@@ -384,6 +400,7 @@ fn boron_1_5_2_to_2_0_1_with_its_softdevice() {
         staged: None,
         transfer: None,
         damage_patches: false,
+        cut_while_applying: false,
     });
 }
 
@@ -400,6 +417,7 @@ fn tracker_2_0_1_to_2_3_0() {
         staged: None,
         transfer: None,
         damage_patches: false,
+        cut_while_applying: false,
     });
 }
 

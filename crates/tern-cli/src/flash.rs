@@ -132,6 +132,22 @@ fn reconnecting<T>(
     }
 }
 
+/// The error of a plan that could not be made: when the server stayed unreachable, says
+/// that nothing was started (a plan is only made, never sent, before the start).
+fn plan_not_made(args: &FlashArgs, client: &Client, what: &str, err: anyhow::Error) -> anyhow::Error {
+    if is_unreachable(&err) {
+        anyhow!(
+            "{what}: device {}: {} stayed unreachable for {} s while making the plan: nothing was started \
+             ({err:#})",
+            args.device,
+            client.server(),
+            args.reconnect_for
+        )
+    } else {
+        anyhow!("{what}: device {}: {err:#}", args.device)
+    }
+}
+
 fn is_bundle(path: &Path) -> anyhow::Result<bool> {
     let mut magic = [0u8; 8];
     let mut file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
@@ -163,7 +179,7 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
             reconnecting(&args, &client, "making the plan", || {
                 client.post_bytes(&format!("{device_path}/plans"), &bytes)
             })
-            .map_err(|e| anyhow!("{}: device {}: {e:#}", single.display(), args.device))?
+            .map_err(|e| plan_not_made(&args, &client, &single.display().to_string(), e))?
             .0
         }
         (files, _) => {
@@ -190,7 +206,7 @@ pub fn run(args: FlashArgs) -> anyhow::Result<ExitCode> {
             reconnecting(&args, &client, "making the plan", || {
                 client.post_json(&format!("{device_path}/plans"), request.clone())
             })
-            .with_context(|| format!("device {}", args.device))?
+            .map_err(|e| plan_not_made(&args, &client, "tern flash", e))?
             .0
         }
     };

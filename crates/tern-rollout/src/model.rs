@@ -70,7 +70,8 @@ pub struct DeviceFacts {
     pub device: String,
     /// Whether it may be updated.
     pub standing: Standing,
-    /// Connected now.
+    /// Connected now, and described itself since it registered (the server knows what
+    /// it runs, so a plan can be made).
     pub online: bool,
     /// Its last description shows every module of the release.
     pub runs_release: bool,

@@ -397,7 +397,9 @@ impl Rollouts {
             facts.push(DeviceFacts {
                 device: device.id.clone(),
                 standing,
-                online: self.link.is_online(&device.id),
+                // A device that connected but has not described itself yet cannot be
+                // planned for: it waits as an offline one does.
+                online: self.link.is_online(&device.id) && device.inventory.is_some(),
                 runs_release: fleet::runs_release(device, &release),
                 in_window: fleet::in_window(device, groups, ms(now)),
                 budget,
@@ -478,6 +480,11 @@ impl Rollouts {
                 return Ok(());
             }
             Err(PlanError::Store(err)) => return Err(err.into()),
+            // It connected again and has not described itself since this step began.
+            Err(PlanError::Rejected { code: "not_described", message }) => {
+                set_state(&mut m.member, MemberState::Waiting(WaitReason::Offline), Some(message), now);
+                return Ok(());
+            }
             Err(err) => {
                 let reason = format!("no plan: {err}");
                 set_state(&mut m.member, MemberState::Failed, Some(reason.clone()), now);

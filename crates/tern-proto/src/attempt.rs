@@ -23,9 +23,9 @@
 //! A Result saying "confirmed" is noted but never confirms by itself: only a Describe after
 //! the reboot proves the new modules run and are marked good.
 //!
-//! The device pulls blocks. Every valid request is answered with exactly one block (the
-//! device tolerates duplicates and reorders; a lost block is simply asked for again), so the
-//! machine keeps no per-request state, only which byte ranges were already sent, to count
+//! The device pulls blocks. Every valid request is answered with the blocks it covers, in
+//! order, each at most `max_block` bytes (the device tolerates duplicates and reorders; a
+//! lost block is simply asked for again), so the machine keeps no per-request state, only which byte ranges were already sent, to count
 //! the bytes re-sent. Until the first request arrives the offer is re-sent every
 //! `offer_retry_ms`, and again whenever the device reconnects (it resumes from what its
 //! staging area already holds).
@@ -44,16 +44,22 @@ pub const TRACK_UNIT: u32 = 1024;
 /// are sent normally but not classified as first-time or re-sent.
 pub const TRACK_UNITS: usize = 16 * 1024;
 /// The most transmissions waiting in [`Attempt::poll_transmit`]; requests beyond it are
-/// dropped (and counted), and the device asks again.
-pub const MAX_QUEUED: usize = 32;
+/// dropped (and counted), and the device asks again. One request is answered with at most
+/// this many blocks ([`Attempt::max_request`]).
+pub const MAX_QUEUED: usize = 64;
 
 /// Settings of an attempt's transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferConfig {
     /// The most block requests the device may keep in flight (sent in the offer).
     pub window: u8,
-    /// The largest block sent (sent in the offer; longer requests are shortened).
+    /// The largest block sent in one message (sent in the offer). The server sets it per
+    /// attempt to what the device's link takes ([`crate::LinkCapacity::max_block`]; 1 KiB
+    /// for a device that does not say).
     pub max_block: u32,
+    /// The most bytes one block request may ask for (sent in the offer, see
+    /// [`Attempt::max_request`]); it is answered with consecutive blocks.
+    pub max_request: u32,
     /// How long to wait for the first request before sending the offer again.
     pub offer_retry_ms: u64,
     /// How long the device may stay silent before the attempt times out.
@@ -62,7 +68,13 @@ pub struct TransferConfig {
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        TransferConfig { window: 4, max_block: 1024, offer_retry_ms: 5_000, give_up_after_ms: 15 * 60_000 }
+        TransferConfig {
+            window: 4,
+            max_block: 16 * 1024,
+            max_request: 16 * 1024,
+            offer_retry_ms: 5_000,
+            give_up_after_ms: 15 * 60_000,
+        }
     }
 }
 
@@ -136,7 +148,7 @@ pub enum Transmit {
     /// [`Attempt::modules`] and the config's window and block size).
     Offer,
     /// A block: the caller reads `length` bytes at `offset` of module `module` and sends a
-    /// [`crate::Block`].
+    /// [`crate::Block`]. A request for a window of blocks gives one of these per block.
     Block {
         /// Position of the module in the offer.
         module: u8,
@@ -290,6 +302,14 @@ impl Attempt {
         &self.config
     }
 
+    /// The most bytes one block request may ask for, as the offer says: the config's
+    /// `max_request`, at least one block, and at most the blocks one request may queue.
+    pub fn max_request(&self) -> u32 {
+        let block = self.config.max_block.max(1);
+        let most = block.saturating_mul(MAX_QUEUED as u32);
+        self.config.max_request.clamp(block, most)
+    }
+
     /// The current state.
     pub fn state(&self) -> AttemptState {
         self.state
@@ -398,9 +418,19 @@ impl Attempt {
         if request.offset >= size || request.length == 0 {
             return Err(Ignored::OutOfRange);
         }
-        let length = request.length.min(size - request.offset).min(self.config.max_block);
-        self.push(Transmit::Block { module: request.module, offset: request.offset, length })?;
-        self.record_sent(request.module, request.offset, length);
+        // A window: consecutive blocks of at most `max_block`, each counted when queued;
+        // what does not fit the queue is dropped and asked again by the device.
+        let end = request.offset + request.length.min(size - request.offset).min(self.max_request());
+        let mut offset = request.offset;
+        while offset < end {
+            let length = (end - offset).min(self.config.max_block.max(1));
+            match self.push(Transmit::Block { module: request.module, offset, length }) {
+                Ok(()) => self.record_sent(request.module, offset, length),
+                Err(full) if offset == request.offset => return Err(full),
+                Err(_) => break,
+            }
+            offset += length;
+        }
         if self.state == AttemptState::Offered {
             self.next_offer = None;
             self.set_state(AttemptState::Downloading);

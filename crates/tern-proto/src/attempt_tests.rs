@@ -74,7 +74,8 @@ struct SimDevice {
 /// Runs one attempt to its end and returns it.
 fn run(sizes: &[u32], faults: Faults, seed: u64) -> Attempt {
     let modules = offered(sizes);
-    let config = TransferConfig { window: 4, max_block: 1024, offer_retry_ms: 500, give_up_after_ms: 60_000 };
+    let config =
+        TransferConfig { window: 4, max_block: 1024, max_request: 1024, offer_retry_ms: 500, give_up_after_ms: 60_000 };
     let mut now = 0u64;
     let mut attempt = Attempt::new(ATTEMPT, modules, config, now);
     let mut device = SimDevice {
@@ -296,7 +297,13 @@ fn invalid_requests_are_ignored_with_a_reason() {
 
 #[test]
 fn the_offer_is_repeated_until_answered_then_the_attempt_times_out() {
-    let config = TransferConfig { window: 2, max_block: 1024, offer_retry_ms: 1000, give_up_after_ms: 10_000 };
+    let config = TransferConfig {
+        window: 2,
+        max_block: 1024,
+        max_request: 1024,
+        offer_retry_ms: 1000,
+        give_up_after_ms: 10_000,
+    };
     let mut attempt = Attempt::new(ATTEMPT, offered(&[4096]), config, 0);
     assert_eq!(attempt.poll_transmit(), Some(Transmit::Offer));
     assert_eq!(attempt.poll_transmit(), None);
@@ -496,4 +503,42 @@ fn delivery_restores_sends_lost_with_a_restart() {
     assert_eq!(delivered(&confirm), 4096);
     assert_eq!(delivered(&staged), 4096);
     assert_eq!(delivered(&still_downloading), 1024, "nothing is assumed before the device holds it all");
+}
+
+/// A request for a window of blocks is answered with consecutive blocks of at most
+/// `max_block`, shortened at the module's end and to `max_request`; every byte is counted,
+/// and bytes asked again count as re-sent.
+#[test]
+fn windowed_requests_are_answered_block_by_block() {
+    fn check(config: (u32, u32), requests: &[(u8, u32, u32)], blocks: &[(u8, u32, u32)], sent: (u64, u64)) {
+        let (max_block, max_request) = config;
+        let config = TransferConfig { max_block, max_request, ..TransferConfig::default() };
+        let mut attempt = Attempt::new(ATTEMPT, offered(&[10_000, 3_000]), config, 0);
+        assert_eq!(attempt.poll_transmit(), Some(Transmit::Offer));
+        for &(module, offset, length) in requests {
+            let request = BlockRequest { attempt: ATTEMPT, module, offset, length };
+            attempt.handle_block_request(&request, 1).expect("a valid request");
+        }
+        let mut got = Vec::new();
+        while let Some(t) = attempt.poll_transmit() {
+            match t {
+                Transmit::Block { module, offset, length } => got.push((module, offset, length)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, blocks, "{requests:?}");
+        let stats = attempt.stats();
+        assert_eq!((stats.bytes_sent, stats.bytes_resent), sent, "{requests:?}");
+    }
+    // 10 000 bytes asked at once, in 4 KiB blocks: 4096 + 4096 + 1808.
+    check((4096, 16_384), &[(0, 0, 10_000)], &[(0, 0, 4096), (0, 4096, 4096), (0, 8192, 1808)], (10_000, 0));
+    // The window is capped at `max_request`.
+    check((4096, 8192), &[(0, 0, 10_000)], &[(0, 0, 4096), (0, 4096, 4096)], (8192, 0));
+    // A window from the middle, then the same range again: counted as re-sent.
+    check((2048, 16_384), &[(1, 1024, 4096), (1, 1024, 1024)], &[(1, 1024, 1976), (1, 1024, 1024)], (3000, 1024));
+    // `max_request` below one block is one block; above the queue, the queue's worth.
+    check((4096, 1), &[(0, 0, 10_000)], &[(0, 0, 4096)], (4096, 0));
+    let config = TransferConfig { max_block: 1024, max_request: u32::MAX, ..TransferConfig::default() };
+    let attempt = Attempt::new(ATTEMPT, offered(&[1 << 20]), config, 0);
+    assert_eq!(attempt.max_request(), 1024 * MAX_QUEUED as u32);
 }

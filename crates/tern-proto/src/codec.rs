@@ -199,9 +199,18 @@ fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W>
         write_result(e, result)?;
     }
     if let Some(c) = &m.capacity {
-        e.u8(7)?.array(3 + u64::from(c.patches))?.u32(c.staging_bytes)?.u8(c.max_modules)?.u32(c.block_size)?;
-        if c.patches {
-            e.bool(true)?;
+        // Elements after the third are written only as far as they say something: the
+        // fourth (patches) when it is true or the link elements follow.
+        let len = match c.link {
+            Some(_) => 6,
+            None => 3 + u64::from(c.patches),
+        };
+        e.u8(7)?.array(len)?.u32(c.staging_bytes)?.u8(c.max_modules)?.u32(c.block_size)?;
+        if len > 3 {
+            e.bool(c.patches)?;
+        }
+        if let Some(link) = c.link {
+            e.u32(link.max_block)?.bool(link.compact_topics)?;
         }
     }
     if let Some(counter) = m.security_counter {
@@ -211,7 +220,7 @@ fn write_describe<W: Write>(e: &mut Encoder<W>, m: &Describe) -> EncodeResult<W>
 }
 
 fn write_offer<W: Write>(e: &mut Encoder<W>, m: &UpdateOffer<'_>) -> EncodeResult<W> {
-    e.map(6)?.u8(0)?.u64(m.attempt)?.u8(1)?.array(m.signed.len() as u64)?;
+    e.map(6 + u64::from(m.max_request.is_some()))?.u8(0)?.u64(m.attempt)?.u8(1)?.array(m.signed.len() as u64)?;
     for document in m.signed.iter() {
         e.bytes(document)?;
     }
@@ -229,6 +238,9 @@ fn write_offer<W: Write>(e: &mut Encoder<W>, m: &UpdateOffer<'_>) -> EncodeResul
         }
     }
     e.u8(3)?.u64(m.air_bytes)?.u8(4)?.u8(m.window)?.u8(5)?.u32(m.max_block)?;
+    if let Some(max_request) = m.max_request {
+        e.u8(6)?.u32(max_request)?;
+    }
     Ok(())
 }
 
@@ -306,19 +318,7 @@ fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
             4 => confirmed = Some(d.bool().map_err(malformed("confirmed"))?),
             5 => modules = Some(decode_installed(d)?),
             6 => last_result = Some(decode_result(d)?),
-            7 => {
-                // A fourth element (whether patches are applied) came later.
-                let len = definite_array(d, "capacity")?;
-                if !(3..=4).contains(&len) {
-                    return Err(DecodeError::Malformed("capacity"));
-                }
-                capacity = Some(Capacity {
-                    staging_bytes: d.u32().map_err(malformed("capacity"))?,
-                    max_modules: d.u8().map_err(malformed("capacity"))?,
-                    block_size: d.u32().map_err(malformed("capacity"))?,
-                    patches: len == 4 && d.bool().map_err(malformed("capacity"))?,
-                });
-            }
+            7 => capacity = Some(decode_capacity(d)?),
             8 => security_counter = Some(d.u64().map_err(malformed("security counter"))?),
             _ => return Ok(false),
         }
@@ -335,6 +335,33 @@ fn decode_describe(d: &mut Decoder<'_>) -> Result<Describe, DecodeError> {
         capacity,
         security_counter,
     })
+}
+
+/// `[staging_bytes, max_modules, block_size, patches?, max_block, compact_topics]`: the
+/// fourth element came later, the fifth and sixth (the link) later still and travel
+/// together; elements after the sixth, from a newer device, are skipped.
+fn decode_capacity(d: &mut Decoder<'_>) -> Result<Capacity, DecodeError> {
+    let len = definite_array(d, "capacity")?;
+    if len < 3 || len == 5 {
+        return Err(DecodeError::Malformed("capacity"));
+    }
+    let mut capacity = Capacity {
+        staging_bytes: d.u32().map_err(malformed("capacity"))?,
+        max_modules: d.u8().map_err(malformed("capacity"))?,
+        block_size: d.u32().map_err(malformed("capacity"))?,
+        patches: len >= 4 && d.bool().map_err(malformed("capacity"))?,
+        link: None,
+    };
+    if len >= 6 {
+        capacity.link = Some(LinkCapacity {
+            max_block: d.u32().map_err(malformed("capacity"))?,
+            compact_topics: d.bool().map_err(malformed("capacity"))?,
+        });
+    }
+    for _ in 6..len {
+        d.skip().map_err(malformed("capacity"))?;
+    }
+    Ok(capacity)
 }
 
 fn decode_installed(d: &mut Decoder<'_>) -> Result<List<InstalledModule, MAX_MODULES>, DecodeError> {
@@ -373,6 +400,7 @@ fn decode_installed(d: &mut Decoder<'_>) -> Result<List<InstalledModule, MAX_MOD
 fn decode_offer<'b>(d: &mut Decoder<'b>) -> Result<UpdateOffer<'b>, DecodeError> {
     let (mut attempt, mut signed, mut modules, mut air_bytes, mut window, mut max_block) =
         (None, None, None, None, None, None);
+    let mut max_request = None;
     read_map(d, "offer", |key, d| {
         match key {
             0 => attempt = Some(d.u64().map_err(malformed("attempt"))?),
@@ -381,6 +409,7 @@ fn decode_offer<'b>(d: &mut Decoder<'b>) -> Result<UpdateOffer<'b>, DecodeError>
             3 => air_bytes = Some(d.u64().map_err(malformed("air bytes"))?),
             4 => window = Some(d.u8().map_err(malformed("window"))?),
             5 => max_block = Some(d.u32().map_err(malformed("max block"))?),
+            6 => max_request = Some(d.u32().map_err(malformed("max request"))?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -392,6 +421,7 @@ fn decode_offer<'b>(d: &mut Decoder<'b>) -> Result<UpdateOffer<'b>, DecodeError>
         air_bytes: air_bytes.ok_or(DecodeError::Missing("air bytes"))?,
         window: window.ok_or(DecodeError::Missing("window"))?,
         max_block: max_block.ok_or(DecodeError::Missing("max block"))?,
+        max_request,
     })
 }
 

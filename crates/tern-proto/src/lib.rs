@@ -27,7 +27,7 @@ pub mod topic;
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use list::List;
 pub use message::*;
-pub use topic::{is_valid_device_id, Topic};
+pub use topic::{is_valid_device_id, Topic, TopicForm};
 
 #[cfg(test)]
 mod attempt_tests;

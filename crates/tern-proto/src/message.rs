@@ -316,6 +316,20 @@ pub struct Capacity {
     /// Whether the device applies patches ([`Transfer::Patch`]: Tern delta patches and
     /// compressed images, `docs/delta.md`). Absent from older devices: raw transfers only.
     pub patches: bool,
+    /// What one message on the device's link may carry, and the topic form it uses.
+    /// Absent from older devices: blocks of `block_size`, long topics.
+    pub link: Option<LinkCapacity>,
+}
+
+/// What the device's link takes: announced in [`Capacity::link`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkCapacity {
+    /// The most data bytes one [`Block`] message may carry (the device's receive buffer,
+    /// less the message's own framing); a multiple of the agent's block size.
+    pub max_block: u32,
+    /// Whether the device publishes and subscribes on the compact topics
+    /// (`t/{device}/{u|d}/{code}`, see [`crate::topic`]) instead of the long ones.
+    pub compact_topics: bool,
 }
 
 impl Capacity {
@@ -401,10 +415,16 @@ pub struct UpdateOffer<'a> {
     pub window: u8,
     /// The largest block the server sends in one message.
     pub max_block: u32,
+    /// The most bytes one [`BlockRequest`] may ask for; the server answers it with as many
+    /// [`Block`]s of at most `max_block` bytes as it takes, in order. Absent (older
+    /// servers): one block per request.
+    pub max_request: Option<u32>,
 }
 
 /// Device → server: please send `length` bytes of module `module` from `offset` (of the
-/// module's transfer: its own bytes, or its patch's).
+/// module's transfer: its own bytes, or its patch's). A request for more than the offer's
+/// `max_block` (at most its `max_request`) is a window: it is answered with consecutive
+/// blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRequest {
     /// The attempt whose offer lists the module.
@@ -413,7 +433,7 @@ pub struct BlockRequest {
     pub module: u8,
     /// Offset into the module.
     pub offset: u32,
-    /// Bytes wanted (at most the offer's `max_block`).
+    /// Bytes wanted (at most the offer's `max_request`, or `max_block` without one).
     pub length: u32,
 }
 

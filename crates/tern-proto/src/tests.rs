@@ -58,7 +58,13 @@ fn samples() -> Vec<Message<'static>> {
             unmet: Some(Dependency { function: ModuleFunction::SystemPart, index: 1, version: 4100 }),
             confirmed: false,
             modules: List::from_slice(&photon).unwrap(),
-            capacity: Some(Capacity { staging_bytes: 256 * 1024, max_modules: 4, block_size: 1024, patches: true }),
+            capacity: Some(Capacity {
+                staging_bytes: 256 * 1024,
+                max_modules: 4,
+                block_size: 1024,
+                patches: true,
+                link: Some(LinkCapacity { max_block: 4096, compact_topics: true }),
+            }),
             security_counter: Some(u64::MAX),
             last_result: Some(result),
         }),
@@ -106,6 +112,7 @@ fn samples() -> Vec<Message<'static>> {
             air_bytes: 640_000,
             window: 4,
             max_block: 4096,
+            max_request: Some(16_384),
         }),
         Message::BlockRequest(BlockRequest { attempt: 1, module: 0, offset: 0, length: 4096 }),
         Message::BlockRequest(BlockRequest { attempt: 1 << 40, module: 11, offset: u32::MAX, length: 1 }),
@@ -184,6 +191,69 @@ fn encodings_match_hand_derived_bytes() {
         Message::Block(Block { attempt: 2, module: 0, offset: 0, data: &[0xab] }),
         &[0x83, 0x01, 0x04, 0xa4, 0x00, 0x02, 0x01, 0x00, 0x02, 0x00, 0x03, 0x41, 0xab],
     );
+    // [1, 1, {0: 6, 1: 0, 4: true, 5: [], 7: [1024, 4, 1024, false, 4096, true]}]: the
+    // link elements travel as the fifth and sixth, after an explicit `false` for patches.
+    let link = LinkCapacity { max_block: 4096, compact_topics: true };
+    let capacity = Capacity { staging_bytes: 1024, max_modules: 4, block_size: 1024, patches: false, link: Some(link) };
+    check(
+        Message::Describe(Describe {
+            platform: 6,
+            boot_reason: BootReason::Normal,
+            safe_mode: None,
+            unmet: None,
+            confirmed: true,
+            modules: List::new(),
+            last_result: None,
+            capacity: Some(capacity),
+            security_counter: None,
+        }),
+        &[
+            0x83, 0x01, 0x01, 0xa5, 0x00, 0x06, 0x01, 0x00, 0x04, 0xf5, 0x05, 0x80, 0x07, 0x86, 0x19, 0x04, 0x00, 0x04,
+            0x19, 0x04, 0x00, 0xf4, 0x19, 0x10, 0x00, 0xf5,
+        ],
+    );
+    // [1, 2, {0: 1, 1: [h'AA'], 2: [], 3: 3, 4: 4, 5: 1024, 6: 16384}]: 16384 = 0x19 4000.
+    check(
+        Message::UpdateOffer(UpdateOffer {
+            attempt: 1,
+            signed: List::from_slice(&[&[0xaa][..]]).unwrap(),
+            modules: List::new(),
+            air_bytes: 3,
+            window: 4,
+            max_block: 1024,
+            max_request: Some(16_384),
+        }),
+        &[
+            0x83, 0x01, 0x02, 0xa7, 0x00, 0x01, 0x01, 0x81, 0x41, 0xaa, 0x02, 0x80, 0x03, 0x03, 0x04, 0x04, 0x05, 0x19,
+            0x04, 0x00, 0x06, 0x19, 0x40, 0x00,
+        ],
+    );
+}
+
+/// The capacity array of a Describe `[1, 1, {0: 6, 1: 0, 4: true, 5: [], 7: capacity}]`
+/// in its older and newer lengths.
+#[test]
+fn capacity_lengths() {
+    fn check(capacity: &[u8], expected: Result<Capacity, DecodeError>) {
+        let mut bytes = vec![0x83, 0x01, 0x01, 0xa5, 0x00, 0x06, 0x01, 0x00, 0x04, 0xf5, 0x05, 0x80, 0x07];
+        bytes.extend_from_slice(capacity);
+        let decoded = Message::decode(&bytes).map(|m| match m {
+            Message::Describe(d) => d.capacity.expect("capacity present"),
+            other => panic!("not a describe: {other:?}"),
+        });
+        assert_eq!(decoded, expected, "{capacity:02x?}");
+    }
+    let base = Capacity { staging_bytes: 1, max_modules: 2, block_size: 3, patches: false, link: None };
+    check(&[0x83, 0x01, 0x02, 0x03], Ok(base));
+    check(&[0x84, 0x01, 0x02, 0x03, 0xf5], Ok(Capacity { patches: true, ..base }));
+    let link = Some(LinkCapacity { max_block: 8, compact_topics: false });
+    check(&[0x86, 0x01, 0x02, 0x03, 0xf5, 0x08, 0xf4], Ok(Capacity { patches: true, link, ..base }));
+    // Elements a newer device adds after the sixth are skipped.
+    check(&[0x87, 0x01, 0x02, 0x03, 0xf4, 0x08, 0xf4, 0x61, b'x'], Ok(Capacity { link, ..base }));
+    // The link's two elements travel together; fewer than three is no capacity.
+    check(&[0x85, 0x01, 0x02, 0x03, 0xf5, 0x08], Err(DecodeError::Malformed("capacity")));
+    check(&[0x82, 0x01, 0x02], Err(DecodeError::Malformed("capacity")));
+    check(&[0x86, 0x01, 0x02, 0x03, 0xf5, 0x08, 0x00], Err(DecodeError::Malformed("capacity")));
 }
 
 #[test]
@@ -249,6 +319,7 @@ fn offers_carry_a_list_of_signed_documents() {
                     air_bytes: 3,
                     window: 4,
                     max_block: 1024,
+                    max_request: None,
                 };
                 assert_eq!(decoded, Ok(Message::UpdateOffer(offer)), "{signed:02x?}");
                 // Canonical: what decodes re-encodes to exactly the same bytes.
@@ -278,8 +349,15 @@ fn offers_carry_a_list_of_signed_documents() {
     check(&[0x81, 0x61, b'x'], Err(DecodeError::Malformed("signed")));
     check(&[0x9f, 0x41, 0xaa, 0xff], Err(DecodeError::IndefiniteLength));
     // An offer built with no document encodes, but no peer accepts it.
-    let empty =
-        UpdateOffer { attempt: 1, signed: List::new(), modules: List::new(), air_bytes: 3, window: 4, max_block: 1024 };
+    let empty = UpdateOffer {
+        attempt: 1,
+        signed: List::new(),
+        modules: List::new(),
+        air_bytes: 3,
+        window: 4,
+        max_block: 1024,
+        max_request: None,
+    };
     let bytes = encode(&Message::UpdateOffer(empty));
     assert_eq!(bytes, offer_bytes(&[0x80]));
     assert_eq!(Message::decode(&bytes), Err(DecodeError::Malformed("signed")));
@@ -369,20 +447,32 @@ fn random_garbage_never_panics() {
 
 #[test]
 fn topics_parse_and_print() {
-    fn check(topic: &str, expected: Option<(&str, Direction, MessageKind)>) {
-        let parsed = Topic::parse(topic).map(|t| (t.device, t.direction, t.kind));
+    fn check(topic: &str, expected: Option<(&str, Direction, MessageKind, TopicForm)>) {
+        let parsed = Topic::parse(topic).map(|t| (t.device, t.direction, t.kind, t.form));
         assert_eq!(parsed, expected, "{topic}");
-        if let Some((device, _, kind)) = expected {
-            assert_eq!(std::format!("{}", Topic::new(device, kind)), topic);
+        if let Some((device, _, kind, form)) = expected {
+            let printed = Topic::with_form(device, kind, form);
+            assert_eq!(std::format!("{printed}"), topic);
+            assert_eq!(printed.len(), topic.len(), "{topic}");
         }
     }
-    check("tern/v1/d/dev-1/up/describe", Some(("dev-1", Direction::Up, MessageKind::Describe)));
-    check("tern/v1/d/dev-1/up/block-request", Some(("dev-1", Direction::Up, MessageKind::BlockRequest)));
-    check("tern/v1/d/dev-1/up/progress", Some(("dev-1", Direction::Up, MessageKind::Progress)));
-    check("tern/v1/d/dev-1/up/result", Some(("dev-1", Direction::Up, MessageKind::Result)));
-    check("tern/v1/d/A.b_9/down/offer", Some(("A.b_9", Direction::Down, MessageKind::UpdateOffer)));
-    check("tern/v1/d/x/down/block", Some(("x", Direction::Down, MessageKind::Block)));
-    check("tern/v1/d/x/down/command", Some(("x", Direction::Down, MessageKind::Command)));
+    let long = TopicForm::Long;
+    check("tern/v1/d/dev-1/up/describe", Some(("dev-1", Direction::Up, MessageKind::Describe, long)));
+    check("tern/v1/d/dev-1/up/block-request", Some(("dev-1", Direction::Up, MessageKind::BlockRequest, long)));
+    check("tern/v1/d/dev-1/up/progress", Some(("dev-1", Direction::Up, MessageKind::Progress, long)));
+    check("tern/v1/d/dev-1/up/result", Some(("dev-1", Direction::Up, MessageKind::Result, long)));
+    check("tern/v1/d/A.b_9/down/offer", Some(("A.b_9", Direction::Down, MessageKind::UpdateOffer, long)));
+    check("tern/v1/d/x/down/block", Some(("x", Direction::Down, MessageKind::Block, long)));
+    check("tern/v1/d/x/down/command", Some(("x", Direction::Down, MessageKind::Command, long)));
+    // The compact form: `t/{device}/{u|d}/{code}`, the code as one decimal digit.
+    let compact = TopicForm::Compact;
+    check("t/dev-1/u/1", Some(("dev-1", Direction::Up, MessageKind::Describe, compact)));
+    check("t/dev-1/u/3", Some(("dev-1", Direction::Up, MessageKind::BlockRequest, compact)));
+    check("t/dev-1/u/5", Some(("dev-1", Direction::Up, MessageKind::Progress, compact)));
+    check("t/dev-1/u/6", Some(("dev-1", Direction::Up, MessageKind::Result, compact)));
+    check("t/A.b_9/d/2", Some(("A.b_9", Direction::Down, MessageKind::UpdateOffer, compact)));
+    check("t/x/d/4", Some(("x", Direction::Down, MessageKind::Block, compact)));
+    check("t/x/d/7", Some(("x", Direction::Down, MessageKind::Command, compact)));
     // Wrong direction for the kind, wildcards, extra or missing levels, bad ids.
     check("tern/v1/d/x/up/offer", None);
     check("tern/v1/d/x/down/describe", None);
@@ -393,6 +483,23 @@ fn topics_parse_and_print() {
     check("tern/v1/d//up/describe", None);
     check("tern/v2/d/x/up/describe", None);
     check("tern/v1/d/a b/up/describe", None);
+    // Compact topics take only their own spellings: no names, no long directions, no
+    // codes of other widths, unknown codes or kinds against their direction.
+    check("t/x/d/2/extra", None);
+    check("t/x/u/2", None);
+    check("t/x/d/1", None);
+    check("t/x/u/block-request", None);
+    check("t/x/up/3", None);
+    check("t/x/u/03", None);
+    check("t/x/u/0", None);
+    check("t/x/u/8", None);
+    check("t/x/u/+", None);
+    check("t/+/u/1", None);
+    check("t//u/1", None);
+    check("t/x/u/", None);
+    // The subscription filters of a device's downlinks.
+    assert_eq!(std::format!("{}", Topic::downlink_filter("dev-1", long)), "tern/v1/d/dev-1/down/#");
+    assert_eq!(std::format!("{}", Topic::downlink_filter("dev-1", compact)), "t/dev-1/d/#");
 }
 
 #[test]

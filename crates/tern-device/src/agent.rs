@@ -197,6 +197,8 @@ pub fn capacity(profile: &Profile) -> Capacity {
         max_modules: MAX_UPDATE_MODULES as u8,
         block_size: BLOCK_SIZE,
         patches: true,
+        // The link is the port's: the conversation adds what it takes.
+        link: None,
     }
 }
 
@@ -543,6 +545,47 @@ impl<'k> Agent<'k> {
             }
         }
         Ok(n)
+    }
+
+    /// Step 2, for a window of blocks: the first run of consecutive missing blocks of one
+    /// module at or after global block number `from` (blocks of every module's transfer
+    /// counted in offer order), at most `max_len` bytes long (at least one block), leaving
+    /// out blocks `skip(module, offset)` names (those already asked for). Returns the run
+    /// and the block number to continue from; `None` when no such block is missing.
+    pub fn missing_run<S: Storage>(
+        &self,
+        s: &mut S,
+        from: u32,
+        max_len: u32,
+        skip: impl Fn(u8, u32) -> bool,
+    ) -> Result<Option<(BlockRequest, u32)>, FlashError> {
+        if self.stored.state.phase != UpdatePhase::Receiving {
+            return Ok(None);
+        }
+        let mut block = 0u32;
+        for (i, m) in self.stored.state.staged().enumerate() {
+            let size = m.transfer_len();
+            let n = blocks_of(size);
+            let mut run: Option<BlockRequest> = None;
+            let mut k = from.saturating_sub(block);
+            while k < n {
+                let offset = k * BLOCK_SIZE;
+                let len = (size - offset).min(BLOCK_SIZE);
+                let missing = self.marker_count(s, block + k)? % 2 == 0 && !skip(i as u8, offset);
+                match (&mut run, missing) {
+                    (None, true) => run = Some(BlockRequest { module: i as u8, offset, len }),
+                    (Some(r), true) if r.len + len <= max_len => r.len += len,
+                    (Some(_), _) => break,
+                    (None, false) => {}
+                }
+                k += 1;
+            }
+            if let Some(run) = run {
+                return Ok(Some((run, block + k)));
+            }
+            block += n;
+        }
+        Ok(None)
     }
 
     /// Bytes received so far and bytes in total (of the transfers: module sizes, or

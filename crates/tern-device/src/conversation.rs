@@ -18,13 +18,13 @@
 //! | UpdateOffer, the attempt whose update is staged | reboots to install it |
 //! | UpdateOffer, an attempt the state record says is over (confirmed, failed, rolled back, cancelled) or installed and on test | sends that result again (if any) and a Describe, changes nothing |
 //! | UpdateOffer, any attempt whose modules are all installed and confirmed | sends the last result and a Describe, changes nothing |
-//! | UpdateOffer, accepted | records it with its attempt id in the state record, sends Progress downloading, asks for up to `window` blocks |
+//! | UpdateOffer, accepted | records it with its attempt id in the state record, sends Progress downloading, keeps up to `window` requests in flight, each for a run of missing blocks of up to `max_request` bytes |
 //! | UpdateOffer, refused | sends Result failed with the reason ([`OfferError::reason`]) and a Describe |
-//! | Block of the current attempt | stores it (any order, duplicates ignored), asks for more; on the last one sends Progress verifying, staged, rebooting and reboots to install |
+//! | Block of the current attempt | stores its data as agent blocks of 1 KiB in order (any order across messages, duplicates ignored); the last block of a window ends that request (what of it is missing is asked again at once); asks for more; Progress every `progress_every_bytes`; on the last one sends Progress verifying, staged, rebooting and reboots to install |
 //! | Block that fails verification or flash | sends Result failed (verify_error / flash_error) |
 //! | last Block of an offer with patches | applies each patch into its module's place first; a patch that cannot be applied sends Result failed (delta_failed), and the server falls back to whole modules |
 //! | Command (each id once) | reboot; safe mode or factory restore requested in the state record, then reboot; cancel drops the transfer and sends Result cancelled |
-//! | timeout | re-asks for blocks unanswered for `request_timeout_ms`, sends Progress every `progress_every_ms` while downloading and a Describe every `describe_every_ms` |
+//! | timeout | re-asks for what is missing of windows unanswered for `request_timeout_ms`, sends Progress when none went out for `progress_every_ms` while downloading, and a Describe every `describe_every_ms` |
 //!
 //! The attempt id the device works on lives in the state record
 //! ([`DeviceState::attempt`](crate::state::DeviceState::attempt)), written together with
@@ -33,11 +33,11 @@
 //! reports the last attempt its flash knows.
 
 use tern_proto::{
-    Action, AttemptId, Block, BlockRequest, BootReason, Command, Describe, InstalledModule, List, Message, Outcome,
-    Phase, Progress, Reason, SafeModeCause, Transfer, UpdateOffer, UpdateResult, MAX_MODULES,
+    Action, AttemptId, Block, BlockRequest, BootReason, Capacity, Command, Describe, InstalledModule, LinkCapacity,
+    List, Message, Outcome, Phase, Progress, Reason, SafeModeCause, Transfer, UpdateOffer, UpdateResult, MAX_MODULES,
 };
 
-use crate::agent::{Agent, BlockError, BlockOutcome, BlockRequest as Missing, OfferError, OfferScope};
+use crate::agent::{Agent, BlockError, BlockOutcome, OfferError, OfferScope};
 use crate::block::{Block as AgentBlock, BLOCK_SIZE};
 use crate::boot::{BootDecision, Run, SafeModeReason};
 use crate::state::{BootState, UpdatePhase, UpdateResult as DeviceResult};
@@ -54,21 +54,38 @@ pub const MAX_QUEUED: usize = 32;
 /// The most recent command ids remembered, so a command delivered twice runs once.
 pub const COMMAND_MEMORY: usize = 32;
 
-/// Timings of the conversation.
+/// Timings of the conversation, and what the port's link takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConversationConfig {
-    /// Re-ask for a block not answered within this time.
+    /// Re-ask for a block (or what is missing of a window of blocks) not answered within
+    /// this time.
     pub request_timeout_ms: u64,
     /// Describe again this often while connected: messages can be lost, and the server
     /// learns the outcome of a reboot only from a Describe.
     pub describe_every_ms: u64,
-    /// Send Progress this often while downloading.
+    /// Send Progress while downloading whenever this many more bytes are held …
+    pub progress_every_bytes: u64,
+    /// … and when none was sent for this long (so the server sees a slow download live).
     pub progress_every_ms: u64,
+    /// What one message of the port's link may carry and which topic form it uses,
+    /// announced in the Describe's capacity (`None`: 1 KiB blocks and long topics, as
+    /// devices did before). The port publishes and subscribes on the form it says.
+    pub link: Option<LinkCapacity>,
 }
+
+/// The block size a port's link takes by default: 4 KiB of data in one message (a
+/// receive buffer of about 4.2 KiB with the MQTT and CBOR framing).
+pub const DEFAULT_MAX_BLOCK: u32 = 4 * BLOCK_SIZE;
 
 impl Default for ConversationConfig {
     fn default() -> Self {
-        ConversationConfig { request_timeout_ms: 1_500, describe_every_ms: 30_000, progress_every_ms: 500 }
+        ConversationConfig {
+            request_timeout_ms: 1_500,
+            describe_every_ms: 30_000,
+            progress_every_bytes: 32 * 1024,
+            progress_every_ms: 5_000,
+            link: Some(LinkCapacity { max_block: DEFAULT_MAX_BLOCK, compact_topics: false }),
+        }
     }
 }
 
@@ -169,11 +186,19 @@ enum Pending {
     Request(BlockRequest),
 }
 
+/// A block request in flight: a window `[offset, end)` of a module's transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct InFlight {
     module: u8,
     offset: u32,
+    end: u32,
     sent_at: u64,
+}
+
+impl InFlight {
+    fn covers(&self, module: u8, offset: u32) -> bool {
+        self.module == module && (self.offset..self.end).contains(&offset)
+    }
 }
 
 impl OfferError {
@@ -204,6 +229,8 @@ pub struct Conversation<'k> {
     start: Start,
     connected: bool,
     window: u8,
+    /// The most bytes one request asks for (the offer's `max_request`, whole blocks).
+    request_len: u32,
     in_flight: [Option<InFlight>; MAX_WINDOW],
     queue: [Option<Pending>; MAX_QUEUED],
     queue_head: usize,
@@ -214,6 +241,8 @@ pub struct Conversation<'k> {
     own_result: Option<UpdateResult>,
     next_describe: u64,
     next_progress: u64,
+    /// Bytes held when the last Progress was sent.
+    progress_bytes: u64,
     stats: ConversationStats,
 }
 
@@ -227,6 +256,7 @@ impl<'k> Conversation<'k> {
             start,
             connected: false,
             window: DEFAULT_WINDOW,
+            request_len: BLOCK_SIZE,
             in_flight: [None; MAX_WINDOW],
             queue: [None; MAX_QUEUED],
             queue_head: 0,
@@ -235,6 +265,7 @@ impl<'k> Conversation<'k> {
             own_result: None,
             next_describe: 0,
             next_progress: 0,
+            progress_bytes: 0,
             stats: ConversationStats::default(),
         }
     }
@@ -342,6 +373,10 @@ impl<'k> Conversation<'k> {
                 self.start.retained.reported = None;
                 self.start.retained.fault = None;
                 self.window = offer.window.clamp(1, MAX_WINDOW as u8);
+                // Whole agent blocks per request; an offer without `max_request` (an
+                // older server) answers one block per request.
+                let most = offer.max_request.unwrap_or(offer.max_block);
+                self.request_len = (most / BLOCK_SIZE).max(1) * BLOCK_SIZE;
                 self.in_flight = [None; MAX_WINDOW];
                 self.progress(Phase::Downloading);
                 self.next_progress = now.saturating_add(self.config.progress_every_ms);
@@ -379,44 +414,59 @@ impl<'k> Conversation<'k> {
             && offer.modules.iter().all(|m| st.installed.iter().flatten().any(|r| r.sha256 == m.sha256))
     }
 
-    /// A block of a module.
+    /// A block of a module: its data is stored in agent blocks of [`BLOCK_SIZE`], in
+    /// order (a message may carry several), each with its own progress marker.
     pub fn handle_block<S: Storage>(&mut self, block: &Block<'_>, s: &mut S, now: u64) {
         let Some(attempt) = self.attempt().filter(|&a| a == block.attempt) else { return };
+        let end = block.offset.saturating_add(block.data.len() as u32);
         for slot in self.in_flight.iter_mut() {
-            if slot.is_some_and(|f| f.module == block.module && f.offset == block.offset) {
+            // The window's last block came: what of it is still missing was lost, and is
+            // asked again now rather than after the timeout.
+            if slot.is_some_and(|f| f.covers(block.module, block.offset) && end >= f.end) {
                 *slot = None;
             }
         }
-        let stored = AgentBlock { module: block.module, offset: block.offset, data: block.data };
-        match self.agent.handle_block(s, stored) {
-            Ok(BlockOutcome::Stored) => self.stats.blocks_stored += 1,
-            Ok(BlockOutcome::Duplicate) => self.stats.duplicate_blocks += 1,
-            Ok(BlockOutcome::Complete) => {
-                self.stats.blocks_stored += 1;
-                self.progress(Phase::Verifying);
-                self.progress(Phase::Staged);
-                self.progress(Phase::Rebooting);
-                self.action = Some(PlatformAction::RebootToInstall);
-                return;
+        for (k, data) in block.data.chunks(BLOCK_SIZE as usize).enumerate() {
+            let offset = block.offset.saturating_add(k as u32 * BLOCK_SIZE);
+            let stored = AgentBlock { module: block.module, offset, data };
+            match self.agent.handle_block(s, stored) {
+                Ok(BlockOutcome::Stored) => self.stats.blocks_stored += 1,
+                Ok(BlockOutcome::Duplicate) => self.stats.duplicate_blocks += 1,
+                Ok(BlockOutcome::Complete) => {
+                    self.stats.blocks_stored += 1;
+                    self.progress(Phase::Verifying);
+                    self.progress(Phase::Staged);
+                    self.progress(Phase::Rebooting);
+                    self.action = Some(PlatformAction::RebootToInstall);
+                    return;
+                }
+                Err(e @ (BlockError::VerifyFailed(module) | BlockError::PatchFailed(module))) => {
+                    let reason =
+                        if matches!(e, BlockError::PatchFailed(_)) { Reason::DeltaFailed } else { Reason::VerifyError };
+                    self.own_result =
+                        Some(UpdateResult { attempt, outcome: Outcome::Failed, reason, module: Some(module) });
+                    self.report();
+                    return;
+                }
+                Err(BlockError::Flash(_)) => {
+                    let reason = Reason::FlashError;
+                    self.own_result = Some(UpdateResult { attempt, outcome: Outcome::Failed, reason, module: None });
+                    self.report();
+                    return;
+                }
+                // The agent started the transfer over: every block is missing again.
+                Err(BlockError::MarkersExhausted) => {
+                    self.in_flight = [None; MAX_WINDOW];
+                    break;
+                }
+                // Stale, unknown or malformed blocks are ignored (and what follows them).
+                Err(_) => break,
             }
-            Err(e @ (BlockError::VerifyFailed(module) | BlockError::PatchFailed(module))) => {
-                let reason =
-                    if matches!(e, BlockError::PatchFailed(_)) { Reason::DeltaFailed } else { Reason::VerifyError };
-                self.own_result =
-                    Some(UpdateResult { attempt, outcome: Outcome::Failed, reason, module: Some(module) });
-                self.report();
-                return;
-            }
-            Err(BlockError::Flash(_)) => {
-                let reason = Reason::FlashError;
-                self.own_result = Some(UpdateResult { attempt, outcome: Outcome::Failed, reason, module: None });
-                self.report();
-                return;
-            }
-            // The agent started the transfer over: every block is missing again.
-            Err(BlockError::MarkersExhausted) => self.in_flight = [None; MAX_WINDOW],
-            // Stale, unknown or malformed blocks are ignored.
-            Err(_) => {}
+        }
+        let (done, _) = self.agent.progress();
+        if done >= self.progress_bytes.saturating_add(self.config.progress_every_bytes) {
+            self.progress(Phase::Downloading);
+            self.next_progress = now.saturating_add(self.config.progress_every_ms);
         }
         self.request_blocks(s, now);
     }
@@ -544,11 +594,13 @@ impl<'k> Conversation<'k> {
         }
         let Some(attempt) = self.attempt() else { return };
         let (done, total) = self.agent.progress();
+        self.progress_bytes = done;
         self.push(Pending::Progress(Progress { attempt, phase, bytes_done: done.min(total), bytes_total: total }));
     }
 
-    /// Forgets requests unanswered for the timeout, then asks for missing blocks until
-    /// the window is full.
+    /// Forgets requests unanswered for the timeout, then asks for the missing blocks no
+    /// request in flight covers, in runs of consecutive blocks of up to `request_len`
+    /// bytes, until `window` requests are in flight.
     fn request_blocks<S: Storage>(&mut self, s: &mut S, now: u64) {
         if !self.connected || self.agent.state().phase != UpdatePhase::Receiving {
             return;
@@ -560,23 +612,21 @@ impl<'k> Conversation<'k> {
                 *slot = None;
             }
         }
-        let mut missing = [Missing { module: 0, offset: 0, len: 0 }; 2 * MAX_WINDOW];
-        // A flash failure here is a power cut or worse: the platform sees it.
-        let Ok(n) = self.agent.missing_blocks(s, &mut missing) else { return };
         let window = usize::from(self.window).min(MAX_WINDOW);
-        for r in &missing[..n] {
-            let in_flight = self.in_flight.iter().flatten().count();
-            if in_flight >= window {
-                break;
-            }
-            if self.in_flight.iter().flatten().any(|f| f.module == r.module && f.offset == r.offset) {
-                continue;
-            }
+        let mut from = 0;
+        while self.in_flight.iter().flatten().count() < window {
+            let in_flight = &self.in_flight;
+            let covered = |module, offset| in_flight.iter().flatten().any(|f: &InFlight| f.covers(module, offset));
+            // A flash failure here is a power cut or worse: the platform sees it.
+            let Ok(Some((run, next))) = self.agent.missing_run(s, from, self.request_len, covered) else { return };
+            from = next;
             if let Some(free) = self.in_flight.iter_mut().find(|f| f.is_none()) {
-                *free = Some(InFlight { module: r.module, offset: r.offset, sent_at: now });
+                *free =
+                    Some(InFlight { module: run.module, offset: run.offset, end: run.offset + run.len, sent_at: now });
             }
             self.stats.block_requests += 1;
-            self.push(Pending::Request(BlockRequest { attempt, module: r.module, offset: r.offset, length: r.len }));
+            let request = BlockRequest { attempt, module: run.module, offset: run.offset, length: run.len };
+            self.push(Pending::Request(request));
         }
     }
 
@@ -665,7 +715,7 @@ impl<'k> Conversation<'k> {
             confirmed: !matches!(run, Run::SafeMode(_)) && confirmed,
             modules,
             last_result: self.result(),
-            capacity: Some(self.agent.capacity()),
+            capacity: Some(Capacity { link: self.config.link, ..self.agent.capacity() }),
             security_counter: Some(st.security_counter),
         }
     }

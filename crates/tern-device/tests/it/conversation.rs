@@ -12,15 +12,22 @@ use tern_device::profile::{Profile, NRF52840, STM32F2};
 use tern_device::state::UpdatePhase;
 use tern_image::model::ModuleFunction::{self, SystemPart, UserPart};
 use tern_proto::{
-    Action, Block, BootReason, Capacity, Command, List, Message, Outcome, Reason, SafeModeCause, UpdateOffer,
-    UpdateResult,
+    Action, Block, BootReason, Capacity, Command, LinkCapacity, List, Message, Outcome, Reason, SafeModeCause,
+    UpdateOffer, UpdateResult,
 };
 use tern_sim::device::{Behaviour, Image, SimDevice, SimStorage};
 
 use crate::support::{dep, device, module, offered, release, release_signed_by};
 
-const CONFIG: ConversationConfig =
-    ConversationConfig { request_timeout_ms: 1_000, describe_every_ms: 30_000, progress_every_ms: 500 };
+/// One 1 KiB block per request, Progress every 500 ms: the conversation as it was before
+/// windows (what these tests count on); windows are tested on their own.
+const CONFIG: ConversationConfig = ConversationConfig {
+    request_timeout_ms: 1_000,
+    describe_every_ms: 30_000,
+    progress_every_bytes: u64::MAX,
+    progress_every_ms: 500,
+    link: None,
+};
 
 /// A provisioned device and its trusted keys.
 struct Rig {
@@ -84,6 +91,7 @@ fn offer<'a>(attempt: u64, signed: &'a [u8], modules: &[&Image], window: u8) -> 
         air_bytes: 0,
         window,
         max_block: 1024,
+        max_request: None,
     }
 }
 
@@ -151,6 +159,73 @@ fn lost_block_is_asked_again_after_the_timeout() {
     assert_eq!(c.stats().block_requests, 4);
     c.handle_disconnected();
     assert_eq!(c.poll_timeout(), None, "nothing to time while disconnected");
+}
+
+/// With an offer that allows windows, each request asks for a run of up to `max_request`
+/// bytes of missing blocks; a message carrying several blocks stores each with its own
+/// marker; the window's last block ends the request, and what of it was lost is asked for
+/// again at once, and a window left unanswered is asked again after the timeout. The
+/// Describe announces the link's block size and topic form.
+#[test]
+fn windows_ask_for_runs_and_ask_again_for_what_was_lost() {
+    let p = &NRF52840;
+    let rig = Rig::new(p);
+    let v2 = app(p, 2, 40 * 1024 + 100);
+    let signed = release(p, 1, &[&v2]);
+    let link = LinkCapacity { max_block: 4096, compact_topics: true };
+    let mut storage: SimStorage = rig.dev.storage();
+    let decision = boot::boot(&mut storage, p, ResetCause::PowerOn).expect("boots");
+    let agent = Agent::load(&mut storage, p, &rig.keys).expect("state loads");
+    let config = ConversationConfig { link: Some(link), progress_every_bytes: 16 * 1024, ..CONFIG };
+    let start = Start { decision, confirm_test_boot: true, retained: Retained::default() };
+    let mut c = Conversation::new(agent, start, config);
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    let sent = drain(&mut c);
+    let Message::Describe(d) = sent[0] else { panic!("{sent:?}") };
+    assert_eq!(d.capacity.and_then(|c| c.link), Some(link));
+    // Runs of 16 KiB: blocks 0–15, 16–31; window 2.
+    let windows = |messages: &[Message<'_>]| -> Vec<(u32, u32)> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::BlockRequest(r) => Some((r.offset / BLOCK_SIZE, r.length)),
+                _ => None,
+            })
+            .collect()
+    };
+    let offer = UpdateOffer { max_block: 4096, max_request: Some(16 * 1024), ..offer(5, &signed, &[&v2], 2) };
+    c.handle_offer(&offer, s, 0);
+    assert_eq!(windows(&drain(&mut c)), [(0, 16 * 1024), (16, 16 * 1024)]);
+    // The first window's messages: blocks 0–3, 4–7 (lost), 8–11, 12–15.
+    let message = |k: u32, n: u32| {
+        let start = (k * BLOCK_SIZE) as usize;
+        let end = (start + (n * BLOCK_SIZE) as usize).min(v2.bytes.len());
+        Block { attempt: 5, module: 0, offset: k * BLOCK_SIZE, data: &v2.bytes[start..end] }
+    };
+    c.handle_block(&message(0, 4), s, 10);
+    c.handle_block(&message(8, 4), s, 11);
+    assert_eq!(c.stats().blocks_stored, 8, "each block of a message is stored");
+    assert!(windows(&drain(&mut c)).is_empty(), "both windows still in flight");
+    c.handle_block(&message(12, 4), s, 12);
+    // The first window is over: its lost blocks 4–7 are asked at once, as a run.
+    let sent = drain(&mut c);
+    assert_eq!(windows(&sent), [(4, 4 * 1024)]);
+    assert_eq!(sent.len(), 1, "12 KiB held: no Progress before 16 KiB more: {sent:?}");
+    // The second window is never answered: after the timeout, it is asked again.
+    c.handle_block(&message(4, 4), s, 20);
+    let sent = drain(&mut c);
+    assert_eq!(kinds(&sent[..1]), ["progress downloading"], "16 KiB held");
+    assert_eq!(windows(&sent), [(32, 8 * 1024 + 100)], "the rest, a shorter last run");
+    c.handle_timeout(s, 1000);
+    assert_eq!(windows(&drain(&mut c)), [(16, 16 * 1024)]);
+    // A message at an offset that is not a block boundary is ignored.
+    c.handle_block(&Block { attempt: 5, module: 0, offset: 100, data: &v2.bytes[100..1124] }, s, 1001);
+    assert_eq!(c.stats().blocks_stored, 16);
+    for k in (16..41).step_by(4) {
+        c.handle_block(&message(k, 4), s, 1002);
+    }
+    assert_eq!(c.poll_action(), Some(PlatformAction::RebootToInstall), "every block arrived");
 }
 
 /// Blocks in any order, duplicated, or for another attempt: duplicates are counted and
@@ -359,6 +434,7 @@ fn describe_carries_inventory_capacity_and_counter() {
             max_modules: 4,
             block_size: 1024,
             patches: true,
+            link: None,
         };
         assert_eq!(d.capacity, Some(expected_capacity), "{}", p.name);
         assert_eq!(d.capacity, Some(c.agent().capacity()));

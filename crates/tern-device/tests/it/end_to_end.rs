@@ -21,6 +21,14 @@ use crate::support::{dep, device, module, offered, release};
 
 const ATTEMPT: u64 = 77;
 
+/// How blocks travel: one 1 KiB block per request (a server or device from before
+/// windows), or windows of 16 KiB answered in 4 KiB messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocks {
+    OnePerRequest,
+    Windows,
+}
+
 /// Faults in per-mille per message, and device resets.
 #[derive(Clone, Copy, Debug)]
 struct Faults {
@@ -69,7 +77,12 @@ impl Wire {
 
 /// Boots the device (again after a power cut during the boot itself) and starts its
 /// conversation.
-fn boot_conversation<'k>(dev: &SimDevice, keys: &'k [VerifyingKey], mut cause: ResetCause) -> Conversation<'k> {
+fn boot_conversation<'k>(
+    dev: &SimDevice,
+    keys: &'k [VerifyingKey],
+    mut cause: ResetCause,
+    blocks: Blocks,
+) -> Conversation<'k> {
     let mut s = dev.storage();
     loop {
         dev.bench.borrow_mut().power_on();
@@ -79,8 +92,13 @@ fn boot_conversation<'k>(dev: &SimDevice, keys: &'k [VerifyingKey], mut cause: R
         match booted {
             Ok((decision, agent)) => {
                 let start = Start { decision, confirm_test_boot: true, retained: Retained::default() };
-                let config =
-                    ConversationConfig { request_timeout_ms: 300, describe_every_ms: 2_000, progress_every_ms: 500 };
+                let config = ConversationConfig {
+                    request_timeout_ms: 300,
+                    describe_every_ms: 2_000,
+                    progress_every_ms: 500,
+                    link: if blocks == Blocks::OnePerRequest { None } else { ConversationConfig::default().link },
+                    ..ConversationConfig::default()
+                };
                 return Conversation::new(agent, start, config);
             }
             Err(_) if !dev.bench.borrow().powered => cause = ResetCause::PowerOn,
@@ -91,17 +109,27 @@ fn boot_conversation<'k>(dev: &SimDevice, keys: &'k [VerifyingKey], mut cause: R
 
 /// Runs one attempt of `modules` on a fresh `p` device; returns the final state, the
 /// device and the number of power cuts.
-fn run(p: &'static Profile, modules: &[&Image], faults: Faults, seed: u64) -> (AttemptState, SimDevice, u32) {
+fn run(
+    p: &'static Profile,
+    modules: &[&Image],
+    faults: Faults,
+    seed: u64,
+    blocks: Blocks,
+) -> (AttemptState, SimDevice, u32) {
     let signed = release(p, 1, modules);
     let dev = device(p);
     let keys = dev.keys.clone();
     let list = offered(modules);
-    let config = TransferConfig { window: 8, max_block: 1024, offer_retry_ms: 1_000, give_up_after_ms: 120_000 };
+    let (max_block, max_request) = match blocks {
+        Blocks::OnePerRequest => (1024, 1024),
+        Blocks::Windows => (4096, 16_384),
+    };
+    let config = TransferConfig { window: 8, max_block, max_request, offer_retry_ms: 1_000, give_up_after_ms: 120_000 };
     let mut now = 0u64;
     let mut attempt = Attempt::new(ATTEMPT, list, config, now);
     let mut rng = Rng(seed | 1);
     let (mut down, mut up) = (Wire::default(), Wire::default());
-    let mut conversation = boot_conversation(&dev, &keys, ResetCause::PowerOn);
+    let mut conversation = boot_conversation(&dev, &keys, ResetCause::PowerOn, blocks);
     conversation.handle_connected(&mut dev.storage(), now);
     let mut cuts = 0;
     while !attempt.state().is_final() && now < 600_000 {
@@ -120,6 +148,7 @@ fn run(p: &'static Profile, modules: &[&Image], faults: Faults, seed: u64) -> (A
                         air_bytes: 0,
                         window: config.window,
                         max_block: config.max_block,
+                        max_request: (blocks == Blocks::Windows).then(|| attempt.max_request()),
                     };
                     down.send(&Message::UpdateOffer(offer), faults, &mut rng);
                 }
@@ -161,7 +190,7 @@ fn run(p: &'static Profile, modules: &[&Image], faults: Faults, seed: u64) -> (A
             conversation.poll_action().map(|_| ResetCause::Software)
         };
         if let Some(cause) = reboot {
-            conversation = boot_conversation(&dev, &keys, cause);
+            conversation = boot_conversation(&dev, &keys, cause, blocks);
             // The device reconnects; the server hears of it and offers again.
             conversation.handle_connected(&mut dev.storage(), now);
             attempt.handle_connected(now);
@@ -192,9 +221,10 @@ fn conversation_and_attempt_end_confirmed_over_a_faulty_link() {
     for p in [&STM32F2, &NRF52840] {
         let sys = module(p, SystemPart, 1, 101, &[], 9 * 1024 + 100);
         let app = module(p, UserPart, 1, 2, &[dep(SystemPart, 1, 101)], 20 * 1024 + 7);
-        for &(case, faults) in cases {
+        for (&(case, faults), blocks) in cases.iter().flat_map(|c| [(c, Blocks::OnePerRequest), (c, Blocks::Windows)]) {
+            let case = format!("{case} {blocks:?}");
             for seed in 1..=3u64 {
-                let (state, dev, cuts) = run(p, &[&sys, &app], faults, seed);
+                let (state, dev, cuts) = run(p, &[&sys, &app], faults, seed, blocks);
                 assert_eq!(state, AttemptState::Confirmed, "{} {case} seed {seed}", p.name);
                 for m in [&sys, &app] {
                     let slot = p.slot_for(m.entry.function, m.entry.index).unwrap();
@@ -207,5 +237,5 @@ fn conversation_and_attempt_end_confirmed_over_a_faulty_link() {
             }
         }
     }
-    assert!(total_cuts >= 6, "the power-cut runs cut the power: {total_cuts}");
+    assert!(total_cuts >= 12, "the power-cut runs cut the power: {total_cuts}");
 }

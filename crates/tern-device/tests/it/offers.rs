@@ -21,8 +21,13 @@ fn capacity_is_the_smaller_of_exchange_and_markers() {
     static WIDE_WRITES: Profile =
         Profile { devices: &[FlashGeometry { write_size: 16, ..STM32F2.devices[0] }], ..STM32F2 };
     let check = |p: &Profile, staging_bytes: u32| {
-        let expected =
-            Capacity { staging_bytes, max_modules: MAX_UPDATE_MODULES as u8, block_size: BLOCK_SIZE, patches: true };
+        let expected = Capacity {
+            staging_bytes,
+            max_modules: MAX_UPDATE_MODULES as u8,
+            block_size: BLOCK_SIZE,
+            patches: true,
+            link: None,
+        };
         assert_eq!(agent::capacity(p), expected, "{}", p.name);
     };
     // 256 KiB exchange; 16 KiB of markers at 4 bytes per unit cover 512 blocks.

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
-use tern_proto::{Direction, MessageKind, Topic};
+use tern_proto::{Direction, MessageKind, Topic, TopicForm};
 
 use crate::fleet::Offline;
 
@@ -30,6 +30,10 @@ pub trait Link {
     fn send(&mut self, kind: MessageKind, payload: Vec<u8>);
     /// The next event, waiting at most `timeout`.
     fn recv(&mut self, timeout: Duration) -> Option<Incoming>;
+    /// The topic form the link publishes and subscribes on (what the device announces).
+    fn topic_form(&self) -> TopicForm {
+        TopicForm::Long
+    }
 }
 
 /// Where and as whom to connect.
@@ -64,6 +68,7 @@ pub struct MqttLink {
     client: Client,
     connection: Connection,
     connected: bool,
+    form: TopicForm,
 }
 
 impl MqttLink {
@@ -74,7 +79,14 @@ impl MqttLink {
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(64 * 1024, 64 * 1024);
         let (client, connection) = Client::new(options, 256);
-        MqttLink { device: target.device.clone(), client, connection, connected: false }
+        MqttLink { device: target.device.clone(), client, connection, connected: false, form: TopicForm::Compact }
+    }
+
+    /// The same link on topics of `form` (compact by default; long as devices from before
+    /// the compact form).
+    pub fn with_topic_form(mut self, form: TopicForm) -> Self {
+        self.form = form;
+        self
     }
 }
 
@@ -83,7 +95,7 @@ impl Link for MqttLink {
         if !self.connected {
             return;
         }
-        let topic = Topic::new(&self.device, kind).to_string();
+        let topic = Topic::with_form(&self.device, kind, self.form).to_string();
         // A full queue means the link is stalled; dropping is what the protocol expects.
         let _ = self.client.try_publish(topic, QoS::AtMostOnce, false, payload);
     }
@@ -94,7 +106,7 @@ impl Link for MqttLink {
         let timeout = if self.connected { timeout } else { timeout.max(CONNECT_WAIT) };
         match self.connection.recv_timeout(timeout) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success => {
-                let filter = format!("{}{}/down/#", tern_proto::topic::PREFIX, self.device);
+                let filter = Topic::downlink_filter(&self.device, self.form).to_string();
                 let _ = self.client.try_subscribe(filter, QoS::AtLeastOnce);
                 self.connected = true;
                 Some(Incoming::Connected)
@@ -124,6 +136,10 @@ impl Link for MqttLink {
                 None
             }
         }
+    }
+
+    fn topic_form(&self) -> TopicForm {
+        self.form
     }
 }
 
@@ -233,6 +249,10 @@ impl<L: Link> Link for FaultyLink<L> {
             other => Some(other),
         }
     }
+
+    fn topic_form(&self) -> TopicForm {
+        self.inner.topic_form()
+    }
 }
 
 /// A link that is down while an [`Offline`] plan says so: going offline drops the inner
@@ -241,6 +261,8 @@ impl<L: Link> Link for FaultyLink<L> {
 pub struct Intermittent<L> {
     make: Box<dyn FnMut() -> L + Send>,
     inner: Option<L>,
+    /// The topic form of the links `make` makes.
+    form: TopicForm,
     plan: Offline,
     start: Instant,
     connected: bool,
@@ -249,8 +271,10 @@ pub struct Intermittent<L> {
 impl<L: Link> Intermittent<L> {
     /// A link following `plan` from `start` (the fleet's start), made by `make` whenever
     /// it comes online.
-    pub fn new(plan: Offline, start: Instant, make: Box<dyn FnMut() -> L + Send>) -> Self {
-        Intermittent { make, inner: None, plan, start, connected: false }
+    pub fn new(plan: Offline, start: Instant, mut make: Box<dyn FnMut() -> L + Send>) -> Self {
+        // A link connects on its first `recv`: making one to ask its form costs nothing.
+        let form = make().topic_form();
+        Intermittent { make, inner: None, form, plan, start, connected: false }
     }
 }
 
@@ -278,6 +302,10 @@ impl<L: Link> Link for Intermittent<L> {
             _ => {}
         }
         event
+    }
+
+    fn topic_form(&self) -> TopicForm {
+        self.form
     }
 }
 

@@ -23,7 +23,7 @@ use tern_device::boot::{self, BootError, ResetCause, Run};
 use tern_device::conversation::{AppFault, Conversation, ConversationConfig, PlatformAction, Retained, Start};
 use tern_device::profile::Profile;
 use tern_image::model::ModuleFunction;
-use tern_proto::{BootReason, Message};
+use tern_proto::{BootReason, LinkCapacity, Message, TopicForm};
 use tern_sim::device::{Behaviour, SimDevice};
 use tern_sim::flash::FaultKind;
 
@@ -293,9 +293,14 @@ impl SimRuntime {
                 _ => {}
             }
             let start = Start { decision, confirm_test_boot: behaviour == Behaviour::Healthy, retained: self.retained };
+            // The link takes the default block size, on the topic form it uses.
+            let link_capacity = ConversationConfig::default()
+                .link
+                .map(|l| LinkCapacity { compact_topics: link.topic_form() == TopicForm::Compact, ..l });
             let config = ConversationConfig {
                 request_timeout_ms: millis(self.settings.request_timeout),
                 describe_every_ms: millis(self.settings.describe_every),
+                link: link_capacity,
                 ..ConversationConfig::default()
             };
             let mut conversation = Conversation::new(agent, start, config);

@@ -64,6 +64,10 @@ pub struct TransferConfig {
     pub offer_retry_ms: u64,
     /// How long the device may stay silent before the attempt times out.
     pub give_up_after_ms: u64,
+    /// Whether the server's estimates of bytes on the air count the records of a TLS
+    /// layer under the device protocol (set when the device listener speaks TLS). The
+    /// machine itself does not use it.
+    pub count_tls_records: bool,
 }
 
 impl Default for TransferConfig {
@@ -74,6 +78,7 @@ impl Default for TransferConfig {
             max_request: 16 * 1024,
             offer_retry_ms: 5_000,
             give_up_after_ms: 15 * 60_000,
+            count_tls_records: false,
         }
     }
 }

@@ -74,8 +74,14 @@ struct SimDevice {
 /// Runs one attempt to its end and returns it.
 fn run(sizes: &[u32], faults: Faults, seed: u64) -> Attempt {
     let modules = offered(sizes);
-    let config =
-        TransferConfig { window: 4, max_block: 1024, max_request: 1024, offer_retry_ms: 500, give_up_after_ms: 60_000 };
+    let config = TransferConfig {
+        window: 4,
+        max_block: 1024,
+        max_request: 1024,
+        offer_retry_ms: 500,
+        give_up_after_ms: 60_000,
+        count_tls_records: false,
+    };
     let mut now = 0u64;
     let mut attempt = Attempt::new(ATTEMPT, modules, config, now);
     let mut device = SimDevice {

@@ -34,7 +34,7 @@ use crate::store::{
     AttemptRecord, AttemptStatus, DeviceRecord, Inventory, ModuleRecord, PatchRef, PlanOrigin, PlanRecord, PlanStatus,
     PlannedModule, StageRecord, Store, StoreError,
 };
-use crate::updates::{estimate_air_bytes, UpdateInput, Updates};
+use crate::updates::{estimate_air_bytes, AirTerms, UpdateInput, Updates};
 
 /// Why a plan could not be made or started.
 #[derive(Debug)]
@@ -552,6 +552,7 @@ impl Planner {
             });
         }
         self.choose_patches(device, inventory, &mut steps).await?;
+        let terms = AirTerms::for_device(&self.transfer, inventory.capacity.as_ref(), inventory.modules.len());
         let mut stage_records = Vec::with_capacity(stages.len());
         for (k, stage) in stages.iter().enumerate() {
             let modules: Vec<PlannedModule> = steps.iter().filter(|m| m.stage as usize == k).cloned().collect();
@@ -564,10 +565,13 @@ impl Planner {
             let (expect, expect_detail) = expect_record(&stage.expect);
             let whole: Vec<PlannedModule> =
                 modules.iter().map(|m| PlannedModule { patch: None, ..m.clone() }).collect();
+            let k = u32::try_from(k).unwrap_or(u32::MAX);
             stage_records.push(StageRecord {
                 bytes: stage.bytes,
-                air_bytes: estimate_air_bytes(&device.id, &modules, signed_len, &self.transfer),
-                air_bytes_full: estimate_air_bytes(&device.id, &whole, signed_len, &self.transfer),
+                air_bytes: estimate_air_bytes(&device.id, &modules, signed_len, k, &terms),
+                air_bytes_full: estimate_air_bytes(&device.id, &whole, signed_len, k, &terms),
+                max_block: terms.max_block,
+                max_request: terms.max_request.unwrap_or(0),
                 expect,
                 expect_detail,
             });

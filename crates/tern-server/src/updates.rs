@@ -23,8 +23,9 @@ use std::time::Duration;
 use serde_json::json;
 use tern_proto::attempt::{Attempt, AttemptEvent, AttemptState, TransferConfig, TransferStats, Transmit};
 use tern_proto::{
-    Action, BlockRequest, Command, Describe, List, Message, MessageKind, OfferedModule, Progress, Reason, Transfer,
-    UpdateOffer, UpdateResult, MAX_MODULES,
+    Action, BlockRequest, BootReason, Capacity, Command, Describe, InstalledModule, LinkCapacity, List, Message,
+    MessageKind, OfferedModule, Outcome, Phase, Progress, Reason, Topic, TopicForm, Transfer, UpdateOffer,
+    UpdateResult, MAX_MODULES,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ use crate::auth::now_millis;
 use crate::blob::BlobStore;
 use crate::events::EventHub;
 use crate::link::DeviceLink;
-use crate::store::{AttemptRecord, AttemptStatus, PlannedModule, Store};
+use crate::store::{AttemptRecord, AttemptStatus, CapacityRecord, PlannedModule, Store};
 
 /// What the update task is told.
 #[derive(Debug)]
@@ -73,26 +74,206 @@ impl Updates {
 /// loses little of the re-sent-bytes record.
 const PERSIST_EVERY: u64 = 32;
 
-/// Rough bytes of MQTT framing per PUBLISH (fixed header, topic length, packet id) plus its
-/// PUBACK; the topic itself is added separately.
-const MQTT_OVERHEAD: u64 = 5 + 2 + 2 + 4;
+/// Bytes of a TLS 1.3 record's framing with AES-GCM (RFC 8446 §5.2): a 5-byte header, the
+/// 1-byte inner content type and a 16-byte authentication tag.
+pub const TLS_RECORD_OVERHEAD: u64 = 5 + 1 + 16;
+/// The most plaintext one TLS record carries (RFC 8446 §5.1).
+pub const TLS_RECORD_PAYLOAD: u64 = 16 * 1024;
+/// An MQTT PUBACK: fixed header, remaining length 2, packet id.
+const MQTT_PUBACK: u64 = 4;
+/// Bytes held between two Progress messages of a device (its default
+/// `progress_every_bytes`).
+const PROGRESS_EVERY_BYTES: u64 = 32 * 1024;
+/// A typical attempt id for the estimate (ids are database row ids; the CBOR encoding of
+/// the id is all that matters, 3 bytes for ids up to 65 535).
+const ESTIMATE_ATTEMPT: i64 = 1000;
 
-/// Estimates the bytes an attempt puts on the air: the offer, then for every block its
-/// request and the block message, each with MQTT framing.
-pub fn estimate_air_bytes(device: &str, plan: &[PlannedModule], signed_len: usize, config: &TransferConfig) -> u64 {
-    // `signed_len` is the total of the signed documents; each has a byte-string header.
-    let topic = |kind| tern_proto::Topic::new(device, kind).to_string().len() as u64;
-    let request =
-        Message::BlockRequest(BlockRequest { attempt: u64::MAX, module: 0, offset: u32::MAX, length: u32::MAX });
-    let block_header = Message::Block(tern_proto::Block { attempt: u64::MAX, module: 0, offset: u32::MAX, data: &[] });
-    let per_request = request.encoded_len() as u64 + MQTT_OVERHEAD + topic(MessageKind::BlockRequest);
-    // The data's own byte-string header grows by up to 4 bytes for long blocks.
-    let per_block = block_header.encoded_len() as u64 + 4 + MQTT_OVERHEAD + topic(MessageKind::Block);
-    let max_block = u64::from(config.max_block.max(1));
-    let blocks: u64 = plan.iter().map(|m| u64::from(m.transfer_len()).div_ceil(max_block)).sum();
-    let data: u64 = plan.iter().map(|m| u64::from(m.transfer_len())).sum();
-    let offer = signed_len as u64 + 64 * plan.len() as u64 + 32 + MQTT_OVERHEAD + topic(MessageKind::UpdateOffer);
-    offer + data + blocks * (per_request + per_block)
+/// What an estimate of an attempt's bytes on the air assumes about the device's link,
+/// negotiated from its Describe ([`AirTerms::for_device`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AirTerms {
+    /// Data bytes per block message.
+    pub max_block: u32,
+    /// Bytes one block request covers (`None`: one block of 1 KiB per request, for a
+    /// device that does not announce its link).
+    pub max_request: Option<u32>,
+    /// Whether the device uses the compact topics.
+    pub compact_topics: bool,
+    /// How many modules its Describe lists (the Describes of the confirmation are counted).
+    pub described_modules: usize,
+    /// Whether every MQTT packet travels in TLS records ([`TLS_RECORD_OVERHEAD`]).
+    pub tls_records: bool,
+}
+
+impl AirTerms {
+    /// The transfer the server agrees with a device whose Describe said `capacity`: blocks
+    /// as large as its link takes (whole KiB, at most the server's `max_block`), windows of
+    /// the server's `max_request`, its topic form. A device that does not announce its
+    /// link gets what devices always got: 1 KiB blocks, one per request, long topics.
+    pub fn for_device(config: &TransferConfig, capacity: Option<&CapacityRecord>, described_modules: usize) -> Self {
+        let unit = 1024u32;
+        let link = capacity.and_then(|c| c.max_block.map(|b| (b, c.compact_topics)));
+        let (max_block, max_request, compact_topics) = match link {
+            Some((device_block, compact)) => {
+                let block = (device_block.min(config.max_block) / unit).max(1) * unit;
+                let probe = TransferConfig { max_block: block, ..*config };
+                let request = Attempt::new(0, List::new(), probe, 0).max_request();
+                (block, Some(request), compact)
+            }
+            None => (unit, None, false),
+        };
+        AirTerms { max_block, max_request, compact_topics, described_modules, tls_records: config.count_tls_records }
+    }
+
+    /// The transfer settings of an attempt made with these terms.
+    pub fn transfer(&self, config: &TransferConfig) -> TransferConfig {
+        TransferConfig { max_block: self.max_block, max_request: self.max_request.unwrap_or(self.max_block), ..*config }
+    }
+
+    /// Bytes on the connection of one MQTT packet of `len` bytes (with its TLS records).
+    fn packet(&self, len: u64) -> u64 {
+        let records = if self.tls_records { len.div_ceil(TLS_RECORD_PAYLOAD).max(1) } else { 0 };
+        len + records * TLS_RECORD_OVERHEAD
+    }
+}
+
+/// Bytes of an MQTT 3.1.1 PUBLISH (§3.3) with a `topic`-byte topic and `payload` bytes:
+/// fixed header, remaining length, topic, packet id at QoS 1.
+fn mqtt_publish(topic: usize, payload: usize, qos1: bool) -> u64 {
+    let remaining = (2 + topic + if qos1 { 2 } else { 0 } + payload) as u64;
+    1 + varint_len(remaining) + remaining
+}
+
+/// Bytes of MQTT's variable-length "remaining length" (§2.2.3).
+fn varint_len(n: u64) -> u64 {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Bytes of a CBOR byte-string header for `n` bytes (RFC 8949 §3.1).
+fn bstr_header(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=255 => 2,
+        256..=65_535 => 3,
+        _ => 5,
+    }
+}
+
+/// Estimates the bytes stage `stage` of an attempt puts on the device's connection on a
+/// clean link: the offer, the block requests and blocks as the device pulls them (windows
+/// of `max_request`, blocks of `max_block`), the device's Progress messages, and the
+/// confirmation (the reconnect after the install, the offer sent again then, the device's
+/// Results and Describes) — every MQTT packet with its framing and acknowledgement
+/// (downlinks at QoS 1, uplinks at QoS 0), and TLS records when `terms` says so. Re-sent
+/// blocks (a lossy link), keep-alive pings and periodic Describes are not in it.
+pub fn estimate_air_bytes(
+    device: &str,
+    plan: &[PlannedModule],
+    signed_len: usize,
+    stage: u32,
+    terms: &AirTerms,
+) -> u64 {
+    let form = if terms.compact_topics { TopicForm::Compact } else { TopicForm::Long };
+    let topic = |kind| Topic::with_form(device, kind, form).len();
+    let down =
+        |kind, payload: usize| terms.packet(mqtt_publish(topic(kind), payload, true)) + terms.packet(MQTT_PUBACK);
+    let up = |kind, payload: usize| terms.packet(mqtt_publish(topic(kind), payload, false));
+    let attempt = stage_attempt_id(ESTIMATE_ATTEMPT, stage, false);
+
+    // The offer goes out when the attempt starts and again when the device reconnects
+    // after installing.
+    let document = vec![0u8; signed_len];
+    let mut signed = List::new();
+    let _ = signed.push(document.as_slice());
+    let offer = UpdateOffer {
+        attempt,
+        signed,
+        modules: offered_modules(plan).unwrap_or_default(),
+        air_bytes: u64::from(u32::MAX),
+        window: u8::MAX,
+        max_block: terms.max_block,
+        max_request: terms.max_request,
+    };
+    let mut bytes = 2 * down(MessageKind::UpdateOffer, Message::UpdateOffer(offer).encoded_len());
+
+    // Requests of whole windows from each module's start, each answered with its blocks.
+    let request_len = terms.max_request.unwrap_or(1024).max(1);
+    let max_block = terms.max_block.max(1);
+    let mut total = 0u64;
+    for (i, m) in plan.iter().enumerate() {
+        let len = m.transfer_len();
+        total += u64::from(len);
+        let module = u8::try_from(i).unwrap_or(u8::MAX);
+        let mut offset = 0u32;
+        while offset < len {
+            let length = request_len.min(len - offset);
+            let request = BlockRequest { attempt, module, offset, length };
+            bytes += up(MessageKind::BlockRequest, Message::BlockRequest(request).encoded_len());
+            let mut at = offset;
+            while at < offset + length {
+                let n = max_block.min(offset + length - at) as usize;
+                // An empty block of the same offset: the message without its data (whose
+                // byte-string header, one byte when empty, grows with the data).
+                let empty = tern_proto::Block { attempt, module, offset: at, data: &[] };
+                let header = Message::Block(empty).encoded_len() - 1;
+                bytes += down(MessageKind::Block, header + bstr_header(n) + n);
+                at += n as u32;
+            }
+            offset += length;
+        }
+    }
+
+    // Progress: downloading when the offer is taken and every 32 KiB held, then
+    // verifying, staged, rebooting.
+    let progress = |phase| {
+        let p = Progress { attempt, phase, bytes_done: total, bytes_total: total };
+        up(MessageKind::Progress, Message::Progress(p).encoded_len())
+    };
+    bytes += (1 + total / PROGRESS_EVERY_BYTES) * progress(Phase::Downloading);
+    bytes += progress(Phase::Verifying) + progress(Phase::Staged) + progress(Phase::Rebooting);
+
+    // The confirmation: the device reconnects (CONNECT with its id as client id and user
+    // name and a 32-byte secret, CONNACK, SUBSCRIBE to its downlink, SUBACK), then sends
+    // its Result and a Describe, and both again in answer to the offer sent on reconnect.
+    let filter = Topic::downlink_filter(device, form).to_string().len() as u64;
+    let connect = 2 + 10 + (2 + 9 + device.len() as u64) + (2 + device.len() as u64) + (2 + 32);
+    let subscribe = 2 + 2 + 2 + filter + 1;
+    bytes += terms.packet(connect) + terms.packet(4) + terms.packet(subscribe) + terms.packet(5);
+    let result = UpdateResult { attempt, outcome: Outcome::Confirmed, reason: Reason::None, module: None };
+    let installed = InstalledModule {
+        function: tern_image::ModuleFunction::SystemPart,
+        index: 1,
+        version: 4100,
+        sha256: [0; 32],
+        size: 500_000,
+        integrity: tern_image::Integrity::Valid,
+        dependencies_met: true,
+    };
+    let mut modules = List::new();
+    for _ in 0..terms.described_modules.min(MAX_MODULES) {
+        let _ = modules.push(installed);
+    }
+    let link =
+        terms.max_request.map(|_| LinkCapacity { max_block: terms.max_block, compact_topics: terms.compact_topics });
+    let describe = Describe {
+        platform: 12,
+        boot_reason: BootReason::Normal,
+        safe_mode: None,
+        unmet: None,
+        confirmed: true,
+        modules,
+        last_result: Some(result),
+        capacity: Some(Capacity { staging_bytes: 1 << 20, max_modules: 4, block_size: 1024, patches: true, link }),
+        security_counter: Some(0),
+    };
+    bytes += 2 * up(MessageKind::Result, Message::Result(result).encoded_len());
+    bytes += 2 * up(MessageKind::Describe, Message::Describe(describe).encoded_len());
+    bytes
 }
 
 /// Server-side limits on every attempt, beyond the protocol machine's transfer settings.
@@ -256,14 +437,30 @@ fn stage_machine(
     let modules = offered_modules(&plan)?;
     let whole = plan.iter().any(|m| m.patch_dropped.is_some());
     let id = stage_attempt_id(record.id, stage, whole);
+    let config = stage_transfer(&ctx.config, record, stage);
     let mut attempt = match resumed {
-        None => Attempt::new(id, modules, ctx.config, ctx.now()),
-        Some((state, stats)) => Attempt::resume(id, modules, ctx.config, state, stats, &record.sent_record, ctx.now()),
+        None => Attempt::new(id, modules, config, ctx.now()),
+        Some((state, stats)) => Attempt::resume(id, modules, config, state, stats, &record.sent_record, ctx.now()),
     };
     let last = stage + 1 >= stage_count(record);
     let safe_mode = record.stages.get(stage as usize).is_some_and(|s| s.expect == "safe_mode");
     attempt.accept_safe_mode(!last && safe_mode);
     Some((attempt, plan))
+}
+
+/// The transfer settings of stage `stage`: the block size and windows its plan agreed with
+/// the device (1 KiB blocks, one per request, for records from before).
+fn stage_transfer(config: &TransferConfig, record: &AttemptRecord, stage: u32) -> TransferConfig {
+    let agreed = record.stages.get(stage as usize);
+    let max_block = agreed.map_or(0, |s| s.max_block);
+    let max_block = if max_block == 0 { 1024 } else { max_block };
+    let max_request = agreed.map_or(0, |s| s.max_request).max(max_block);
+    TransferConfig { max_block, max_request, ..*config }
+}
+
+/// Whether stage `stage` of `record` offers windows (its device announced its link).
+fn stage_windows(record: &AttemptRecord, stage: u32) -> bool {
+    record.stages.get(stage as usize).is_some_and(|s| s.max_request > 0)
 }
 
 /// Everything the update task uses.
@@ -763,8 +960,9 @@ async fn transmit_one(ctx: &Context, entry: &Active, transmit: Transmit) {
                 signed,
                 modules: *entry.attempt.modules(),
                 air_bytes,
-                window: ctx.config.window,
-                max_block: ctx.config.max_block,
+                window: entry.attempt.config().window,
+                max_block: entry.attempt.config().max_block,
+                max_request: stage_windows(&entry.record, entry.record.stage).then(|| entry.attempt.max_request()),
             };
             (MessageKind::UpdateOffer, encode(&Message::UpdateOffer(offer)))
         }

@@ -206,6 +206,8 @@ pub fn inventory(describe: &Describe, described_at: i64) -> Inventory {
             max_modules: c.max_modules,
             block_size: c.block_size,
             patches: c.patches,
+            max_block: c.link.map(|l| l.max_block),
+            compact_topics: c.link.is_some_and(|l| l.compact_topics),
         }),
         security_counter: describe.security_counter,
     }

@@ -124,7 +124,14 @@ fn run(
         Blocks::OnePerRequest => (1024, 1024),
         Blocks::Windows => (4096, 16_384),
     };
-    let config = TransferConfig { window: 8, max_block, max_request, offer_retry_ms: 1_000, give_up_after_ms: 120_000 };
+    let config = TransferConfig {
+        window: 8,
+        max_block,
+        max_request,
+        offer_retry_ms: 1_000,
+        give_up_after_ms: 120_000,
+        count_tls_records: false,
+    };
     let mut now = 0u64;
     let mut attempt = Attempt::new(ATTEMPT, list, config, now);
     let mut rng = Rng(seed | 1);

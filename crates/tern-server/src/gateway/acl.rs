@@ -1,9 +1,11 @@
 //! Access rules of the built-in gateway, and MQTT topic-filter matching.
 //!
-//! A device, authenticated as `{device}`, may publish only to `tern/v1/d/{device}/up/{kind}`
-//! for the up kinds, and subscribe only to filters under `tern/v1/d/{device}/`. Nothing a
-//! device publishes is routed to any other client: uplinks go to the server core only.
+//! A device, authenticated as `{device}`, may publish only to its own `up` topics for the
+//! up kinds — `tern/v1/d/{device}/up/{kind}` or, compact, `t/{device}/u/{code}` — and
+//! subscribe only to filters under `tern/v1/d/{device}/` or `t/{device}/`. Nothing a device
+//! publishes is routed to any other client: uplinks go to the server core only.
 
+use tern_proto::topic::{COMPACT_PREFIX, PREFIX};
 use tern_proto::{Direction, MessageKind, Topic};
 
 /// The message kind `device` may publish on `topic`, or `None` when it may not publish there.
@@ -14,7 +16,8 @@ pub fn publish_kind(device: &str, topic: &str) -> Option<MessageKind> {
 
 /// Whether `device` may subscribe to `filter`.
 pub fn may_subscribe(device: &str, filter: &str) -> bool {
-    let Some(rest) = filter.strip_prefix(tern_proto::topic::PREFIX).and_then(|r| r.strip_prefix(device)) else {
+    let rest = [PREFIX, COMPACT_PREFIX].iter().find_map(|prefix| filter.strip_prefix(prefix)?.strip_prefix(device));
+    let Some(rest) = rest else {
         return false;
     };
     // `rest` must continue with a level separator and at least one more level; the device

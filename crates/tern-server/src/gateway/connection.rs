@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+use tern_proto::{MessageKind, Topic, TopicForm};
+
 use super::{acl, sessions, Inner, Outbound, Session};
 use crate::auth::{hash_secret, hashes_equal};
 use crate::link::LinkEvent;
@@ -220,7 +222,7 @@ async fn run(
     // Downlinks that no subscription matched yet: a device subscribes right after
     // CONNACK, and the server core may already have something for it (an offer sent on
     // connect). They wait here, oldest first, and go out when a SUBSCRIBE matches them.
-    let mut waiting: VecDeque<(String, Bytes)> = VecDeque::new();
+    let mut waiting: VecDeque<(MessageKind, Bytes)> = VecDeque::new();
     let mut next_packet_id: u16 = 0;
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
@@ -306,14 +308,14 @@ async fn run(
             if subscribed && !waiting.is_empty() {
                 // After the SUBACK: what waited for this subscription, in order.
                 let mut still = VecDeque::with_capacity(waiting.len());
-                for (topic, payload) in waiting.drain(..) {
-                    match granted_qos(&subscriptions, &topic) {
-                        Some(qos) => {
+                for (kind, payload) in waiting.drain(..) {
+                    match route(&subscriptions, device, kind) {
+                        Some((topic, qos)) => {
                             if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
                                 return End::Gone;
                             }
                         }
-                        None => still.push_back((topic, payload)),
+                        None => still.push_back((kind, payload)),
                     }
                 }
                 waiting = still;
@@ -328,15 +330,15 @@ async fn run(
                 }
             },
             outbound = inbox.recv() => match outbound {
-                Some(Outbound::Publish { topic, payload }) => {
-                    let Some(qos) = granted_qos(&subscriptions, &topic) else {
+                Some(Outbound::Publish { kind, payload }) => {
+                    let Some((topic, qos)) = route(&subscriptions, device, kind) else {
                         if waiting.len() >= inner.config.outbox {
                             // Bounded like the outbox; the protocol above repeats what matters.
                             tracing::warn!(device, "mqtt: downlink dropped, too many waiting for a subscription");
                             waiting.pop_front();
                         }
-                        tracing::debug!(device, topic, "mqtt: downlink waits for a matching subscription");
-                        waiting.push_back((topic, payload));
+                        tracing::debug!(device, kind = kind.topic_name(), "mqtt: downlink waits for a matching subscription");
+                        waiting.push_back((kind, payload));
                         continue;
                     };
                     if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
@@ -351,6 +353,15 @@ async fn run(
             }
         }
     }
+}
+
+/// The topic and QoS a downlink of `kind` goes out on: the compact topic when a
+/// subscription matches it, else the long one; `None` when no subscription matches either.
+fn route(subscriptions: &[(String, QoS)], device: &str, kind: MessageKind) -> Option<(String, QoS)> {
+    [TopicForm::Compact, TopicForm::Long].into_iter().find_map(|form| {
+        let topic = Topic::with_form(device, kind, form).to_string();
+        granted_qos(subscriptions, &topic).map(|qos| (topic, qos))
+    })
 }
 
 /// The QoS a downlink on `topic` goes out at: the highest of the matching subscriptions.

@@ -6,7 +6,12 @@
 //!   refused with return code 4 (bad user name or password). There are no operator or server
 //!   accounts on this listener: the server core is in the same process.
 //! - Access rules are in [`acl`]: a device publishes only to its own `up` topics and
-//!   subscribes only under its own prefix. A forbidden publish closes the connection; a
+//!   subscribes only under its own prefix, in the long or the compact topic form
+//!   (`tern_proto::topic`). A downlink goes out on the compact topic when a subscription
+//!   of the connection matches it, else on the long one: a device chooses the form by
+//!   what it subscribes to.
+//! - MQTT 3.1.1 has no topic aliases (an MQTT 5 feature); the compact topics are what
+//!   keeps the topic cost per message small. A forbidden publish closes the connection; a
 //!   forbidden subscription gets return code 0x80 in SUBACK.
 //! - QoS 0 and 1 in both directions (a QoS 2 publish is a protocol error); downlinks go out
 //!   at the subscription's QoS, at most 1. Sessions are not persisted: CONNACK always says
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tern_proto::{MessageKind, Topic};
+use tern_proto::MessageKind;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -53,8 +58,8 @@ impl Default for GatewayConfig {
 
 /// What the gateway hands a connection task.
 enum Outbound {
-    /// Deliver a message if the device subscribed to its topic.
-    Publish { topic: String, payload: Bytes },
+    /// Deliver a message if the device subscribed to its topic (in either form).
+    Publish { kind: MessageKind, payload: Bytes },
     /// Close: the same device connected again.
     Replaced,
 }
@@ -143,8 +148,7 @@ fn sessions(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, Session>
 impl DeviceLink for Gateway {
     async fn send(&self, device: &str, kind: MessageKind, payload: Bytes) -> Result<(), LinkError> {
         let outbox = sessions(&self.inner).get(device).map(|s| s.outbox.clone()).ok_or(LinkError::NotConnected)?;
-        let topic = Topic::new(device, kind).to_string();
-        outbox.try_send(Outbound::Publish { topic, payload }).map_err(|_| LinkError::Unavailable)
+        outbox.try_send(Outbound::Publish { kind, payload }).map_err(|_| LinkError::Unavailable)
     }
 
     fn is_online(&self, device: &str) -> bool {

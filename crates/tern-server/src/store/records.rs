@@ -162,6 +162,13 @@ pub struct CapacityRecord {
     /// Whether the device applies patches (deltas and compressed images).
     #[serde(default)]
     pub patches: bool,
+    /// The most data bytes one block message may carry on its link (absent: the device
+    /// does not say, and gets 1 KiB blocks, one per request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_block: Option<u32>,
+    /// Whether it uses the compact topics (`t/{device}/{u|d}/{code}`).
+    #[serde(default)]
+    pub compact_topics: bool,
 }
 
 /// A device to register.
@@ -632,6 +639,14 @@ pub struct StageRecord {
     /// the patches save is the difference.
     #[serde(default)]
     pub air_bytes_full: u64,
+    /// The block size of the stage's transfer, negotiated with the device (0 in records
+    /// from before: 1 KiB).
+    #[serde(default)]
+    pub max_block: u32,
+    /// The most bytes one block request may cover (0: one block per request, for devices
+    /// that do not announce their link).
+    #[serde(default)]
+    pub max_request: u32,
     /// What the device runs after it: `normal`, or `safe_mode` until a later stage.
     pub expect: String,
     /// Why, for safe mode (`application needs system part 2 >= v2302`).

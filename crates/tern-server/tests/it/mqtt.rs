@@ -222,3 +222,60 @@ fn downlink_before_subscribe_waits_for_it() {
         other => panic!("expected the waiting command, got {other:?}"),
     }
 }
+
+/// The compact topics (`t/{device}/{u|d}/{code}`): a device that subscribes to its compact
+/// downlink gets its messages there (and there only, when it subscribed to both forms);
+/// what it publishes on its compact `u` topics is taken as on the long ones; another
+/// device's compact topics are as closed to it as the long ones.
+#[test]
+fn compact_topics_carry_both_ways_and_stay_private() {
+    use rumqttc::mqttbytes::v4::{SubAck, Subscribe, SubscribeReasonCode};
+    use tern_proto::{BootReason, Describe, List, Message};
+    let dir = tern_testkit::scratch("mqtt-compact");
+    let server = Server::start(&dir.join("data"));
+    let secret = server.add_device("dev-c", "photon");
+    server.add_device("dev-x", "photon");
+    let mut raw = Raw::open(&server);
+    assert_eq!(raw.connect("dev-c", &secret, 60), 0);
+    let codes = |raw: &mut Raw, filter: &str| match raw.next(Duration::from_secs(5)) {
+        Ok(Some(Packet::SubAck(SubAck { return_codes, .. }))) => return_codes,
+        other => panic!("{filter}: expected SUBACK, got {other:?}"),
+    };
+    for (filter, granted) in [("t/dev-x/d/#", false), ("t/+/d/#", false), ("t/#", false), ("t/dev-c/d/#", true)] {
+        raw.send(Packet::Subscribe(Subscribe::new(filter, QoS::AtLeastOnce)));
+        let ok = codes(&mut raw, filter) == [SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+        assert_eq!(ok, granted, "{filter}");
+    }
+    raw.send(Packet::Subscribe(Subscribe::new("tern/v1/d/dev-c/down/#", QoS::AtLeastOnce)));
+    codes(&mut raw, "long");
+    let api = server.api();
+    let (status, reply) = api.post_json("/api/devices/dev-c/commands", serde_json::json!({ "action": "reboot" }));
+    assert_eq!(status, 202, "{reply}");
+    match raw.next(Duration::from_secs(5)) {
+        Ok(Some(Packet::Publish(p))) => assert_eq!(p.topic, "t/dev-c/d/7", "the compact form wins"),
+        other => panic!("expected the command, got {other:?}"),
+    }
+    assert_eq!(raw.next(Duration::from_millis(300)), Err(()), "sent once, not once per form");
+    // A Describe on the compact `u` topic becomes the inventory.
+    let describe = Message::Describe(Describe {
+        platform: 6,
+        boot_reason: BootReason::Normal,
+        safe_mode: None,
+        unmet: None,
+        confirmed: true,
+        modules: List::new(),
+        last_result: None,
+        capacity: None,
+        security_counter: None,
+    });
+    let mut payload = vec![0u8; describe.encoded_len()];
+    describe.encode(&mut payload).unwrap();
+    raw.send(Packet::Publish(Publish::new("t/dev-c/u/1", QoS::AtMostOnce, payload.clone())));
+    wait_for("the inventory", Duration::from_secs(5), || {
+        api.get("/api/devices/dev-c").1["inventory"]["platform_id"] == 6
+    });
+    // Publishing on another device's compact topic closes the connection.
+    raw.send(Packet::Publish(Publish::new("t/dev-x/u/1", QoS::AtMostOnce, payload)));
+    raw.expect_closed(Duration::from_secs(5));
+    assert_eq!(api.get("/api/devices/dev-x").1["inventory"], serde_json::Value::Null);
+}

@@ -1218,7 +1218,13 @@ fn statements_must_be_signed_by_a_trusted_key_when_keys_are_configured() {
 /// counter `counter`.
 fn staged_photon(photon: &Photon, staging: u32, counter: u64) -> Describe {
     Describe {
-        capacity: Some(Capacity { staging_bytes: staging, max_modules: 4, block_size: 1024, patches: false }),
+        capacity: Some(Capacity {
+            staging_bytes: staging,
+            max_modules: 4,
+            block_size: 1024,
+            patches: false,
+            link: None,
+        }),
         security_counter: Some(counter),
         ..running(6, &[photon.boot_152.installed(), photon.part1_152.installed(), photon.part2_152.installed()])
     }

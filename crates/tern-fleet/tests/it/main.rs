@@ -1,6 +1,7 @@
 //! End to end: a real Tern server (in process, real loopback HTTP and MQTT) and simulated
 //! devices running the real device crate on simulated flash, connected over MQTT.
 
+mod air_bench;
 mod assets;
 mod chaos;
 mod cli;

@@ -128,49 +128,55 @@ fn a_delta_for_another_source_is_refused_before_anything_changes() {
     }
 }
 
+/// A damaged patch — the compressed system part (a patch from nothing, module 0) or the
+/// application's delta (module 1) — fails the update with the module it is about, and the
+/// device keeps running the modules it had.
 #[test]
 fn a_damaged_patch_fails_and_the_device_keeps_its_modules() {
     for p in [&STM32F2, &NRF52840] {
-        for damage in ["payload", "header", "truncated", "another module"] {
-            let dev = device(p);
-            let keys = dev.keys.clone();
-            let mut u = update(&dev, &keys);
-            let (old_app, _) = installed_bytes(&dev, &keys, &u.modules[1]);
-            let source = u.sent_source();
-            let other = tern_delta::make(&old_app, &u.modules[0].bytes, &tern_delta::Config::default());
-            let patch = &mut u.sent[1];
-            match damage {
-                "another module" => {
-                    // A sound patch from the right source, for a module that is not the one offered.
-                    *patch = other;
-                    u.transfers[1] = Transfer::Patch { source, length: patch.len() as u32 };
+        for target in [0usize, 1] {
+            for damage in ["payload", "header", "truncated", "another module"] {
+                let dev = device(p);
+                let keys = dev.keys.clone();
+                let mut u = update(&dev, &keys);
+                let (old_sys, _) = installed_bytes(&dev, &keys, &u.modules[0]);
+                let (old_app, _) = installed_bytes(&dev, &keys, &u.modules[1]);
+                let source = match u.transfers[target] {
+                    Transfer::Patch { source, .. } => source,
+                    Transfer::Raw => None,
+                };
+                let config = tern_delta::Config::default();
+                // A sound patch of the right kind for a module that is not the one offered.
+                let other = match target {
+                    0 => tern_delta::compress(&u.modules[1].bytes, &config),
+                    _ => tern_delta::make(&old_app, &u.modules[0].bytes, &config),
+                };
+                let patch = &mut u.sent[target];
+                match damage {
+                    "another module" => {
+                        *patch = other;
+                        u.transfers[target] = Transfer::Patch { source, length: patch.len() as u32 };
+                    }
+                    "payload" => {
+                        let mid = patch.len() / 2;
+                        patch[mid] ^= 0x5A;
+                    }
+                    "header" => patch[20] ^= 1,
+                    _ => {
+                        patch.truncate(patch.len() - 9);
+                        u.transfers[target] = Transfer::Patch { source, length: patch.len() as u32 };
+                    }
                 }
-                "payload" => {
-                    let mid = patch.len() / 2;
-                    patch[mid] ^= 0x5A;
-                }
-                "header" => patch[20] ^= 1,
-                _ => {
-                    patch.truncate(patch.len() - 9);
-                    u.transfers[1] = Transfer::Patch { source, length: patch.len() as u32 };
-                }
+                let what = format!("{} module {target} {damage}", p.name);
+                let mut agent = offer(&dev, &keys, &u).expect("accepted");
+                assert_eq!(feed(&dev, &mut agent, &u), Err(BlockError::PatchFailed(target as u8)), "{what}");
+                assert_eq!(agent.state().phase, UpdatePhase::Idle);
+                assert_eq!(agent.state().last_result, UpdateResult::PatchFailed);
+                reboot(&dev, ResetCause::Software);
+                let slot = |m: &Image| p.slot_for(m.entry.function, m.entry.index).unwrap();
+                assert!(dev.slot_holds(slot(&u.modules[0]), &old_sys), "{what}: the old system part still runs");
+                assert!(dev.slot_holds(slot(&u.modules[1]), &old_app), "{what}: the old application still runs");
             }
-            let mut agent = offer(&dev, &keys, &u).expect("accepted");
-            assert_eq!(feed(&dev, &mut agent, &u), Err(BlockError::PatchFailed(1)), "{} {damage}", p.name);
-            assert_eq!(agent.state().phase, UpdatePhase::Idle);
-            assert_eq!(agent.state().last_result, UpdateResult::PatchFailed);
-            reboot(&dev, ResetCause::Software);
-            let slot = p.slot_for(UserPart, 1).unwrap();
-            assert!(dev.slot_holds(slot, &old_app), "{} {damage}: the old application still runs", p.name);
-        }
-    }
-}
-
-impl Update {
-    fn sent_source(&self) -> Option<[u8; 32]> {
-        match self.transfers[1] {
-            Transfer::Patch { source, .. } => source,
-            Transfer::Raw => None,
         }
     }
 }

@@ -253,6 +253,13 @@ fn run(upgrade: &Upgrade) {
         "  attempt: {} bytes sent ({} re-sent) for {} module bytes; the gateway carried {on_link} MQTT bytes",
         attempt["bytes_sent"], attempt["bytes_resent"], attempt["bytes_total"]
     );
+    if !upgrade.damage_patches {
+        // What the plan showed (and a cellular operator confirmed) is what crossed the
+        // device's connection.
+        let ratio = on_link as f64 / air as f64;
+        println!("  estimated {air} bytes, the gateway carried {on_link} (measured/estimated {ratio:.3})");
+        assert!((0.97..=1.03).contains(&ratio), "the estimate is within 3%: {air} vs {on_link}");
+    }
     if upgrade.transfer.is_some() && !upgrade.damage_patches {
         let sent = attempt["bytes_sent"].as_u64().unwrap();
         assert!(sent <= patch_bytes + attempt["bytes_resent"].as_u64().unwrap(), "only patch bytes sent: {attempt}");

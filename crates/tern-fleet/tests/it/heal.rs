@@ -209,12 +209,13 @@ fn tern_flash_plans_missing_system_parts_confirms_cellular_cost_and_is_confirmed
     let sent: Vec<&Value> = attempt["plan"].as_array().unwrap().iter().map(|s| &s["sha256"]).collect();
     let planned: Vec<&Value> = steps.iter().map(|s| &s["sha256"]).collect();
     assert_eq!(sent, planned, "the attempt carries the plan that was shown");
-    // The estimate shown to the operator against the MQTT bytes the gateway carried for
-    // the whole attempt (offer, requests, blocks, acknowledgements, progress, describes).
+    // The estimate shown to the operator against the MQTT bytes the gateway carried on the
+    // device's connection for the whole attempt (offer, requests, blocks, acknowledgements,
+    // progress, describes).
     let measured = link_bytes() - before;
     let ratio = measured as f64 / air as f64;
     println!("bytes on the air: estimated {air}, measured {measured} (measured/estimated {ratio:.3})");
-    assert!((0.9..=1.1).contains(&ratio), "the estimate is within 10% of the bytes carried: {air} vs {measured}");
+    assert!((0.97..=1.03).contains(&ratio), "the estimate is within 3% of the bytes carried: {air} vs {measured}");
     let hashes = installed_hashes(&server, id);
     for step in &steps {
         assert!(hashes.contains(&step["sha256"].as_str().unwrap().to_owned()), "{step} installed: {hashes:?}");

@@ -309,6 +309,7 @@ fn the_offer_is_repeated_until_answered_then_the_attempt_times_out() {
         max_request: 1024,
         offer_retry_ms: 1000,
         give_up_after_ms: 10_000,
+        count_tls_records: false,
     };
     let mut attempt = Attempt::new(ATTEMPT, offered(&[4096]), config, 0);
     assert_eq!(attempt.poll_transmit(), Some(Transmit::Offer));

@@ -180,7 +180,9 @@ fn server_killed_mid_transfer_continues_and_confirms() {
         "server kill: {} bytes sent, {resent} re-sent, {stored_at_kill} blocks stored at the kill",
         a["bytes_sent"]
     );
-    assert!(resent <= 16 * 1024, "only blocks in flight at the kill are sent again: {resent}");
+    // In flight: up to four windows of 16 KiB (the server's default window and
+    // `max_request` for a device that announces its link).
+    assert!(resent <= 64 * 1024, "only blocks in flight at the kill are sent again: {resent}");
     let sent = a["bytes_sent"].as_u64().unwrap();
     assert!(sent >= part2.bytes.len() as u64, "every byte counted as sent at least once despite the kill: {a}");
     device.stop().expect("the device ran without error");

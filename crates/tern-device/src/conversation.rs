@@ -24,7 +24,7 @@
 //! | Block that fails verification or flash | sends Result failed (verify_error / flash_error) |
 //! | last Block of an offer with patches | applies each patch into its module's place first; a patch that cannot be applied sends Result failed (delta_failed), and the server falls back to whole modules |
 //! | Command (each id once) | reboot; safe mode or factory restore requested in the state record, then reboot; cancel drops the transfer and sends Result cancelled |
-//! | timeout | re-asks for what is missing of windows unanswered for `request_timeout_ms`, sends Progress when none went out for `progress_every_ms` while downloading, and a Describe every `describe_every_ms` |
+//! | timeout | re-asks for what is missing of windows unanswered for `request_timeout_ms` (counted from the request or from the attempt's last block to arrive, whichever is later: while blocks arrive, the windows queued behind them are still coming), sends Progress when none went out for `progress_every_ms` while downloading, and a Describe every `describe_every_ms` |
 //!
 //! The attempt id the device works on lives in the state record
 //! ([`DeviceState::attempt`](crate::state::DeviceState::attempt)), written together with
@@ -58,7 +58,8 @@ pub const COMMAND_MEMORY: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConversationConfig {
     /// Re-ask for a block (or what is missing of a window of blocks) not answered within
-    /// this time.
+    /// this time, counted from the request or from the last block of the attempt that
+    /// arrived, whichever is later.
     pub request_timeout_ms: u64,
     /// Describe again this often while connected: messages can be lost, and the server
     /// learns the outcome of a reboot only from a Describe.
@@ -425,6 +426,12 @@ impl<'k> Conversation<'k> {
             if slot.is_some_and(|f| f.covers(block.module, block.offset) && end >= f.end) {
                 *slot = None;
             }
+            // The link is delivering: the windows queued behind this block are still
+            // coming, so their timeout starts again (on a slow link several windows take
+            // longer than the timeout to arrive, and asking again would send them twice).
+            if let Some(f) = slot {
+                f.sent_at = now;
+            }
         }
         for (k, data) in block.data.chunks(BLOCK_SIZE as usize).enumerate() {
             let offset = block.offset.saturating_add(k as u32 * BLOCK_SIZE);
@@ -598,7 +605,8 @@ impl<'k> Conversation<'k> {
         self.push(Pending::Progress(Progress { attempt, phase, bytes_done: done.min(total), bytes_total: total }));
     }
 
-    /// Forgets requests unanswered for the timeout, then asks for the missing blocks no
+    /// Forgets requests unanswered for the timeout (no block of the attempt arrived in it
+    /// either), then asks for the missing blocks no
     /// request in flight covers, in runs of consecutive blocks of up to `request_len`
     /// bytes, until `window` requests are in flight.
     fn request_blocks<S: Storage>(&mut self, s: &mut S, now: u64) {

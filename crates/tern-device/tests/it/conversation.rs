@@ -131,8 +131,9 @@ fn requests_respect_the_window() {
     }
 }
 
-/// A lost block is asked for again once the request timeout has passed since it was
-/// asked, and not before; `poll_timeout` names the moments to come back.
+/// A lost block is asked for again once the request timeout has passed with nothing
+/// arriving, and not before: a block that arrives starts the timeout of every request in
+/// flight again. `poll_timeout` names the moments to come back.
 #[test]
 fn lost_block_is_asked_again_after_the_timeout() {
     let p = &STM32F2;
@@ -144,19 +145,23 @@ fn lost_block_is_asked_again_after_the_timeout() {
     c.handle_connected(s, 0);
     c.handle_offer(&offer(3, &signed, &[&v2], 2), s, 0);
     assert_eq!(requests(&drain(&mut c)), [(0, 0), (0, 1)]);
-    // Block 0 is lost; block 1 arrives.
+    // Block 0 is lost; block 1 arrives, which restarts block 0's timeout: 100 + 1000.
     c.handle_block(&block(3, &v2, 0, 1), s, 100);
     assert_eq!(requests(&drain(&mut c)), [(0, 2)]);
-    // Next due: progress at 500, before block 0's timeout at 1000.
+    // Next due: progress at 500 and 1000, before the requests' timeout at 1100.
     assert_eq!(c.poll_timeout(), Some(500));
     c.handle_timeout(s, 500);
     assert_eq!(kinds(&drain(&mut c)), ["progress downloading"]);
     assert_eq!(c.poll_timeout(), Some(1000));
-    c.handle_timeout(s, 999);
-    assert!(requests(&drain(&mut c)).is_empty(), "not yet");
     c.handle_timeout(s, 1000);
-    assert_eq!(requests(&drain(&mut c)), [(0, 0)], "block 0 again");
-    assert_eq!(c.stats().block_requests, 4);
+    assert_eq!(kinds(&drain(&mut c)), ["progress downloading"], "1000 after block 0 was asked: not yet");
+    assert_eq!(c.poll_timeout(), Some(1100));
+    c.handle_timeout(s, 1099);
+    assert!(requests(&drain(&mut c)).is_empty(), "not yet");
+    // Nothing arrived for the timeout: block 0 and block 2 (also lost) are asked again.
+    c.handle_timeout(s, 1100);
+    assert_eq!(requests(&drain(&mut c)), [(0, 0), (0, 2)], "blocks 0 and 2 again");
+    assert_eq!(c.stats().block_requests, 5);
     c.handle_disconnected();
     assert_eq!(c.poll_timeout(), None, "nothing to time while disconnected");
 }
@@ -164,7 +169,8 @@ fn lost_block_is_asked_again_after_the_timeout() {
 /// With an offer that allows windows, each request asks for a run of up to `max_request`
 /// bytes of missing blocks; a message carrying several blocks stores each with its own
 /// marker; the window's last block ends the request, and what of it was lost is asked for
-/// again at once, and a window left unanswered is asked again after the timeout. The
+/// again at once, and a window left unanswered is asked again once the timeout passed with
+/// no block arriving. The
 /// Describe announces the link's block size and topic form.
 #[test]
 fn windows_ask_for_runs_and_ask_again_for_what_was_lost() {
@@ -217,15 +223,83 @@ fn windows_ask_for_runs_and_ask_again_for_what_was_lost() {
     let sent = drain(&mut c);
     assert_eq!(kinds(&sent[..1]), ["progress downloading"], "16 KiB held");
     assert_eq!(windows(&sent), [(32, 8 * 1024 + 100)], "the rest, a shorter last run");
-    c.handle_timeout(s, 1000);
-    assert_eq!(windows(&drain(&mut c)), [(16, 16 * 1024)]);
+    // The last block arrived at 20: both windows are due at 1020, not before.
+    c.handle_timeout(s, 1019);
+    assert!(windows(&drain(&mut c)).is_empty(), "not yet");
+    c.handle_timeout(s, 1020);
+    assert_eq!(windows(&drain(&mut c)), [(16, 16 * 1024), (32, 8 * 1024 + 100)]);
     // A message at an offset that is not a block boundary is ignored.
-    c.handle_block(&Block { attempt: 5, module: 0, offset: 100, data: &v2.bytes[100..1124] }, s, 1001);
+    c.handle_block(&Block { attempt: 5, module: 0, offset: 100, data: &v2.bytes[100..1124] }, s, 1021);
     assert_eq!(c.stats().blocks_stored, 16);
     for k in (16..41).step_by(4) {
-        c.handle_block(&message(k, 4), s, 1002);
+        c.handle_block(&message(k, 4), s, 1022);
     }
     assert_eq!(c.poll_action(), Some(PlatformAction::RebootToInstall), "every block arrived");
+}
+
+/// A slow link: the server answers windows in the order asked, one 4 KiB message every
+/// 300 ms, so a window of 16 KiB takes 1.2 s and the fourth window asked starts arriving
+/// 3.6 s after it was asked — far beyond the 1 s timeout — while something arrives every
+/// 300 ms. No window is asked twice, and the transfer completes with one request per window.
+#[test]
+fn no_window_is_asked_twice_while_blocks_keep_arriving() {
+    let p = &NRF52840;
+    let rig = Rig::new(p);
+    let v2 = app(p, 2, 96 * 1024);
+    let signed = release(p, 1, &[&v2]);
+    let link = LinkCapacity { max_block: 4096, compact_topics: true };
+    let mut storage: SimStorage = rig.dev.storage();
+    let decision = boot::boot(&mut storage, p, ResetCause::PowerOn).expect("boots");
+    let agent = Agent::load(&mut storage, p, &rig.keys).expect("state loads");
+    let config = ConversationConfig { link: Some(link), ..CONFIG };
+    let start = Start { decision, confirm_test_boot: true, retained: Retained::default() };
+    let mut c = Conversation::new(agent, start, config);
+    let s = &mut rig.dev.storage();
+    c.handle_connected(s, 0);
+    drain(&mut c);
+    let offer = UpdateOffer { max_block: 4096, max_request: Some(16 * 1024), ..offer(6, &signed, &[&v2], 4) };
+    c.handle_offer(&offer, s, 0);
+    // What the server still has to send, in order: (offset, end) of each window asked.
+    let mut queued: std::collections::VecDeque<(u32, u32)> = Default::default();
+    let mut asked: Vec<u32> = Vec::new();
+    let mut take_requests = |c: &mut Conversation<'_>, queued: &mut std::collections::VecDeque<(u32, u32)>| {
+        for m in drain(c) {
+            if let Message::BlockRequest(r) = m {
+                asked.push(r.offset);
+                queued.push_back((r.offset, r.offset + r.length));
+            }
+        }
+    };
+    take_requests(&mut c, &mut queued);
+    assert_eq!(queued.len(), 4, "a window of 4");
+    const GAP_MS: u64 = 300;
+    let mut now = 0;
+    let mut messages = 0;
+    let mut action = None;
+    while let Some((offset, end)) = queued.pop_front() {
+        let next = (offset + 4096).min(end);
+        if next < end {
+            queued.push_front((next, end));
+        }
+        // The device's clock runs to the next arrival, its timeouts handled on the way.
+        now += GAP_MS;
+        while let Some(due) = c.poll_timeout().filter(|&due| due <= now) {
+            c.handle_timeout(s, due);
+            take_requests(&mut c, &mut queued);
+        }
+        let data = &v2.bytes[offset as usize..(next as usize).min(v2.bytes.len())];
+        c.handle_block(&Block { attempt: 6, module: 0, offset, data }, s, now);
+        messages += 1;
+        take_requests(&mut c, &mut queued);
+        action = c.poll_action();
+        if action.is_some() {
+            break;
+        }
+    }
+    assert_eq!(action, Some(PlatformAction::RebootToInstall), "every block arrived");
+    assert!(now > 4 * CONFIG.request_timeout_ms, "slower than the timeout per window: {now} ms");
+    assert_eq!(asked, (0..6).map(|w| w * 16 * 1024).collect::<Vec<_>>(), "each window asked once");
+    assert_eq!((messages, c.stats().block_requests, c.stats().duplicate_blocks), (24, 6, 0));
 }
 
 /// Blocks in any order, duplicated, or for another attempt: duplicates are counted and

@@ -111,34 +111,62 @@ pub fn block_frame(data: &[u8]) {
 /// device of the miniature layout chosen by its first byte ([`FUZZ_PROFILES`]), then the
 /// boot manager runs and the agent loads. Also feeds the rest as an offer and as a block.
 pub fn boot_arbitrary_flash(data: &[u8]) {
+    struct Layout {
+        erased: Bench,
+        dev: SimDevice,
+    }
     thread_local! {
-        /// An erased bench per layout, cloned for each run.
-        static ERASED: Vec<Bench> = FUZZ_PROFILES.iter().map(|p| Bench::new(p.devices)).collect();
+        /// Per layout, an erased bench and the device reused by every run: each run puts
+        /// the bench back to erased (only the sectors the last run changed are copied)
+        /// and then overwrites every byte, so no run sees another's flash.
+        static LAYOUTS: Vec<Layout> = FUZZ_PROFILES
+            .iter()
+            .map(|p| {
+                let erased = Bench::new(p.devices);
+                let dev = SimDevice::with_bench(p, vec![scenario_key().verifying_key()], erased.clone());
+                Layout { erased, dev }
+            })
+            .collect();
     }
     let Some((&selector, rest)) = data.split_first() else { return };
     let which = selector as usize % FUZZ_PROFILES.len();
     let profile = FUZZ_PROFILES[which];
-    let bench = ERASED.with(|erased| erased[which].clone());
-    let dev = SimDevice::with_bench(profile, vec![scenario_key().verifying_key()], bench);
-    if !rest.is_empty() {
-        let mut b = dev.bench.borrow_mut();
-        for d in &mut b.devices {
-            for chunk in d.bytes.chunks_mut(rest.len()) {
-                chunk.copy_from_slice(&rest[..chunk.len()]);
-            }
-            for (p, &byte) in d.programmed.iter_mut().zip(&d.bytes) {
-                *p = byte != 0xFF;
+    LAYOUTS.with(|layouts| {
+        let layout = &layouts[which];
+        let dev = &layout.dev;
+        {
+            let mut b = dev.bench.borrow_mut();
+            b.restore_from(&layout.erased);
+            if !rest.is_empty() {
+                let programmed: Vec<bool> = rest.iter().map(|&byte| byte != 0xFF).collect();
+                for d in &mut b.devices {
+                    tile(&mut d.bytes, rest);
+                    tile(&mut d.programmed, &programmed);
+                }
             }
         }
-    }
-    let mut storage = dev.storage();
-    let _ = boot::boot(&mut storage, profile, ResetCause::PowerOn);
-    let keys = dev.keys.clone();
-    if let Ok(mut agent) = Agent::load(&mut storage, profile, &keys) {
-        let _ = agent.handle_offer(&mut storage, rest);
-        if let Ok(block) = Block::decode(rest) {
-            let _ = agent.handle_block(&mut storage, block);
+        let mut storage = dev.storage();
+        let _ = boot::boot(&mut storage, profile, ResetCause::PowerOn);
+        let keys = dev.keys.clone();
+        if let Ok(mut agent) = Agent::load(&mut storage, profile, &keys) {
+            let _ = agent.handle_offer(&mut storage, rest);
+            if let Ok(block) = Block::decode(rest) {
+                let _ = agent.handle_block(&mut storage, block);
+            }
         }
+    });
+}
+
+/// Fills `dst` with `pattern` repeated (by doubling: a few large copies, not one per
+/// repetition).
+fn tile<T: Copy>(dst: &mut [T], pattern: &[T]) {
+    let n = pattern.len().min(dst.len());
+    dst[..n].copy_from_slice(&pattern[..n]);
+    let mut filled = n;
+    while filled > 0 && filled < dst.len() {
+        let m = filled.min(dst.len() - filled);
+        dst.copy_within(..m, filled);
+        filled += m;
     }
 }
 

@@ -8,6 +8,12 @@ use tokio::sync::broadcast;
 use crate::auth::now_millis;
 use crate::store::{Event, Store, StoreResult};
 
+tokio::task_local! {
+    /// The operator token an API call runs for; events published while it runs name it
+    /// (the audit trail). Set by the API's authentication layer.
+    pub static ACTOR: String;
+}
+
 /// How many events a slow live subscriber may fall behind before it must re-read the store.
 const LIVE_BUFFER: usize = 1024;
 
@@ -28,7 +34,9 @@ impl EventHub {
 
     /// Stores an event and sends it to live subscribers.
     pub async fn publish(&self, device: Option<&str>, kind: &str, data: serde_json::Value) -> StoreResult<Event> {
-        let event = Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data };
+        let actor = ACTOR.try_with(String::clone).ok();
+        let event =
+            Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data, actor };
         let _order = self.order.lock().await;
         let event = self.store.append_event(&event).await?;
         // No receiver is not an error: nobody is watching right now.

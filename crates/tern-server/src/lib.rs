@@ -108,6 +108,8 @@ async fn first_admin_token(store: &dyn Store, data: &std::path::Path) -> anyhow:
         token_hash: auth::hash_secret(&token),
         role: "admin".into(),
         created_at: auth::now_millis(),
+        expires_at: None,
+        revoked_at: None,
     };
     store.create_token(&record).await?;
     Ok(Some(token))

@@ -221,8 +221,35 @@ pub(crate) fn module_record(sha256: String, filename: Option<String>, info: &ter
     }
 }
 
-pub(super) async fn list_modules(State(state): State<AppState>) -> ApiResult<Json<Vec<ModuleRecord>>> {
-    Ok(Json(state.store.list_modules().await?))
+#[derive(Deserialize)]
+pub(super) struct ModuleFilter {
+    /// Only this platform id.
+    platform: Option<u16>,
+    /// Only this function (name, such as `user_part`, or number).
+    function: Option<String>,
+}
+
+/// `GET /api/modules`: one page of the catalog (`limit`, `offset`), optionally of one
+/// platform or function.
+pub(super) async fn list_modules(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<ModuleFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    let filter = query(filter)?;
+    let modules: Vec<ModuleRecord> = state
+        .store
+        .list_modules()
+        .await?
+        .into_iter()
+        .filter(|m| filter.platform.is_none_or(|p| m.platform_id == p))
+        .filter(|m| {
+            filter.function.as_deref().is_none_or(|f| m.function_name == f || f.parse::<u8>() == Ok(m.function))
+        })
+        .collect();
+    Ok(offset_page(&uri, modules, limit, offset))
 }
 
 pub(super) async fn show_module(

@@ -71,6 +71,18 @@ fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DeviceRecord> {
             pinned_release: row.try_get::<Option<i64>, _>("pinned_release")?.map(int).transpose()?,
             budget_bytes: row.try_get::<Option<i64>, _>("budget_bytes")?.map(int).transpose()?,
         },
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<TokenRecord> {
+    Ok(TokenRecord {
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        role: row.try_get("role")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -175,6 +187,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Event> {
         device: row.try_get("device")?,
         kind: row.try_get("kind")?,
         data: serde_json::from_str(row.try_get("data")?)?,
+        actor: row.try_get("actor")?,
     })
 }
 
@@ -270,30 +283,61 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        sqlx::query("INSERT INTO tokens (name, token_hash, role, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&token.name)
-            .bind(&token.token_hash)
-            .bind(&token.role)
-            .bind(token.created_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (name, token_hash, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(&token.role)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| match is_unique_violation(&err) {
+            true => StoreError::Conflict(format!("token {}", token.name)),
+            false => err.into(),
+        })?;
         Ok(())
     }
 
     async fn find_token(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT name, token_hash, role, created_at FROM tokens WHERE token_hash = ?")
+        let row = sqlx::query("SELECT * FROM tokens WHERE token_hash = ?")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(TokenRecord {
-                name: row.try_get("name")?,
-                token_hash: row.try_get("token_hash")?,
-                role: row.try_get("role")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY name, id").fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn live_token(&self, name: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE name = ? AND revoked_at IS NULL")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn revoke_token(&self, name: &str, at: i64) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(at)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn rotate_token(&self, name: &str, token_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET token_hash = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(token_hash)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn put_module(&self, m: &ModuleRecord) -> StoreResult<bool> {
@@ -355,7 +399,12 @@ impl Store for SqliteStore {
     async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
         let result = sqlx::query(
             "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET platform_id = excluded.platform_id, \
+             secret_hash = excluded.secret_hash, created_at = excluded.created_at, \
+             connectivity = excluded.connectivity, auto_heal = excluded.auto_heal, last_seen = NULL, \
+             described_at = NULL, inventory = NULL, product_id = NULL, tags = '[]', development = 0, \
+             pinned_release = NULL, budget_bytes = NULL, disabled = 0, removed_at = NULL \
+             WHERE devices.removed_at IS NOT NULL",
         )
         .bind(&d.id)
         .bind(i64::from(d.platform_id))
@@ -372,20 +421,76 @@ impl Store for SqliteStore {
     }
 
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM devices WHERE id = ? AND removed_at IS NULL")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(device_from_row).transpose()
     }
 
     async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>> {
-        let rows = sqlx::query("SELECT * FROM devices ORDER BY id").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT * FROM devices WHERE removed_at IS NULL ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn page_devices(&self, q: &DeviceQuery) -> StoreResult<Vec<DeviceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM devices WHERE removed_at IS NULL AND (? IS NULL OR id > ?) \
+             AND (? IS NULL OR platform_id = ?) AND (? IS NULL OR product_id = ?) \
+             AND (? IS NULL OR EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE json_each.value = ?)) \
+             AND (? IS NULL OR disabled = ?) ORDER BY id LIMIT ?",
+        )
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(q.platform_id.map(i64::from))
+        .bind(q.platform_id.map(i64::from))
+        .bind(q.product.map(i64::from))
+        .bind(q.product.map(i64::from))
+        .bind(&q.tag)
+        .bind(&q.tag)
+        .bind(q.disabled.map(i64::from))
+        .bind(q.disabled.map(i64::from))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(device_from_row).collect()
     }
 
     async fn device_secret_hash(&self, id: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT secret_hash FROM devices WHERE id = ?")
+        Ok(sqlx::query_scalar("SELECT secret_hash FROM devices WHERE id = ? AND removed_at IS NULL AND disabled = 0")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    async fn set_device_secret(&self, id: &str, secret_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET secret_hash = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(secret_hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn set_device_disabled(&self, id: &str, disabled: bool) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET disabled = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(i64::from(disabled))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn remove_device(&self, id: &str, at: i64) -> StoreResult<bool> {
+        // The empty hash matches no secret: nothing can log in as a removed device.
+        let result =
+            sqlx::query("UPDATE devices SET removed_at = ?, secret_hash = '' WHERE id = ? AND removed_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()> {
@@ -490,14 +595,16 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, event: &Event) -> StoreResult<Event> {
-        let id: i64 =
-            sqlx::query_scalar("INSERT INTO events (at, device, kind, data) VALUES (?, ?, ?, ?) RETURNING id")
-                .bind(event.at)
-                .bind(&event.device)
-                .bind(&event.kind)
-                .bind(serde_json::to_string(&event.data)?)
-                .fetch_one(&self.pool)
-                .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(event.at)
+        .bind(&event.device)
+        .bind(&event.kind)
+        .bind(serde_json::to_string(&event.data)?)
+        .bind(&event.actor)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(Event { id, ..event.clone() })
     }
 
@@ -520,6 +627,26 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn prune_events(&self, before: i64, keep: u64) -> StoreResult<u64> {
+        let result =
+            sqlx::query("DELETE FROM events WHERE at < ? OR id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
+                .bind(before)
+                .bind(db_int(keep))
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn event_count(&self) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&self.pool).await?;
+        int(count)
+    }
+
+    async fn compact(&self) -> StoreResult<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {

@@ -1,6 +1,7 @@
 //! Integration tests of the Tern server: the real binary on loopback sockets.
 
 mod api;
+mod authority;
 mod config;
 mod gateway;
 mod mqtt;

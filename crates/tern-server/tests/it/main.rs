@@ -3,6 +3,7 @@
 mod api;
 mod authority;
 mod config;
+mod credentials;
 mod gateway;
 mod mqtt;
 mod plans;

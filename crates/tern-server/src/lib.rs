@@ -79,7 +79,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer, config.limits).await?;
     let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), config.transfer);
     let uplink = Arc::new(uplink::UplinkCounters::default());
-    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone(), planner.clone()));
+    tokio::spawn(uplink::run(
+        link_rx,
+        hub.clone(),
+        uplink.clone(),
+        updates.clone(),
+        planner.clone(),
+        config.bounds.clone(),
+    ));
+    uplink::spawn_retention(store.clone(), &config.bounds);
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await

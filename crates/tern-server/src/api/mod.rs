@@ -245,8 +245,9 @@ pub(super) async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-pub(super) async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "link": state.link.stats(), "uplink": state.uplink.snapshot() }))
+pub(super) async fn stats(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let events = state.store.event_count().await?;
+    Ok(Json(json!({ "link": state.link.stats(), "uplink": state.uplink.snapshot(), "store": { "events": events } })))
 }
 
 /// Device `id`, or `404 not_found` in the API's error format.

@@ -11,8 +11,14 @@ use sqlx::{Row, SqlitePool};
 use super::*;
 
 /// The embedded default: one SQLite database file in WAL mode.
+///
+/// Reads share a pool; every write goes through one connection of its own, so writers
+/// queue in order in the process instead of meeting SQLite's lock, whose busy handler
+/// sleeps in growing steps (up to 100 ms) and would let a busy device's writes delay
+/// another's by that much.
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -26,9 +32,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Backend(e.to_string()))?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 }
 
@@ -272,7 +279,7 @@ impl Store for SqliteStore {
         .bind(&patch.address)
         .bind(i64::from(patch.length))
         .bind(crate::auth::now_millis())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -292,7 +299,7 @@ impl Store for SqliteStore {
         .bind(token.created_at)
         .bind(token.expires_at)
         .bind(token.revoked_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|err| match is_unique_violation(&err) {
             true => StoreError::Conflict(format!("token {}", token.name)),
@@ -326,7 +333,7 @@ impl Store for SqliteStore {
         let result = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
             .bind(at)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -335,7 +342,7 @@ impl Store for SqliteStore {
         let result = sqlx::query("UPDATE tokens SET token_hash = ? WHERE name = ? AND revoked_at IS NULL")
             .bind(token_hash)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -359,7 +366,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&m.dependencies)?)
         .bind(i64::from(m.start_address))
         .bind(m.uploaded_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -381,7 +388,7 @@ impl Store for SqliteStore {
             .bind(statement)
             .bind(db_int(security_counter))
             .bind(sha256)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -391,7 +398,7 @@ impl Store for SqliteStore {
             .bind(i64::from(platform_id))
             .bind(i64::from(start_address))
             .bind(sha256)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -412,7 +419,7 @@ impl Store for SqliteStore {
         .bind(d.created_at)
         .bind(d.policy.connectivity.name())
         .bind(d.policy.auto_heal.map(i64::from))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("device {}", d.id)));
@@ -468,7 +475,7 @@ impl Store for SqliteStore {
         let result = sqlx::query("UPDATE devices SET secret_hash = ? WHERE id = ? AND removed_at IS NULL")
             .bind(secret_hash)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -477,7 +484,7 @@ impl Store for SqliteStore {
         let result = sqlx::query("UPDATE devices SET disabled = ? WHERE id = ? AND removed_at IS NULL")
             .bind(i64::from(disabled))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -488,7 +495,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE devices SET removed_at = ?, secret_hash = '' WHERE id = ? AND removed_at IS NULL")
                 .bind(at)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -497,7 +504,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -511,7 +518,7 @@ impl Store for SqliteStore {
         .bind(inventory.described_at)
         .bind(inventory.described_at)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -521,7 +528,7 @@ impl Store for SqliteStore {
             .bind(policy.connectivity.name())
             .bind(policy.auto_heal.map(i64::from))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -547,7 +554,7 @@ impl Store for SqliteStore {
         .bind(p.created_at)
         .bind(serde_json::to_string(&p.stages)?)
         .bind(&p.manifest)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(id)
     }
@@ -571,7 +578,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE plans SET status = 'superseded' WHERE device = ? AND status = 'proposed' AND id != ?")
                 .bind(device)
                 .bind(keep)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected())
     }
@@ -589,7 +596,7 @@ impl Store for SqliteStore {
                 .bind(attempt)
                 .bind(id)
                 .bind(from.name())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -603,7 +610,7 @@ impl Store for SqliteStore {
         .bind(&event.kind)
         .bind(serde_json::to_string(&event.data)?)
         .bind(&event.actor)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(Event { id, ..event.clone() })
     }
@@ -634,7 +641,7 @@ impl Store for SqliteStore {
             sqlx::query("DELETE FROM events WHERE at < ? OR id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
                 .bind(before)
                 .bind(db_int(keep))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected())
     }
@@ -645,7 +652,7 @@ impl Store for SqliteStore {
     }
 
     async fn compact(&self) -> StoreResult<()> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
         Ok(())
     }
 
@@ -677,7 +684,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&a.stages)?)
         .bind(i64::from(a.stage))
         .bind(serde_json::to_string(&a.stage_base)?)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|err| match is_unique_violation(&err) {
             true => StoreError::Conflict(format!("an unfinished attempt for device {}", a.device)),
@@ -707,7 +714,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&a.stage_base)?)
         .bind(serde_json::to_string(&a.plan)?)
         .bind(a.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -739,7 +746,7 @@ impl Store for SqliteStore {
         .bind(&key.device)
         .bind(key.plan)
         .bind(key.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.get_client_key(&key.key)
             .await?
@@ -767,7 +774,7 @@ impl Store for SqliteStore {
         .bind(i64::from(p.platform_id))
         .bind(&p.name)
         .bind(p.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("product {}", p.id)));
@@ -797,7 +804,7 @@ impl Store for SqliteStore {
         .bind(m.pinned_release.map(i64::from))
         .bind(m.budget_bytes.map(db_int))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -814,7 +821,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&g.windows)?)
         .bind(g.budget_bytes.map(db_int))
         .bind(g.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -830,7 +837,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_group(&self, name: &str) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&self.writer).await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -846,7 +853,7 @@ impl Store for SqliteStore {
         .bind(&r.note)
         .bind(r.created_at)
         .bind(i64::from(r.product))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(ReleaseRecord { number: int(number)?, ..r.clone() })
     }
@@ -892,7 +899,7 @@ impl Store for SqliteStore {
         .bind(&r.created_by)
         .bind(r.created_at)
         .bind(r.updated_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?)
     }
 
@@ -915,7 +922,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_rollout(&self, r: &RolloutRecord, members: &[MemberRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE rollouts SET status = ?, engine = ?, updated_at = ? WHERE id = ?")
             .bind(r.status.name())
             .bind(serde_json::to_string(&r.engine)?)

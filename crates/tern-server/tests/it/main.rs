@@ -2,6 +2,7 @@
 
 mod api;
 mod authority;
+mod bounds;
 mod config;
 mod credentials;
 mod gateway;

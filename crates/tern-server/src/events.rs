@@ -44,6 +44,32 @@ impl EventHub {
         Ok(event)
     }
 
+    /// Publishes an event that `write` stores together with the change it records, in one
+    /// transaction (so there is never the change without its event, nor the event without
+    /// the change). `write` gets the event to store and returns the result with the stored
+    /// event, or `None` when it changed nothing (and stored no event).
+    pub async fn publish_with<T, F, Fut>(
+        &self,
+        device: Option<&str>,
+        kind: &str,
+        data: serde_json::Value,
+        write: F,
+    ) -> StoreResult<T>
+    where
+        F: FnOnce(Event) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<(T, Option<Event>)>>,
+    {
+        let actor = ACTOR.try_with(String::clone).ok();
+        let event =
+            Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data, actor };
+        let _order = self.order.lock().await;
+        let (result, stored) = write(event).await?;
+        if let Some(event) = stored {
+            let _ = self.live.send(event);
+        }
+        Ok(result)
+    }
+
     /// A receiver of events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()

@@ -65,7 +65,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("{}: cannot open the database", data.display()))?,
     );
-    let blobs: Arc<dyn blob::BlobStore> = Arc::new(FsBlobStore::new(data.join("blobs")));
+    let fs_blobs = FsBlobStore::new(data.join("blobs"));
+    match fs_blobs.remove_temporaries() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed temporary blob files a crash left behind"),
+        Err(err) => tracing::warn!("cannot clean the blob directory: {err}"),
+    }
+    let blobs: Arc<dyn blob::BlobStore> = Arc::new(fs_blobs);
     let created_admin_token = first_admin_token(&*store, data).await?;
 
     let hub = EventHub::new(store.clone());

@@ -99,8 +99,8 @@ pub struct Bounds {
 impl Default for Bounds {
     fn default() -> Self {
         Bounds {
-            messages_per_second: 10,
-            message_burst: 40,
+            messages_per_second: 5,
+            message_burst: 20,
             block_requests_per_second: 2000,
             block_request_burst: 4000,
             queue: 512,
@@ -264,6 +264,9 @@ struct Reports {
     window: Option<Instant>,
     recorded: u32,
     suppressed: u64,
+    /// When a Progress or Result last updated the device's `last_seen` (at most once a
+    /// second, so a chatty device costs fewer writes).
+    touched: Option<Instant>,
 }
 
 impl Reports {
@@ -335,7 +338,7 @@ async fn handle(event: &LinkEvent, context: &Context, malformed: &mut Reports) -
                 return Ok(());
             }
             counters.handled.fetch_add(1, Ordering::Relaxed);
-            if let Some(described) = handle_message(device, &message, hub, &*store).await? {
+            if let Some(described) = handle_message(device, &message, hub, &*store, &mut malformed.touched).await? {
                 // A device in safe mode may be healed; a failure here is the planner's to
                 // report, never a reason to drop the Describe.
                 if let Err(err) = planner.on_describe(device, &described).await {
@@ -388,7 +391,16 @@ async fn handle_message(
     message: &Message<'_>,
     hub: &EventHub,
     store: &dyn Store,
+    touched: &mut Option<Instant>,
 ) -> Result<Option<Inventory>, StoreError> {
+    let mut touch = || {
+        let now = Instant::now();
+        let due = touched.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if due {
+            *touched = Some(now);
+        }
+        due
+    };
     match message {
         Message::Describe(describe) => {
             let inventory = inventory(describe, now_millis());
@@ -397,7 +409,9 @@ async fn handle_message(
             return Ok(Some(inventory));
         }
         Message::Progress(progress) => {
-            store.touch_device(device, now_millis()).await?;
+            if touch() {
+                store.touch_device(device, now_millis()).await?;
+            }
             let data = json!({
                 "attempt": progress.attempt,
                 "phase": progress.phase.name(),
@@ -407,7 +421,9 @@ async fn handle_message(
             hub.publish(Some(device), "device.progress", data).await?;
         }
         Message::Result(result) => {
-            store.touch_device(device, now_millis()).await?;
+            if touch() {
+                store.touch_device(device, now_millis()).await?;
+            }
             hub.publish(Some(device), "device.result", serde_json::to_value(result_record(result))?).await?;
         }
         // Served by the update task (`crate::updates`); too frequent to store one by one.

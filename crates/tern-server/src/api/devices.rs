@@ -75,20 +75,24 @@ pub(super) async fn add_device(
         created_at: now_millis(),
         policy,
     };
-    state.store.create_device(&device).await.map_err(|err| match err {
+    let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
+    let store = state.store.clone();
+    let registered = state.hub.publish_with(Some(&body.id), "device.registered", data, |event| async move {
+        let stored = store.create_device_with_event(&device, &event).await?;
+        Ok((device, Some(stored)))
+    });
+    let device = registered.await.map_err(|err| match err {
         StoreError::Conflict(_) => ApiError::new(
             StatusCode::CONFLICT,
             "device_exists",
             format!(
                 "device {} is registered already; if its secret was lost, issue a new one with \
                  `tern device rotate-secret {}` (POST /api/devices/{}/secret)",
-                device.id, device.id, device.id
+                body.id, body.id, body.id
             ),
         ),
         other => other.into(),
     })?;
-    let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
-    state.hub.publish(Some(&device.id), "device.registered", data).await?;
     let added = AddedDevice {
         id: device.id,
         platform_id,

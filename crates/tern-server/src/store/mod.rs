@@ -74,6 +74,9 @@ pub trait Store: Send + Sync {
 
     /// Adds a module to the catalog; `false` when a module with its hash was there already.
     async fn put_module(&self, module: &ModuleRecord) -> StoreResult<bool>;
+    /// Adds a module to the catalog with its statement fields as given, and `event`, in one
+    /// transaction; `None` (and no event) when a module with its hash was there already.
+    async fn put_module_with_event(&self, module: &ModuleRecord, event: &Event) -> StoreResult<Option<Event>>;
     /// The module with file hash `sha256`.
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>>;
     /// Every module, by platform, function, index and version.
@@ -89,6 +92,8 @@ pub trait Store: Send + Sync {
     /// Registers a device; [`StoreError::Conflict`] if the id is taken (the id of a
     /// removed device is free again: registering it starts afresh).
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
+    /// Registers a device and stores `event` in one transaction; as [`Store::create_device`].
+    async fn create_device_with_event(&self, device: &NewDevice, event: &Event) -> StoreResult<Event>;
     /// The device `id`.
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
     /// Every device, by id (removed ones are gone).

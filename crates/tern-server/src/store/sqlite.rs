@@ -247,6 +247,47 @@ fn int<T: TryFrom<i64>>(value: i64) -> StoreResult<T> {
     T::try_from(value).map_err(|_| StoreError::Backend(format!("stored integer {value} out of range")))
 }
 
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// Inserts a device (or revives a removed one of the same id); `Conflict` if the id is
+/// taken.
+async fn insert_device(tx: &mut Tx, d: &NewDevice) -> StoreResult<()> {
+    let result = sqlx::query(
+        "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET platform_id = excluded.platform_id, \
+             secret_hash = excluded.secret_hash, created_at = excluded.created_at, \
+             connectivity = excluded.connectivity, auto_heal = excluded.auto_heal, last_seen = NULL, \
+             described_at = NULL, inventory = NULL, product_id = NULL, tags = '[]', development = 0, \
+             pinned_release = NULL, budget_bytes = NULL, disabled = 0, removed_at = NULL \
+             WHERE devices.removed_at IS NOT NULL",
+    )
+    .bind(&d.id)
+    .bind(i64::from(d.platform_id))
+    .bind(&d.secret_hash)
+    .bind(d.created_at)
+    .bind(d.policy.connectivity.name())
+    .bind(d.policy.auto_heal.map(i64::from))
+    .execute(&mut **tx)
+    .await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("device {}", d.id)));
+    }
+    Ok(())
+}
+
+async fn insert_event(tx: &mut Tx, event: &Event) -> StoreResult<Event> {
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id")
+            .bind(event.at)
+            .bind(&event.device)
+            .bind(&event.kind)
+            .bind(serde_json::to_string(&event.data)?)
+            .bind(&event.actor)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Event { id, ..event.clone() })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn patch(&self, source: &str, target: &str, format: u8) -> StoreResult<Option<PatchRecord>> {
@@ -371,6 +412,38 @@ impl Store for SqliteStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn put_module_with_event(&self, m: &ModuleRecord, event: &Event) -> StoreResult<Option<Event>> {
+        let mut tx = self.writer.begin().await?;
+        let result = sqlx::query(
+            "INSERT INTO modules (sha256, filename, format, platform_id, function, module_index, version, size, \
+             module_sha256, integrity, dependencies, start_address, uploaded_at, statement, security_counter) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&m.sha256)
+        .bind(&m.filename)
+        .bind(&m.format)
+        .bind(i64::from(m.platform_id))
+        .bind(i64::from(m.function))
+        .bind(i64::from(m.index))
+        .bind(i64::from(m.version))
+        .bind(i64::from(m.size))
+        .bind(&m.module_sha256)
+        .bind(&m.integrity)
+        .bind(serde_json::to_string(&m.dependencies)?)
+        .bind(i64::from(m.start_address))
+        .bind(m.uploaded_at)
+        .bind(&m.statement)
+        .bind(db_int(m.security_counter))
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let event = insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>> {
         let row = sqlx::query("SELECT * FROM modules WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await?;
         row.as_ref().map(module_from_row).transpose()
@@ -404,27 +477,18 @@ impl Store for SqliteStore {
     }
 
     async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
-        let result = sqlx::query(
-            "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET platform_id = excluded.platform_id, \
-             secret_hash = excluded.secret_hash, created_at = excluded.created_at, \
-             connectivity = excluded.connectivity, auto_heal = excluded.auto_heal, last_seen = NULL, \
-             described_at = NULL, inventory = NULL, product_id = NULL, tags = '[]', development = 0, \
-             pinned_release = NULL, budget_bytes = NULL, disabled = 0, removed_at = NULL \
-             WHERE devices.removed_at IS NOT NULL",
-        )
-        .bind(&d.id)
-        .bind(i64::from(d.platform_id))
-        .bind(&d.secret_hash)
-        .bind(d.created_at)
-        .bind(d.policy.connectivity.name())
-        .bind(d.policy.auto_heal.map(i64::from))
-        .execute(&self.writer)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("device {}", d.id)));
-        }
+        let mut tx = self.writer.begin().await?;
+        insert_device(&mut tx, d).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn create_device_with_event(&self, d: &NewDevice, event: &Event) -> StoreResult<Event> {
+        let mut tx = self.writer.begin().await?;
+        insert_device(&mut tx, d).await?;
+        let event = insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(event)
     }
 
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {

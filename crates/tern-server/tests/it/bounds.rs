@@ -186,3 +186,27 @@ fn lists_page_with_a_link_to_the_next_page_and_filter() {
         assert!(reply["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {reply}");
     }
 }
+
+#[test]
+fn temporary_blob_files_a_crash_left_are_removed_at_start() {
+    let dir = tern_testkit::scratch("bounds-tmp-blobs");
+    let data = dir.join("data");
+    let server = Server::start(&data);
+    let api = server.api();
+    // A device registration and its event are one write: both or neither.
+    server.add_device("d1", "argon");
+    let (_, shown) = api.get("/api/devices/d1");
+    assert_eq!(shown["history"][0]["kind"], "device.registered");
+    server.kill();
+    // What a SIGKILL in the middle of an upload leaves: a temporary file beside the blobs.
+    let shard = data.join("blobs/sha256/ab");
+    std::fs::create_dir_all(&shard).unwrap();
+    let leftover = shard.join(".tmp-4242-deadbeef");
+    std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+    let kept = shard.join("ab".repeat(32));
+    std::fs::write(&kept, b"a blob").unwrap();
+    let server = Server::start(&data);
+    assert!(!leftover.exists(), "the temporary file was removed");
+    assert!(kept.exists(), "blobs are kept");
+    assert_eq!(server.api().get("/api/devices/d1").0, 200);
+}

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView};
+use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView, RotatedSecret};
 use tern_server::store::{Event, ModuleRecord, PlanOrigin, PlanStatus};
 
 use crate::command::Action;
@@ -143,6 +143,23 @@ impl Client {
         self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.bearer()).call())
     }
 
+    /// Every item of a list route: follows the `Link: <…>; rel="next"` header of each page
+    /// and returns the pages' items as one JSON array.
+    pub(crate) fn get_all(&self, path: &str) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(path) = next.take() {
+            let response = self.agent.get(&self.url(&path)).header("Authorization", &self.bearer()).call();
+            let link = response.as_ref().ok().and_then(|r| r.headers().get("link")).and_then(|v| v.to_str().ok());
+            next = link.and_then(next_page).map(str::to_owned);
+            match self.finish(response)? {
+                Value::Array(page) => items.extend(page),
+                other => bail!("the server's answer to {path} is not a list: {other}"),
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
     pub(crate) fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.finish(self.agent.post(&self.url(path)).header("Authorization", &self.bearer()).send_json(body))
     }
@@ -212,6 +229,15 @@ impl Client {
         }
         Ok(response.into_body().into_reader())
     }
+}
+
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288), if any.
+fn next_page(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params.split(';').any(|p| p.trim() == "rel=\"next\"").then_some(target)
+    })
 }
 
 /// Reads an answer as the server's response type `T`.
@@ -338,7 +364,7 @@ pub(crate) fn module_line(module: &ModuleRecord) -> String {
 
 /// `tern module list [--json]`: the server's module catalog.
 pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
-    let answer = Client::connect()?.get("/api/modules")?;
+    let answer = Client::connect()?.get_all("/api/modules")?;
     if json {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -435,6 +461,32 @@ pub enum DeviceCommand {
                             acknowledged); 1 no attempt in flight, or with --wait the device did not \
                             acknowledge in time or reported another outcome.")]
     Cancel(crate::command::CancelArgs),
+    /// Remove a device (admin): its secret is erased and its connection closed, an update in
+    /// flight is cancelled; its history stays, and the id may be registered again.
+    Remove {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a device a new MQTT secret (shown only this once): the old one stops working and
+    /// a connection made with it is closed. Also recovers a registration whose secret was
+    /// never received.
+    RotateSecret {
+        /// Device id.
+        id: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a device: it cannot connect (its connection is closed) until enabled.
+    Disable {
+        /// Device id.
+        id: String,
+    },
+    /// Enable a disabled device: its secret works again.
+    Enable {
+        /// Device id.
+        id: String,
+    },
     /// A device's place in the fleet: product, tags, pin, data budget, development flag.
     #[command(flatten)]
     Fleet(crate::products::MembershipCommand),
@@ -531,7 +583,7 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             println!("device {id}: {}, auto-heal {}", policy.connectivity, if policy.auto_heal { "on" } else { "off" });
         }
         DeviceCommand::List { json } => {
-            let answer = client.get("/api/devices")?;
+            let answer = client.get_all("/api/devices")?;
             if json {
                 print_json(&answer)?;
             } else {
@@ -559,6 +611,26 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         DeviceCommand::FactoryRestore(args) => return crate::command::run(&client, Action::FactoryRestore, args),
         DeviceCommand::Cancel(args) => return crate::command::cancel(&client, args),
         DeviceCommand::Fleet(cmd) => return crate::products::membership(cmd),
+        DeviceCommand::Remove { id } => {
+            let answer =
+                client.delete(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
+            let cancelled = answer["cancelled_attempts"].as_array().map(Vec::len).unwrap_or(0);
+            println!("device {id} removed (its secret erased; {cancelled} update attempt(s) cancelled)");
+        }
+        DeviceCommand::RotateSecret { id, json } => {
+            let path = format!("/api/devices/{}/secret", query_value(&id));
+            let answer = client.post_json(&path, serde_json::json!({})).with_context(|| format!("device {id}"))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                let rotated: RotatedSecret = typed(answer)?;
+                println!("device {}: new secret issued; the old one no longer works", rotated.id);
+                println!("MQTT username: {}", rotated.id);
+                println!("MQTT password (shown only now): {}", rotated.secret);
+            }
+        }
+        DeviceCommand::Disable { id } => switch_device(&client, &id, "disable")?,
+        DeviceCommand::Enable { id } => switch_device(&client, &id, "enable")?,
         DeviceCommand::Show { id, json } => {
             let device =
                 client.get(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
@@ -572,9 +644,17 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tern device disable|enable ID`: `verb` is the route's last segment.
+fn switch_device(client: &Client, id: &str, verb: &str) -> anyhow::Result<()> {
+    let path = format!("/api/devices/{}/{verb}", query_value(id));
+    client.post_json(&path, serde_json::json!({})).with_context(|| format!("device {id}"))?;
+    println!("device {id} {verb}d");
+    Ok(())
+}
+
 /// A stored time (Unix milliseconds) for people: seconds since the epoch in UTC is exact but
 /// unreadable, so print `YYYY-MM-DD HH:MM:SS UTC`.
-fn when(millis: Option<i64>) -> String {
+pub(crate) fn when(millis: Option<i64>) -> String {
     let Some(ms) = millis else { return "never".into() };
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

@@ -13,6 +13,7 @@
 //! | attempt times out after this long without progress (ms) | 900000 | `give_up_after_ms` | — | — |
 //! | attempt times out this long after its creation, progress or not (ms) | 21600000 (6 h) | `attempt_deadline_ms` | — | — |
 //! | public keys statements must be signed with | none | `trusted_keys` | — | `--trusted-key` |
+//! | per-device message rates, event retention | see [`crate::uplink::Bounds`] | `[bounds]` table | — | — |
 //!
 //! `trusted_keys` are PEM files (relative paths are relative to the file's directory);
 //! `--trusted-key` adds to them. With none, the server accepts any well-formed statement
@@ -50,6 +51,8 @@ pub struct Config {
     pub rollout_tick_ms: u64,
     /// Re-offer back-off cap and the deadline of every attempt.
     pub limits: crate::updates::AttemptLimits,
+    /// Per-device message rates and event retention (`[bounds]`).
+    pub bounds: crate::uplink::Bounds,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             trusted_keys: Vec::new(),
             rollout_tick_ms: 1000,
             limits: crate::updates::AttemptLimits::default(),
+            bounds: crate::uplink::Bounds::default(),
         }
     }
 }
@@ -83,6 +87,7 @@ struct FileConfig {
     attempt_deadline_ms: Option<u64>,
     trusted_keys: Option<Vec<PathBuf>>,
     rollout_tick_ms: Option<u64>,
+    bounds: Option<crate::uplink::Bounds>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -137,6 +142,7 @@ impl Config {
         config.limits.reoffer_max_ms = file.reoffer_max_ms.unwrap_or(config.limits.reoffer_max_ms);
         config.limits.deadline_ms = file.attempt_deadline_ms.unwrap_or(config.limits.deadline_ms);
         config.rollout_tick_ms = file.rollout_tick_ms.unwrap_or(config.rollout_tick_ms).max(10);
+        config.bounds = file.bounds.unwrap_or(config.bounds);
         for key in file.trusted_keys.iter().flatten() {
             config.trusted_keys.push(load_public_key(&file_dir.join(key))?);
         }

@@ -65,7 +65,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("{}: cannot open the database", data.display()))?,
     );
-    let blobs: Arc<dyn blob::BlobStore> = Arc::new(FsBlobStore::new(data.join("blobs")));
+    let fs_blobs = FsBlobStore::new(data.join("blobs"));
+    match fs_blobs.remove_temporaries() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed temporary blob files a crash left behind"),
+        Err(err) => tracing::warn!("cannot clean the blob directory: {err}"),
+    }
+    let blobs: Arc<dyn blob::BlobStore> = Arc::new(fs_blobs);
     let created_admin_token = first_admin_token(&*store, data).await?;
 
     let hub = EventHub::new(store.clone());
@@ -79,7 +85,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer, config.limits).await?;
     let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), config.transfer);
     let uplink = Arc::new(uplink::UplinkCounters::default());
-    tokio::spawn(uplink::run(link_rx, hub.clone(), uplink.clone(), updates.clone(), planner.clone()));
+    tokio::spawn(uplink::run(
+        link_rx,
+        hub.clone(),
+        uplink.clone(),
+        updates.clone(),
+        planner.clone(),
+        config.bounds.clone(),
+    ));
+    uplink::spawn_retention(store.clone(), &config.bounds);
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -108,6 +122,8 @@ async fn first_admin_token(store: &dyn Store, data: &std::path::Path) -> anyhow:
         token_hash: auth::hash_secret(&token),
         role: "admin".into(),
         created_at: auth::now_millis(),
+        expires_at: None,
+        revoked_at: None,
     };
     store.create_token(&record).await?;
     Ok(Some(token))

@@ -151,6 +151,15 @@ impl DeviceLink for Gateway {
         sessions(&self.inner).contains_key(device)
     }
 
+    fn disconnect(&self, device: &str) -> bool {
+        // The connection task sees `Replaced`, closes the socket and reports the
+        // disconnection; removing the session here means nothing more is sent to it.
+        let Some(session) = sessions(&self.inner).remove(device) else { return false };
+        self.inner.counters.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = session.outbox.try_send(Outbound::Replaced);
+        true
+    }
+
     fn stats(&self) -> LinkStats {
         let c = &self.inner.counters;
         LinkStats {

@@ -187,6 +187,47 @@ impl Api {
         finish(self.auth(agent().patch(&format!("{}{path}", self.base))).send_json(body))
     }
 
+    /// DELETE `path`.
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        finish(self.auth(agent().delete(&format!("{}{path}", self.base))).call())
+    }
+
+    /// Any method on `path` with a JSON body (none for GET and DELETE) and the
+    /// `Authorization` header given verbatim (`None`: the client's own token).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>, authorization: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let header = match authorization {
+            Some(value) => Some(value.to_owned()),
+            None => self.token.as_ref().map(|t| format!("Bearer {t}")),
+        };
+        let with = |request: ureq::RequestBuilder<ureq::typestate::WithBody>| match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let without = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let body = body.unwrap_or(Value::Null);
+        match method {
+            "GET" => finish(without(agent().get(&url)).call()),
+            "DELETE" => finish(without(agent().delete(&url)).call()),
+            "POST" => finish(with(agent().post(&url)).send_json(body)),
+            "PUT" => finish(with(agent().put(&url)).send_json(body)),
+            "PATCH" => finish(with(agent().patch(&url)).send_json(body)),
+            other => panic!("no method {other} in these tests"),
+        }
+    }
+
+    /// GET `path` and the value of its `Link` header (the next page), if any.
+    pub fn get_page(&self, path: &str) -> (u16, Value, Option<String>) {
+        let mut response = self.auth(agent().get(&format!("{}{path}", self.base))).call().expect("the server answers");
+        let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a text body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), link)
+    }
+
     /// Opens the event stream at `path` and returns its lines as they arrive.
     pub fn stream_lines(&self, path: &str) -> mpsc::Receiver<String> {
         let response = self.auth(agent().get(&format!("{}{path}", self.base))).call().expect("the stream opens");

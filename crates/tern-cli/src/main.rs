@@ -21,6 +21,7 @@ mod rollout;
 mod server;
 mod sim;
 mod statement;
+mod tls;
 mod up;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.

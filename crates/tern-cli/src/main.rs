@@ -21,6 +21,7 @@ mod rollout;
 mod server;
 mod sim;
 mod statement;
+mod tls;
 mod token;
 mod up;
 

@@ -4,6 +4,8 @@
 //!
 //! The server and token come from, in order: `TERN_SERVER` / `TERN_TOKEN`, then the file
 //! `tern login` writes (`$XDG_CONFIG_HOME/tern/config.toml`, else `~/.config/tern/config.toml`).
+//! The CA certificates an `https://` server is checked against: `TERN_CA_FILE`, else the
+//! `--ca-file` given to `tern login`, else the public roots (see `crate::tls`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ struct Remote {
     server: String,
     /// Operator API token.
     token: String,
+    /// PEM CA certificates to trust for an `https://` server instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
 }
 
 fn config_path() -> anyhow::Result<PathBuf> {
@@ -42,7 +47,7 @@ fn config_path() -> anyhow::Result<PathBuf> {
 fn load_remote() -> anyhow::Result<Remote> {
     let from_env = (std::env::var("TERN_SERVER").ok(), std::env::var("TERN_TOKEN").ok());
     if let (Some(server), Some(token)) = from_env {
-        return Ok(Remote { server, token });
+        return Ok(Remote { server, token, ca_file: crate::tls::ca_file_from_env() });
     }
     let path = config_path()?;
     let text = match std::fs::read_to_string(&path) {
@@ -52,7 +57,9 @@ fn load_remote() -> anyhow::Result<Remote> {
         }
         Err(err) => bail!("{}: cannot read: {err}", path.display()),
     };
-    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))
+    let mut remote: Remote = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+    remote.ca_file = crate::tls::ca_file_from_env().or(remote.ca_file);
+    Ok(remote)
 }
 
 fn save_remote(remote: &Remote) -> anyhow::Result<PathBuf> {
@@ -99,13 +106,13 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn new(remote: Remote, timeout: Option<Duration>) -> Client {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into();
-        Client { remote, agent }
+    fn new(remote: Remote, timeout: Option<Duration>) -> anyhow::Result<Client> {
+        let agent = crate::tls::agent(timeout, remote.ca_file.as_deref())?;
+        Ok(Client { remote, agent })
     }
 
     pub(crate) fn connect() -> anyhow::Result<Client> {
-        Ok(Client::new(load_remote()?, Some(Duration::from_secs(60))))
+        Client::new(load_remote()?, Some(Duration::from_secs(60)))
     }
 
     fn url(&self, path: &str) -> String {
@@ -206,7 +213,7 @@ impl Client {
         since: Option<i64>,
     ) -> anyhow::Result<impl std::io::Read + Send + 'static> {
         // No overall timeout: the stream is meant to stay open.
-        let client = Client::new(self.remote.clone(), None);
+        let client = Client::new(self.remote.clone(), None)?;
         let mut query = Vec::new();
         if let Some(device) = device {
             query.push(format!("device={}", query_value(device)));
@@ -269,12 +276,18 @@ pub struct LoginArgs {
     /// An operator API token (the first one is printed by `tern server` on its first start).
     #[arg(long)]
     token: String,
+    /// CA certificates (PEM) to trust for an https:// server instead of the public roots,
+    /// e.g. DATA/tls/ca.pem of a server with a self-signed certificate [env: TERN_CA_FILE].
+    #[arg(long, value_name = "FILE", env = "TERN_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Checks the token against the server, then remembers both.
 pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let remote = Remote { server: args.url.trim_end_matches('/').to_owned(), token: args.token };
-    let client = Client::new(remote.clone(), Some(Duration::from_secs(15)));
+    // Saved absolute, so the CLI finds it from any directory.
+    let ca_file = args.ca_file.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let remote = Remote { server: args.url.trim_end_matches('/').to_owned(), token: args.token, ca_file };
+    let client = Client::new(remote.clone(), Some(Duration::from_secs(15)))?;
     client.get("/api/devices").with_context(|| format!("cannot log in to {}", remote.server))?;
     let path = save_remote(&remote)?;
     println!("logged in to {} (saved to {})", remote.server, path.display());

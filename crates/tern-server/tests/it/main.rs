@@ -10,4 +10,6 @@ mod mqtt;
 mod plans;
 mod restart;
 mod support;
+mod tls;
+mod transport;
 mod update;

@@ -17,8 +17,12 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub http: String,
-    /// MQTT port on 127.0.0.1.
+    /// MQTT port on 127.0.0.1 (0 when the server has no plain MQTT listener).
     pub mqtt_port: u16,
+    /// MQTT over TLS port on 127.0.0.1, when TLS is on.
+    pub mqtts_port: Option<u16>,
+    /// The process id.
+    pub pid: u32,
     /// The data directory.
     pub data: PathBuf,
     /// The admin token (from the data directory).
@@ -28,8 +32,15 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` with ephemeral ports and waits until it listens.
     pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+    }
+
+    /// Starts a server on `data` with these flags (listen addresses included) and waits
+    /// until every listener it reports is up.
+    pub fn start_with(data: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
-            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
+            .args(args)
+            .arg("--data")
             .arg(data)
             .env("TERN_LOG", "error")
             .env_remove("TERN_CONFIG")
@@ -50,8 +61,9 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut http, mut mqtt) = (None, None);
-        while http.is_none() || mqtt.is_none() {
+        let (mut http, mut mqtt, mut mqtts) = (None, None, None);
+        // The HTTP line comes last of the listener lines, after the MQTT ones.
+        while http.is_none() {
             let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
                 let _ = child.kill();
                 panic!("tern-server did not report its listeners within {START_TIMEOUT:?}")
@@ -62,12 +74,17 @@ impl Server {
             if let Some(rest) = line.split("MQTT device gateway on mqtt://").nth(1) {
                 mqtt = Some(rest.rsplit(':').next().expect("a port").parse().expect("a port number"));
             }
+            if let Some(rest) = line.split("MQTT device gateway on mqtts://").nth(1) {
+                mqtts = Some(rest.rsplit(':').next().expect("a port").parse().expect("a port number"));
+            }
         }
         let token = std::fs::read_to_string(data.join("admin-token")).expect("the admin token file exists");
         Server {
+            pid: child.id(),
             child,
-            http: http.expect("loop ends with both"),
-            mqtt_port: mqtt.expect("loop ends with both"),
+            http: http.expect("loop ends with it"),
+            mqtt_port: mqtt.unwrap_or(0),
+            mqtts_port: mqtts,
             data: data.to_path_buf(),
             token: token.trim().to_owned(),
         }

@@ -162,7 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http = listener.local_addr()?;
     let rollouts = rollouts::Rollouts::new(store.clone(), planner.clone(), hub.clone(), link.clone());
     rollouts.spawn(std::time::Duration::from_millis(config.rollout_tick_ms));
-    let settings = config.http_transport.clone();
+    let settings = config.http_transport;
     let https = tls.is_some();
     let state =
         api::AppState { store, blobs, hub, link, uplink, updates, planner, rollouts, config: Arc::new(config.clone()) };

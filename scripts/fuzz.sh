@@ -18,8 +18,13 @@ for t in "${targets[@]}"; do
   echo "== fuzz $t for ${seconds}s"
   mkdir -p "corpus/$t"
   scratch="$(mktemp -d)"
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none "$scratch" "corpus/$t" -- \
-    -max_total_time="$seconds" -max_len=65536
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none "$scratch" "corpus/$t" -- \
+    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 > "$scratch.log" 2>&1; then
+    tail -60 "$scratch.log"
+    exit 1
+  fi
+  # Runs, and runs per second (the device targets aim at 10,000 or more).
+  grep -E "^stat::(number_of_executed_units|average_exec_per_sec)" "$scratch.log"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --sanitizer none "corpus/$t" "$scratch" -- -merge=1
-  rm -rf "$scratch"
+  rm -rf "$scratch" "$scratch.log"
 done

@@ -3,7 +3,9 @@
 #   - binary-version-reader 3.1.3 (npm): Particle's own module reader;
 #   - imgtool 2.5.0 and intelhex 2.3.0 (PyPI): MCUboot's signing tool, an Intel HEX reader;
 #   - srecord (Debian): srec_cat, a second Intel HEX reader;
-#   - mosquitto-clients (Debian): mosquitto_pub/mosquitto_sub, real MQTT clients for the gateway tests.
+#   - mosquitto-clients (Debian): mosquitto_pub/mosquitto_sub, real MQTT clients for the gateway tests
+#     (plain and over TLS);
+#   - curl (Debian): a real HTTPS client for the TLS tests.
 # Fast when everything is already there. Needs network access to the registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +16,7 @@ need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v srec_cat >/dev/null || need_apt+=(srecord)
 command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-peers: apt-get install ${need_apt[*]}"

@@ -18,7 +18,8 @@ if [ "${TERN_LONG_SWEEP:-0}" = 1 ]; then
   for p in photon argon; do
     for s in app-update system-parts-and-app radio-stack-and-system-part statements-system-part-and-app \
       bootloader-update system-part-and-bootloader bad-app-rollback rollback-also-bad-factory-restore \
-      factory-restore-on-request update-during-test-boot interrupted-download-resumed; do
+      factory-restore-on-request update-during-test-boot interrupted-download-resumed \
+      delta-app-update compressed-system-part-and-delta-app; do
       # The Photon has no radio-stack slot.
       [ "$p" = photon ] && [ "$s" = radio-stack-and-system-part ] && continue
       env -u TERN_CORPUS nice -n 19 cargo run --release -q -p tern-cli -- sim powercut \

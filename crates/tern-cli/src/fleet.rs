@@ -57,7 +57,8 @@ pub struct Common {
     #[arg(long = "trust", value_name = "KEY")]
     trust: Vec<PathBuf>,
     /// Register new devices on this server's HTTP API (with --token, or $TERN_SERVER and
-    /// $TERN_TOKEN); with a state directory their secrets are kept there.
+    /// $TERN_TOKEN); with a state directory their secrets are kept there. An https:// server
+    /// is checked against $TERN_CA_FILE when set.
     #[arg(long, value_name = "URL")]
     api: Option<String>,
     /// Operator token for --api.
@@ -368,11 +369,7 @@ impl Registrar {
         let (Some(api), Some(token)) = (api, token) else {
             bail!("device {first} has no secret: pass --secret, or --api URL --token T to register it")
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+        let agent = crate::tls::agent(Some(Duration::from_secs(30)), crate::tls::ca_file_from_env().as_deref())?;
         Ok(Registrar { agent, api: api.trim_end_matches('/').to_owned(), token })
     }
 

@@ -21,6 +21,8 @@ mod rollout;
 mod server;
 mod sim;
 mod statement;
+mod tls;
+mod token;
 mod up;
 
 /// Tern: over-the-air updates for modular microcontroller firmware.
@@ -52,7 +54,11 @@ enum Command {
     Server(server::Args),
     /// Remember a server and an operator token for the commands below.
     Login(ops::LoginArgs),
-    /// Register, list and show devices; reboot, safe mode, factory restore, cancel.
+    /// Operator tokens (admin): create with a role and expiry, list, revoke, rotate.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Register, list and show devices; reboot, safe mode, factory restore, cancel; remove,
+    /// rotate a secret, disable and enable.
     #[command(subcommand)]
     Device(ops::DeviceCommand),
     /// Products: devices of one platform running one firmware line, and their releases.
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd),
         Command::Server(args) => server::run(args),
         Command::Login(args) => ops::login(args),
+        Command::Token(cmd) => token::run(cmd),
         Command::Device(cmd) => ops::device(cmd),
         Command::Product(cmd) => products::product(cmd),
         Command::Group(cmd) => products::group(cmd),

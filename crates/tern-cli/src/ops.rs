@@ -4,6 +4,8 @@
 //!
 //! The server and token come from, in order: `TERN_SERVER` / `TERN_TOKEN`, then the file
 //! `tern login` writes (`$XDG_CONFIG_HOME/tern/config.toml`, else `~/.config/tern/config.toml`).
+//! The CA certificates an `https://` server is checked against: `TERN_CA_FILE`, else the
+//! `--ca-file` given to `tern login`, else the public roots (see `crate::tls`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView};
+use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView, RotatedSecret};
 use tern_server::store::{Event, ModuleRecord, PlanOrigin, PlanStatus};
 
 use crate::command::Action;
@@ -26,6 +28,9 @@ struct Remote {
     server: String,
     /// Operator API token.
     token: String,
+    /// PEM CA certificates to trust for an `https://` server instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
 }
 
 fn config_path() -> anyhow::Result<PathBuf> {
@@ -42,7 +47,7 @@ fn config_path() -> anyhow::Result<PathBuf> {
 fn load_remote() -> anyhow::Result<Remote> {
     let from_env = (std::env::var("TERN_SERVER").ok(), std::env::var("TERN_TOKEN").ok());
     if let (Some(server), Some(token)) = from_env {
-        return Ok(Remote { server, token });
+        return Ok(Remote { server, token, ca_file: crate::tls::ca_file_from_env() });
     }
     let path = config_path()?;
     let text = match std::fs::read_to_string(&path) {
@@ -52,7 +57,9 @@ fn load_remote() -> anyhow::Result<Remote> {
         }
         Err(err) => bail!("{}: cannot read: {err}", path.display()),
     };
-    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))
+    let mut remote: Remote = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+    remote.ca_file = crate::tls::ca_file_from_env().or(remote.ca_file);
+    Ok(remote)
 }
 
 fn save_remote(remote: &Remote) -> anyhow::Result<PathBuf> {
@@ -99,13 +106,13 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn new(remote: Remote, timeout: Option<Duration>) -> Client {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into();
-        Client { remote, agent }
+    fn new(remote: Remote, timeout: Option<Duration>) -> anyhow::Result<Client> {
+        let agent = crate::tls::agent(timeout, remote.ca_file.as_deref())?;
+        Ok(Client { remote, agent })
     }
 
     pub(crate) fn connect() -> anyhow::Result<Client> {
-        Ok(Client::new(load_remote()?, Some(Duration::from_secs(60))))
+        Client::new(load_remote()?, Some(Duration::from_secs(60)))
     }
 
     fn url(&self, path: &str) -> String {
@@ -141,6 +148,23 @@ impl Client {
 
     pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.bearer()).call())
+    }
+
+    /// Every item of a list route: follows the `Link: <…>; rel="next"` header of each page
+    /// and returns the pages' items as one JSON array.
+    pub(crate) fn get_all(&self, path: &str) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(path) = next.take() {
+            let response = self.agent.get(&self.url(&path)).header("Authorization", &self.bearer()).call();
+            let link = response.as_ref().ok().and_then(|r| r.headers().get("link")).and_then(|v| v.to_str().ok());
+            next = link.and_then(next_page).map(str::to_owned);
+            match self.finish(response)? {
+                Value::Array(page) => items.extend(page),
+                other => bail!("the server's answer to {path} is not a list: {other}"),
+            }
+        }
+        Ok(Value::Array(items))
     }
 
     pub(crate) fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -189,7 +213,7 @@ impl Client {
         since: Option<i64>,
     ) -> anyhow::Result<impl std::io::Read + Send + 'static> {
         // No overall timeout: the stream is meant to stay open.
-        let client = Client::new(self.remote.clone(), None);
+        let client = Client::new(self.remote.clone(), None)?;
         let mut query = Vec::new();
         if let Some(device) = device {
             query.push(format!("device={}", query_value(device)));
@@ -212,6 +236,15 @@ impl Client {
         }
         Ok(response.into_body().into_reader())
     }
+}
+
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288), if any.
+fn next_page(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params.split(';').any(|p| p.trim() == "rel=\"next\"").then_some(target)
+    })
 }
 
 /// Reads an answer as the server's response type `T`.
@@ -243,12 +276,18 @@ pub struct LoginArgs {
     /// An operator API token (the first one is printed by `tern server` on its first start).
     #[arg(long)]
     token: String,
+    /// CA certificates (PEM) to trust for an https:// server instead of the public roots,
+    /// e.g. DATA/tls/ca.pem of a server with a self-signed certificate [env: TERN_CA_FILE].
+    #[arg(long, value_name = "FILE", env = "TERN_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Checks the token against the server, then remembers both.
 pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let remote = Remote { server: args.url.trim_end_matches('/').to_owned(), token: args.token };
-    let client = Client::new(remote.clone(), Some(Duration::from_secs(15)));
+    // Saved absolute, so the CLI finds it from any directory.
+    let ca_file = args.ca_file.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let remote = Remote { server: args.url.trim_end_matches('/').to_owned(), token: args.token, ca_file };
+    let client = Client::new(remote.clone(), Some(Duration::from_secs(15)))?;
     client.get("/api/devices").with_context(|| format!("cannot log in to {}", remote.server))?;
     let path = save_remote(&remote)?;
     println!("logged in to {} (saved to {})", remote.server, path.display());
@@ -338,7 +377,7 @@ pub(crate) fn module_line(module: &ModuleRecord) -> String {
 
 /// `tern module list [--json]`: the server's module catalog.
 pub fn module_list(json: bool) -> anyhow::Result<ExitCode> {
-    let answer = Client::connect()?.get("/api/modules")?;
+    let answer = Client::connect()?.get_all("/api/modules")?;
     if json {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -435,6 +474,32 @@ pub enum DeviceCommand {
                             acknowledged); 1 no attempt in flight, or with --wait the device did not \
                             acknowledge in time or reported another outcome.")]
     Cancel(crate::command::CancelArgs),
+    /// Remove a device (admin): its secret is erased and its connection closed, an update in
+    /// flight is cancelled; its history stays, and the id may be registered again.
+    Remove {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a device a new MQTT secret (shown only this once): the old one stops working and
+    /// a connection made with it is closed. Also recovers a registration whose secret was
+    /// never received.
+    RotateSecret {
+        /// Device id.
+        id: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a device: it cannot connect (its connection is closed) until enabled.
+    Disable {
+        /// Device id.
+        id: String,
+    },
+    /// Enable a disabled device: its secret works again.
+    Enable {
+        /// Device id.
+        id: String,
+    },
     /// A device's place in the fleet: product, tags, pin, data budget, development flag.
     #[command(flatten)]
     Fleet(crate::products::MembershipCommand),
@@ -531,7 +596,7 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             println!("device {id}: {}, auto-heal {}", policy.connectivity, if policy.auto_heal { "on" } else { "off" });
         }
         DeviceCommand::List { json } => {
-            let answer = client.get("/api/devices")?;
+            let answer = client.get_all("/api/devices")?;
             if json {
                 print_json(&answer)?;
             } else {
@@ -559,6 +624,26 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         DeviceCommand::FactoryRestore(args) => return crate::command::run(&client, Action::FactoryRestore, args),
         DeviceCommand::Cancel(args) => return crate::command::cancel(&client, args),
         DeviceCommand::Fleet(cmd) => return crate::products::membership(cmd),
+        DeviceCommand::Remove { id } => {
+            let answer =
+                client.delete(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
+            let cancelled = answer["cancelled_attempts"].as_array().map(Vec::len).unwrap_or(0);
+            println!("device {id} removed (its secret erased; {cancelled} update attempt(s) cancelled)");
+        }
+        DeviceCommand::RotateSecret { id, json } => {
+            let path = format!("/api/devices/{}/secret", query_value(&id));
+            let answer = client.post_json(&path, serde_json::json!({})).with_context(|| format!("device {id}"))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                let rotated: RotatedSecret = typed(answer)?;
+                println!("device {}: new secret issued; the old one no longer works", rotated.id);
+                println!("MQTT username: {}", rotated.id);
+                println!("MQTT password (shown only now): {}", rotated.secret);
+            }
+        }
+        DeviceCommand::Disable { id } => switch_device(&client, &id, "disable")?,
+        DeviceCommand::Enable { id } => switch_device(&client, &id, "enable")?,
         DeviceCommand::Show { id, json } => {
             let device =
                 client.get(&format!("/api/devices/{}", query_value(&id))).with_context(|| format!("device {id}"))?;
@@ -572,9 +657,17 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tern device disable|enable ID`: `verb` is the route's last segment.
+fn switch_device(client: &Client, id: &str, verb: &str) -> anyhow::Result<()> {
+    let path = format!("/api/devices/{}/{verb}", query_value(id));
+    client.post_json(&path, serde_json::json!({})).with_context(|| format!("device {id}"))?;
+    println!("device {id} {verb}d");
+    Ok(())
+}
+
 /// A stored time (Unix milliseconds) for people: seconds since the epoch in UTC is exact but
 /// unreadable, so print `YYYY-MM-DD HH:MM:SS UTC`.
-fn when(millis: Option<i64>) -> String {
+pub(crate) fn when(millis: Option<i64>) -> String {
     let Some(ms) = millis else { return "never".into() };
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

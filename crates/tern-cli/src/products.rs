@@ -222,7 +222,7 @@ pub fn product(cmd: ProductCommand) -> Result<ExitCode> {
             println!("product {} created ({}, {})", product.id, known.name, product.name);
         }
         ProductCommand::List { json } => {
-            let answer = client.get("/api/products")?;
+            let answer = client.get_all("/api/products")?;
             if json {
                 return print_json(&answer).map(|()| ExitCode::SUCCESS);
             }
@@ -283,7 +283,7 @@ pub fn group(cmd: GroupCommand) -> Result<ExitCode> {
             println!("group {} saved (product {})", group.name, group.product);
         }
         GroupCommand::List { json } => {
-            let answer = client.get("/api/groups")?;
+            let answer = client.get_all("/api/groups")?;
             if json {
                 return print_json(&answer).map(|()| ExitCode::SUCCESS);
             }
@@ -394,7 +394,7 @@ pub fn release_create(args: ReleaseCreate) -> Result<ExitCode> {
 }
 
 pub fn release_list(product: u32, json: bool) -> Result<ExitCode> {
-    let answer = Client::connect()?.get(&format!("/api/products/{product}/releases"))?;
+    let answer = Client::connect()?.get_all(&format!("/api/products/{product}/releases"))?;
     if json {
         return print_json(&answer).map(|()| ExitCode::SUCCESS);
     }

@@ -148,7 +148,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Status(args) => return status(&client, &args),
         Command::List { json } => {
-            let answer = client.get("/api/rollouts")?;
+            let answer = client.get_all("/api/rollouts")?;
             if json {
                 return print_json(&answer).map(|()| ExitCode::SUCCESS);
             }

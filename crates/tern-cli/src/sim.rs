@@ -28,7 +28,9 @@ pub enum Command {
 #[derive(Args)]
 pub struct Selection {
     /// Only this profile: a platform name (photon, p1, electron, argon, boron, esomx, bsom,
-    /// tracker) or a generic one (stm32f2 = photon, nrf52840 = argon).
+    /// tracker) or a generic one (stm32f2 = photon, nrf52840 = argon). Without it the
+    /// synthetic scenarios run on photon and argon (one per MCU family); with it, on the
+    /// profile named.
     #[arg(long)]
     profile: Option<String>,
     /// Only this scenario.
@@ -115,7 +117,10 @@ fn select(sel: &Selection) -> Result<Vec<Scenario>> {
         })?),
         None => None,
     };
-    let all = scenario::all(corpus.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut all = scenario::all(corpus.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(p) = profile.filter(|p| !all.iter().any(|s| s.profile.name == p.name)) {
+        all.extend(scenario::synthetic(p));
+    }
     let chosen: Vec<Scenario> = all
         .into_iter()
         .filter(|s| profile.is_none_or(|p| s.profile.name == p.name))

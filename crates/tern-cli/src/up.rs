@@ -7,6 +7,11 @@
 //! The Device OS modules are Particle modules Tern makes itself (`tern_fleet::device_os`),
 //! or, with `--corpus DIR` or `$TERN_CORPUS`, real Device OS releases from that corpus. The
 //! applications are Particle modules made for the demo in both cases.
+//!
+//! Secure first: the API is served over HTTPS and devices may connect over MQTT/TLS, with
+//! the certificate named by `--tls-cert`/`--tls-key` or, by default, a self-signed one the
+//! server makes in `DATA/tls/` on the first start (clients trust `DATA/tls/ca.pem`). The
+//! simulated devices run in this process and connect over plain MQTT on loopback.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,12 +42,26 @@ pub struct UpArgs {
     /// Data directory.
     #[arg(long, default_value = "tern-demo")]
     data: PathBuf,
-    /// HTTP API address.
+    /// HTTPS API address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// MQTT gateway address.
+    /// Plain MQTT address, for the simulated devices (loopback only).
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
+    /// MQTT over TLS address, for devices elsewhere.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    mqtts: SocketAddr,
+    /// The server's certificate chain (PEM) [default: a self-signed certificate made in
+    /// DATA/tls/ on the first start].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) the demo trusts for its own API calls [default: the
+    /// self-signed CA, or the public roots with --tls-cert].
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Run real Device OS modules from this firmware corpus (its particle/releases
     /// directory) instead of the synthetic Device OS Tern makes
     #[arg(long, env = "TERN_CORPUS")]
@@ -117,31 +136,46 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     // public half too, so a statement signed with another key would be refused at upload.
     std::fs::create_dir_all(&args.data).with_context(|| format!("{}: cannot create", args.data.display()))?;
     let key = demo_key(&args.data)?;
+    if !args.mqtt.ip().is_loopback() {
+        bail!("--mqtt {}: the demo's plain MQTT listener must be on a loopback address", args.mqtt);
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tern_server::TlsSource::Files(tern_server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+        }),
+        _ => tern_server::TlsSource::SelfSigned { client_ca: None },
+    };
     let config = tern_server::Config {
         data_dir: args.data.clone(),
         http: args.http,
-        mqtt: args.mqtt,
+        mqtt: Some(args.mqtt),
+        mqtts: args.mqtts,
+        tls,
         trusted_keys: vec![key.verifying_key()],
         ..Default::default()
     };
     let running = runtime.block_on(tern_server::start(config))?;
+    let mqtt = running.mqtt.ok_or_else(|| anyhow!("the server has no plain MQTT listener for the demo's devices"))?;
     let token = std::fs::read_to_string(args.data.join(tern_server::ADMIN_TOKEN_FILE))
         .with_context(|| format!("{}: no admin token", args.data.display()))?;
-    let api = Api {
-        base: format!("http://{}", running.http),
-        token: token.trim().to_owned(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into(),
+    // The demo's own calls, and the line it prints for the operator, use this CA file.
+    let ca_file = args.ca_file.clone().or(running.self_signed_ca.clone()).map(|p| std::path::absolute(&p).unwrap_or(p));
+    // An unspecified listen address is reached on loopback, which the certificate names.
+    let host = if running.http.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], running.http.port()))
+    } else {
+        running.http
     };
-    println!(
-        "tern up: server on http://{} and mqtt://{} (data in {})",
-        running.http,
-        running.mqtt,
-        args.data.display()
-    );
+    let api = Api {
+        base: format!("https://{host}"),
+        token: token.trim().to_owned(),
+        agent: crate::tls::agent(Some(Duration::from_secs(30)), ca_file.as_deref())?,
+    };
+    for line in tern_server::listening_lines(&running) {
+        println!("{}", line.replacen("tern server", "tern up", 1));
+    }
 
     let demo_start = tern_server::auth::now_millis();
 
@@ -178,12 +212,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             std::fs::write(&secret_file, &s)?;
             s
         };
-        let target = MqttTarget {
-            host: running.mqtt.ip().to_string(),
-            port: running.mqtt.port(),
-            device: id.to_string(),
-            secret,
-        };
+        let target = MqttTarget { host: mqtt.ip().to_string(), port: mqtt.port(), device: id.to_string(), secret };
         let (keys, stop) = (vec![key.verifying_key()], stop.clone());
         let id = id.to_owned();
         let (app, factory) = match id.as_str() {
@@ -274,11 +303,16 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     follow(&api, &start_plan(&api, &plan, true)?)?;
 
     println!(
-        "\ntern up: serving. API: http://{} (token in {}), OpenAPI at /api/openapi.json; events: tern events",
-        running.http,
+        "\ntern up: serving. API: {} (token in {}), OpenAPI at /api/openapi.json; events: tern events",
+        api.base,
         args.data.join(tern_server::ADMIN_TOKEN_FILE).display()
     );
-    println!("  export TERN_SERVER=http://{} TERN_TOKEN={}", running.http, api.token);
+    match &ca_file {
+        Some(ca) => {
+            println!("  export TERN_SERVER={} TERN_TOKEN={} TERN_CA_FILE={}", api.base, api.token, ca.display())
+        }
+        None => println!("  export TERN_SERVER={} TERN_TOKEN={}", api.base, api.token),
+    }
     println!("  tern device list");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -403,7 +437,13 @@ fn demo_key(data: &std::path::Path) -> Result<SigningKey> {
         return Ok(SigningKey::from_bytes(&seed));
     }
     let key = SigningKey::generate(&mut rand_core::OsRng);
-    std::fs::write(&path, key.to_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // A signing key: only its owner may read it.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, &key.to_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(key)
 }
 

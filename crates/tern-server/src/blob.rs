@@ -57,6 +57,33 @@ impl FsBlobStore {
         FsBlobStore { root: root.into() }
     }
 
+    /// Deletes the temporary files a crash during a write left behind (`.tmp-*` beside the
+    /// blobs); returns how many. Call it before the store is used: a write in progress
+    /// would lose its file.
+    pub fn remove_temporaries(&self) -> std::io::Result<usize> {
+        let top = self.root.join("sha256");
+        let shards = match std::fs::read_dir(&top) {
+            Ok(shards) => shards,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let mut removed = 0;
+        for shard in shards {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard)? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn path(&self, address: &str) -> Result<PathBuf, BlobError> {
         let valid = address.len() == 64 && address.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {

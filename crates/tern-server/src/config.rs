@@ -4,8 +4,19 @@
 //! | setting | default | file key | environment | flag |
 //! |---|---|---|---|---|
 //! | data directory | `./tern-data` | `data_dir` | `TERN_DATA` | `--data` |
-//! | HTTP listen address | `127.0.0.1:8080` | `http` | `TERN_HTTP` | `--http` |
-//! | MQTT listen address | `127.0.0.1:1883` | `mqtt` | `TERN_MQTT` | `--mqtt` |
+//! | HTTP API listen address (HTTPS with TLS) | `127.0.0.1:8080` | `http` | `TERN_HTTP` | `--http` |
+//! | plain MQTT listen address | `127.0.0.1:1883` without TLS; none with TLS | `mqtt` | `TERN_MQTT` | `--mqtt` |
+//! | MQTT over TLS listen address (with TLS) | `127.0.0.1:8883` | `mqtts` | `TERN_MQTTS` | `--mqtts` |
+//! | server certificate chain and key (PEM) | none | `tls_cert`, `tls_key` | — | `--tls-cert`, `--tls-key` |
+//! | a self-signed certificate made in `DATA/tls/` | off | `self_signed` | — | `--self-signed` |
+//! | CA of device client certificates (PEM; mutual TLS) | none | `tls_client_ca` | — | `--tls-client-ca` |
+//! | how often certificate files are checked for changes (ms) | 10000 | `tls_reload_ms` | — | — |
+//! | plain listeners allowed on addresses other than loopback | false | `allow_plain_public` | — | — |
+//! | HTTP connections at once, in total / per source address | 1024 / 64 | `max_http_connections` / `max_connections_per_source` | — | — |
+//! | an HTTP request head (and TLS handshake) must arrive within (ms) | 10000 | `http_header_timeout_ms` | — | — |
+//! | an HTTP connection without traffic is closed after (ms) | 60000 | `http_idle_timeout_ms` | — | — |
+//! | MQTT connections at once (both listeners) | 10000 | `max_mqtt_connections` | — | — |
+//! | a device must finish TLS and CONNECT within (ms) | 10000 | `mqtt_connect_timeout_ms` | — | — |
 //! | largest module upload (bytes) | 16 MiB | `max_module_size` | — | — |
 //! | largest MQTT packet (bytes) | 64 KiB | `max_mqtt_packet` | — | — |
 //! | first re-offer of an attempt without progress after (ms) | 5000 | `offer_retry_ms` | — | — |
@@ -13,11 +24,19 @@
 //! | attempt times out after this long without progress (ms) | 900000 | `give_up_after_ms` | — | — |
 //! | attempt times out this long after its creation, progress or not (ms) | 21600000 (6 h) | `attempt_deadline_ms` | — | — |
 //! | public keys statements must be signed with | none | `trusted_keys` | — | `--trusted-key` |
+//! | per-device message rates, event retention | see [`crate::uplink::Bounds`] | `[bounds]` table | — | — |
 //!
 //! `trusted_keys` are PEM files (relative paths are relative to the file's directory);
 //! `--trusted-key` adds to them. With none, the server accepts any well-formed statement
 //! and leaves the signature to the devices; with some, it refuses a statement no trusted
 //! key signed, at upload, so an operator learns of a wrong key before any device does.
+//!
+//! TLS: with `tls_cert` and `tls_key` (or `self_signed`), the API is served over HTTPS on
+//! `http` and devices connect over TLS on `mqtts`; a plain MQTT listener runs only when
+//! `mqtt` is given explicitly. Without TLS both listeners are plain. A plain listener must be
+//! on a loopback address unless `allow_plain_public` is set, so tokens and device secrets
+//! never cross a network in cleartext by accident. Certificate files are reloaded when they
+//! change (and on SIGHUP) without a restart. See [`crate::tls`].
 //!
 //! The file is the one named by `--config` or `TERN_CONFIG`, else `tern.toml` in the data
 //! directory if it exists. Unknown keys in the file are an error, so a typo is not silently
@@ -25,6 +44,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -34,10 +54,22 @@ use serde::Deserialize;
 pub struct Config {
     /// Where the database, blobs and the first admin token live.
     pub data_dir: PathBuf,
-    /// HTTP API address.
+    /// HTTP API address (HTTPS when [`Config::tls`] is on).
     pub http: SocketAddr,
-    /// MQTT gateway address.
-    pub mqtt: SocketAddr,
+    /// Plain MQTT gateway address, if any.
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS address (used when [`Config::tls`] is on).
+    pub mqtts: SocketAddr,
+    /// Where the certificates come from, if TLS is on.
+    pub tls: TlsSource,
+    /// How often certificate files are checked for changes, in milliseconds.
+    pub tls_reload_ms: u64,
+    /// HTTP connection limits and timeouts.
+    pub http_transport: crate::transport::HttpSettings,
+    /// MQTT connections at once, on both MQTT listeners together.
+    pub max_mqtt_connections: usize,
+    /// How long a device has to finish the TLS handshake and send CONNECT.
+    pub mqtt_connect_timeout: Duration,
     /// The largest module file accepted by upload, in bytes.
     pub max_module_size: usize,
     /// The largest MQTT packet accepted from a device, in bytes.
@@ -50,6 +82,8 @@ pub struct Config {
     pub rollout_tick_ms: u64,
     /// Re-offer back-off cap and the deadline of every attempt.
     pub limits: crate::updates::AttemptLimits,
+    /// Per-device message rates and event retention (`[bounds]`).
+    pub bounds: crate::uplink::Bounds,
 }
 
 impl Default for Config {
@@ -57,14 +91,47 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("tern-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mqtt: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            mqtts: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            tls: TlsSource::Off,
+            tls_reload_ms: 10_000,
+            http_transport: crate::transport::HttpSettings {
+                limits: crate::transport::Limits { max_connections: 1024, per_source: 64 },
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
+            max_mqtt_connections: 10_000,
+            mqtt_connect_timeout: Duration::from_secs(10),
             max_module_size: 16 << 20,
             max_mqtt_packet: 64 << 10,
             transfer: tern_proto::attempt::TransferConfig::default(),
             trusted_keys: Vec::new(),
             rollout_tick_ms: 1000,
             limits: crate::updates::AttemptLimits::default(),
+            bounds: crate::uplink::Bounds::default(),
         }
+    }
+}
+
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    /// No TLS: plain listeners (loopback only unless `allow_plain_public`).
+    Off,
+    /// Certificate, key and optional client CA from these files.
+    Files(crate::tls::TlsFiles),
+    /// A self-signed certificate in `DATA/tls/`, made on first start; with an optional
+    /// client CA for devices.
+    SelfSigned {
+        /// CA certificates device client certificates must chain to.
+        client_ca: Option<PathBuf>,
+    },
+}
+
+impl TlsSource {
+    /// Whether TLS is on.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, TlsSource::Off)
     }
 }
 
@@ -75,6 +142,19 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http: Option<SocketAddr>,
     mqtt: Option<SocketAddr>,
+    mqtts: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    self_signed: Option<bool>,
+    tls_reload_ms: Option<u64>,
+    allow_plain_public: Option<bool>,
+    max_http_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    http_header_timeout_ms: Option<u64>,
+    http_idle_timeout_ms: Option<u64>,
+    max_mqtt_connections: Option<usize>,
+    mqtt_connect_timeout_ms: Option<u64>,
     max_module_size: Option<usize>,
     max_mqtt_packet: Option<usize>,
     offer_retry_ms: Option<u64>,
@@ -83,6 +163,7 @@ struct FileConfig {
     attempt_deadline_ms: Option<u64>,
     trusted_keys: Option<Vec<PathBuf>>,
     rollout_tick_ms: Option<u64>,
+    bounds: Option<crate::uplink::Bounds>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -94,12 +175,35 @@ pub struct ServerArgs {
     /// Data directory [env: TERN_DATA; default: ./tern-data].
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// HTTP API listen address [env: TERN_HTTP; default: 127.0.0.1:8080].
+    /// HTTP API listen address, HTTPS when TLS is on [env: TERN_HTTP; default:
+    /// 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// MQTT device gateway listen address [env: TERN_MQTT; default: 127.0.0.1:1883].
+    /// Plain MQTT device gateway listen address [env: TERN_MQTT; default: 127.0.0.1:1883
+    /// without TLS, none with TLS]. Plain listeners must be on loopback unless the file
+    /// says `allow_plain_public = true`.
     #[arg(long, value_name = "ADDR")]
     pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listen address, used when TLS is on [env: TERN_MQTTS; default:
+    /// 127.0.0.1:8883].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts: Option<SocketAddr>,
+    /// The server's certificate chain (PEM); with --tls-key, serves HTTPS and MQTT over
+    /// TLS. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Without --tls-cert: make a self-signed certificate in DATA/tls/ on first start
+    /// (clients trust DATA/tls/ca.pem).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub self_signed: bool,
+    /// CA certificates (PEM) of device client certificates: a device whose certificate
+    /// chains to one and names its device id (subject CN or a DNS SAN) connects without
+    /// its secret.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// A public key (PEM) module statements must be signed with to enter the catalog;
     /// repeat for several [default: any key; devices judge signatures].
     #[arg(long, value_name = "FILE")]
@@ -129,7 +233,21 @@ impl Config {
         let mut config = Config::default();
         config.data_dir = file.data_dir.unwrap_or(config.data_dir);
         config.http = file.http.unwrap_or(config.http);
-        config.mqtt = file.mqtt.unwrap_or(config.mqtt);
+        config.mqtts = file.mqtts.unwrap_or(config.mqtts);
+        config.tls_reload_ms = file.tls_reload_ms.unwrap_or(config.tls_reload_ms).max(10);
+        let transport = &mut config.http_transport;
+        transport.limits.max_connections = file.max_http_connections.unwrap_or(transport.limits.max_connections);
+        transport.limits.per_source = file.max_connections_per_source.unwrap_or(transport.limits.per_source);
+        if let Some(ms) = file.http_header_timeout_ms {
+            transport.header_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = file.http_idle_timeout_ms {
+            transport.idle_timeout = Duration::from_millis(ms.max(1));
+        }
+        config.max_mqtt_connections = file.max_mqtt_connections.unwrap_or(config.max_mqtt_connections);
+        if let Some(ms) = file.mqtt_connect_timeout_ms {
+            config.mqtt_connect_timeout = Duration::from_millis(ms.max(1));
+        }
         config.max_module_size = file.max_module_size.unwrap_or(config.max_module_size);
         config.max_mqtt_packet = file.max_mqtt_packet.unwrap_or(config.max_mqtt_packet);
         config.transfer.offer_retry_ms = file.offer_retry_ms.unwrap_or(config.transfer.offer_retry_ms);
@@ -137,6 +255,7 @@ impl Config {
         config.limits.reoffer_max_ms = file.reoffer_max_ms.unwrap_or(config.limits.reoffer_max_ms);
         config.limits.deadline_ms = file.attempt_deadline_ms.unwrap_or(config.limits.deadline_ms);
         config.rollout_tick_ms = file.rollout_tick_ms.unwrap_or(config.rollout_tick_ms).max(10);
+        config.bounds = file.bounds.unwrap_or(config.bounds);
         for key in file.trusted_keys.iter().flatten() {
             config.trusted_keys.push(load_public_key(&file_dir.join(key))?);
         }
@@ -146,11 +265,48 @@ impl Config {
 
         config.data_dir = env_data.unwrap_or(config.data_dir);
         config.http = env_addr("TERN_HTTP")?.unwrap_or(config.http);
-        config.mqtt = env_addr("TERN_MQTT")?.unwrap_or(config.mqtt);
-
+        config.mqtts = env_addr("TERN_MQTTS")?.unwrap_or(config.mqtts);
         config.data_dir = args.data.clone().unwrap_or(config.data_dir);
         config.http = args.http.unwrap_or(config.http);
-        config.mqtt = args.mqtt.unwrap_or(config.mqtt);
+        config.mqtts = args.mqtts.unwrap_or(config.mqtts);
+
+        // TLS: flags name both files or neither; the file's paths are relative to it.
+        let in_file = |p: &Option<PathBuf>| p.as_ref().map(|p| file_dir.join(p));
+        let cert = args.tls_cert.clone().or_else(|| in_file(&file.tls_cert));
+        let key = args.tls_key.clone().or_else(|| in_file(&file.tls_key));
+        let client_ca = args.tls_client_ca.clone().or_else(|| in_file(&file.tls_client_ca));
+        let self_signed = args.self_signed || file.self_signed.unwrap_or(false);
+        config.tls = match (cert, key) {
+            (Some(cert), Some(key)) => TlsSource::Files(crate::tls::TlsFiles { cert, key, client_ca }),
+            (None, None) if self_signed => TlsSource::SelfSigned { client_ca },
+            (None, None) if client_ca.is_some() => {
+                anyhow::bail!("tls_client_ca needs TLS: set tls_cert and tls_key, or self_signed")
+            }
+            (None, None) => TlsSource::Off,
+            (Some(_), None) => anyhow::bail!("tls_cert is set but tls_key is not"),
+            (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is not"),
+        };
+
+        // Plain MQTT: by default only without TLS; explicit anywhere.
+        let explicit_mqtt = args.mqtt.or(env_addr("TERN_MQTT")?).or(file.mqtt);
+        config.mqtt = match explicit_mqtt {
+            Some(addr) => Some(addr),
+            None if config.tls.is_on() => None,
+            None => config.mqtt,
+        };
+        if !file.allow_plain_public.unwrap_or(false) {
+            let plain_http = (!config.tls.is_on()).then_some(("HTTP", config.http));
+            let plain_mqtt = config.mqtt.map(|addr| ("MQTT", addr));
+            for (what, addr) in plain_http.into_iter().chain(plain_mqtt) {
+                if !addr.ip().is_loopback() {
+                    anyhow::bail!(
+                        "plain {what} on {addr} would carry tokens or device secrets in cleartext: turn TLS on \
+                         (tls_cert and tls_key, or --self-signed), listen on a loopback address, or set \
+                         allow_plain_public = true in the configuration file"
+                    );
+                }
+            }
+        }
         Ok(config)
     }
 }

@@ -91,4 +91,10 @@ pub trait DeviceLink: Send + Sync {
     fn is_online(&self, device: &str) -> bool;
     /// The link's counters.
     fn stats(&self) -> LinkStats;
+    /// Closes `device`'s connection, if it has one (its secret was rotated, or it was
+    /// disabled or removed); `true` when one was closed.
+    fn disconnect(&self, device: &str) -> bool {
+        let _ = device;
+        false
+    }
 }

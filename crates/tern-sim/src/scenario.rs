@@ -523,6 +523,7 @@ struct World<'a> {
     sc: &'a Scenario,
     out: Outcome,
     task: usize,
+    /// The current task's update was sent at least once.
     offer_sent: bool,
     reset_done: bool,
     sent_this_task: usize,
@@ -738,16 +739,18 @@ impl World<'_> {
                             let transfers: Vec<Transfer> =
                                 patches.iter().map(|p| p.as_ref().map_or(Transfer::Raw, |(t, _)| *t)).collect();
                             let scope = OfferScope { attempt: None, modules: &hashes, transfers: &transfers };
+                            // Sent, whatever becomes of it: a device that loses power while
+                            // taking it may still have journaled it and go on by itself, and
+                            // then a failed result it reports ends the task (the server does
+                            // not offer an update the device already tried and rejected).
+                            self.offer_sent = true;
                             let offered = if patches.is_empty() {
                                 agent.handle_offer_documents(storage, documents.iter().map(Vec::as_slice))
                             } else {
                                 agent.handle_offer_scoped(storage, documents.iter().map(Vec::as_slice), scope)
                             };
                             match offered {
-                                Ok(_) => {
-                                    self.offer_sent = true;
-                                    self.out.offers += 1;
-                                }
+                                Ok(_) => self.out.offers += 1,
                                 Err(_) if !Self::powered(dev) => return Next::Reboot(ResetCause::PowerOn),
                                 // The device does not run the patch's source (a retention
                                 // flip, say): the server sends whole modules.

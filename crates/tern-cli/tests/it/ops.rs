@@ -314,3 +314,76 @@ fn module_upload_and_list() {
     fails(&home, &["flash", "cell-1", part1.to_str().unwrap(), "--yes"], "has not described itself");
     fails(&home, &["flash", "nobody", "--heal", "--yes"], "no device nobody");
 }
+
+/// Registers `count` devices straight through the API (faster than one `tern` per device).
+fn register_many(server: &Server, prefix: &str, count: usize) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for i in 0..count {
+        let response = agent
+            .post(&format!("{}/api/devices", server.url))
+            .header("Authorization", &format!("Bearer {}", server.token))
+            .send_json(serde_json::json!({ "id": format!("{prefix}-{i:04}"), "platform": "argon" }))
+            .expect("the server answers");
+        assert_eq!(response.status().as_u16(), 201);
+    }
+}
+
+#[test]
+fn tokens_with_roles_and_the_device_credential_commands() {
+    let dir = tern_testkit::scratch("cli-tokens");
+    let home = dir.join("config");
+    let server = start_server(&home, &dir.join("data"));
+    ok(&home, &["login", &server.url, "--token", &server.token]);
+
+    let created = ok(&home, &["token", "create", "watcher", "--role", "viewer", "--expires", "30d"]);
+    let viewer = created
+        .lines()
+        .find_map(|l| l.strip_prefix("token (shown only now): "))
+        .unwrap_or_else(|| panic!("no token in {created}"))
+        .to_owned();
+    assert!(created.contains("role viewer"), "{created}");
+    fails(&home, &["token", "create", "x", "--role", "root"], "role must be one of viewer, operator, admin");
+    fails(&home, &["token", "create", "x", "--role", "viewer", "--expires", "2001-01-01"], "not in the future");
+    fails(&home, &["token", "create", "x", "--role", "viewer", "--expires", "soon"], "--expires soon");
+    fails(&home, &["token", "revoke", "nobody"], "no token nobody");
+    fails(&home, &["token", "revoke", "admin"], "last working admin token");
+    let list = ok(&home, &["token", "list"]);
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(rows[0].starts_with("admin") && rows[0].contains("admin") && rows[0].contains("never"), "{list}");
+    assert!(rows[1].starts_with("watcher") && rows[1].contains("viewer") && rows[1].contains("active"), "{list}");
+
+    // The viewer logs in elsewhere: it reads, and a change is refused with a clear error.
+    let viewer_home = dir.join("viewer-config");
+    ok(&viewer_home, &["login", &server.url, "--token", &viewer]);
+    ok(&home, &["device", "add", "d1", "--platform", "argon"]);
+    assert!(ok(&viewer_home, &["device", "list"]).contains("d1"));
+    fails(&viewer_home, &["device", "add", "d2", "--platform", "argon"], "has role viewer; this call needs operator");
+    fails(&viewer_home, &["token", "list"], "needs admin");
+
+    let rotated = ok(&home, &["token", "rotate", "watcher"]);
+    assert!(!rotated.contains(&viewer), "a new token: {rotated}");
+    fails(&viewer_home, &["device", "list"], "unknown token");
+    ok(&home, &["token", "revoke", "watcher"]);
+    assert!(ok(&home, &["token", "list"]).lines().any(|l| l.starts_with("watcher") && l.contains("revoked")));
+
+    // Device credentials: a new secret, disable and enable, removal.
+    let said = ok(&home, &["device", "rotate-secret", "d1"]);
+    let secret = said.lines().find_map(|l| l.strip_prefix("MQTT password (shown only now): ")).expect("a secret");
+    assert_eq!(secret.len(), 64);
+    assert!(ok(&home, &["device", "disable", "d1"]).contains("d1 disabled"));
+    assert!(ok(&home, &["device", "enable", "d1"]).contains("d1 enabled"));
+    assert!(ok(&home, &["device", "remove", "d1"]).contains("d1 removed"));
+    fails(&home, &["device", "remove", "d1"], "no device d1");
+    fails(&home, &["device", "rotate-secret", "d1"], "no device d1");
+    fails(&home, &["device", "disable", "d1"], "no device d1");
+
+    // More devices than one page holds: the list follows the pages.
+    register_many(&server, "fleet", 520);
+    let list = ok(&home, &["device", "list"]);
+    assert_eq!(list.lines().skip(1).count(), 520, "every device, across pages");
+    let listed: Value = serde_json::from_str(&ok(&home, &["device", "list", "--json"])).unwrap();
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..520).map(|i| format!("fleet-{i:04}")).collect();
+    assert_eq!(ids, expected);
+}

@@ -54,3 +54,31 @@ fn unknown_scenario_is_a_one_line_error() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("/no/such/dir"), "{}", run.stderr);
 }
+
+/// `--profile` names any profile, not only the two of the default run: the synthetic
+/// scenarios are laid out on it (the Electron's three system parts, the P1's external
+/// flash, the Tracker's 8 MiB) and swept.
+#[test]
+fn powercut_runs_the_synthetic_scenarios_on_any_profile() {
+    for profile in ["electron", "p1", "tracker"] {
+        let out = tern_ok([
+            "sim",
+            "powercut",
+            "--profile",
+            profile,
+            "--scenario",
+            "app-update",
+            "--random-runs",
+            "2",
+            "--chain-window",
+            "0",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        let s = &v["scenarios"][0];
+        assert_eq!(s["profile"], profile);
+        assert!(s["faults_injected"].as_u64().expect("number") > 0, "{profile}: {s}");
+        assert_eq!(v["total_bricked"], 0, "{profile}");
+        assert_eq!(v["total_violations"], 0, "{profile}");
+    }
+}

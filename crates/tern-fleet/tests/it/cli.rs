@@ -165,7 +165,7 @@ fn demo_command() -> Command {
 fn demo_output(mut command: Command) -> String {
     use std::io::{BufRead, BufReader};
     let mut child = command
-        .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0"])
         .env("TERN_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
@@ -247,6 +247,12 @@ fn tern_up_demo_runs_anywhere_on_its_own_firmware() {
     assert!(text.contains("(token in tern-demo/admin-token)"), "{text}");
     let token = std::fs::read_to_string(dir.join("tern-demo/admin-token")).expect("the admin token is in ./tern-demo");
     assert!(text.contains(&format!("TERN_TOKEN={}", token.trim())), "{text}");
+    // Secure first: HTTPS and MQTT over TLS with a self-signed certificate made on this
+    // first start, and the line to trust it.
+    assert!(text.contains("HTTP API on https://") && text.contains("MQTT device gateway on mqtts://"), "{text}");
+    assert!(text.contains("made a self-signed certificate"), "{text}");
+    assert!(dir.join("tern-demo/tls/ca.pem").is_file(), "the CA is in ./tern-demo/tls");
+    assert!(text.contains("TERN_CA_FILE=/") && text.contains("tern-demo/tls/ca.pem"), "{text}");
 
     // A corpus that is not there is refused before anything starts, in one line.
     let out = demo_command().current_dir(&dir).args(["--corpus", "no-such-corpus"]).output().expect("tern runs");

@@ -59,7 +59,7 @@ impl Server {
         let mut config = tern_server::Config {
             data_dir: data.to_path_buf(),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
-            mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..tern_server::Config::default()
         };
         config.transfer.offer_retry_ms = 1_000;
@@ -68,7 +68,7 @@ impl Server {
         let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
         Server {
             http: format!("http://{}", running.http),
-            mqtt_port: running.mqtt.port(),
+            mqtt_port: running.mqtt.expect("a plain MQTT listener without TLS").port(),
             token: token.trim().to_owned(),
             _runtime: Some(runtime),
             child: None,

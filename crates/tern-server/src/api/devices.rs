@@ -1,7 +1,7 @@
 //! Devices: registration, listing, details, commands, policy.
 
 use super::*;
-pub use crate::api::types::{AddedDevice, DeviceDetail, DeviceSummary};
+pub use crate::api::types::{AddedDevice, DeviceDetail, DeviceSummary, RotatedSecret};
 
 #[derive(Deserialize)]
 pub(super) struct AddDevice {
@@ -75,9 +75,24 @@ pub(super) async fn add_device(
         created_at: now_millis(),
         policy,
     };
-    state.store.create_device(&device).await?;
     let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
-    state.hub.publish(Some(&device.id), "device.registered", data).await?;
+    let store = state.store.clone();
+    let registered = state.hub.publish_with(Some(&body.id), "device.registered", data, |event| async move {
+        let stored = store.create_device_with_event(&device, &event).await?;
+        Ok((device, Some(stored)))
+    });
+    let device = registered.await.map_err(|err| match err {
+        StoreError::Conflict(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "device_exists",
+            format!(
+                "device {} is registered already; if its secret was lost, issue a new one with \
+                 `tern device rotate-secret {}` (POST /api/devices/{}/secret)",
+                body.id, body.id, body.id
+            ),
+        ),
+        other => other.into(),
+    })?;
     let added = AddedDevice {
         id: device.id,
         platform_id,
@@ -116,12 +131,144 @@ pub(super) fn summary(link: &dyn DeviceLink, device: &crate::store::DeviceRecord
         connectivity: device.policy.connectivity.name().to_owned(),
         auto_heal: device.policy.heals_automatically(),
         fleet: device.fleet.clone(),
+        disabled: device.disabled,
     }
 }
 
-pub(super) async fn list_devices(State(state): State<AppState>) -> ApiResult<Json<Vec<DeviceSummary>>> {
-    let devices = state.store.list_devices().await?;
-    Ok(Json(devices.iter().map(|d| summary(&*state.link, d)).collect()))
+#[derive(Deserialize)]
+pub(super) struct DeviceFilter {
+    /// Only ids after this one (the cursor of the next page).
+    after: Option<String>,
+    /// Only this platform (name or id).
+    platform: Option<String>,
+    /// Only members of this product.
+    product: Option<u32>,
+    /// Only devices carrying this tag.
+    tag: Option<String>,
+    /// Only disabled (`true`) or enabled (`false`) devices.
+    disabled: Option<bool>,
+}
+
+/// `GET /api/devices`: one page, by id; a `Link` header names the next one.
+pub(super) async fn list_devices(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<DeviceFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    if offset != 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the device list pages with after=ID, not offset",
+        ));
+    }
+    let filter = query(filter)?;
+    let platform_id = filter
+        .platform
+        .as_deref()
+        .map(|name| {
+            name.parse::<u16>().ok().or_else(|| platform::parse(name)).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_platform", format!("platform {name} is unknown"))
+            })
+        })
+        .transpose()?;
+    let q = crate::store::DeviceQuery {
+        after: filter.after,
+        // One more than shown tells whether another page follows.
+        limit: limit + 1,
+        platform_id,
+        product: filter.product,
+        tag: filter.tag,
+        disabled: filter.disabled,
+    };
+    let mut devices = state.store.page_devices(&q).await?;
+    let more = devices.len() > limit as usize;
+    devices.truncate(limit as usize);
+    let next = more.then(|| devices.last().map(|d| ("after", d.id.clone()))).flatten();
+    let summaries: Vec<DeviceSummary> = devices.iter().map(|d| summary(&*state.link, d)).collect();
+    Ok(page_response(&uri, summaries, next))
+}
+
+/// Closes the device's connection after its credentials changed, and says so.
+async fn drop_connection(state: &AppState, id: &str) {
+    if state.link.disconnect(id) {
+        tracing::info!(device = id, "closed the device's connection: its credentials changed");
+    }
+}
+
+/// `POST /api/devices/{id}/secret`: a new secret, shown once; the old one stops working and
+/// a connection made with it is closed. Also how a registration whose answer was lost is
+/// recovered.
+pub(super) async fn rotate_device_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RotatedSecret>> {
+    device_or_404(&state, &id).await?;
+    let secret = auth::new_device_secret();
+    if !state.store.set_device_secret(&id, &auth::hash_secret(&secret)).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    drop_connection(&state, &id).await;
+    state.hub.publish(Some(&id), "device.secret_rotated", json!({})).await?;
+    Ok(Json(RotatedSecret { id, secret }))
+}
+
+async fn set_disabled(state: &AppState, id: &str, disabled: bool) -> ApiResult<Json<DeviceSummary>> {
+    device_or_404(state, id).await?;
+    if !state.store.set_device_disabled(id, disabled).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    if disabled {
+        drop_connection(state, id).await;
+    }
+    let kind = if disabled { "device.disabled" } else { "device.enabled" };
+    state.hub.publish(Some(id), kind, json!({})).await?;
+    let device = device_or_404(state, id).await?;
+    Ok(Json(summary(&*state.link, &device)))
+}
+
+/// `POST /api/devices/{id}/disable`: the device cannot connect (its connection is closed)
+/// until enabled again; its secret stays valid.
+pub(super) async fn disable_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceSummary>> {
+    set_disabled(&state, &id, true).await
+}
+
+/// `POST /api/devices/{id}/enable`.
+pub(super) async fn enable_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceSummary>> {
+    set_disabled(&state, &id, false).await
+}
+
+/// `DELETE /api/devices/{id}`: removes the device. Its secret is erased and its connection
+/// closed; an update attempt in flight is cancelled; its attempts, plans and events stay
+/// as history. The id may be registered again later (as a new device).
+pub(super) async fn remove_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    device_or_404(&state, &id).await?;
+    if !state.store.remove_device(&id, now_millis()).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    let mut cancelled = Vec::new();
+    for attempt in state.store.unfinished_attempts().await?.into_iter().filter(|a| a.device == id) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        state.updates.send(UpdateInput::Cancel(attempt.id, reply)).await;
+        if answer.await.unwrap_or(false) {
+            cancelled.push(attempt.id);
+        }
+    }
+    drop_connection(&state, &id).await;
+    let data = json!({ "id": id, "removed": true, "cancelled_attempts": cancelled });
+    state.hub.publish(Some(&id), "device.removed", data.clone()).await?;
+    Ok(Json(data))
 }
 
 /// How many attempts `GET /api/devices/{id}` includes.

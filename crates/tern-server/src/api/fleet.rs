@@ -60,8 +60,14 @@ pub(super) fn platform_of(value: &serde_json::Value) -> ApiResult<u16> {
     }
 }
 
-pub(super) async fn list_products(State(state): State<AppState>) -> ApiResult<Json<Vec<ProductRecord>>> {
-    Ok(Json(state.store.list_products().await?))
+/// `GET /api/products`: one page (`limit`, `offset`), by id.
+pub(super) async fn list_products(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    Ok(offset_page(&uri, state.store.list_products().await?, limit, offset))
 }
 
 #[derive(Serialize)]
@@ -156,13 +162,17 @@ pub(super) async fn create_release(
     Ok((StatusCode::CREATED, Json(release)))
 }
 
+/// `GET /api/products/{id}/releases`: one page (`limit`, `offset`), by number.
 pub(super) async fn list_releases(
     State(state): State<AppState>,
     id: Result<Path<u32>, PathRejection>,
-) -> ApiResult<Json<Vec<ReleaseRecord>>> {
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
     let id = id.map(|Path(id)| id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such product"))?;
+    let (limit, offset) = page_query(page)?;
     product_or_404(&state, id).await?;
-    Ok(Json(state.store.list_releases(id).await?))
+    Ok(offset_page(&uri, state.store.list_releases(id).await?, limit, offset))
 }
 
 pub(super) async fn show_release(
@@ -219,8 +229,29 @@ pub(super) async fn put_group(
     Ok((status, Json(group)))
 }
 
-pub(super) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<Vec<GroupRecord>>> {
-    Ok(Json(state.store.list_groups().await?))
+#[derive(Deserialize)]
+pub(super) struct GroupFilter {
+    /// Only groups of this product.
+    product: Option<u32>,
+}
+
+/// `GET /api/groups`: one page (`limit`, `offset`), by name, optionally of one product.
+pub(super) async fn list_groups(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<GroupFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    let filter = query(filter)?;
+    let groups: Vec<GroupRecord> = state
+        .store
+        .list_groups()
+        .await?
+        .into_iter()
+        .filter(|g| filter.product.is_none_or(|p| g.product == p))
+        .collect();
+    Ok(offset_page(&uri, groups, limit, offset))
 }
 
 #[derive(Serialize)]

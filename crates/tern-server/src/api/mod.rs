@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -45,6 +45,7 @@ mod fleet;
 mod modules;
 mod plans;
 mod rollouts;
+mod tokens;
 pub mod types;
 
 use devices::*;
@@ -54,6 +55,7 @@ pub(crate) use modules::module_record;
 use modules::*;
 use plans::*;
 use rollouts::*;
+use tokens::*;
 
 /// The OpenAPI 3.1 document served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -159,7 +161,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/modules/{sha256}", get(show_module))
         .route("/api/modules/{sha256}/statement", put(put_statement))
         .route("/api/devices", post(add_device).get(list_devices))
-        .route("/api/devices/{id}", get(show_device).patch(set_policy))
+        .route("/api/devices/{id}", get(show_device).patch(set_policy).delete(remove_device))
+        .route("/api/devices/{id}/secret", post(rotate_device_secret))
+        .route("/api/devices/{id}/disable", post(disable_device))
+        .route("/api/devices/{id}/enable", post(enable_device))
         .route(
             "/api/devices/{id}/plans",
             post(create_plan).get(list_plans).layer(DefaultBodyLimit::max(max_upload.saturating_mul(4))),
@@ -189,6 +194,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rollouts/{id}/approve", post(approve_member))
         .route("/api/events", get(events))
         .route("/api/stats", get(stats))
+        .route("/api/tokens", post(create_token).get(list_tokens))
+        .route("/api/tokens/{name}", get(show_token).delete(revoke_token))
+        .route("/api/tokens/{name}/rotate", post(rotate_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/api/health", get(health))
@@ -199,24 +207,34 @@ pub fn router(state: AppState) -> Router {
 }
 
 pub(super) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token =
+        request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(auth::bearer_token);
     let Some(token) = token else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token").into_response();
     };
-    match state.store.find_token(&auth::hash_secret(token)).await {
-        Ok(Some(record)) => {
-            let mut request = request;
-            request.extensions_mut().insert(Operator(record.name));
-            next.run(request).await
-        }
-        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response(),
-        Err(err) => ApiError::from(err).into_response(),
+    let record = match state.store.find_token(&auth::hash_secret(token)).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response(),
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    if record.revoked_at.is_some() {
+        let message = format!("token {} was revoked", record.name);
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     }
+    if record.expires_at.is_some_and(|at| at <= now_millis()) {
+        let message = format!("token {} has expired", record.name);
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    }
+    // A role the server does not know (a database written by hand) may only read.
+    let role = auth::Role::parse(&record.role).unwrap_or(auth::Role::Viewer);
+    let needed = auth::Role::required(request.method().as_str(), request.uri().path());
+    if role < needed {
+        let message = format!("token {} has role {}; this call needs {}", record.name, role.name(), needed.name());
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+    }
+    let mut request = request;
+    request.extensions_mut().insert(Operator(record.name.clone()));
+    crate::events::ACTOR.scope(record.name, next.run(request)).await
 }
 
 pub(super) async fn health() -> Json<serde_json::Value> {
@@ -227,8 +245,9 @@ pub(super) async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-pub(super) async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "link": state.link.stats(), "uplink": state.uplink.snapshot() }))
+pub(super) async fn stats(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let events = state.store.event_count().await?;
+    Ok(Json(json!({ "link": state.link.stats(), "uplink": state.uplink.snapshot(), "store": { "events": events } })))
 }
 
 /// Device `id`, or `404 not_found` in the API's error format.
@@ -261,4 +280,82 @@ impl From<PlanError> for ApiError {
             PlanError::Blob(err) => err.into(),
         }
     }
+}
+
+/// The most items one page of a list holds unless `limit` says otherwise.
+pub const DEFAULT_PAGE: u32 = 500;
+/// The most items one page of a list may hold.
+pub const MAX_PAGE: u32 = 1000;
+
+/// The paging part of a list route's query.
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    /// At most this many items (1 to [`MAX_PAGE`]; default [`DEFAULT_PAGE`]).
+    limit: Option<u32>,
+    /// Skip this many items (lists without a key cursor).
+    offset: Option<u64>,
+}
+
+/// A route's query (paging or filters), or `400 bad_request` in the API's error format.
+pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))
+}
+
+/// The limit and offset of a list route's query, checked.
+pub(super) fn page_query(page: Result<Query<PageQuery>, QueryRejection>) -> ApiResult<(u32, u64)> {
+    let page = query(page)?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_limit", format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    Ok((limit, page.offset.unwrap_or(0)))
+}
+
+/// A page of a list: the items as a JSON array, and when more follow, a `Link` header
+/// (RFC 8288) with `rel="next"` naming the next page (the same query with the cursor
+/// `key` set to `value`).
+pub(super) fn page_response<T: Serialize>(
+    uri: &axum::http::Uri,
+    items: Vec<T>,
+    next: Option<(&str, String)>,
+) -> Response {
+    let mut response = Json(items).into_response();
+    if let Some((key, value)) = next {
+        let mut pairs: Vec<String> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(key))
+            .map(str::to_owned)
+            .collect();
+        pairs.push(format!("{key}={}", percent_encode(&value)));
+        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), pairs.join("&"));
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    response
+}
+
+/// Slices a full list by `offset` and `limit` into one page (lists that are small by
+/// nature: modules, products, releases, groups, rollouts, plans, members, tokens).
+pub(super) fn offset_page<T: Serialize>(uri: &axum::http::Uri, items: Vec<T>, limit: u32, offset: u64) -> Response {
+    let total = items.len() as u64;
+    let start = usize::try_from(offset.min(total)).unwrap_or(usize::MAX);
+    let page: Vec<T> = items.into_iter().skip(start).take(limit as usize).collect();
+    let end = offset.saturating_add(page.len() as u64);
+    let next = (end < total).then(|| ("offset", end.to_string()));
+    page_response(uri, page, next)
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -70,25 +70,38 @@ pub(super) async fn upload_module(
         tracing::error!(address, sha256 = record.sha256, "the blob store's address is not the module's SHA-256");
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal storage error"));
     }
-    let created = state.store.put_module(&record).await?;
-    if let Some((_, document)) = &statement {
+    // The statement's blob first (content-addressed: one left behind by a failure is
+    // harmless), so a new module's row, statement and event are written at once.
+    let statement = match statement {
+        Some((signed, document)) => Some((state.blobs.put(signed).await?, document)),
+        None => None,
+    };
+    let mut fresh = record.clone();
+    if let Some((address, document)) = &statement {
+        fresh.statement = Some(address.clone());
+        fresh.security_counter = document.security_counter;
+    }
+    let store = state.store.clone();
+    let row = fresh.clone();
+    let created = state
+        .hub
+        .publish_with(None, "module.uploaded", serde_json::to_value(&fresh)?, |event| async move {
+            let stored = store.put_module_with_event(&row, &event).await?;
+            Ok((stored.is_some(), stored))
+        })
+        .await?;
+    if let (false, Some((address, document))) = (created, &statement) {
         // The same bytes were in the catalog already: the statement must fit that entry.
-        if let (false, Some(existing)) = (created, state.store.get_module(&record.sha256).await?) {
+        if let Some(existing) = state.store.get_module(&record.sha256).await? {
             let placed = placed(&existing, document);
             check_statement(&placed, document)?;
             if placed != existing {
                 state.store.place_module(&placed.sha256, placed.platform_id, placed.start_address).await?;
             }
         }
+        state.store.set_module_statement(&record.sha256, address, document.security_counter).await?;
     }
-    if let Some((signed, document)) = statement {
-        let address = state.blobs.put(signed).await?;
-        state.store.set_module_statement(&record.sha256, &address, document.security_counter).await?;
-    }
-    let stored = state.store.get_module(&record.sha256).await?.unwrap_or(record);
-    if created {
-        state.hub.publish(None, "module.uploaded", serde_json::to_value(&stored)?).await?;
-    }
+    let stored = state.store.get_module(&record.sha256).await?.unwrap_or(fresh);
     // Same bytes uploaded before: the catalog entry is the earlier one (now signed if a
     // statement came with this upload).
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(stored)))
@@ -221,8 +234,35 @@ pub(crate) fn module_record(sha256: String, filename: Option<String>, info: &ter
     }
 }
 
-pub(super) async fn list_modules(State(state): State<AppState>) -> ApiResult<Json<Vec<ModuleRecord>>> {
-    Ok(Json(state.store.list_modules().await?))
+#[derive(Deserialize)]
+pub(super) struct ModuleFilter {
+    /// Only this platform id.
+    platform: Option<u16>,
+    /// Only this function (name, such as `user_part`, or number).
+    function: Option<String>,
+}
+
+/// `GET /api/modules`: one page of the catalog (`limit`, `offset`), optionally of one
+/// platform or function.
+pub(super) async fn list_modules(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<ModuleFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    let filter = query(filter)?;
+    let modules: Vec<ModuleRecord> = state
+        .store
+        .list_modules()
+        .await?
+        .into_iter()
+        .filter(|m| filter.platform.is_none_or(|p| m.platform_id == p))
+        .filter(|m| {
+            filter.function.as_deref().is_none_or(|f| m.function_name == f || f.parse::<u8>() == Ok(m.function))
+        })
+        .collect();
+    Ok(offset_page(&uri, modules, limit, offset))
 }
 
 pub(super) async fn show_module(

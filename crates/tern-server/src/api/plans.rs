@@ -220,12 +220,44 @@ pub(super) async fn create_plan(
 /// How many plans `GET /api/devices/{id}/plans` lists.
 pub(super) const PLANS_SHOWN: u32 = 20;
 
+#[derive(Deserialize)]
+pub(super) struct PlanFilter {
+    /// Only plans in this status.
+    status: Option<String>,
+}
+
+/// `GET /api/devices/{id}/plans`: the device's plans, newest first, one page (`limit`
+/// default [`PLANS_SHOWN`], `offset`), optionally in one status.
 pub(super) async fn list_plans(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<PlanRecord>>> {
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<PlanFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let explicit = page.as_ref().is_ok_and(|Query(p)| p.limit.is_some());
+    let (limit, offset) = page_query(page)?;
+    let limit = if explicit { limit } else { PLANS_SHOWN };
+    let filter = query(filter)?;
+    if let Some(status) = filter.status.as_deref() {
+        if PlanStatus::parse(status).is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_status",
+                format!("plan status {status} is unknown"),
+            ));
+        }
+    }
     device_or_404(&state, &id).await?;
-    Ok(Json(state.store.device_plans(&id, PLANS_SHOWN).await?))
+    let wanted = u32::try_from(offset).unwrap_or(u32::MAX).saturating_add(limit).saturating_add(1);
+    let plans: Vec<PlanRecord> = state
+        .store
+        .device_plans(&id, if filter.status.is_some() { u32::MAX } else { wanted })
+        .await?
+        .into_iter()
+        .filter(|p| filter.status.as_deref().is_none_or(|s| p.status.name() == s))
+        .collect();
+    Ok(offset_page(&uri, plans, limit, offset))
 }
 
 pub(super) async fn show_plan(

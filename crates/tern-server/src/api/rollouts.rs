@@ -85,8 +85,33 @@ pub(super) async fn start_rollout(
     Ok((StatusCode::CREATED, Json(state.rollouts.view(record.id).await?)))
 }
 
-pub(super) async fn list_rollouts(State(state): State<AppState>) -> ApiResult<Json<Vec<RolloutRecord>>> {
-    Ok(Json(state.store.list_rollouts().await?))
+#[derive(Deserialize)]
+pub(super) struct RolloutFilter {
+    /// Only rollouts in this status.
+    status: Option<String>,
+    /// Only rollouts of this product.
+    product: Option<u32>,
+}
+
+/// `GET /api/rollouts`: one page (`limit`, `offset`), oldest first, optionally in one
+/// status or of one product.
+pub(super) async fn list_rollouts(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<RolloutFilter>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (limit, offset) = page_query(page)?;
+    let filter = query(filter)?;
+    let rollouts: Vec<RolloutRecord> = state
+        .store
+        .list_rollouts()
+        .await?
+        .into_iter()
+        .filter(|r| filter.status.as_deref().is_none_or(|s| r.status.name() == s))
+        .filter(|r| filter.product.is_none_or(|p| r.product == p))
+        .collect();
+    Ok(offset_page(&uri, rollouts, limit, offset))
 }
 
 pub(super) async fn show_rollout(
@@ -98,13 +123,17 @@ pub(super) async fn show_rollout(
 }
 
 /// `GET /api/rollouts/{id}/members`: every member with its phase, state and attempt.
+/// `GET /api/rollouts/{id}/members`: one page (`limit`, `offset`), by device id.
 pub(super) async fn list_members(
     State(state): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
-) -> ApiResult<Json<Vec<crate::store::MemberRecord>>> {
+    uri: axum::http::Uri,
+    page: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
     let id = numeric_id(id, "rollout")?;
+    let (limit, offset) = page_query(page)?;
     state.rollouts.get(id).await?;
-    Ok(Json(state.store.rollout_members(id).await?))
+    Ok(offset_page(&uri, state.store.rollout_members(id).await?, limit, offset))
 }
 
 async fn control(state: AppState, id: i64, action: Control, by: &str) -> ApiResult<Json<RolloutView>> {

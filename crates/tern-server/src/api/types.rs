@@ -56,6 +56,9 @@ pub struct DeviceSummary {
     pub auto_heal: bool,
     /// Its place in the fleet: product, tags, development flag, pin, data budget.
     pub fleet: Membership,
+    /// A disabled device cannot connect (`tern device enable` lets it again).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// `GET /api/devices/{id}`.
@@ -74,4 +77,40 @@ pub struct DeviceDetail {
     pub plans: Vec<PlanRecord>,
     /// Its most recent events, oldest first.
     pub history: Vec<Event>,
+}
+
+/// An operator token as `GET /api/tokens` shows it (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Its name, recorded in the events its calls cause.
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// When it stops working, Unix milliseconds; `null`: never.
+    pub expires_at: Option<i64>,
+    /// When it was revoked, Unix milliseconds.
+    pub revoked_at: Option<i64>,
+}
+
+/// `POST /api/tokens` and `POST /api/tokens/{name}/rotate`: the token, shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedToken {
+    /// The token as listed.
+    #[serde(flatten)]
+    pub view: TokenView,
+    /// The bearer token; only its hash is stored.
+    pub token: String,
+}
+
+/// `POST /api/devices/{id}/secret`: the device's new secret, shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotatedSecret {
+    /// Device id (its MQTT user name).
+    pub id: String,
+    /// The new MQTT password; the old one no longer works.
+    pub secret: String,
 }

@@ -12,8 +12,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
@@ -23,6 +22,14 @@ use tern_proto::{MessageKind, Topic, TopicForm};
 use super::{acl, sessions, Inner, Outbound, Session};
 use crate::auth::{hash_secret, hashes_equal};
 use crate::link::LinkEvent;
+use crate::tls::{certificate_names, Reloading};
+use crate::transport::Counted;
+
+/// A device's byte stream: plain TCP or TLS over TCP, counted beneath either.
+trait DeviceIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceIo for T {}
+type Reader = ReadHalf<Box<dyn DeviceIo>>;
+type Writer = WriteHalf<Box<dyn DeviceIo>>;
 
 /// How long one write to a device may take before the connection is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +47,7 @@ enum End {
 }
 
 /// Reads one packet, reading more from the socket as needed. `Ok(None)` at end of stream.
-async fn read_packet(
-    reader: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    max_packet: usize,
-) -> Result<Option<Packet>, CodecError> {
+async fn read_packet(reader: &mut Reader, buf: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>, CodecError> {
     loop {
         match Packet::read(buf, max_packet) {
             Ok(packet) => return Ok(Some(packet)),
@@ -58,7 +61,7 @@ async fn read_packet(
 }
 
 /// Writes one packet; returns the bytes written.
-async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: usize) -> std::io::Result<usize> {
+async fn write_packet(writer: &mut Writer, packet: Packet, max_packet: usize) -> std::io::Result<usize> {
     let mut out = BytesMut::new();
     packet.write(&mut out, max_packet.max(1 << 20)).map_err(std::io::Error::other)?;
     timeout(WRITE_TIMEOUT, writer.write_all(&out)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
@@ -66,7 +69,8 @@ async fn write_packet(writer: &mut OwnedWriteHalf, packet: Packet, max_packet: u
 }
 
 /// The protocol level a CONNECT at the start of `buf` asks for (MQTT 3.1.1 §3.1.2.2: fixed
-/// header, remaining length, protocol name `00 04 "MQTT"`, level), if it is that far.
+/// header, remaining length, protocol name `00 04 "MQTT"`, level; MQTT 3.1 names the
+/// protocol `00 06 "MQIsdp"`), if it is that far.
 fn connect_level(buf: &[u8]) -> Option<u8> {
     if buf.first()? >> 4 != 1 {
         return None;
@@ -80,17 +84,49 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
         }
     }
     let variable = buf.get(i + 1..)?;
-    if variable.get(..6)? != [0, 4, b'M', b'Q', b'T', b'T'] {
-        return None;
-    }
-    variable.get(6).copied()
+    const NAMES: [&[u8]; 2] = [&[0, 4, b'M', b'Q', b'T', b'T'], &[0, 6, b'M', b'Q', b'I', b's', b'd', b'p']];
+    let name = NAMES.iter().find(|name| variable.starts_with(name))?;
+    variable.get(name.len()).copied()
 }
 
-/// Serves one TCP connection until it ends.
-pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+/// Takes a new socket through TLS (when `tls` is given), then serves it.
+pub(super) async fn accept(
+    inner: Arc<Inner>,
+    stream: Counted<TcpStream>,
+    peer: SocketAddr,
+    tls: Option<Arc<Reloading>>,
+) {
+    let Some(tls) = tls else {
+        return serve(inner, Box::new(stream), peer, Vec::new()).await;
+    };
+    let stream = match timeout(inner.config.connect_timeout, tls.mqtt().accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::info!(%peer, "mqtt: TLS handshake failed: {err}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "mqtt: TLS handshake timed out");
+            return;
+        }
+    };
+    // rustls has checked the chain against the client CA; what it names is trusted.
+    let names = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| certificate_names(leaf))
+        .unwrap_or_default();
+    serve(inner, Box::new(stream), peer, names).await
+}
+
+/// Serves one connection until it ends; `names` are what a verified client certificate
+/// names (empty without one).
+async fn serve(inner: Arc<Inner>, stream: Box<dyn DeviceIo>, peer: SocketAddr, names: Vec<String>) {
     let counters = &inner.counters;
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(4096);
     let max = inner.config.max_packet;
 
@@ -141,7 +177,11 @@ pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
         let _ = write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false)), max).await;
         return;
     }
-    let device = match authenticate(&inner, &connect.login).await {
+    let certified = match certified_device(&inner, &names, &connect).await {
+        Some(device) => Some(device),
+        None => authenticate(&inner, &connect.login).await,
+    };
+    let device = match certified {
         Some(device) => device,
         None => {
             counters.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +236,23 @@ pub(super) async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
     let _ = writer.shutdown().await;
 }
 
+/// The device a verified client certificate lets in: CONNECT's username (or, without one,
+/// its client id) when the certificate names it and the device exists.
+async fn certified_device(
+    inner: &Inner,
+    names: &[String],
+    connect: &rumqttc::mqttbytes::v4::Connect,
+) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    let id = connect.login.as_ref().map_or(connect.client_id.as_str(), |login| login.username.as_str());
+    if !tern_proto::is_valid_device_id(id) || !names.iter().any(|name| name == id) {
+        return None;
+    }
+    inner.store.device_secret_hash(id).await.ok()?.map(|_| id.to_owned())
+}
+
 /// Checks username = device id, password = that device's secret.
 async fn authenticate(inner: &Inner, login: &Option<rumqttc::mqttbytes::v4::Login>) -> Option<String> {
     let login = login.as_ref()?;
@@ -211,8 +268,8 @@ async fn run(
     inner: &Inner,
     device: &str,
     keep_alive: Option<Duration>,
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut Reader,
+    writer: &mut Writer,
     buf: &mut BytesMut,
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> End {
@@ -300,10 +357,9 @@ async fn run(
                 }
             };
             if let Some(reply) = reply {
-                match write_packet(writer, reply, max).await {
-                    Ok(n) => counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
-                    Err(_) => return End::Gone,
-                };
+                if write_packet(writer, reply, max).await.is_err() {
+                    return End::Gone;
+                }
             }
             if subscribed && !waiting.is_empty() {
                 // After the SUBACK: what waited for this subscription, in order.
@@ -325,9 +381,8 @@ async fn run(
         tokio::select! {
             read = reader.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return End::Gone,
-                Ok(n) => {
-                    counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                // Bytes are counted on the socket, beneath TLS (transport::Counted).
+                Ok(_) => {}
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Publish { kind, payload }) => {
@@ -375,7 +430,7 @@ fn granted_qos(subscriptions: &[(String, QoS)], topic: &str) -> Option<QoS> {
 
 /// Writes one downlink PUBLISH; `false` when the connection is gone.
 async fn deliver(
-    writer: &mut OwnedWriteHalf,
+    writer: &mut Writer,
     topic: String,
     payload: Bytes,
     qos: QoS,
@@ -387,10 +442,9 @@ async fn deliver(
         *next_packet_id = next_packet_id.checked_add(1).unwrap_or(1);
         publish.pkid = *next_packet_id;
     }
-    match write_packet(writer, Packet::Publish(publish), inner.config.max_packet).await {
-        Ok(n) => inner.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed),
-        Err(_) => return false,
-    };
+    if write_packet(writer, Packet::Publish(publish), inner.config.max_packet).await.is_err() {
+        return false;
+    }
     inner.counters.messages_out.fetch_add(1, Ordering::Relaxed);
     true
 }

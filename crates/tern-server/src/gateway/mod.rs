@@ -16,6 +16,17 @@
 //! - QoS 0 and 1 in both directions (a QoS 2 publish is a protocol error); downlinks go out
 //!   at the subscription's QoS, at most 1. Sessions are not persisted: CONNACK always says
 //!   "no session present", and the protocol above tolerates what that loses.
+//! - Transport: plain TCP, or TLS on its own listener ([`Gateway::listen`] with the
+//!   server's [`crate::tls::Reloading`]). With a client CA configured, a device may present
+//!   a certificate instead of its secret: CONNECT's username (or, without one, its client
+//!   id) must be a device id the certificate names (subject CN or a DNS SAN); the password
+//!   is then ignored. Both listeners share one cap on connections (`max_connections`); a
+//!   connection past it is closed at once. TLS handshake and CONNECT must finish within
+//!   `connect_timeout`.
+//! - Bytes are counted on the raw socket ([`crate::transport::Counted`]), beneath TLS: the
+//!   `bytes_in`/`bytes_out` counters are what crossed the wire, handshakes included.
+//! - CONNECT asking for a protocol other than 3.1.1 (MQTT 3.1's `MQIsdp` level 3, MQTT 5)
+//!   gets CONNACK return code 1 (unacceptable protocol version), then the connection closes.
 //! - Keep-alive per MQTT 3.1.1 §3.1.2.10: no packet for 1.5 × the keep-alive closes the
 //!   connection. A second connection of the same device replaces the first. Will messages
 //!   are accepted and never published; retained publishes are not retained.
@@ -37,6 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::link::{DeviceLink, LinkError, LinkEvent, LinkStats};
 use crate::store::Store;
+use crate::tls::Reloading;
+use crate::transport::{Admission, Counted, Limits, Traffic};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -48,11 +61,18 @@ pub struct GatewayConfig {
     /// How many downlink messages may wait per connection before `send` reports the link
     /// unavailable.
     pub outbox: usize,
+    /// Connections at once, on every listener of this gateway together.
+    pub max_connections: usize,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_packet: 64 * 1024, connect_timeout: Duration::from_secs(10), outbox: 256 }
+        GatewayConfig {
+            max_packet: 64 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            outbox: 256,
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -79,8 +99,8 @@ struct Counters {
     protocol_errors: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    /// Bytes read from and written to every device socket (raw: TLS records included).
+    bytes: Arc<Traffic>,
 }
 
 struct Inner {
@@ -90,6 +110,7 @@ struct Inner {
     sessions: Mutex<HashMap<String, Session>>,
     next_connection: AtomicU64,
     counters: Counters,
+    admission: Arc<Admission>,
 }
 
 /// The built-in gateway; cheap to clone.
@@ -99,17 +120,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds `addr` and starts accepting devices, checking their credentials against
-    /// `store` and delivering what they send to `events`. Returns the gateway and the
-    /// address actually bound (useful with port 0).
-    pub async fn start(
-        addr: SocketAddr,
-        config: GatewayConfig,
-        store: Arc<dyn Store>,
-        events: mpsc::Sender<LinkEvent>,
-    ) -> std::io::Result<(Gateway, SocketAddr)> {
-        let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
+    /// A gateway that checks device credentials against `store` and delivers what they send
+    /// to `events`; it accepts devices once [`Gateway::listen`] binds an address.
+    pub fn new(config: GatewayConfig, store: Arc<dyn Store>, events: mpsc::Sender<LinkEvent>) -> Gateway {
+        // MQTT devices often share a source address (NAT, carrier-grade NAT): no per-source cap.
+        let limits = Limits { max_connections: config.max_connections, per_source: 0 };
         let inner = Arc::new(Inner {
             config,
             store,
@@ -117,14 +132,32 @@ impl Gateway {
             sessions: Mutex::default(),
             next_connection: AtomicU64::new(1),
             counters: Counters::default(),
+            admission: Admission::new(limits, 0),
         });
-        let accept_inner = inner.clone();
+        Gateway { inner }
+    }
+
+    /// Binds `addr` and accepts devices there, over TLS when `tls` is given. Returns the
+    /// address actually bound (useful with port 0).
+    pub async fn listen(&self, addr: SocketAddr, tls: Option<Arc<Reloading>>) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let inner = self.inner.clone();
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        let Some((slot, _)) = inner.admission.admit(peer.ip()) else {
+                            tracing::warn!(%peer, "mqtt: connection refused, at the connection limit");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(connection::serve(accept_inner.clone(), stream, peer));
+                        let stream = Counted::new(stream, Some(inner.counters.bytes.clone()));
+                        let (inner, tls) = (inner.clone(), tls.clone());
+                        tokio::spawn(async move {
+                            connection::accept(inner, stream, peer, tls).await;
+                            drop(slot);
+                        });
                     }
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -134,7 +167,7 @@ impl Gateway {
                 }
             }
         });
-        Ok((Gateway { inner }, local))
+        Ok(local)
     }
 }
 
@@ -155,6 +188,15 @@ impl DeviceLink for Gateway {
         sessions(&self.inner).contains_key(device)
     }
 
+    fn disconnect(&self, device: &str) -> bool {
+        // The connection task sees `Replaced`, closes the socket and reports the
+        // disconnection; removing the session here means nothing more is sent to it.
+        let Some(session) = sessions(&self.inner).remove(device) else { return false };
+        self.inner.counters.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = session.outbox.try_send(Outbound::Replaced);
+        true
+    }
+
     fn stats(&self) -> LinkStats {
         let c = &self.inner.counters;
         LinkStats {
@@ -166,8 +208,8 @@ impl DeviceLink for Gateway {
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             messages_in: c.messages_in.load(Ordering::Relaxed),
             messages_out: c.messages_out.load(Ordering::Relaxed),
-            bytes_in: c.bytes_in.load(Ordering::Relaxed),
-            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            bytes_in: c.bytes.received.load(Ordering::Relaxed),
+            bytes_out: c.bytes.sent.load(Ordering::Relaxed),
         }
     }
 }

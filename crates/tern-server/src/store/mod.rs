@@ -59,11 +59,24 @@ pub trait Store: Send + Sync {
     async fn token_count(&self) -> StoreResult<u64>;
     /// Adds an operator token.
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
-    /// The token whose hash is `token_hash`.
+    /// The token whose hash is `token_hash` (revoked and expired ones too: the caller
+    /// tells why it is refused).
     async fn find_token(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>>;
+    /// Every token, revoked ones too, by name and creation.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// The live (not revoked) token named `name`.
+    async fn live_token(&self, name: &str) -> StoreResult<Option<TokenRecord>>;
+    /// Revokes the live token `name` at `at`; `false` when there is none.
+    async fn revoke_token(&self, name: &str, at: i64) -> StoreResult<bool>;
+    /// Gives the live token `name` a new hash (the old token stops working); `false` when
+    /// there is none.
+    async fn rotate_token(&self, name: &str, token_hash: &str) -> StoreResult<bool>;
 
     /// Adds a module to the catalog; `false` when a module with its hash was there already.
     async fn put_module(&self, module: &ModuleRecord) -> StoreResult<bool>;
+    /// Adds a module to the catalog with its statement fields as given, and `event`, in one
+    /// transaction; `None` (and no event) when a module with its hash was there already.
+    async fn put_module_with_event(&self, module: &ModuleRecord, event: &Event) -> StoreResult<Option<Event>>;
     /// The module with file hash `sha256`.
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>>;
     /// Every module, by platform, function, index and version.
@@ -76,14 +89,27 @@ pub trait Store: Send + Sync {
     /// `false` when there is no such module.
     async fn place_module(&self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool>;
 
-    /// Registers a device; [`StoreError::Conflict`] if the id is taken.
+    /// Registers a device; [`StoreError::Conflict`] if the id is taken (the id of a
+    /// removed device is free again: registering it starts afresh).
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
+    /// Registers a device and stores `event` in one transaction; as [`Store::create_device`].
+    async fn create_device_with_event(&self, device: &NewDevice, event: &Event) -> StoreResult<Event>;
     /// The device `id`.
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
-    /// Every device, by id.
+    /// Every device, by id (removed ones are gone).
     async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>>;
-    /// The stored hash of device `id`'s secret.
+    /// One page of the device list, by id.
+    async fn page_devices(&self, query: &DeviceQuery) -> StoreResult<Vec<DeviceRecord>>;
+    /// The stored hash of device `id`'s secret, when it may connect (registered, neither
+    /// removed nor disabled).
     async fn device_secret_hash(&self, id: &str) -> StoreResult<Option<String>>;
+    /// Replaces device `id`'s secret hash; `false` when there is no such device.
+    async fn set_device_secret(&self, id: &str, secret_hash: &str) -> StoreResult<bool>;
+    /// Disables or enables device `id`; `false` when there is no such device.
+    async fn set_device_disabled(&self, id: &str, disabled: bool) -> StoreResult<bool>;
+    /// Removes device `id` at `at` (its secret is erased; its attempts and plans stay as
+    /// history); `false` when there is no such device.
+    async fn remove_device(&self, id: &str, at: i64) -> StoreResult<bool>;
     /// Records that device `id` was seen at `at`.
     async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()>;
     /// Replaces device `id`'s inventory with `inventory` (and marks it seen).
@@ -116,6 +142,14 @@ pub trait Store: Send + Sync {
     async fn events_after(&self, after: i64, device: Option<&str>, limit: u32) -> StoreResult<Vec<Event>>;
     /// The `limit` most recent events of device `id`, oldest first.
     async fn recent_events(&self, device: &str, limit: u32) -> StoreResult<Vec<Event>>;
+    /// Deletes events older than `before` (Unix milliseconds) and all but the newest
+    /// `keep` events; returns how many went.
+    async fn prune_events(&self, before: i64, keep: u64) -> StoreResult<u64>;
+    /// How many events are stored.
+    async fn event_count(&self) -> StoreResult<u64>;
+    /// Gives the space of deleted rows back to the file system where the backend can
+    /// (SQLite: a `TRUNCATE` checkpoint of the write-ahead log).
+    async fn compact(&self) -> StoreResult<()>;
 
     /// Stores a new attempt (its `id` is ignored) and returns its id.
     async fn create_attempt(&self, attempt: &AttemptRecord) -> StoreResult<i64>;

@@ -9,10 +9,16 @@ pub struct TokenRecord {
     pub name: String,
     /// SHA-256 of the token, hex.
     pub token_hash: String,
-    /// What the token may do (`admin` for now).
+    /// What the token may do: `viewer`, `operator` or `admin` (see [`crate::auth::Role`]).
     pub role: String,
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
+    /// When it stops working, Unix milliseconds; `None`: never.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// When it was revoked, Unix milliseconds; a revoked token never works again.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
 }
 
 /// A dependency as stored and shown in the API.
@@ -389,6 +395,26 @@ pub struct DeviceRecord {
     /// Its place in the fleet.
     #[serde(default)]
     pub fleet: Membership,
+    /// A disabled device cannot connect until it is enabled again.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// Which devices a page of the device list holds (`GET /api/devices`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceQuery {
+    /// Only ids after this one (the last id of the previous page).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+    /// Only this platform.
+    pub platform_id: Option<u16>,
+    /// Only members of this product.
+    pub product: Option<u32>,
+    /// Only devices carrying this tag.
+    pub tag: Option<String>,
+    /// Only disabled (`true`) or enabled (`false`) devices.
+    pub disabled: Option<bool>,
 }
 
 /// A device's place in the fleet.
@@ -545,6 +571,10 @@ pub struct Event {
     pub kind: String,
     /// Event-specific details.
     pub data: serde_json::Value,
+    /// The operator token whose API call caused it; `null` for what devices and the
+    /// server's own tasks cause.
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 /// One module of an attempt's plan, in install order.

@@ -11,8 +11,14 @@ use sqlx::{Row, SqlitePool};
 use super::*;
 
 /// The embedded default: one SQLite database file in WAL mode.
+///
+/// Reads share a pool; every write goes through one connection of its own, so writers
+/// queue in order in the process instead of meeting SQLite's lock, whose busy handler
+/// sleeps in growing steps (up to 100 ms) and would let a busy device's writes delay
+/// another's by that much.
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -26,9 +32,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Backend(e.to_string()))?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 }
 
@@ -71,6 +78,18 @@ fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DeviceRecord> {
             pinned_release: row.try_get::<Option<i64>, _>("pinned_release")?.map(int).transpose()?,
             budget_bytes: row.try_get::<Option<i64>, _>("budget_bytes")?.map(int).transpose()?,
         },
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<TokenRecord> {
+    Ok(TokenRecord {
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        role: row.try_get("role")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -175,6 +194,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Event> {
         device: row.try_get("device")?,
         kind: row.try_get("kind")?,
         data: serde_json::from_str(row.try_get("data")?)?,
+        actor: row.try_get("actor")?,
     })
 }
 
@@ -227,6 +247,47 @@ fn int<T: TryFrom<i64>>(value: i64) -> StoreResult<T> {
     T::try_from(value).map_err(|_| StoreError::Backend(format!("stored integer {value} out of range")))
 }
 
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// Inserts a device (or revives a removed one of the same id); `Conflict` if the id is
+/// taken.
+async fn insert_device(tx: &mut Tx, d: &NewDevice) -> StoreResult<()> {
+    let result = sqlx::query(
+        "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET platform_id = excluded.platform_id, \
+             secret_hash = excluded.secret_hash, created_at = excluded.created_at, \
+             connectivity = excluded.connectivity, auto_heal = excluded.auto_heal, last_seen = NULL, \
+             described_at = NULL, inventory = NULL, product_id = NULL, tags = '[]', development = 0, \
+             pinned_release = NULL, budget_bytes = NULL, disabled = 0, removed_at = NULL \
+             WHERE devices.removed_at IS NOT NULL",
+    )
+    .bind(&d.id)
+    .bind(i64::from(d.platform_id))
+    .bind(&d.secret_hash)
+    .bind(d.created_at)
+    .bind(d.policy.connectivity.name())
+    .bind(d.policy.auto_heal.map(i64::from))
+    .execute(&mut **tx)
+    .await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("device {}", d.id)));
+    }
+    Ok(())
+}
+
+async fn insert_event(tx: &mut Tx, event: &Event) -> StoreResult<Event> {
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id")
+            .bind(event.at)
+            .bind(&event.device)
+            .bind(&event.kind)
+            .bind(serde_json::to_string(&event.data)?)
+            .bind(&event.actor)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Event { id, ..event.clone() })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn patch(&self, source: &str, target: &str, format: u8) -> StoreResult<Option<PatchRecord>> {
@@ -259,7 +320,7 @@ impl Store for SqliteStore {
         .bind(&patch.address)
         .bind(i64::from(patch.length))
         .bind(crate::auth::now_millis())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -270,30 +331,61 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        sqlx::query("INSERT INTO tokens (name, token_hash, role, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&token.name)
-            .bind(&token.token_hash)
-            .bind(&token.role)
-            .bind(token.created_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (name, token_hash, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(&token.role)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.revoked_at)
+        .execute(&self.writer)
+        .await
+        .map_err(|err| match is_unique_violation(&err) {
+            true => StoreError::Conflict(format!("token {}", token.name)),
+            false => err.into(),
+        })?;
         Ok(())
     }
 
     async fn find_token(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT name, token_hash, role, created_at FROM tokens WHERE token_hash = ?")
+        let row = sqlx::query("SELECT * FROM tokens WHERE token_hash = ?")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(TokenRecord {
-                name: row.try_get("name")?,
-                token_hash: row.try_get("token_hash")?,
-                role: row.try_get("role")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY name, id").fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn live_token(&self, name: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE name = ? AND revoked_at IS NULL")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn revoke_token(&self, name: &str, at: i64) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(at)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn rotate_token(&self, name: &str, token_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET token_hash = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(token_hash)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn put_module(&self, m: &ModuleRecord) -> StoreResult<bool> {
@@ -315,9 +407,41 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&m.dependencies)?)
         .bind(i64::from(m.start_address))
         .bind(m.uploaded_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn put_module_with_event(&self, m: &ModuleRecord, event: &Event) -> StoreResult<Option<Event>> {
+        let mut tx = self.writer.begin().await?;
+        let result = sqlx::query(
+            "INSERT INTO modules (sha256, filename, format, platform_id, function, module_index, version, size, \
+             module_sha256, integrity, dependencies, start_address, uploaded_at, statement, security_counter) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&m.sha256)
+        .bind(&m.filename)
+        .bind(&m.format)
+        .bind(i64::from(m.platform_id))
+        .bind(i64::from(m.function))
+        .bind(i64::from(m.index))
+        .bind(i64::from(m.version))
+        .bind(i64::from(m.size))
+        .bind(&m.module_sha256)
+        .bind(&m.integrity)
+        .bind(serde_json::to_string(&m.dependencies)?)
+        .bind(i64::from(m.start_address))
+        .bind(m.uploaded_at)
+        .bind(&m.statement)
+        .bind(db_int(m.security_counter))
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let event = insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(Some(event))
     }
 
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>> {
@@ -337,7 +461,7 @@ impl Store for SqliteStore {
             .bind(statement)
             .bind(db_int(security_counter))
             .bind(sha256)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -347,52 +471,104 @@ impl Store for SqliteStore {
             .bind(i64::from(platform_id))
             .bind(i64::from(start_address))
             .bind(sha256)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
 
     async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
-        let result = sqlx::query(
-            "INSERT INTO devices (id, platform_id, secret_hash, created_at, connectivity, auto_heal) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&d.id)
-        .bind(i64::from(d.platform_id))
-        .bind(&d.secret_hash)
-        .bind(d.created_at)
-        .bind(d.policy.connectivity.name())
-        .bind(d.policy.auto_heal.map(i64::from))
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("device {}", d.id)));
-        }
+        let mut tx = self.writer.begin().await?;
+        insert_device(&mut tx, d).await?;
+        tx.commit().await?;
         Ok(())
     }
 
+    async fn create_device_with_event(&self, d: &NewDevice, event: &Event) -> StoreResult<Event> {
+        let mut tx = self.writer.begin().await?;
+        insert_device(&mut tx, d).await?;
+        let event = insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM devices WHERE id = ? AND removed_at IS NULL")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(device_from_row).transpose()
     }
 
     async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>> {
-        let rows = sqlx::query("SELECT * FROM devices ORDER BY id").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT * FROM devices WHERE removed_at IS NULL ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn page_devices(&self, q: &DeviceQuery) -> StoreResult<Vec<DeviceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM devices WHERE removed_at IS NULL AND (? IS NULL OR id > ?) \
+             AND (? IS NULL OR platform_id = ?) AND (? IS NULL OR product_id = ?) \
+             AND (? IS NULL OR EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE json_each.value = ?)) \
+             AND (? IS NULL OR disabled = ?) ORDER BY id LIMIT ?",
+        )
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(q.platform_id.map(i64::from))
+        .bind(q.platform_id.map(i64::from))
+        .bind(q.product.map(i64::from))
+        .bind(q.product.map(i64::from))
+        .bind(&q.tag)
+        .bind(&q.tag)
+        .bind(q.disabled.map(i64::from))
+        .bind(q.disabled.map(i64::from))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(device_from_row).collect()
     }
 
     async fn device_secret_hash(&self, id: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT secret_hash FROM devices WHERE id = ?")
+        Ok(sqlx::query_scalar("SELECT secret_hash FROM devices WHERE id = ? AND removed_at IS NULL AND disabled = 0")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    async fn set_device_secret(&self, id: &str, secret_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET secret_hash = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(secret_hash)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn set_device_disabled(&self, id: &str, disabled: bool) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET disabled = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(i64::from(disabled))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn remove_device(&self, id: &str, at: i64) -> StoreResult<bool> {
+        // The empty hash matches no secret: nothing can log in as a removed device.
+        let result =
+            sqlx::query("UPDATE devices SET removed_at = ?, secret_hash = '' WHERE id = ? AND removed_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()> {
         sqlx::query("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -406,7 +582,7 @@ impl Store for SqliteStore {
         .bind(inventory.described_at)
         .bind(inventory.described_at)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -416,7 +592,7 @@ impl Store for SqliteStore {
             .bind(policy.connectivity.name())
             .bind(policy.auto_heal.map(i64::from))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -442,7 +618,7 @@ impl Store for SqliteStore {
         .bind(p.created_at)
         .bind(serde_json::to_string(&p.stages)?)
         .bind(&p.manifest)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(id)
     }
@@ -466,7 +642,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE plans SET status = 'superseded' WHERE device = ? AND status = 'proposed' AND id != ?")
                 .bind(device)
                 .bind(keep)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected())
     }
@@ -484,20 +660,22 @@ impl Store for SqliteStore {
                 .bind(attempt)
                 .bind(id)
                 .bind(from.name())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected() == 1)
     }
 
     async fn append_event(&self, event: &Event) -> StoreResult<Event> {
-        let id: i64 =
-            sqlx::query_scalar("INSERT INTO events (at, device, kind, data) VALUES (?, ?, ?, ?) RETURNING id")
-                .bind(event.at)
-                .bind(&event.device)
-                .bind(&event.kind)
-                .bind(serde_json::to_string(&event.data)?)
-                .fetch_one(&self.pool)
-                .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(event.at)
+        .bind(&event.device)
+        .bind(&event.kind)
+        .bind(serde_json::to_string(&event.data)?)
+        .bind(&event.actor)
+        .fetch_one(&self.writer)
+        .await?;
         Ok(Event { id, ..event.clone() })
     }
 
@@ -520,6 +698,26 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn prune_events(&self, before: i64, keep: u64) -> StoreResult<u64> {
+        let result =
+            sqlx::query("DELETE FROM events WHERE at < ? OR id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
+                .bind(before)
+                .bind(db_int(keep))
+                .execute(&self.writer)
+                .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn event_count(&self) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&self.pool).await?;
+        int(count)
+    }
+
+    async fn compact(&self) -> StoreResult<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
+        Ok(())
     }
 
     async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {
@@ -550,7 +748,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&a.stages)?)
         .bind(i64::from(a.stage))
         .bind(serde_json::to_string(&a.stage_base)?)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|err| match is_unique_violation(&err) {
             true => StoreError::Conflict(format!("an unfinished attempt for device {}", a.device)),
@@ -580,7 +778,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&a.stage_base)?)
         .bind(serde_json::to_string(&a.plan)?)
         .bind(a.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -612,7 +810,7 @@ impl Store for SqliteStore {
         .bind(&key.device)
         .bind(key.plan)
         .bind(key.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.get_client_key(&key.key)
             .await?
@@ -640,7 +838,7 @@ impl Store for SqliteStore {
         .bind(i64::from(p.platform_id))
         .bind(&p.name)
         .bind(p.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("product {}", p.id)));
@@ -670,7 +868,7 @@ impl Store for SqliteStore {
         .bind(m.pinned_release.map(i64::from))
         .bind(m.budget_bytes.map(db_int))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -687,7 +885,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&g.windows)?)
         .bind(g.budget_bytes.map(db_int))
         .bind(g.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -703,7 +901,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_group(&self, name: &str) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&self.writer).await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -719,7 +917,7 @@ impl Store for SqliteStore {
         .bind(&r.note)
         .bind(r.created_at)
         .bind(i64::from(r.product))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(ReleaseRecord { number: int(number)?, ..r.clone() })
     }
@@ -765,7 +963,7 @@ impl Store for SqliteStore {
         .bind(&r.created_by)
         .bind(r.created_at)
         .bind(r.updated_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?)
     }
 
@@ -788,7 +986,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_rollout(&self, r: &RolloutRecord, members: &[MemberRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE rollouts SET status = ?, engine = ?, updated_at = ? WHERE id = ?")
             .bind(r.status.name())
             .bind(serde_json::to_string(&r.engine)?)

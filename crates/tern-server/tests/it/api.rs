@@ -102,6 +102,15 @@ fn openapi_document_lists_every_route() {
         ("/api/rollouts/{id}/resume", "post"),
         ("/api/rollouts/{id}/abort", "post"),
         ("/api/rollouts/{id}/approve", "post"),
+        ("/api/devices/{id}", "delete"),
+        ("/api/devices/{id}/secret", "post"),
+        ("/api/devices/{id}/disable", "post"),
+        ("/api/devices/{id}/enable", "post"),
+        ("/api/tokens", "get"),
+        ("/api/tokens", "post"),
+        ("/api/tokens/{name}", "get"),
+        ("/api/tokens/{name}", "delete"),
+        ("/api/tokens/{name}/rotate", "post"),
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
@@ -274,7 +283,7 @@ fn devices_register_once_with_valid_ids_and_platforms() {
     let cases = [
         (json!({ "id": "sensor-1", "platform": "photon" }), 201, None),
         (json!({ "id": "sensor-2", "platform": 12 }), 201, None),
-        (json!({ "id": "sensor-1", "platform": "argon" }), 409, Some("conflict")),
+        (json!({ "id": "sensor-1", "platform": "argon" }), 409, Some("device_exists")),
         (json!({ "id": "a/b", "platform": "argon" }), 400, Some("bad_device_id")),
         (json!({ "id": "", "platform": "argon" }), 400, Some("bad_device_id")),
         (json!({ "id": "x".repeat(65), "platform": "argon" }), 400, Some("bad_device_id")),

@@ -25,8 +25,7 @@ fn each_layer_overrides_the_one_before() {
         config: Some(file.clone()),
         data: Some(PathBuf::from("/from/flag")),
         http: Some(addr("127.0.0.1:3001")),
-        mqtt: None,
-        trusted_key: Vec::new(),
+        ..ServerArgs::default()
     };
     let env_http: HashMap<&str, &str> = HashMap::from([("TERN_HTTP", "127.0.0.1:2001")]);
     let env_all: HashMap<&str, &str> =
@@ -42,10 +41,24 @@ fn each_layer_overrides_the_one_before() {
             defaults.mqtt,
             defaults.max_module_size,
         ),
-        (with_file.clone(), &none, PathBuf::from("/from/file"), addr("127.0.0.1:1001"), addr("127.0.0.1:1002"), 5),
-        (with_file.clone(), &env_http, PathBuf::from("/from/file"), addr("127.0.0.1:2001"), addr("127.0.0.1:1002"), 5),
-        (with_file, &env_all, PathBuf::from("/from/env"), addr("127.0.0.1:2001"), addr("127.0.0.1:2002"), 5),
-        (all_flags, &env_all, PathBuf::from("/from/flag"), addr("127.0.0.1:3001"), addr("127.0.0.1:2002"), 5),
+        (
+            with_file.clone(),
+            &none,
+            PathBuf::from("/from/file"),
+            addr("127.0.0.1:1001"),
+            Some(addr("127.0.0.1:1002")),
+            5,
+        ),
+        (
+            with_file.clone(),
+            &env_http,
+            PathBuf::from("/from/file"),
+            addr("127.0.0.1:2001"),
+            Some(addr("127.0.0.1:1002")),
+            5,
+        ),
+        (with_file, &env_all, PathBuf::from("/from/env"), addr("127.0.0.1:2001"), Some(addr("127.0.0.1:2002")), 5),
+        (all_flags, &env_all, PathBuf::from("/from/flag"), addr("127.0.0.1:3001"), Some(addr("127.0.0.1:2002")), 5),
     ];
     for (i, (args, env, data, http, mqtt, max)) in cases.into_iter().enumerate() {
         let config = Config::resolve(&args, |name| env.get(name).map(|v| v.to_string())).unwrap();
@@ -103,5 +116,57 @@ fn bad_configuration_is_a_clear_error() {
             .expect_err(&needle);
         let text = format!("{err:#}");
         assert!(text.contains(&needle), "{text} should mention {needle}");
+    }
+}
+
+#[test]
+fn tls_settings_and_plain_listeners() {
+    use tern_server::TlsSource;
+    let dir = tern_testkit::scratch("config-tls");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Some(path)
+    };
+    let with = |config: Option<PathBuf>, args: ServerArgs| ServerArgs { config, ..args };
+    let none = |_: &str| None::<String>;
+
+    // Without TLS: plain listeners on loopback, as before.
+    let config = Config::resolve(&ServerArgs::default(), none).unwrap();
+    assert_eq!((config.tls.clone(), config.mqtt), (TlsSource::Off, Some(addr("127.0.0.1:1883"))));
+
+    // Certificate files named in the file resolve beside it; plain MQTT is off unless asked.
+    let tls_file = file("tls.toml", "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nhttp = \"0.0.0.0:8443\"\n");
+    let config = Config::resolve(&with(tls_file.clone(), ServerArgs::default()), none).unwrap();
+    let TlsSource::Files(files) = &config.tls else { panic!("TLS from files: {:?}", config.tls) };
+    assert_eq!((files.cert.clone(), files.key.clone()), (dir.join("cert.pem"), dir.join("key.pem")));
+    assert_eq!((config.mqtt, config.mqtts, config.http), (None, addr("127.0.0.1:8883"), addr("0.0.0.0:8443")));
+    let args = ServerArgs { mqtt: Some(addr("127.0.0.1:1883")), ..ServerArgs::default() };
+    let config = Config::resolve(&with(tls_file.clone(), args), none).unwrap();
+    assert_eq!(config.mqtt, Some(addr("127.0.0.1:1883")), "an explicit plain MQTT listener beside TLS");
+
+    let self_signed =
+        ServerArgs { self_signed: true, tls_client_ca: Some(dir.join("ca.pem")), ..ServerArgs::default() };
+    let config = Config::resolve(&self_signed, none).unwrap();
+    assert_eq!(config.tls, TlsSource::SelfSigned { client_ca: Some(dir.join("ca.pem")) });
+
+    // Plain on a public address only when allowed explicitly.
+    let public = file("public.toml", "http = \"0.0.0.0:8080\"\nallow_plain_public = true\n");
+    assert!(Config::resolve(&with(public, ServerArgs::default()), none).is_ok());
+
+    let bad: Vec<(Option<PathBuf>, ServerArgs, &str)> = vec![
+        (None, ServerArgs { http: Some(addr("0.0.0.0:8080")), ..ServerArgs::default() }, "plain HTTP on 0.0.0.0:8080"),
+        (
+            tls_file,
+            ServerArgs { mqtt: Some(addr("0.0.0.0:1883")), ..ServerArgs::default() },
+            "plain MQTT on 0.0.0.0:1883",
+        ),
+        (file("half.toml", "tls_cert = \"cert.pem\"\n"), ServerArgs::default(), "tls_key is not"),
+        (None, ServerArgs { tls_client_ca: Some(dir.join("ca.pem")), ..ServerArgs::default() }, "needs TLS"),
+    ];
+    for (config, args, needle) in bad {
+        let err = Config::resolve(&with(config, args), none).expect_err(needle);
+        let text = format!("{err:#}");
+        assert!(text.contains(needle), "{text} should mention {needle}");
     }
 }

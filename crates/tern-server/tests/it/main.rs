@@ -1,10 +1,15 @@
 //! Integration tests of the Tern server: the real binary on loopback sockets.
 
 mod api;
+mod authority;
+mod bounds;
 mod config;
+mod credentials;
 mod gateway;
 mod mqtt;
 mod plans;
 mod restart;
 mod support;
+mod tls;
+mod transport;
 mod update;

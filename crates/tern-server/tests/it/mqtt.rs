@@ -86,13 +86,17 @@ fn protocol_violations_close_the_connection() {
     let server = Server::start(&dir.join("data"));
     let secret = server.add_device("dev-v", "photon");
 
-    // MQTT 3.1 ("MQIsdp", level 3) and MQTT 5 CONNECTs: no session, CONNACK 1 or a close.
+    // MQTT 3.1 ("MQIsdp", level 3) and MQTT 5 CONNECTs: no session, CONNACK 1, a close.
     let mqtt31: &[u8] = &[
         0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04, b'a', b'b',
         b'c', b'd',
     ];
     let mut raw = Raw::open(&server);
     raw.send_raw(mqtt31);
+    match raw.next(Duration::from_secs(5)) {
+        Ok(Some(Packet::ConnAck(ack))) => assert_eq!(ack.code as u8, 1, "unacceptable protocol version"),
+        other => panic!("expected CONNACK 1 for MQTT 3.1, got {other:?}"),
+    }
     raw.expect_closed(Duration::from_secs(5));
     let mut raw = Raw::open(&server);
     raw.send_raw(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x01, b'x']);

@@ -25,6 +25,14 @@ fn sigkill_and_restart_loses_nothing() {
     let describe = crate::gateway::sample_describe(BootReason::TestBoot);
     crate::gateway::publish_describe(&server, &publisher, &dir, "dev-r", &secret, &describe);
     wait_for("the inventory", Duration::from_secs(10), || api.get("/api/devices/dev-r").1["inventory"] != Value::Null);
+    // The publisher's clean disconnect is recorded after its Describe: wait for it too.
+    wait_for("the disconnect", Duration::from_secs(10), || {
+        api.get("/api/devices/dev-r").1["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "device.disconnected")
+    });
 
     let before = |path: &str| api.get(path).1;
     let modules_before = before("/api/modules");

@@ -17,8 +17,12 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub http: String,
-    /// MQTT port on 127.0.0.1.
+    /// MQTT port on 127.0.0.1 (0 when the server has no plain MQTT listener).
     pub mqtt_port: u16,
+    /// MQTT over TLS port on 127.0.0.1, when TLS is on.
+    pub mqtts_port: Option<u16>,
+    /// The process id.
+    pub pid: u32,
     /// The data directory.
     pub data: PathBuf,
     /// The admin token (from the data directory).
@@ -28,8 +32,15 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` with ephemeral ports and waits until it listens.
     pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+    }
+
+    /// Starts a server on `data` with these flags (listen addresses included) and waits
+    /// until every listener it reports is up.
+    pub fn start_with(data: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
-            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--data"])
+            .args(args)
+            .arg("--data")
             .arg(data)
             .env("TERN_LOG", "error")
             .env_remove("TERN_CONFIG")
@@ -50,8 +61,9 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut http, mut mqtt) = (None, None);
-        while http.is_none() || mqtt.is_none() {
+        let (mut http, mut mqtt, mut mqtts) = (None, None, None);
+        // The HTTP line comes last of the listener lines, after the MQTT ones.
+        while http.is_none() {
             let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
                 let _ = child.kill();
                 panic!("tern-server did not report its listeners within {START_TIMEOUT:?}")
@@ -62,12 +74,17 @@ impl Server {
             if let Some(rest) = line.split("MQTT device gateway on mqtt://").nth(1) {
                 mqtt = Some(rest.rsplit(':').next().expect("a port").parse().expect("a port number"));
             }
+            if let Some(rest) = line.split("MQTT device gateway on mqtts://").nth(1) {
+                mqtts = Some(rest.rsplit(':').next().expect("a port").parse().expect("a port number"));
+            }
         }
         let token = std::fs::read_to_string(data.join("admin-token")).expect("the admin token file exists");
         Server {
+            pid: child.id(),
             child,
-            http: http.expect("loop ends with both"),
-            mqtt_port: mqtt.expect("loop ends with both"),
+            http: http.expect("loop ends with it"),
+            mqtt_port: mqtt.unwrap_or(0),
+            mqtts_port: mqtts,
             data: data.to_path_buf(),
             token: token.trim().to_owned(),
         }
@@ -185,6 +202,47 @@ impl Api {
     /// PATCH JSON to `path`.
     pub fn patch_json(&self, path: &str, body: Value) -> (u16, Value) {
         finish(self.auth(agent().patch(&format!("{}{path}", self.base))).send_json(body))
+    }
+
+    /// DELETE `path`.
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        finish(self.auth(agent().delete(&format!("{}{path}", self.base))).call())
+    }
+
+    /// Any method on `path` with a JSON body (none for GET and DELETE) and the
+    /// `Authorization` header given verbatim (`None`: the client's own token).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>, authorization: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let header = match authorization {
+            Some(value) => Some(value.to_owned()),
+            None => self.token.as_ref().map(|t| format!("Bearer {t}")),
+        };
+        let with = |request: ureq::RequestBuilder<ureq::typestate::WithBody>| match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let without = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let body = body.unwrap_or(Value::Null);
+        match method {
+            "GET" => finish(without(agent().get(&url)).call()),
+            "DELETE" => finish(without(agent().delete(&url)).call()),
+            "POST" => finish(with(agent().post(&url)).send_json(body)),
+            "PUT" => finish(with(agent().put(&url)).send_json(body)),
+            "PATCH" => finish(with(agent().patch(&url)).send_json(body)),
+            other => panic!("no method {other} in these tests"),
+        }
+    }
+
+    /// GET `path` and the value of its `Link` header (the next page), if any.
+    pub fn get_page(&self, path: &str) -> (u16, Value, Option<String>) {
+        let mut response = self.auth(agent().get(&format!("{}{path}", self.base))).call().expect("the server answers");
+        let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a text body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), link)
     }
 
     /// Opens the event stream at `path` and returns its lines as they arrive.

@@ -356,6 +356,10 @@ fn a_bundle_is_offered_pulled_and_confirmed_only_by_the_describe() {
     assert_eq!(done["bytes_sent"], total, "each byte sent once");
     assert_eq!(done["bytes_resent"], 0);
     assert_eq!(device.duplicate_bytes, 0);
+    // The state is stored before its event: wait for the event too.
+    wait_for("the confirmed state's event", Duration::from_secs(10), || {
+        attempt_states(&server, "dev-u").last().is_some_and(|s| s == "confirmed")
+    });
     assert_eq!(
         attempt_states(&server, "dev-u"),
         ["offered", "downloading", "verifying", "staged", "rebooting", "confirmed"]

@@ -98,3 +98,23 @@ fn named_offer_seeds_reach_their_paths() {
     check("statements-system-part-and-app", Ok(2), Some(BlockOutcome::Stored));
     check("release-and-statement", Err(OfferError::MixedDocuments), None);
 }
+
+/// The miniature layouts the `device-boot` target uses are working layouts, not just
+/// small ones: they pass the profile check and every synthetic scenario runs on them to
+/// its expected end without a fault (so fuzzing them exercises the real boot and agent
+/// paths).
+#[test]
+fn miniature_fuzz_layouts_run_every_scenario() {
+    for profile in fuzz::FUZZ_PROFILES {
+        profile.check().unwrap_or_else(|e| panic!("{}: {e}", profile.name));
+        let scenarios = tern_sim::scenario::synthetic(profile);
+        assert!(scenarios.len() >= 8, "{}: {} scenarios", profile.name, scenarios.len());
+        for sc in &scenarios {
+            let base = sc.provisioned().bench.borrow().clone();
+            let out = tern_sim::scenario::run(sc, &base, &[]);
+            assert_eq!(out.bricked, None, "{} {}", profile.name, sc.name);
+            assert!(out.violations.is_empty(), "{} {}: {:?}", profile.name, sc.name, out.violations);
+            assert!(out.ops > 0 && out.boots > 0, "{} {}: nothing happened", profile.name, sc.name);
+        }
+    }
+}

@@ -394,3 +394,47 @@ fn silent_erase_of_the_progress_markers() {
     let out = scenario::run(&sc, &base, &[(2, FaultKind::SilentErase), (16, FaultKind::ScatterTear)]);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
 }
+
+/// Found by the acceptance run (`bad-app-rollback`, 112 runs per profile): the offer is
+/// cut right after the device journaled it (`marginal_program` of that state write), the
+/// device goes on by itself, the bad application fails its test boots and the rollback
+/// copy of the good one has flipped (`retention`), so the factory image is restored —
+/// the best end there is. The simulated server then offered the bad update a second
+/// time, as if it had never been sent (a real server ends the attempt on the failed
+/// result). Now the device ends on the factory image having taken one offer.
+#[test]
+fn offer_cut_after_journaling_is_not_sent_again_after_a_failure() {
+    for p in [&STM32F2, &NRF52840] {
+        let sc = scenario(p, "bad-app-rollback");
+        let base = sc.provisioned().bench.borrow().clone();
+        let clean = scenario::run(&sc, &base, &[]);
+        // The offer's first state write, and the writes of the rollback copy (into the
+        // exchange area, after its erase).
+        let state_write = clean.log.iter().position(|op| op.kind == OpKind::Write).expect("a write") as u64;
+        let copy_erase = clean
+            .log
+            .iter()
+            .rposition(|op| {
+                op.kind == OpKind::Erase
+                    && op.dev == p.exchange.dev
+                    && op.offset >= p.exchange.offset
+                    && op.offset < p.exchange.end()
+            })
+            .expect("the rollback copy's erase") as u64;
+        let mut factory_endings = 0;
+        for copy_write in copy_erase + 1..copy_erase + 4 {
+            let faults = [(state_write + 1, FaultKind::MarginalProgram), (copy_write, FaultKind::Retention)];
+            let out = scenario::run(&sc, &base, &faults);
+            assert!(
+                out.bricked.is_none() && out.violations.is_empty(),
+                "{} {faults:?}: {:?} {:?}",
+                p.name,
+                out.bricked,
+                out.violations
+            );
+            assert_eq!(out.offers, 0, "{} {faults:?}: the device went on from its journal", p.name);
+            factory_endings += usize::from(out.injected.len() == 2);
+        }
+        assert!(factory_endings > 0, "{}: no run injected both faults", p.name);
+    }
+}

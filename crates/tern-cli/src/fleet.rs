@@ -40,9 +40,15 @@ pub enum SimCommand {
 /// What every simulated device needs.
 #[derive(Args, Clone)]
 pub struct Common {
-    /// The server's MQTT gateway, `mqtt://HOST:PORT`.
+    /// The server's MQTT gateway: `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for MQTT over
+    /// TLS (port 8883 by default on the server), checked against --ca-file.
     #[arg(long, value_name = "URL")]
     server: String,
+    /// CA certificate(s) (PEM) an mqtts:// server's certificate must chain to (a server
+    /// started with --self-signed: its DATA/tls/ca.pem); default $TERN_CA_FILE. An
+    /// https:// --api is checked against it too.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Platform profile: photon, p1, electron (also e-series), argon, boron, esomx, bsom,
     /// tracker, or the generic stm32f2 (= photon) and nrf52840 (= argon); `tern sim fleet`
     /// also takes `both` (alternating stm32f2 and nrf52840). stm32f2 is the lightest (1 MiB
@@ -58,12 +64,19 @@ pub struct Common {
     trust: Vec<PathBuf>,
     /// Register new devices on this server's HTTP API (with --token, or $TERN_SERVER and
     /// $TERN_TOKEN); with a state directory their secrets are kept there. An https:// server
-    /// is checked against $TERN_CA_FILE when set.
+    /// is checked against --ca-file (or $TERN_CA_FILE) when set.
     #[arg(long, value_name = "URL")]
     api: Option<String>,
     /// Operator token for --api.
     #[arg(long)]
     token: Option<String>,
+}
+
+impl Common {
+    /// --ca-file, else $TERN_CA_FILE.
+    fn ca_file(&self) -> Option<PathBuf> {
+        self.ca_file.clone().or_else(crate::tls::ca_file_from_env)
+    }
 }
 
 /// `tern sim device`.
@@ -143,8 +156,8 @@ pub fn run(cmd: SimCommand) -> Result<ExitCode> {
                 Some(s) => s,
                 None => stored_or_register(&args.common, &args.id, kind.profile, &dir, false)?,
             };
-            let target =
-                MqttTarget::parse(&args.common.server, &args.id, &secret).map_err(|e| anyhow!("--server {e}"))?;
+            let target = MqttTarget::parse(&args.common.server, &args.id, &secret, args.common.ca_file().as_deref())
+                .map_err(|e| anyhow!("--server {e}"))?;
             println!("{}: {} device connecting to {}:{}", args.id, kind.profile.name, target.host, target.port);
             let plan = Plan { id: args.id, dir: Some(dir), target, kind, keys, ..Plan::default() };
             let report = Report { each: true, summary: false, status_file: None };
@@ -187,9 +200,11 @@ fn fleet(args: FleetArgs) -> Result<ExitCode> {
 
     let dirs: Vec<Option<PathBuf>> = ids.iter().map(|id| args.state.as_ref().map(|p| p.join(id))).collect();
     let secrets = secrets(&args.common, &ids, &kinds, &dirs, &cellular)?;
+    let ca_file = args.common.ca_file();
     let mut plans = Vec::with_capacity(count);
     for (i, secret) in secrets.into_iter().enumerate() {
-        let target = MqttTarget::parse(&args.common.server, &ids[i], &secret).map_err(|e| anyhow!("--server {e}"))?;
+        let target = MqttTarget::parse(&args.common.server, &ids[i], &secret, ca_file.as_deref())
+            .map_err(|e| anyhow!("--server {e}"))?;
         plans.push(Plan {
             id: ids[i].clone(),
             dir: dirs[i].clone(),
@@ -278,7 +293,13 @@ impl Default for Plan {
         Plan {
             id: String::new(),
             dir: None,
-            target: MqttTarget { host: String::new(), port: 0, device: String::new(), secret: String::new() },
+            target: MqttTarget {
+                host: String::new(),
+                port: 0,
+                device: String::new(),
+                secret: String::new(),
+                tls: None,
+            },
             kind: Kind { profile: &tern_device::profile::STM32F2, behaviour: Behaviour::Healthy },
             keys: Vec::new(),
             class: Behaviour::Healthy,
@@ -369,7 +390,7 @@ impl Registrar {
         let (Some(api), Some(token)) = (api, token) else {
             bail!("device {first} has no secret: pass --secret, or --api URL --token T to register it")
         };
-        let agent = crate::tls::agent(Some(Duration::from_secs(30)), crate::tls::ca_file_from_env().as_deref())?;
+        let agent = crate::tls::agent(Some(Duration::from_secs(30)), common.ca_file().as_deref())?;
         Ok(Registrar { agent, api: api.trim_end_matches('/').to_owned(), token })
     }
 

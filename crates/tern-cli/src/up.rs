@@ -212,7 +212,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             std::fs::write(&secret_file, &s)?;
             s
         };
-        let target = MqttTarget { host: mqtt.ip().to_string(), port: mqtt.port(), device: id.to_string(), secret };
+        let target =
+            MqttTarget { host: mqtt.ip().to_string(), port: mqtt.port(), device: id.to_string(), secret, tls: None };
         let (keys, stop) = (vec![key.verifying_key()], stop.clone());
         let id = id.to_owned();
         let (app, factory) = match id.as_str() {

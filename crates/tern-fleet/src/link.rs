@@ -6,10 +6,15 @@
 //! [`Intermittent`] takes a link down and up again on a schedule (devices that go offline).
 
 use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
+use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, RecvTimeoutError, TlsConfiguration, Transport};
 use tern_proto::{Direction, MessageKind, Topic, TopicForm};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::fleet::Offline;
 
@@ -39,7 +44,7 @@ pub trait Link {
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct MqttTarget {
-    /// Gateway host.
+    /// Gateway host (also the name its TLS certificate must carry).
     pub host: String,
     /// Gateway port.
     pub port: u16,
@@ -47,16 +52,48 @@ pub struct MqttTarget {
     pub device: String,
     /// The device's secret (the MQTT password).
     pub secret: String,
+    /// MQTT over TLS, trusting these roots; `None`: plain MQTT.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl MqttTarget {
-    /// Parses `mqtt://HOST:PORT` (or `HOST:PORT`).
-    pub fn parse(url: &str, device: &str, secret: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("mqtt://").unwrap_or(url).trim_end_matches('/');
+    /// Parses `mqtt://HOST:PORT`, `HOST:PORT`, or `mqtts://HOST:PORT` (TLS, trusting the
+    /// CA certificates of `ca_file`, PEM, which is then required).
+    pub fn parse(url: &str, device: &str, secret: &str, ca_file: Option<&Path>) -> Result<Self, String> {
+        let (tls, rest) = match url.strip_prefix("mqtts://") {
+            Some(rest) => {
+                let ca =
+                    ca_file.ok_or_else(|| format!("{url}: MQTT over TLS needs the server's CA certificate (PEM)"))?;
+                (Some(tls_client(ca)?), rest)
+            }
+            None => (None, url.strip_prefix("mqtt://").unwrap_or(url)),
+        };
+        let rest = rest.trim_end_matches('/');
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{url}: expected mqtt://HOST:PORT"))?;
         let port = port.parse().map_err(|_| format!("{url}: bad port"))?;
-        Ok(MqttTarget { host: host.to_owned(), port, device: device.to_owned(), secret: secret.to_owned() })
+        Ok(MqttTarget { host: host.to_owned(), port, device: device.to_owned(), secret: secret.to_owned(), tls })
     }
+}
+
+/// A TLS client configuration trusting only the CA certificates in `ca_file` (PEM).
+pub fn tls_client(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
+    let shown = ca_file.display();
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("{shown}: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{shown}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{shown}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{shown}: no certificate in it"));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// How long [`MqttLink::recv`] waits at least while not connected.
@@ -78,6 +115,9 @@ impl MqttLink {
         options.set_credentials(target.device.clone(), target.secret.clone());
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(64 * 1024, 64 * 1024);
+        if let Some(tls) = &target.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+        }
         let (client, connection) = Client::new(options, 256);
         MqttLink { device: target.device.clone(), client, connection, connected: false, form: TopicForm::Compact }
     }

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tern_proto::attempt::TransferConfig;
 
 pub use config::{Config, ServerArgs, TlsSource};
 
@@ -142,9 +143,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let link: Arc<dyn link::DeviceLink> = Arc::new(gateway);
+    // With TLS on, devices connect over TLS (a plain listener, if asked for, is loopback's):
+    // estimates count each packet's TLS records.
+    let transfer = TransferConfig { count_tls_records: tls.is_some(), ..config.transfer };
     let updates =
-        updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), config.transfer, config.limits).await?;
-    let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), config.transfer);
+        updates::start(store.clone(), blobs.clone(), hub.clone(), link.clone(), transfer, config.limits).await?;
+    let planner = plans::Planner::new(store.clone(), blobs.clone(), hub.clone(), updates.clone(), transfer);
     let uplink = Arc::new(uplink::UplinkCounters::default());
     tokio::spawn(uplink::run(
         link_rx,

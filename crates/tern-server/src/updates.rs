@@ -169,7 +169,8 @@ fn bstr_header(n: usize) -> usize {
 /// of `max_request`, blocks of `max_block`), the device's Progress messages, and the
 /// confirmation (the reconnect after the install, the offer sent again then, the device's
 /// Results and Describes) — every MQTT packet with its framing and acknowledgement
-/// (downlinks at QoS 1, uplinks at QoS 0), and TLS records when `terms` says so. Re-sent
+/// (downlinks at QoS 1 but blocks at QoS 0, uplinks at QoS 0), and TLS records when
+/// `terms` says so. Re-sent
 /// blocks (a lossy link), keep-alive pings and periodic Describes are not in it.
 pub fn estimate_air_bytes(
     device: &str,
@@ -182,6 +183,8 @@ pub fn estimate_air_bytes(
     let topic = |kind| Topic::with_form(device, kind, form).len();
     let down =
         |kind, payload: usize| terms.packet(mqtt_publish(topic(kind), payload, true)) + terms.packet(MQTT_PUBACK);
+    // Blocks go at QoS 0 (the gateway's rule): no packet id, no acknowledgement.
+    let block = |payload: usize| terms.packet(mqtt_publish(topic(MessageKind::Block), payload, false));
     let up = |kind, payload: usize| terms.packet(mqtt_publish(topic(kind), payload, false));
     let attempt = stage_attempt_id(ESTIMATE_ATTEMPT, stage, false);
 
@@ -221,7 +224,7 @@ pub fn estimate_air_bytes(
                 // byte-string header, one byte when empty, grows with the data).
                 let empty = tern_proto::Block { attempt, module, offset: at, data: &[] };
                 let header = Message::Block(empty).encoded_len() - 1;
-                bytes += down(MessageKind::Block, header + bstr_header(n) + n);
+                bytes += block(header + bstr_header(n) + n);
                 at += n as u32;
             }
             offset += length;

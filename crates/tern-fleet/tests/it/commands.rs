@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use serde_json::Value;
 use tern_fleet::{provision, Settings};
-use tern_image::model::{Dependency, ModuleFunction};
+use tern_image::model::ModuleFunction;
 use tern_sim::device::{Behaviour, Image, SimDevice};
 
 use crate::cli::{device_json, has_hash, hex, run, sim_device, wait_device};
@@ -170,20 +170,20 @@ fn cancel_stops_the_attempt_in_flight() {
     let id = "cancel-1";
     let secret = server.add_device(id, "photon");
     let keys = vec![release_key().verifying_key()];
-    // Slow enough that the cancel lands mid-transfer: 120 blocks of 1 KiB at 100 ms each.
-    // The device asks for up to four 16 KiB windows ahead, and what the server already sent
-    // reaches it before the cancel does: the cancel goes out as soon as the download
-    // starts, so at most what the device stored by then plus 64 KiB arrives first — far
-    // less than the module unless the cancel takes more than ~5 s to send.
-    let settings = Settings { block_pace: Duration::from_millis(100), ..Settings::default() };
+    // Slow enough that the cancel lands mid-transfer: a 250 KiB system part stored at 40 ms
+    // per KiB. The device keeps up to eight 16 KiB windows in flight (the test server's
+    // window), and what the server already sent reaches it before the cancel does: the
+    // cancel goes out as soon as the download starts, so at most what the device stored by
+    // then plus 128 KiB arrives first — less than the module unless sending the cancel
+    // takes more than ~4 s.
+    let settings = Settings { block_pace: Duration::from_millis(40), ..Settings::default() };
     let device = Device::start(&server, id, &secret, settings, None, move || {
         provision::synthetic(profile, keys, Behaviour::Healthy).unwrap()
     });
     device.wait_for("the first describe", Duration::from_secs(30), |s| s.describes > 0);
     crate::support::wait_inventory(&server, id);
-    let dep = [Dependency { function: ModuleFunction::SystemPart, index: 1, version: 100 }];
-    let size = 120 * 1024;
-    let v2 = Image::synthetic(profile, ModuleFunction::UserPart, 1, 2, &dep, Behaviour::Healthy, size);
+    let size = 250 * 1024;
+    let v2 = Image::synthetic(profile, ModuleFunction::SystemPart, 1, 101, &[], Behaviour::Healthy, size);
     let attempt = server.flash(id, &bundle(profile.platform_id, &[&v2], 1));
     let start = Instant::now();
     loop {
@@ -195,7 +195,15 @@ fn cancel_stops_the_attempt_in_flight() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    let at_cancel = (start.elapsed(), device.stats().blocks_stored);
     let out = run(&server, &["device", "cancel", id, "--wait", "--timeout", "60"]);
+    println!(
+        "cancel sent {:?} after the attempt, {} blocks stored then; {} stored when the cancel returned ({:?})",
+        at_cancel.0,
+        at_cancel.1,
+        device.stats().blocks_stored,
+        start.elapsed()
+    );
     assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
     let said = stdout(&out);
     assert!(said.starts_with(&format!("cancel-1: attempt {attempt} cancelled (")), "{said}");

@@ -14,4 +14,5 @@ mod resilience;
 mod rollout;
 mod rollout_bench;
 mod support;
+mod tls;
 mod update;

@@ -48,6 +48,10 @@ pub struct Server {
     pub mqtt_port: u16,
     /// The admin token.
     pub token: String,
+    /// With TLS on: the client configuration devices trust the server with (its
+    /// self-signed CA); the API is then HTTPS, checked against the same CA.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    agent: ureq::Agent,
     _runtime: Option<tokio::runtime::Runtime>,
     child: Option<std::process::Child>,
 }
@@ -70,6 +74,51 @@ impl Server {
             http: format!("http://{}", running.http),
             mqtt_port: running.mqtt.expect("a plain MQTT listener without TLS").port(),
             token: token.trim().to_owned(),
+            tls: None,
+            agent: agent(),
+            _runtime: Some(runtime),
+            child: None,
+        }
+    }
+
+    /// Starts a server on `data` with TLS on both listeners (a self-signed certificate made
+    /// in `data/tls/`), ephemeral ports and no plain listener: devices connect over MQTT/TLS.
+    pub fn start_tls(data: &Path) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut config = tern_server::Config {
+            data_dir: data.to_path_buf(),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtts: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt: None,
+            tls: tern_server::TlsSource::SelfSigned { client_ca: None },
+            ..tern_server::Config::default()
+        };
+        config.transfer.offer_retry_ms = 1_000;
+        config.transfer.window = 8;
+        let running = runtime.block_on(tern_server::start(config)).expect("the server starts");
+        assert!(running.https && running.mqtt.is_none(), "TLS only");
+        let ca = running.self_signed_ca.clone().expect("a self-signed CA");
+        let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
+        let pem = std::fs::read(&ca).expect("the CA file");
+        let roots: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                _ => None,
+            })
+            .collect();
+        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots))).build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .tls_config(tls)
+            .build()
+            .into();
+        Server {
+            http: format!("https://localhost:{}", running.http.port()),
+            mqtt_port: running.mqtts.expect("an MQTT/TLS listener").port(),
+            token: token.trim().to_owned(),
+            tls: Some(tern_fleet::link::tls_client(&ca).expect("a client configuration from the CA")),
+            agent,
             _runtime: Some(runtime),
             child: None,
         }
@@ -99,7 +148,15 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let token = std::fs::read_to_string(data.join(tern_server::ADMIN_TOKEN_FILE)).expect("admin token");
-        Server { http, mqtt_port, token: token.trim().to_owned(), _runtime: None, child: Some(child) }
+        Server {
+            http,
+            mqtt_port,
+            token: token.trim().to_owned(),
+            tls: None,
+            agent: agent(),
+            _runtime: None,
+            child: Some(child),
+        }
     }
 
     /// Kills the server process with SIGKILL (no chance to flush anything).
@@ -112,23 +169,34 @@ impl Server {
 
     /// GET `path` (JSON).
     pub fn get(&self, path: &str) -> (u16, Value) {
-        finish(agent().get(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).call())
+        finish(self.agent.get(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).call())
     }
 
     /// POST JSON.
     pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
-        finish(agent().post(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).send_json(body))
+        finish(self.agent.post(&format!("{}{path}", self.http)).header("Authorization", &self.bearer()).send_json(body))
     }
 
     /// POST bytes.
     pub fn post_bytes(&self, path: &str, body: &[u8]) -> (u16, Value) {
         finish(
-            agent()
+            self.agent
                 .post(&format!("{}{path}", self.http))
                 .header("Authorization", &self.bearer())
                 .header("Content-Type", "application/octet-stream")
                 .send(body),
         )
+    }
+
+    /// Where device `id` connects: the gateway on loopback, over TLS when the server has it.
+    pub fn device_target(&self, id: &str, secret: &str) -> MqttTarget {
+        MqttTarget {
+            host: "127.0.0.1".into(),
+            port: self.mqtt_port,
+            device: id.into(),
+            secret: secret.into(),
+            tls: self.tls.clone(),
+        }
     }
 
     fn bearer(&self) -> String {
@@ -246,9 +314,25 @@ impl Device {
         faults: Option<(Faults, u64)>,
         build: impl FnOnce() -> SimDevice + Send + 'static,
     ) -> Device {
+        Device::run(server.device_target(id, secret), settings, faults, build)
+    }
+
+    /// Starts a device built by `build` connecting to `target` as it says.
+    pub fn start_with_target(
+        target: MqttTarget,
+        settings: Settings,
+        build: impl FnOnce() -> SimDevice + Send + 'static,
+    ) -> Device {
+        Device::run(target, settings, None, build)
+    }
+
+    fn run(
+        target: MqttTarget,
+        settings: Settings,
+        faults: Option<(Faults, u64)>,
+        build: impl FnOnce() -> SimDevice + Send + 'static,
+    ) -> Device {
         let stop = Arc::new(AtomicBool::new(false));
-        let target =
-            MqttTarget { host: "127.0.0.1".into(), port: server.mqtt_port, device: id.into(), secret: secret.into() };
         let (tx, rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {

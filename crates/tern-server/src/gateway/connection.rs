@@ -412,10 +412,14 @@ async fn run(
 
 /// The topic and QoS a downlink of `kind` goes out on: the compact topic when a
 /// subscription matches it, else the long one; `None` when no subscription matches either.
+/// Blocks go at QoS 0 whatever the subscription grants: the device asks again for what it
+/// lacks, and an acknowledgement per block would cost the device 4 bytes (26 in TLS) for
+/// nothing — the gateway keeps no session to re-send from.
 fn route(subscriptions: &[(String, QoS)], device: &str, kind: MessageKind) -> Option<(String, QoS)> {
     [TopicForm::Compact, TopicForm::Long].into_iter().find_map(|form| {
         let topic = Topic::with_form(device, kind, form).to_string();
-        granted_qos(subscriptions, &topic).map(|qos| (topic, qos))
+        let qos = granted_qos(subscriptions, &topic)?;
+        Some((topic, if kind == MessageKind::Block { QoS::AtMostOnce } else { qos }))
     })
 }
 

@@ -45,6 +45,9 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(out))
 "#;
 
+/// What the parser prints: `{family: [type, [[sample name, labels, value]]]}`.
+type Parsed = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
+
 /// One scrape, parsed: `(sample name with sorted labels) -> value`, and family types.
 struct Scrape {
     samples: BTreeMap<String, f64>,
@@ -67,8 +70,7 @@ impl Scrape {
             "prometheus_client refused the scrape: {}\n{text}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let parsed: BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)> =
-            serde_json::from_slice(&out.stdout).expect("the parser prints JSON");
+        let parsed: Parsed = serde_json::from_slice(&out.stdout).expect("the parser prints JSON");
         let mut scrape = Scrape { samples: BTreeMap::new(), types: BTreeMap::new() };
         for (family, (kind, samples)) in parsed {
             scrape.types.insert(family, kind);
@@ -310,6 +312,11 @@ fn metrics_count_exactly_what_happened() {
         other => panic!("expected the command, got {other:?}"),
     }
 
+    // The gateway counts a delivery once its write returns, which may be just after the
+    // device has read it.
+    wait_for("the command counted", Duration::from_secs(10), || {
+        scrape(&mut requests, &viewer).get("tern_mqtt_messages_sent_total", &[("kind", "command")]) == 1.0
+    });
     let s = scrape(&mut requests, &viewer);
     assert_eq!(s.get("tern_devices_connected", &[]), 1.0);
     assert_eq!(s.get("tern_mqtt_connections_total", &[]), 1.0);
@@ -436,7 +443,8 @@ fn provoke_warning(stdout: &Path, stderr: &Path) {
 fn json_logs_are_one_object_a_line() {
     let dir = tern_testkit::scratch("metrics-json-logs");
     // The flag, the environment and the file each turn it on.
-    let cases: [(&str, &[&str], &[(&str, &str)], &str); 3] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         ("flag", &["--log-format", "json"], &[], ""),
         ("env", &[], &[("TERN_LOG_FORMAT", "json")], ""),
         ("file", &[], &[], "[log]\nformat = \"json\"\n"),
@@ -496,10 +504,14 @@ fn public_metrics_need_no_token_and_only_on_loopback() {
     assert!(text.contains("\ntern_devices_connected 0\n"), "{text}");
     // Other routes still need their token.
     assert_eq!(server.api().with_token(None).get("/api/devices").0, 401);
+    // The OpenAPI document lists the route.
+    let (_, doc) = server.api().with_token(None).get("/api/openapi.json");
+    assert!(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]["text/plain"].is_object(), "{doc}");
 
     // (file, env, flag) -> the log format, or the error named.
     let file_path = dir.join("check.toml");
-    let cases: [(&str, Option<&str>, Option<tern_server::config::LogFormat>, Result<&str, &str>); 7] = [
+    type Case<'a> = (&'a str, Option<&'a str>, Option<tern_server::config::LogFormat>, Result<&'a str, &'a str>);
+    let cases: [Case; 7] = [
         ("", None, None, Ok("text")),
         ("[log]\nformat = \"json\"\n", None, None, Ok("json")),
         ("[log]\nformat = \"json\"\n", Some("text"), None, Ok("text")),
@@ -512,7 +524,7 @@ fn public_metrics_need_no_token_and_only_on_loopback() {
         std::fs::write(&file_path, file).unwrap();
         let args = tern_server::ServerArgs { config: Some(file_path.clone()), log_format: flag, ..Default::default() };
         let got = tern_server::Config::resolve(&args, |name| {
-            (name == "TERN_LOG_FORMAT").then(|| env).flatten().map(str::to_owned)
+            (name == "TERN_LOG_FORMAT").then_some(env).flatten().map(str::to_owned)
         });
         match (got, expected) {
             (Ok(config), Ok(format)) => {

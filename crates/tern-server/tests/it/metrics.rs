@@ -240,6 +240,8 @@ fn metrics_count_exactly_what_happened() {
     ] {
         assert_eq!(first.types.get(name).map(String::as_str), Some(kind), "{name}");
     }
+    // Every sample sits under the TYPE line of its family (else the parser says `unknown`).
+    assert!(first.types.values().all(|kind| kind != "unknown"), "{:?}", first.types);
     assert_eq!(first.get("tern_devices_connected", &[]), 0.0);
     assert_eq!(first.get("tern_blob_store_size_bytes", &[]), 0.0);
     assert!(first.series("tern_update_attempts").is_empty());

@@ -12,6 +12,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tern_proto::MessageKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -277,7 +278,7 @@ async fn run(
     // Downlinks that no subscription matched yet: a device subscribes right after
     // CONNACK, and the server core may already have something for it (an offer sent on
     // connect). They wait here, oldest first, and go out when a SUBSCRIBE matches them.
-    let mut waiting: VecDeque<(String, Bytes)> = VecDeque::new();
+    let mut waiting: VecDeque<(MessageKind, String, Bytes)> = VecDeque::new();
     let mut next_packet_id: u16 = 0;
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
@@ -315,6 +316,7 @@ async fn run(
                         }
                     };
                     counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                    counters.messages_in_by_kind.add(kind);
                     let event = LinkEvent::Message { device: device.to_owned(), kind, payload: publish.payload };
                     if inner.events.send(event).await.is_err() {
                         return End::Gone;
@@ -362,14 +364,14 @@ async fn run(
             if subscribed && !waiting.is_empty() {
                 // After the SUBACK: what waited for this subscription, in order.
                 let mut still = VecDeque::with_capacity(waiting.len());
-                for (topic, payload) in waiting.drain(..) {
+                for (kind, topic, payload) in waiting.drain(..) {
                     match granted_qos(&subscriptions, &topic) {
                         Some(qos) => {
-                            if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                            if !deliver(writer, kind, topic, payload, qos, &mut next_packet_id, inner).await {
                                 return End::Gone;
                             }
                         }
-                        None => still.push_back((topic, payload)),
+                        None => still.push_back((kind, topic, payload)),
                     }
                 }
                 waiting = still;
@@ -383,7 +385,7 @@ async fn run(
                 Ok(_) => {}
             },
             outbound = inbox.recv() => match outbound {
-                Some(Outbound::Publish { topic, payload }) => {
+                Some(Outbound::Publish { kind, topic, payload }) => {
                     let Some(qos) = granted_qos(&subscriptions, &topic) else {
                         if waiting.len() >= inner.config.outbox {
                             // Bounded like the outbox; the protocol above repeats what matters.
@@ -391,10 +393,10 @@ async fn run(
                             waiting.pop_front();
                         }
                         tracing::debug!(device, topic, "mqtt: downlink waits for a matching subscription");
-                        waiting.push_back((topic, payload));
+                        waiting.push_back((kind, topic, payload));
                         continue;
                     };
-                    if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                    if !deliver(writer, kind, topic, payload, qos, &mut next_packet_id, inner).await {
                         return End::Gone;
                     }
                 }
@@ -420,6 +422,7 @@ fn granted_qos(subscriptions: &[(String, QoS)], topic: &str) -> Option<QoS> {
 /// Writes one downlink PUBLISH; `false` when the connection is gone.
 async fn deliver(
     writer: &mut Writer,
+    kind: MessageKind,
     topic: String,
     payload: Bytes,
     qos: QoS,
@@ -435,5 +438,6 @@ async fn deliver(
         return false;
     }
     inner.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+    inner.counters.messages_out_by_kind.add(kind);
     true
 }

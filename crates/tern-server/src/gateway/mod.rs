@@ -41,7 +41,7 @@ use tern_proto::{MessageKind, Topic};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::link::{DeviceLink, LinkError, LinkEvent, LinkStats};
+use crate::link::{DeviceLink, KindCounts, LinkError, LinkEvent, LinkStats};
 use crate::store::Store;
 use crate::tls::Reloading;
 use crate::transport::{Admission, Counted, Limits, Traffic};
@@ -74,7 +74,7 @@ impl Default for GatewayConfig {
 /// What the gateway hands a connection task.
 enum Outbound {
     /// Deliver a message if the device subscribed to its topic.
-    Publish { topic: String, payload: Bytes },
+    Publish { kind: MessageKind, topic: String, payload: Bytes },
     /// Close: the same device connected again.
     Replaced,
 }
@@ -94,6 +94,10 @@ struct Counters {
     protocol_errors: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    /// `messages_in` by kind.
+    messages_in_by_kind: KindCounts,
+    /// `messages_out` by kind.
+    messages_out_by_kind: KindCounts,
     /// Bytes read from and written to every device socket (raw: TLS records included).
     bytes: Arc<Traffic>,
 }
@@ -177,7 +181,7 @@ impl DeviceLink for Gateway {
     async fn send(&self, device: &str, kind: MessageKind, payload: Bytes) -> Result<(), LinkError> {
         let outbox = sessions(&self.inner).get(device).map(|s| s.outbox.clone()).ok_or(LinkError::NotConnected)?;
         let topic = Topic::new(device, kind).to_string();
-        outbox.try_send(Outbound::Publish { topic, payload }).map_err(|_| LinkError::Unavailable)
+        outbox.try_send(Outbound::Publish { kind, topic, payload }).map_err(|_| LinkError::Unavailable)
     }
 
     fn is_online(&self, device: &str) -> bool {
@@ -206,6 +210,8 @@ impl DeviceLink for Gateway {
             messages_out: c.messages_out.load(Ordering::Relaxed),
             bytes_in: c.bytes.received.load(Ordering::Relaxed),
             bytes_out: c.bytes.sent.load(Ordering::Relaxed),
+            messages_in_by_kind: c.messages_in_by_kind.snapshot(),
+            messages_out_by_kind: c.messages_out_by_kind.snapshot(),
         }
     }
 }

@@ -2,6 +2,7 @@
 # Installs the third-party tools Tern's tests use as oracles, into .peers/ (idempotent):
 #   - binary-version-reader 3.1.3 (npm): Particle's own module reader;
 #   - imgtool 2.5.0 and intelhex 2.3.0 (PyPI): MCUboot's signing tool, an Intel HEX reader;
+#   - prometheus-client 0.26.0 (PyPI): the Prometheus project's text-format parser, for /metrics;
 #   - srecord (Debian): srec_cat, a second Intel HEX reader;
 #   - mosquitto-clients (Debian): mosquitto_pub/mosquitto_sub, real MQTT clients for the gateway tests
 #     (plain and over TLS);
@@ -26,8 +27,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Python peers in a venv.
-if [ ! -x "$peers/venv/bin/imgtool" ] || ! "$peers/venv/bin/python" -c 'import intelhex' 2>/dev/null; then
-  echo "install-peers: python venv with imgtool, intelhex"
+if [ ! -x "$peers/venv/bin/imgtool" ] || ! "$peers/venv/bin/python" -c 'import intelhex, prometheus_client' 2>/dev/null; then
+  echo "install-peers: python venv with imgtool, intelhex, prometheus-client"
   python3 -m venv "$peers/venv"
   "$peers/venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/peers-requirements.txt"
 fi

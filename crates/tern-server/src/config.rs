@@ -25,6 +25,8 @@
 //! | attempt times out this long after its creation, progress or not (ms) | 21600000 (6 h) | `attempt_deadline_ms` | — | — |
 //! | public keys statements must be signed with | none | `trusted_keys` | — | `--trusted-key` |
 //! | per-device message rates, event retention | see [`crate::uplink::Bounds`] | `[bounds]` table | — | — |
+//! | `/metrics` without a token (HTTP listener on loopback only) | false | `[metrics]` `public` | — | — |
+//! | log format: `text` (for people) or `json` (one object a line) | `text` | `[log]` `format` | `TERN_LOG_FORMAT` | `--log-format` |
 //!
 //! `trusted_keys` are PEM files (relative paths are relative to the file's directory);
 //! `--trusted-key` adds to them. With none, the server accepts any well-formed statement
@@ -84,6 +86,48 @@ pub struct Config {
     pub limits: crate::updates::AttemptLimits,
     /// Per-device message rates and event retention (`[bounds]`).
     pub bounds: crate::uplink::Bounds,
+    /// Who may scrape `/metrics` (`[metrics]`).
+    pub metrics: MetricsConfig,
+    /// How log lines are written (`[log]`).
+    pub log_format: LogFormat,
+}
+
+/// The `[metrics]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics` needs no token. Allowed only when the HTTP listener is on a loopback
+    /// address, so only a scraper on the same host can use it.
+    pub public: bool,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with `timestamp`, `level`, `target`, `message` and the
+    /// event's fields.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(text: &str) -> Option<LogFormat> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The `[log]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LogFile {
+    format: Option<LogFormat>,
 }
 
 impl Default for Config {
@@ -109,6 +153,8 @@ impl Default for Config {
             rollout_tick_ms: 1000,
             limits: crate::updates::AttemptLimits::default(),
             bounds: crate::uplink::Bounds::default(),
+            metrics: MetricsConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -164,6 +210,8 @@ struct FileConfig {
     trusted_keys: Option<Vec<PathBuf>>,
     rollout_tick_ms: Option<u64>,
     bounds: Option<crate::uplink::Bounds>,
+    metrics: Option<MetricsConfig>,
+    log: Option<LogFile>,
 }
 
 /// Command-line flags of `tern server` (and `tern-server`).
@@ -208,6 +256,10 @@ pub struct ServerArgs {
     /// repeat for several [default: any key; devices judge signatures].
     #[arg(long, value_name = "FILE")]
     pub trusted_key: Vec<PathBuf>,
+    /// Log format: `text` for people, `json` for log collectors (one object a line)
+    /// [env: TERN_LOG_FORMAT; default: text]. Log levels come from TERN_LOG.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -256,6 +308,13 @@ impl Config {
         config.limits.deadline_ms = file.attempt_deadline_ms.unwrap_or(config.limits.deadline_ms);
         config.rollout_tick_ms = file.rollout_tick_ms.unwrap_or(config.rollout_tick_ms).max(10);
         config.bounds = file.bounds.unwrap_or(config.bounds);
+        config.metrics = file.metrics.unwrap_or(config.metrics);
+        config.log_format = file.log.and_then(|log| log.format).unwrap_or(config.log_format);
+        if let Some(text) = env("TERN_LOG_FORMAT") {
+            config.log_format = LogFormat::parse(&text)
+                .with_context(|| format!("TERN_LOG_FORMAT={text}: not a log format (text or json)"))?;
+        }
+        config.log_format = args.log_format.unwrap_or(config.log_format);
         for key in file.trusted_keys.iter().flatten() {
             config.trusted_keys.push(load_public_key(&file_dir.join(key))?);
         }
@@ -306,6 +365,13 @@ impl Config {
                     );
                 }
             }
+        }
+        if config.metrics.public && !config.http.ip().is_loopback() {
+            anyhow::bail!(
+                "[metrics] public = true serves /metrics without a token, which is allowed only when the HTTP \
+                 listener is on a loopback address (it is {}); give the scraper a viewer token instead",
+                config.http
+            );
         }
         Ok(config)
     }

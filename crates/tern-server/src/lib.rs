@@ -18,6 +18,7 @@ pub mod events;
 pub mod fleet;
 pub mod gateway;
 pub mod link;
+pub mod metrics;
 pub mod patches;
 pub mod plans;
 pub mod platform;
@@ -168,8 +169,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     rollouts.spawn(std::time::Duration::from_millis(config.rollout_tick_ms));
     let settings = config.http_transport;
     let https = tls.is_some();
-    let state =
-        api::AppState { store, blobs, hub, link, uplink, updates, planner, rollouts, config: Arc::new(config.clone()) };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let data_dir = config.data_dir.clone();
+    let config = Arc::new(config);
+    let state = api::AppState { store, blobs, hub, link, uplink, updates, planner, rollouts, config, metrics };
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let http_task = tokio::spawn(transport::serve_http(listener, app, tls, settings));
     Ok(Running {
@@ -179,7 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mqtts,
         self_signed_ca,
         self_signed_created,
-        data_dir: config.data_dir,
+        data_dir,
         created_admin_token,
         http_task,
     })
@@ -268,8 +271,7 @@ pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Re
 /// Runs the server until Ctrl-C (or SIGTERM): what `tern server` and `tern-server` do.
 pub fn run_blocking(args: ServerArgs) -> anyhow::Result<()> {
     let config = Config::resolve(&args, |name| std::env::var(name).ok())?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let running = start(config).await?;
@@ -283,6 +285,19 @@ pub fn run_blocking(args: ServerArgs) -> anyhow::Result<()> {
         }
         wait_for_shutdown(running.http_task).await
     })
+}
+
+/// Sends log lines to stderr, at the levels `TERN_LOG` names (default `info`), in `format`.
+fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second start in one process (tests) keeps the first subscriber.
+    let _ = match format {
+        config::LogFormat::Text => builder.try_init(),
+        // One object a line; the event's message and fields at the top level, beside
+        // `timestamp`, `level` and `target`, as log collectors expect.
+        config::LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).try_init(),
+    };
 }
 
 /// What a started server says about itself: where it listens and how to trust it.

@@ -5,6 +5,8 @@
 //! same from a client holding a shared subscription (`$share/tern/tern/v1/d/+/up/#`), so
 //! several server instances can split the devices' traffic; the core does not change.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
@@ -79,6 +81,48 @@ pub struct LinkStats {
     pub bytes_in: u64,
     /// MQTT bytes sent to authenticated devices (every packet after CONNACK).
     pub bytes_out: u64,
+    /// [`LinkStats::messages_in`] by kind (for `/metrics`; not in `/api/stats`).
+    #[serde(skip)]
+    pub messages_in_by_kind: Vec<(&'static str, u64)>,
+    /// [`LinkStats::messages_out`] by kind (for `/metrics`; not in `/api/stats`).
+    #[serde(skip)]
+    pub messages_out_by_kind: Vec<(&'static str, u64)>,
+}
+
+/// Message counters by [`MessageKind`], lock-free. The kinds are the protocol's fixed set,
+/// never text a device chose, so whoever shows them by kind shows a bounded set; a kind this
+/// table has no slot for (a newer protocol) is counted as `other`.
+#[derive(Debug, Default)]
+pub struct KindCounts {
+    /// Slot 0 is `other`; slot `n` is the kind with wire code `n`.
+    slots: [AtomicU64; KindCounts::SLOTS],
+}
+
+impl KindCounts {
+    const SLOTS: usize = 16;
+
+    /// Counts one message of `kind`.
+    pub fn add(&self, kind: MessageKind) {
+        let slot = usize::from(kind.code());
+        let slot = if slot < Self::SLOTS { slot } else { 0 };
+        self.slots[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every kind's count, zeros included, by the kind's topic name, then `other`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let kind_of = |slot: usize| MessageKind::ALL.into_iter().find(|kind| usize::from(kind.code()) == slot);
+        let mut out: Vec<(&'static str, u64)> = Vec::with_capacity(MessageKind::ALL.len() + 1);
+        let mut other = 0u64;
+        for (slot, count) in self.slots.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            match kind_of(slot) {
+                Some(kind) => out.push((kind.topic_name(), count)),
+                None => other = other.saturating_add(count),
+            }
+        }
+        out.push(("other", other));
+        out
+    }
 }
 
 /// The server core's view of the link to its devices.

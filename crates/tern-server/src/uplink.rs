@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::now_millis;
 use crate::events::EventHub;
-use crate::link::LinkEvent;
+use crate::link::{KindCounts, LinkEvent};
 use crate::plans::Planner;
 use crate::store::{
     CapacityRecord, DependencyRecord, InstalledModuleRecord, Inventory, ResultRecord, Store, StoreError,
@@ -42,6 +42,10 @@ pub struct UplinkCounters {
     pub unknown_device: AtomicU64,
     /// Messages dropped because their device exceeded its rate or filled its queue.
     pub rate_limited: AtomicU64,
+    /// `malformed` by the kind their topic named.
+    pub malformed_by_kind: KindCounts,
+    /// `rate_limited` by the kind their topic named.
+    pub rate_limited_by_kind: KindCounts,
 }
 
 /// A snapshot of [`UplinkCounters`].
@@ -198,6 +202,7 @@ pub async fn run(
             let bucket = if *kind == MessageKind::BlockRequest { &mut lane.block_requests } else { &mut lane.messages };
             if !bucket.take(now) || lane.queued.load(Ordering::Relaxed) >= bounds.queue {
                 counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                counters.rate_limited_by_kind.add(*kind);
                 lane.dropped += 1;
                 if lane.reported.is_none_or(|at| now.duration_since(at) >= report_every) {
                     lane.reported = Some(now);
@@ -304,6 +309,7 @@ async fn handle(event: &LinkEvent, context: &Context, malformed: &mut Reports) -
                 Ok(message) if message.kind() == *kind => message,
                 Ok(message) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    counters.malformed_by_kind.add(*kind);
                     let error = format!("{:?} message on the {} topic", message.kind(), kind.topic_name());
                     if let Some(suppressed) = malformed.due(*report_every) {
                         tracing::warn!(device, "malformed device message: {error}");
@@ -314,6 +320,7 @@ async fn handle(event: &LinkEvent, context: &Context, malformed: &mut Reports) -
                 }
                 Err(err) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    counters.malformed_by_kind.add(*kind);
                     if let Some(suppressed) = malformed.due(*report_every) {
                         tracing::warn!(
                             device,

@@ -1,7 +1,7 @@
 //! The HTTP JSON API (axum). The OpenAPI document (`/api/openapi.json`) lists every route.
 //!
 //! Every route but `/api/health` and `/api/openapi.json` needs `Authorization: Bearer
-//! <token>`. Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting
+//! <token>` (`/metrics` too, unless `[metrics] public` says otherwise). Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting
 //! status; storage failures are logged and reported as `500 internal` without details.
 
 use std::collections::VecDeque;
@@ -81,6 +81,8 @@ pub struct AppState {
     pub rollouts: crate::rollouts::Rollouts,
     /// The configuration in force.
     pub config: Arc<Config>,
+    /// Metrics kept by the HTTP layer (see [`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An API error response.
@@ -198,11 +200,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens/{name}", get(show_token).delete(revoke_token))
         .route("/api/tokens/{name}/rotate", post(rotate_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // A viewer token may scrape; `[metrics] public` (loopback listeners only) needs none.
+    let mut metrics = Router::new().route("/metrics", get(crate::metrics::scrape));
+    if !state.config.metrics.public {
+        metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    }
     Router::new()
         .route("/api/health", get(health))
         .route("/api/openapi.json", get(openapi))
         .merge(protected)
+        .merge(metrics)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
         .with_state(state)
 }
 

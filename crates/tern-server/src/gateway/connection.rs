@@ -317,6 +317,7 @@ async fn run(
                         }
                     };
                     counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                    counters.messages_in_by_kind.add(kind);
                     let event = LinkEvent::Message { device: device.to_owned(), kind, payload: publish.payload };
                     if inner.events.send(event).await.is_err() {
                         return End::Gone;
@@ -367,7 +368,7 @@ async fn run(
                 for (kind, payload) in waiting.drain(..) {
                     match route(&subscriptions, device, kind) {
                         Some((topic, qos)) => {
-                            if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                            if !deliver(writer, kind, topic, payload, qos, &mut next_packet_id, inner).await {
                                 return End::Gone;
                             }
                         }
@@ -396,7 +397,7 @@ async fn run(
                         waiting.push_back((kind, payload));
                         continue;
                     };
-                    if !deliver(writer, topic, payload, qos, &mut next_packet_id, inner).await {
+                    if !deliver(writer, kind, topic, payload, qos, &mut next_packet_id, inner).await {
                         return End::Gone;
                     }
                 }
@@ -435,6 +436,7 @@ fn granted_qos(subscriptions: &[(String, QoS)], topic: &str) -> Option<QoS> {
 /// Writes one downlink PUBLISH; `false` when the connection is gone.
 async fn deliver(
     writer: &mut Writer,
+    kind: MessageKind,
     topic: String,
     payload: Bytes,
     qos: QoS,
@@ -450,5 +452,6 @@ async fn deliver(
         return false;
     }
     inner.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+    inner.counters.messages_out_by_kind.add(kind);
     true
 }

@@ -46,7 +46,7 @@ use tern_proto::MessageKind;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::link::{DeviceLink, LinkError, LinkEvent, LinkStats};
+use crate::link::{DeviceLink, KindCounts, LinkError, LinkEvent, LinkStats};
 use crate::store::Store;
 use crate::tls::Reloading;
 use crate::transport::{Admission, Counted, Limits, Traffic};
@@ -99,6 +99,10 @@ struct Counters {
     protocol_errors: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    /// `messages_in` by kind.
+    messages_in_by_kind: KindCounts,
+    /// `messages_out` by kind.
+    messages_out_by_kind: KindCounts,
     /// Bytes read from and written to every device socket (raw: TLS records included).
     bytes: Arc<Traffic>,
 }
@@ -210,6 +214,8 @@ impl DeviceLink for Gateway {
             messages_out: c.messages_out.load(Ordering::Relaxed),
             bytes_in: c.bytes.received.load(Ordering::Relaxed),
             bytes_out: c.bytes.sent.load(Ordering::Relaxed),
+            messages_in_by_kind: c.messages_in_by_kind.snapshot(),
+            messages_out_by_kind: c.messages_out_by_kind.snapshot(),
         }
     }
 }

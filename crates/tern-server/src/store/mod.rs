@@ -47,6 +47,17 @@ impl From<serde_json::Error> for StoreError {
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How many attempts stand in one state with one reason (for `/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptTally {
+    /// The state.
+    pub state: AttemptStatus,
+    /// Why it failed, was rolled back or timed out (none for other states).
+    pub reason: Option<String>,
+    /// How many attempts.
+    pub count: u64,
+}
 /// Storage the server core needs; implemented by [`SqliteStore`].
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -161,6 +172,11 @@ pub trait Store: Send + Sync {
     async fn device_attempts(&self, device: &str, limit: u32) -> StoreResult<Vec<AttemptRecord>>;
     /// Every attempt not in a final state, oldest first.
     async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>>;
+    /// Bytes the store takes on disk (SQLite: the database file, its write-ahead log and
+    /// its shared-memory index).
+    async fn disk_bytes(&self) -> StoreResult<u64>;
+    /// Every attempt counted by state and reason.
+    async fn attempt_tallies(&self) -> StoreResult<Vec<AttemptTally>>;
 
     /// Records client key `key.key` for `key.plan`, unless the key is already recorded;
     /// returns the record the key has now (the earlier one when it was).

@@ -19,6 +19,8 @@ use super::*;
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    /// The database file (its `-wal` and `-shm` files lie beside it).
+    path: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -35,7 +37,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Backend(e.to_string()))?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(SqliteStore { pool, writer })
+        Ok(SqliteStore { pool, writer, path: path.to_path_buf() })
     }
 }
 
@@ -800,6 +802,37 @@ impl Store for SqliteStore {
     async fn unfinished_attempts(&self) -> StoreResult<Vec<AttemptRecord>> {
         let rows = sqlx::query("SELECT * FROM attempts WHERE finished = 0 ORDER BY id").fetch_all(&self.pool).await?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn disk_bytes(&self) -> StoreResult<u64> {
+        let mut total = 0u64;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            match tokio::fs::metadata(&name).await {
+                Ok(meta) => total = total.saturating_add(meta.len()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::Backend(format!("{}: {err}", self.path.display()))),
+            }
+        }
+        Ok(total)
+    }
+
+    async fn attempt_tallies(&self) -> StoreResult<Vec<AttemptTally>> {
+        let rows = sqlx::query("SELECT state, reason, COUNT(*) AS n FROM attempts GROUP BY state, reason")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tallies = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let Some(state) = AttemptStatus::parse(&state) else {
+                // Written by hand or by a newer version: not this version's to count.
+                tracing::warn!(state, "attempts in an unknown state are not counted");
+                continue;
+            };
+            tallies.push(AttemptTally { state, reason: row.try_get("reason")?, count: int(row.try_get("n")?)? });
+        }
+        Ok(tallies)
     }
 
     async fn claim_client_key(&self, key: &ClientKeyRecord) -> StoreResult<ClientKeyRecord> {

@@ -6,6 +6,7 @@ mod bounds;
 mod config;
 mod credentials;
 mod gateway;
+mod metrics;
 mod mqtt;
 mod plans;
 mod restart;

@@ -28,7 +28,7 @@ fn corpus(name: &str) -> Vec<u8> {
 }
 
 /// A release bundle for `platform` holding `files`, signed with a fixed test key.
-fn bundle(platform: u16, files: &[&str]) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
+pub(crate) fn bundle(platform: u16, files: &[&str]) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
     let modules: Vec<Vec<u8>> = files.iter().map(|f| corpus(f)).collect();
     let entries = modules
         .iter()

@@ -9,6 +9,7 @@ mod gateway;
 mod mqtt;
 mod plans;
 mod restart;
+mod schema;
 mod support;
 mod tls;
 mod transport;

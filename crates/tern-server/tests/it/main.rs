@@ -4,6 +4,7 @@ mod api;
 mod authority;
 mod bounds;
 mod config;
+mod contract;
 mod credentials;
 mod gateway;
 mod mqtt;

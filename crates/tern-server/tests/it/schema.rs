@@ -29,8 +29,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 fn seed(server: &Server) {
     let api = server.api();
     server.add_device("st-device", "argon");
-    let module = tern_testkit::corpus()
-        .join("particle/fixtures/cli_assets_knownApps_argon_tinker_tinker-0.8.0-rc.27-argon.bin");
+    let module =
+        tern_testkit::corpus().join("particle/fixtures/cli_assets_knownApps_argon_tinker_tinker-0.8.0-rc.27-argon.bin");
     let bytes = std::fs::read(&module).unwrap_or_else(|e| panic!("{}: {e}", module.display()));
     let (status, body) = api.post_bytes("/api/modules", &bytes);
     assert_eq!(status, 201, "{body}");
@@ -38,14 +38,22 @@ fn seed(server: &Server) {
     assert_eq!(status, 201, "{body}");
     let (status, body) = api.patch_json("/api/devices/st-device/fleet", json!({ "product": 7 }));
     assert_eq!(status, 200, "{body}");
-    let (status, body) = api.call("PUT", "/api/groups/st-group", Some(json!({ "name": "st-group", "product": 7 })), None);
+    let (status, body) =
+        api.call("PUT", "/api/groups/st-group", Some(json!({ "name": "st-group", "product": 7 })), None);
     assert_eq!(status, 201, "{body}");
     let (status, body) = api.post_json("/api/tokens", json!({ "name": "st-viewer", "role": "viewer" }));
     assert_eq!(status, 201, "{body}");
 }
 
 /// Runs schemathesis once with every check; returns its exit success and its report.
-fn schemathesis(st: &Path, server: &Server, token: &str, filter: &[&str], examples: u64, seconds: u64) -> (bool, String) {
+fn schemathesis(
+    st: &Path,
+    server: &Server,
+    token: &str,
+    filter: &[&str],
+    examples: u64,
+    seconds: u64,
+) -> (bool, String) {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
     let seed = env_or("TERN_SCHEMATHESIS_SEED", 20261130);
     let output = Command::new(st)

@@ -326,7 +326,8 @@ fn a_device_certificate_replaces_the_secret() {
     let rogue = pair(&rogue_ca, "rogue", "dev-m1", &[]);
     let ca_arg = ca_file.display().to_string();
     // (what, device id as username, certificate, password, accepted)
-    let cases: Vec<(&str, &str, Option<&(PathBuf, PathBuf)>, Option<&str>, bool)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<&'a (PathBuf, PathBuf)>, Option<&'a str>, bool);
+    let cases: Vec<Case> = vec![
         ("CN names the device, no secret", "dev-m1", Some(&by_cn), None, true),
         ("a DNS SAN names the device, no secret", "dev-m2", Some(&by_san), None, true),
         ("the certificate names another device", "dev-m2", Some(&by_cn), None, false),

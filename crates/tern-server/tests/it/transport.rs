@@ -114,7 +114,7 @@ fn idle_http_sockets_leave_health_checks_and_devices_working() {
     let single = Ipv4Addr::new(127, 0, 2, 1);
     let one_source: Vec<TcpStream> = (0..60).map(|_| open_from(&runtime, single, port).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let closed = one_source.iter().filter(|s| closed_now(s)).count();
+    let closed = one_source.iter().filter(closed_now).count();
     assert_eq!(closed, 10, "60 connections from one address with a cap of 50");
     drop(one_source);
 

@@ -437,3 +437,41 @@ fn percent_encode(value: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Body {
+        n: Option<u32>,
+        x: Option<f64>,
+    }
+
+    fn check(input: &str, expected: Result<Body, &str>) {
+        let got = json_object_from_slice::<Body>(input.as_bytes());
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{input}: {got:?} should name {want:?}"),
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn json_bodies_are_objects_whose_whole_numbers_are_integers() {
+        check(r#"{"n": 3}"#, Ok(Body { n: Some(3), x: None }));
+        check(r#"{"n": 3.0}"#, Ok(Body { n: Some(3), x: None }));
+        check(r#"{"n": 3e2}"#, Ok(Body { n: Some(300), x: None }));
+        check(r#"{"n": -0.0}"#, Ok(Body { n: Some(0), x: None }));
+        check(r#"{"x": 2.0}"#, Ok(Body { n: None, x: Some(2.0) }));
+        check(r#"{"x": 2.5}"#, Ok(Body { n: None, x: Some(2.5) }));
+        check(r#"{"n": null, "other": [1.0]}"#, Ok(Body { n: None, x: None }));
+        check(r#"{"n": 3.5}"#, Err("n: invalid type: floating point"));
+        check(r#"{"n": -1}"#, Err("n: invalid value: integer `-1`"));
+        check(r#"{"n": 1e20}"#, Err("n: invalid value: integer"));
+        check(r#"{"n": 1e300}"#, Err("n: invalid type: floating point"));
+        check(r#"[null, null]"#, Err("must be a JSON object"));
+        check(r#""no""#, Err("must be a JSON object"));
+        check("{", Err("not JSON"));
+    }
+}

@@ -468,7 +468,8 @@ mod tests {
         check(r#"{"n": null, "other": [1.0]}"#, Ok(Body { n: None, x: None }));
         check(r#"{"n": 3.5}"#, Err("n: invalid type: floating point"));
         check(r#"{"n": -1}"#, Err("n: invalid value: integer `-1`"));
-        check(r#"{"n": 1e20}"#, Err("n: invalid value: integer"));
+        check(r#"{"n": 1e19}"#, Err("n: invalid value: integer `10000000000000000000`"));
+        check(r#"{"n": 1e20}"#, Err("n: invalid type: floating point"));
         check(r#"{"n": 1e300}"#, Err("n: invalid type: floating point"));
         check(r#"[null, null]"#, Err("must be a JSON object"));
         check(r#""no""#, Err("must be a JSON object"));

@@ -6,7 +6,9 @@
 #   - srecord (Debian): srec_cat, a second Intel HEX reader;
 #   - mosquitto-clients (Debian): mosquitto_pub/mosquitto_sub, real MQTT clients for the gateway tests
 #     (plain and over TLS);
-#   - curl (Debian): a real HTTPS client for the TLS tests.
+#   - curl (Debian): a real HTTPS client for the TLS tests;
+#   - schemathesis 4.32.5 (PyPI, a venv of its own: its dependencies are many): the OpenAPI
+#     fuzzer the contract test runs against the live server.
 # Fast when everything is already there. Needs network access to the registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,6 +33,13 @@ if [ ! -x "$peers/venv/bin/imgtool" ] || ! "$peers/venv/bin/python" -c 'import i
   echo "install-peers: python venv with imgtool, intelhex, prometheus-client"
   python3 -m venv "$peers/venv"
   "$peers/venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/peers-requirements.txt"
+fi
+
+# schemathesis in its own venv, so its dependencies never meet imgtool's.
+if ! "$peers/schemathesis/bin/st" --version 2>/dev/null | grep -qx 'schemathesis, version 4.32.5'; then
+  echo "install-peers: python venv with schemathesis"
+  python3 -m venv "$peers/schemathesis"
+  "$peers/schemathesis/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/schemathesis-requirements.txt"
 fi
 
 # npm peers.

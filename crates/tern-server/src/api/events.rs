@@ -22,11 +22,12 @@ pub(super) struct Feed {
 /// `GET /api/events`: stored events after `since` (or `Last-Event-ID`), then live ones.
 pub(super) async fn events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    events: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     // Subscribe before reading the store, so nothing published in between is missed; the
     // id check below drops what both deliver.
+    let query = super::query(events)?;
     let live = state.hub.subscribe();
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let since = query.since.or(resume);

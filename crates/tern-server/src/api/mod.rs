@@ -142,17 +142,94 @@ pub(super) struct Operator(pub String);
 
 /// A JSON request body. A body that is not the JSON a route expects is `400 bad_request`
 /// in the API's error format, naming what is wrong (axum's own rejection is plain text).
+///
+/// Numbers are read as JSON (and JSON Schema) defines them: `3.0` is the integer 3, so a
+/// field the document types `integer` takes it; `3.5` stays a fraction and is refused there.
 pub(super) struct JsonBody<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(request, state)
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
             .await
-            .map(|Json(value)| JsonBody(value))
-            .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()))
+            .map_err(|rejection| bad(rejection.body_text()))?;
+        json_object(value).map(JsonBody).map_err(bad)
     }
+}
+
+/// A request body's JSON read as `T`: the API's bodies are all JSON objects (serde would
+/// also take a struct written as an array, which the document does not allow).
+pub(super) fn json_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    if !value.is_object() {
+        return Err("the body must be a JSON object".to_owned());
+    }
+    serde_path_to_error::deserialize(integral_numbers(value))
+        .map_err(|err| format!("the body is not the JSON this route expects: {err}"))
+}
+
+/// [`json_object`] from bytes.
+pub(super) fn json_object_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let value = serde_json::from_slice(bytes).map_err(|err| format!("the body is not JSON: {err}"))?;
+    json_object(value)
+}
+
+/// `value` with every number that is a whole number written with a fraction or exponent
+/// (`3.0`, `1e3`) turned into that integer, where it fits one.
+fn integral_numbers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // The bounds are exact powers of two, so the casts below cannot saturate.
+            let whole = f.fract() == 0.0;
+            if whole && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+                Value::from(f as i64)
+            } else if whole && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Value::from(f as u64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_numbers).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, integral_numbers(v))).collect()),
+        other => other,
+    }
+}
+
+/// Every error response in the API's error format: axum answers some requests itself
+/// (a path segment that is not UTF-8, a method the route does not have) with plain text
+/// or nothing; those become `{"error": {"code", "message"}}` with the same status and
+/// headers (`Allow` stays on a `405`).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let body = json!({ "error": { "code": code, "message": message } });
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
 /// The API router.
@@ -211,6 +288,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(metrics)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
         .with_state(state)
 }
@@ -367,4 +445,43 @@ fn percent_encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Body {
+        n: Option<u32>,
+        x: Option<f64>,
+    }
+
+    fn check(input: &str, expected: Result<Body, &str>) {
+        let got = json_object_from_slice::<Body>(input.as_bytes());
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{input}: {got:?} should name {want:?}"),
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn json_bodies_are_objects_whose_whole_numbers_are_integers() {
+        check(r#"{"n": 3}"#, Ok(Body { n: Some(3), x: None }));
+        check(r#"{"n": 3.0}"#, Ok(Body { n: Some(3), x: None }));
+        check(r#"{"n": 3e2}"#, Ok(Body { n: Some(300), x: None }));
+        check(r#"{"n": -0.0}"#, Ok(Body { n: Some(0), x: None }));
+        check(r#"{"x": 2.0}"#, Ok(Body { n: None, x: Some(2.0) }));
+        check(r#"{"x": 2.5}"#, Ok(Body { n: None, x: Some(2.5) }));
+        check(r#"{"n": null, "other": [1.0]}"#, Ok(Body { n: None, x: None }));
+        check(r#"{"n": 3.5}"#, Err("n: invalid type: floating point"));
+        check(r#"{"n": -1}"#, Err("n: invalid value: integer `-1`"));
+        check(r#"{"n": 1e19}"#, Err("n: invalid value: integer `10000000000000000000`"));
+        check(r#"{"n": 1e20}"#, Err("n: invalid type: floating point"));
+        check(r#"{"n": 1e300}"#, Err("n: invalid type: floating point"));
+        check(r#"[null, null]"#, Err("must be a JSON object"));
+        check(r#""no""#, Err("must be a JSON object"));
+        check("{", Err("not JSON"));
+    }
 }

@@ -9,9 +9,10 @@ pub(super) struct UploadQuery {
 
 pub(super) async fn upload_module(
     State(state): State<AppState>,
-    Query(query): Query<UploadQuery>,
+    upload: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
+    let query = super::query(upload)?;
     let body = body.map_err(|rejection| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("module upload refused: {rejection}"))
     })?;

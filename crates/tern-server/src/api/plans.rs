@@ -115,10 +115,11 @@ async fn start_keyed(
 pub(super) async fn start_attempt(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<BundleQuery>,
+    bundle: Result<Query<BundleQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
+    let query = super::query(bundle)?;
     let key = client_key(&headers)?;
     let body = body.map_err(|rejection| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("bundle refused: {rejection}"))
@@ -192,17 +193,24 @@ pub(super) struct CreatePlan {
 pub(super) async fn create_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
     let body = body.map_err(|rejection| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("plan request refused: {rejection}"))
     })?;
     let device = device_or_404(&state, &id).await?;
-    if body.starts_with(&tern_image::bundle::MAGIC) {
+    // A bundle is sent as `application/octet-stream` (the document says so); one recognised
+    // by its magic is taken whatever its content type, as `tern` sent it before.
+    let octets = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/octet-stream"));
+    if octets || body.starts_with(&tern_image::bundle::MAGIC) {
         let plan = state.planner.build_from_bundle(&device, &body).await?;
         return Ok((StatusCode::CREATED, Json(plan)));
     }
-    let body: CreatePlan = serde_json::from_slice(&body).map_err(|e| {
+    let body: CreatePlan = json_object_from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the plan request is not the expected JSON: {e}"))
     })?;
     if let Some(bad) = body.modules.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
@@ -293,7 +301,7 @@ pub(super) async fn start_plan(
     let body: StartPlan = if body.iter().all(u8::is_ascii_whitespace) {
         StartPlan::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the start request is not the expected JSON: {e}")))?
+        json_object_from_slice(&body).map_err(|e| bad(format!("the start request is not the expected JSON: {e}")))?
     };
     let Some(key) = key else {
         let (_, attempt) = state.planner.start(id, body.confirm_air_bytes, PlanOrigin::Operator).await?;

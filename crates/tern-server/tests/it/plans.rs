@@ -801,8 +801,9 @@ fn plan_requests_that_cannot_be_planned_are_refused() {
         assert_eq!((got, reply["error"]["code"].as_str()), (*status, Some(*code)), "{id} {body}: {reply}");
         assert!(!reply["error"]["message"].as_str().unwrap_or_default().is_empty(), "{reply}");
     }
+    // Bytes sent as application/octet-stream are a release bundle, as the document says.
     let (status, reply) = api.post_bytes("/api/devices/argon-r/plans", b"not json");
-    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("bad_request")), "{reply}");
+    assert_eq!((status, reply["error"]["code"].as_str()), (422, Some("bad_bundle")), "{reply}");
     // Upper-case hex names the same module.
     let (status, plan) =
         api.post_json("/api/devices/argon-r/plans", json!({ "modules": [argon.app.hex().to_uppercase()] }));

@@ -63,26 +63,14 @@ impl FsBlobStore {
     /// blobs); returns how many. Call it before the store is used: a write in progress
     /// would lose its file.
     pub fn remove_temporaries(&self) -> std::io::Result<usize> {
-        let top = self.root.join("sha256");
-        let shards = match std::fs::read_dir(&top) {
-            Ok(shards) => shards,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(err) => return Err(err),
-        };
         let mut removed = 0;
-        for shard in shards {
-            let shard = shard?.path();
-            if !shard.is_dir() {
-                continue;
+        each_entry(&self.root.join("sha256"), |entry, temporary| {
+            if temporary {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
             }
-            for entry in std::fs::read_dir(&shard)? {
-                let entry = entry?;
-                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                    std::fs::remove_file(entry.path())?;
-                    removed += 1;
-                }
-            }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 
@@ -165,12 +153,25 @@ impl BlobStore for FsBlobStore {
 /// The sizes of the blob files under `top` (`sha256/<shard>/<address>`), temporaries left
 /// out, added up.
 fn stored_bytes(top: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    each_entry(top, |entry, temporary| {
+        // A blob removed between listing and reading its size is simply not counted.
+        if let (false, Ok(meta)) = (temporary, entry.metadata()) {
+            total = total.saturating_add(meta.len());
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Calls `f` with every file under `top`'s shard directories (`<shard>/<name>`) and whether
+/// it is a temporary (`.tmp-*`); nothing when `top` does not exist yet.
+fn each_entry(top: &Path, mut f: impl FnMut(std::fs::DirEntry, bool) -> std::io::Result<()>) -> std::io::Result<()> {
     let shards = match std::fs::read_dir(top) {
         Ok(shards) => shards,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
-    let mut total = 0u64;
     for shard in shards {
         let shard = shard?.path();
         if !shard.is_dir() {
@@ -178,14 +179,9 @@ fn stored_bytes(top: &Path) -> std::io::Result<u64> {
         }
         for entry in std::fs::read_dir(&shard)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                continue;
-            }
-            // A blob removed between listing and reading its size is simply not counted.
-            if let Ok(meta) = entry.metadata() {
-                total = total.saturating_add(meta.len());
-            }
+            let temporary = entry.file_name().to_string_lossy().starts_with(".tmp-");
+            f(entry, temporary)?;
         }
     }
-    Ok(total)
+    Ok(())
 }

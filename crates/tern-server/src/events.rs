@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::auth::now_millis;
-use crate::store::{Event, Store, StoreResult};
+use crate::store::{Event, Store, StoreResult, Writes};
 
 tokio::task_local! {
     /// The operator token an API call runs for; events published while it runs name it
@@ -32,42 +32,24 @@ impl EventHub {
         EventHub { store, live: broadcast::channel(LIVE_BUFFER).0, order: Arc::default() }
     }
 
-    /// Stores an event and sends it to live subscribers.
+    /// Stores an event and sends it to live subscribers (an event that records no change
+    /// of its own, such as a device connecting; a change and its event go in one
+    /// [`Change`]).
     pub async fn publish(&self, device: Option<&str>, kind: &str, data: serde_json::Value) -> StoreResult<Event> {
-        let actor = ACTOR.try_with(String::clone).ok();
-        let event =
-            Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data, actor };
-        let _order = self.order.lock().await;
-        let event = self.store.append_event(&event).await?;
-        // No receiver is not an error: nobody is watching right now.
-        let _ = self.live.send(event.clone());
+        let mut change = self.begin().await?;
+        let event = change.publish(device, kind, data).await?;
+        change.commit().await?;
         Ok(event)
     }
 
-    /// Publishes an event that `write` stores together with the change it records, in one
-    /// transaction (so there is never the change without its event, nor the event without
-    /// the change). `write` gets the event to store and returns the result with the stored
-    /// event, or `None` when it changed nothing (and stored no event).
-    pub async fn publish_with<T, F, Fut>(
-        &self,
-        device: Option<&str>,
-        kind: &str,
-        data: serde_json::Value,
-        write: F,
-    ) -> StoreResult<T>
-    where
-        F: FnOnce(Event) -> Fut,
-        Fut: std::future::Future<Output = StoreResult<(T, Option<Event>)>>,
-    {
-        let actor = ACTOR.try_with(String::clone).ok();
-        let event =
-            Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data, actor };
-        let _order = self.order.lock().await;
-        let (result, stored) = write(event).await?;
-        if let Some(event) = stored {
-            let _ = self.live.send(event);
-        }
-        Ok(result)
+    /// Opens a change: writes to the store and the events that record them, stored in one
+    /// transaction when it commits (never a change without its event, nor an event
+    /// without its change), and sent to live subscribers after. Changes are made one at a
+    /// time; do not wait for anything slow while holding one.
+    pub async fn begin(&self) -> StoreResult<Change<'_>> {
+        let order = self.order.lock().await;
+        let writes = self.store.begin().await?;
+        Ok(Change { hub: self, _order: order, writes, events: Vec::new() })
     }
 
     /// A receiver of events published from now on.
@@ -78,5 +60,54 @@ impl EventHub {
     /// The store events are kept in.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+}
+
+/// Writes and their events in one transaction (see [`EventHub::begin`]); the writes are
+/// [`Writes`]' methods, called on the change itself. Dropped without
+/// [`Change::commit`], it stores nothing and sends nothing.
+pub struct Change<'h> {
+    hub: &'h EventHub,
+    /// Held until the events are sent, so live subscribers see ids in order.
+    _order: tokio::sync::MutexGuard<'h, ()>,
+    writes: Box<dyn Writes>,
+    events: Vec<Event>,
+}
+
+impl Change<'_> {
+    /// Stores an event in this change (named after the operator whose API call runs, if
+    /// one does); it is sent to live subscribers once the change commits.
+    pub async fn publish(&mut self, device: Option<&str>, kind: &str, data: serde_json::Value) -> StoreResult<Event> {
+        let actor = ACTOR.try_with(String::clone).ok();
+        let event =
+            Event { id: 0, at: now_millis(), device: device.map(str::to_owned), kind: kind.to_owned(), data, actor };
+        let event = self.writes.append_event(&event).await?;
+        self.events.push(event.clone());
+        Ok(event)
+    }
+
+    /// Commits the writes and their events, then sends the events to live subscribers.
+    pub async fn commit(self) -> StoreResult<()> {
+        let Change { hub, _order, writes, events } = self;
+        writes.commit().await?;
+        for event in events {
+            // No receiver is not an error: nobody is watching right now.
+            let _ = hub.live.send(event);
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Change<'_> {
+    type Target = dyn Writes;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.writes
+    }
+}
+
+impl std::ops::DerefMut for Change<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.writes
     }
 }

@@ -252,7 +252,9 @@ async fn first_admin_token(store: &dyn Store, data: &std::path::Path) -> anyhow:
         expires_at: None,
         revoked_at: None,
     };
-    store.create_token(&record).await?;
+    let mut writes = store.begin().await?;
+    writes.create_token(&record).await?;
+    writes.commit().await?;
     Ok(Some(token))
 }
 

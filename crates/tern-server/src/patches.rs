@@ -91,7 +91,9 @@ impl Patches {
             address,
             length: u32::try_from(patch.len()).unwrap_or(u32::MAX),
         };
-        self.store.put_patch(&record).await?;
+        let mut writes = self.store.begin().await?;
+        writes.put_patch(&record).await?;
+        writes.commit().await?;
         tracing::info!(
             source = key,
             target,

@@ -448,9 +448,11 @@ impl Planner {
             // Modules Tern can read also enter the catalog.
             if let Some(info) = tern_image::inspect(bytes).info {
                 let record = crate::api::module_record(sha256.clone(), None, &info);
-                if self.store.put_module(&record).await? {
+                let mut change = self.hub.begin().await?;
+                if change.put_module(&record).await? {
                     let data = serde_json::to_value(&record).unwrap_or_default();
-                    self.hub.publish(None, "module.uploaded", data).await?;
+                    change.publish(None, "module.uploaded", data).await?;
+                    change.commit().await?;
                 }
             }
             let mut hash = [0u8; 32];
@@ -581,7 +583,8 @@ impl Planner {
         record.air_bytes_full = stage_records.iter().map(|s| s.air_bytes_full).sum();
         record.steps = steps;
         record.stages = stage_records;
-        record.id = self.store.create_plan(&record).await?;
+        let mut change = self.hub.begin().await?;
+        record.id = change.create_plan(&record).await?;
         let data = json!({
             "plan": record.id,
             "origin": record.origin,
@@ -592,7 +595,8 @@ impl Planner {
             "air_bytes_full": record.air_bytes_full,
             "patches": record.steps.iter().filter(|s| s.patch.is_some()).count(),
         });
-        self.hub.publish(Some(&device.id), "plan.created", data).await?;
+        change.publish(Some(&device.id), "plan.created", data).await?;
+        change.commit().await?;
         Ok(record)
     }
 
@@ -726,29 +730,26 @@ impl Planner {
                 })?);
             }
         }
-        // Claim the plan before creating the attempt, so two starts cannot both succeed.
-        if !self.store.transition_plan(id, PlanStatus::Proposed, PlanStatus::Started, None).await? {
+        // The plan's claim, its attempt and their event in one transaction: two starts
+        // cannot both succeed, and a crash leaves either all of it or none.
+        let mut change = self.hub.begin().await?;
+        if !change.transition_plan(id, PlanStatus::Proposed, PlanStatus::Started, None).await? {
             return Err(conflict("plan_not_proposed", format!("plan {id} was started by another request")));
         }
         let mut record =
             AttemptRecord::queued(&device.id, plan.steps.clone(), Some(id), signed, plan.air_bytes, now_millis());
         record.stages = plan.stages.clone();
-        record.id = match self.store.create_attempt(&record).await {
-            Ok(id) => id,
-            Err(err) => {
-                // The database holds at most one unfinished attempt per device: another
-                // start won the race. The plan can be started once that attempt ends.
-                self.store.transition_plan(id, PlanStatus::Started, PlanStatus::Proposed, None).await?;
-                return Err(match err {
-                    StoreError::Conflict(what) => conflict("attempt_in_progress", format!("{what} exists")),
-                    other => other.into(),
-                });
-            }
-        };
-        self.store.transition_plan(id, PlanStatus::Started, PlanStatus::Started, Some(record.id)).await?;
+        // The database holds at most one unfinished attempt per device: a conflict means
+        // another start won the race (dropping the change un-claims the plan, which can
+        // be started once that attempt ends).
+        record.id = change.create_attempt(&record).await.map_err(|err| match err {
+            StoreError::Conflict(what) => conflict("attempt_in_progress", format!("{what} exists")),
+            other => other.into(),
+        })?;
+        change.transition_plan(id, PlanStatus::Started, PlanStatus::Started, Some(record.id)).await?;
         // Whatever else was proposed for the device was made for what it runs now, which
         // this attempt changes: those plans can no longer start.
-        self.store.supersede_plans(&device.id, id).await?;
+        change.supersede_plans(&device.id, id).await?;
         plan.status = PlanStatus::Started;
         plan.attempt = Some(record.id);
         let data = json!({
@@ -759,7 +760,8 @@ impl Planner {
             "stages": record.stages.len().max(1),
             "air_bytes": record.air_bytes,
         });
-        self.hub.publish(Some(&device.id), "attempt.created", data).await?;
+        change.publish(Some(&device.id), "attempt.created", data).await?;
+        change.commit().await?;
         self.updates.send(UpdateInput::Start(Box::new(record.clone()))).await;
         Ok((plan, record))
     }

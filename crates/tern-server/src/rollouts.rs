@@ -214,14 +214,16 @@ impl Rollouts {
         }
         let _guard = self.lock.lock().await;
         let now = now_millis();
+        // The rollouts it replaces end, and it starts, in one transaction.
+        let mut change = self.hub.begin().await?;
         for old in self.store.list_rollouts().await? {
             if old.product == product.id && old.status != RolloutStatus::Aborted {
                 let mut old = old;
                 old.engine = tern_rollout::abort(&old.engine).unwrap_or(old.engine);
                 old.status = RolloutStatus::Aborted;
                 old.updated_at = now;
-                self.store.save_rollout(&old, &[]).await?;
-                self.publish(&old, "rollout.replaced", json!({ "by_release": release.number })).await;
+                change.save_rollout(&old, &[]).await?;
+                change.publish(None, "rollout.replaced", tagged(&old, json!({ "by_release": release.number }))).await?;
             }
         }
         let mut record = RolloutRecord {
@@ -235,10 +237,11 @@ impl Rollouts {
             created_at: now,
             updated_at: now,
         };
-        record.id = self.store.create_rollout(&record).await?;
+        record.id = change.create_rollout(&record).await?;
         let phases: Vec<String> = record.engine.spec.phases.iter().map(ToString::to_string).collect();
-        self.publish(&record, "rollout.started", json!({ "release": release.number, "phases": phases, "by": by }))
-            .await;
+        let data = json!({ "release": release.number, "phases": phases, "by": by });
+        change.publish(None, "rollout.started", tagged(&record, data)).await?;
+        change.commit().await?;
         drop(_guard);
         self.wake();
         Ok(record)
@@ -257,13 +260,12 @@ impl Rollouts {
         record.engine = changed;
         record.status = RolloutStatus::of(&record.engine.state);
         record.updated_at = now_millis();
-        self.store.save_rollout(&record, &[]).await?;
         let kind = match action {
             Control::Pause => "rollout.paused",
             Control::Resume => "rollout.resumed",
             Control::Abort => "rollout.aborted",
         };
-        self.publish(&record, kind, json!({ "by": by })).await;
+        self.save(&record, &[], vec![(kind, json!({ "by": by }))]).await?;
         drop(_guard);
         self.wake();
         Ok(record)
@@ -281,8 +283,8 @@ impl Rollouts {
             .find(|m| m.member.device == device)
             .ok_or_else(|| RolloutError::NotFound(format!("device {device} is not in rollout {id}")))?;
         member.budget_approved = true;
-        self.store.save_rollout(&record, std::slice::from_ref(&member)).await?;
-        self.publish(&record, "rollout.budget_approved", json!({ "device": device, "by": by })).await;
+        let event = ("rollout.budget_approved", json!({ "device": device, "by": by }));
+        self.save(&record, std::slice::from_ref(&member), vec![event]).await?;
         drop(_guard);
         self.wake();
         Ok(member)
@@ -328,14 +330,20 @@ impl Rollouts {
         Ok(RolloutView { record, summary, attention, air_bytes_so_far: so_far, air_bytes_projected: projected })
     }
 
-    async fn publish(&self, record: &RolloutRecord, kind: &str, mut data: serde_json::Value) {
-        if let Some(map) = data.as_object_mut() {
-            map.insert("rollout".into(), json!(record.id));
-            map.insert("product".into(), json!(record.product));
+    /// Saves the rollout's record and `members` with the events that record the change,
+    /// in one transaction.
+    async fn save(
+        &self,
+        record: &RolloutRecord,
+        members: &[MemberRecord],
+        events: Vec<(&'static str, serde_json::Value)>,
+    ) -> Result<(), StoreError> {
+        let mut change = self.hub.begin().await?;
+        change.save_rollout(record, members).await?;
+        for (kind, data) in events {
+            change.publish(None, kind, tagged(record, data)).await?;
         }
-        if let Err(err) = self.hub.publish(None, kind, data).await {
-            tracing::warn!("rollout event: {err}");
-        }
+        change.commit().await
     }
 
     /// One step of one rollout.
@@ -444,25 +452,24 @@ impl Rollouts {
             }
         }
         // Members are stored as updating before their attempts exist (crash safety).
-        self.store.save_rollout(&record, &changed).await?;
-        for event in &step.events {
-            self.publish_engine_event(&record, event).await;
-        }
+        self.save(&record, &changed, step.events.iter().map(engine_event).collect()).await?;
         if step.start.is_empty() {
             return Ok(());
         }
         let mut started = Vec::new();
+        let mut events = Vec::new();
         for device_id in &step.start {
             let Some(mut m) = changed.iter().find(|m| &m.member.device == device_id).cloned() else { continue };
             let Some(device) = devices.iter().find(|d| &d.id == device_id) else { continue };
-            self.start(&record, &release, device, groups, &mut m, now).await?;
+            events.extend(self.start(&record, &release, device, groups, &mut m, now).await?);
             started.push(m);
         }
-        self.store.save_rollout(&record, &started).await?;
+        self.save(&record, &started, events).await?;
         Ok(())
     }
 
-    /// Makes and starts the device's plan for the release, or says why not in the member.
+    /// Makes and starts the device's plan for the release, or says why not in the member
+    /// (and in the event it returns, to store with the member).
     async fn start(
         &self,
         record: &RolloutRecord,
@@ -471,25 +478,24 @@ impl Rollouts {
         groups: &[GroupRecord],
         m: &mut MemberRecord,
         now: i64,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<Option<(&'static str, serde_json::Value)>, RolloutError> {
         let requested: Vec<String> = release.modules.iter().map(|r| r.sha256.clone()).collect();
         let plan = match self.planner.build(device, &requested, PlanOrigin::Rollout, &PlanOptions::default()).await {
             Ok(plan) => plan,
             Err(PlanError::Rejected { code: "already_installed", .. }) => {
                 set_state(&mut m.member, MemberState::AlreadyThere, None, now);
-                return Ok(());
+                return Ok(None);
             }
             Err(PlanError::Store(err)) => return Err(err.into()),
             // It connected again and has not described itself since this step began.
             Err(PlanError::Rejected { code: "not_described", message }) => {
                 set_state(&mut m.member, MemberState::Waiting(WaitReason::Offline), Some(message), now);
-                return Ok(());
+                return Ok(None);
             }
             Err(err) => {
                 let reason = format!("no plan: {err}");
                 set_state(&mut m.member, MemberState::Failed, Some(reason.clone()), now);
-                self.publish(record, "rollout.member_failed", json!({ "device": device.id, "reason": reason })).await;
-                return Ok(());
+                return Ok(Some(("rollout.member_failed", json!({ "device": device.id, "reason": reason }))));
             }
         };
         m.needed_bytes = Some(plan.air_bytes);
@@ -505,8 +511,7 @@ impl Rollouts {
                         now,
                     );
                     let data = json!({ "device": device.id, "needed": plan.air_bytes, "left": left });
-                    self.publish(record, "rollout.budget_exceeded", data).await;
-                    return Ok(());
+                    return Ok(Some(("rollout.budget_exceeded", data)));
                 }
             }
         }
@@ -521,10 +526,10 @@ impl Rollouts {
             Err(err) => {
                 let reason = format!("not started: {err}");
                 set_state(&mut m.member, MemberState::Failed, Some(reason.clone()), now);
-                self.publish(record, "rollout.member_failed", json!({ "device": device.id, "reason": reason })).await;
+                return Ok(Some(("rollout.member_failed", json!({ "device": device.id, "reason": reason }))));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The outcome of member `m`'s attempt, for the engine. A member updating without an
@@ -552,26 +557,35 @@ impl Rollouts {
         let Some(attempt) = self.store.get_attempt(id).await? else { return Ok(None) };
         Ok(Some(view_of(&attempt)))
     }
+}
 
-    async fn publish_engine_event(&self, record: &RolloutRecord, event: &Event) {
-        let (kind, data) = match event {
-            Event::PhaseStarted { phase } => ("rollout.phase_started", json!({ "phase": phase })),
-            Event::PhaseCompleted { phase } => ("rollout.phase_completed", json!({ "phase": phase })),
-            Event::Paused { reason, failing } => {
-                let failing: Vec<_> = failing.iter().map(|(d, r)| json!({ "device": d, "reason": r })).collect();
-                ("rollout.paused", json!({ "reason": reason.to_string(), "failing": failing }))
-            }
-            Event::Completed => ("rollout.completed", json!({})),
-            Event::MemberFailed { device, reason } => {
-                ("rollout.member_failed", json!({ "device": device, "reason": reason }))
-            }
-            Event::MemberExpired { device } => ("rollout.member_expired", json!({ "device": device })),
-            Event::WaitingBudget { device, needed, left } => {
-                ("rollout.budget_exceeded", json!({ "device": device, "needed": needed, "left": left }))
-            }
-        };
-        self.publish(record, kind, data).await;
+/// An engine event as a stored event's kind and data.
+fn engine_event(event: &Event) -> (&'static str, serde_json::Value) {
+    match event {
+        Event::PhaseStarted { phase } => ("rollout.phase_started", json!({ "phase": phase })),
+        Event::PhaseCompleted { phase } => ("rollout.phase_completed", json!({ "phase": phase })),
+        Event::Paused { reason, failing } => {
+            let failing: Vec<_> = failing.iter().map(|(d, r)| json!({ "device": d, "reason": r })).collect();
+            ("rollout.paused", json!({ "reason": reason.to_string(), "failing": failing }))
+        }
+        Event::Completed => ("rollout.completed", json!({})),
+        Event::MemberFailed { device, reason } => {
+            ("rollout.member_failed", json!({ "device": device, "reason": reason }))
+        }
+        Event::MemberExpired { device } => ("rollout.member_expired", json!({ "device": device })),
+        Event::WaitingBudget { device, needed, left } => {
+            ("rollout.budget_exceeded", json!({ "device": device, "needed": needed, "left": left }))
+        }
     }
+}
+
+/// `data` with the rollout's id and product, as every rollout event carries them.
+fn tagged(record: &RolloutRecord, mut data: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = data.as_object_mut() {
+        map.insert("rollout".into(), json!(record.id));
+        map.insert("product".into(), json!(record.product));
+    }
+    data
 }
 
 /// An operator's change to a rollout.

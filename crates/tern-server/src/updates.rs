@@ -767,8 +767,7 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
                         "stage": entry.record.stage,
                         "stages": stage_count(&entry.record),
                     });
-                    persist(ctx, entry).await;
-                    let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
+                    persist(ctx, entry, Some(("attempt.state", data))).await;
                 }
                 AttemptEvent::Progress { bytes_done, bytes_total: _ } => {
                     if bytes_done > entry.watch.bytes_done {
@@ -794,7 +793,7 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
             entry.watch.progressed(ctx, now);
         }
         if next_stage {
-            advance_stage(ctx, entry, device).await;
+            advance_stage(ctx, entry).await;
             // The next stage's offer is waiting to be sent.
             continue;
         }
@@ -805,7 +804,7 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
             }
         }
         if progressed || entry.attempt.stats().requests >= entry.persisted_requests + PERSIST_EVERY {
-            persist(ctx, entry).await;
+            persist(ctx, entry, None).await;
         }
         break;
     }
@@ -819,14 +818,12 @@ async fn pump(ctx: &Context, active: &mut HashMap<String, Active>, device: &str)
 }
 
 /// The current stage is confirmed and another follows: fold the stage's counters into the
-/// record, start the next stage's machine (its offer goes out at once), persist, announce.
-async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
+/// record, start the next stage's machine (its offer goes out at once), persist with the
+/// event that announces it.
+async fn advance_stage(ctx: &Context, entry: &mut Active) {
     let finished = entry.record.stage;
     entry.record.stage += 1;
     entry.record.bytes_done = done_before_stage(&entry.record);
-    if !restart_stage(ctx, entry).await {
-        return;
-    }
     let stages = stage_count(&entry.record);
     let data = json!({
         "attempt": entry.record.id,
@@ -839,13 +836,13 @@ async fn advance_stage(ctx: &Context, entry: &mut Active, device: &str) {
             entry.record.stage + 1
         ),
     });
-    let _ = ctx.hub.publish(Some(device), "attempt.stage", data).await;
+    restart_stage(ctx, entry, ("attempt.stage", data)).await;
 }
 
 /// Folds the current stage machine's counters into the record and starts a new machine
-/// for `entry.record.stage` (its offer goes out at once), with a new watch; persists.
-/// `false` when the stored plan cannot make one (logged).
-async fn restart_stage(ctx: &Context, entry: &mut Active) -> bool {
+/// for `entry.record.stage` (its offer goes out at once), with a new watch; persists with
+/// `event`. `false` when the stored plan cannot make one (logged).
+async fn restart_stage(ctx: &Context, entry: &mut Active, event: (&str, serde_json::Value)) -> bool {
     let stats = entry.attempt.stats();
     let base = &mut entry.record.stage_base;
     base.offers_sent += stats.offers_sent + std::mem::take(&mut entry.watch.offers);
@@ -868,7 +865,7 @@ async fn restart_stage(ctx: &Context, entry: &mut Active) -> bool {
             entry.record.state = AttemptStatus::of(state);
         }
     }
-    persist(ctx, entry).await;
+    persist(ctx, entry, Some(event)).await;
     true
 }
 
@@ -891,7 +888,6 @@ async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reas
         entry.record.reason = Some(reason.name().to_owned());
         entry.record.reason_code = Some(reason.code());
         entry.record.finished = true;
-        persist(ctx, entry).await;
         let data = json!({
             "attempt": entry.record.id,
             "state": entry.record.state,
@@ -904,7 +900,7 @@ async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reas
                 reason.name()
             ),
         });
-        let _ = ctx.hub.publish(Some(device), "attempt.state", data).await;
+        persist(ctx, entry, Some(("attempt.state", data))).await;
         return false;
     }
     let mut dropped = Vec::new();
@@ -913,9 +909,6 @@ async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reas
             m.patch_dropped = Some(reason.name().to_owned());
             dropped.push(json!({ "module": m.sha256, "kind": patch.kind(), "patch_bytes": patch.length }));
         }
-    }
-    if !restart_stage(ctx, entry).await {
-        return false;
     }
     let data = json!({
         "attempt": entry.record.id,
@@ -928,11 +921,12 @@ async fn fall_back(ctx: &Context, entry: &mut Active, device: &str, reason: Reas
             stage + 1
         ),
     });
-    let _ = ctx.hub.publish(Some(device), "attempt.delta_fallback", data).await;
-    true
+    restart_stage(ctx, entry, ("attempt.delta_fallback", data)).await
 }
 
-async fn persist(ctx: &Context, entry: &mut Active) {
+/// Saves the attempt's record, with the event (kind, data) that records the change if
+/// there is one, in one transaction.
+async fn persist(ctx: &Context, entry: &mut Active, event: Option<(&str, serde_json::Value)>) {
     let stats = entry.attempt.stats();
     let base = entry.record.stage_base;
     entry.record.bytes_sent = base.bytes_sent + stats.bytes_sent;
@@ -942,7 +936,16 @@ async fn persist(ctx: &Context, entry: &mut Active) {
     entry.record.sent_record = entry.attempt.sent_record().to_vec();
     entry.record.updated_at = now_millis();
     entry.persisted_requests = stats.requests;
-    if let Err(err) = ctx.store.update_attempt(&entry.record).await {
+    let record = &entry.record;
+    let saved = async {
+        let mut change = ctx.hub.begin().await?;
+        change.update_attempt(record).await?;
+        if let Some((kind, data)) = event {
+            change.publish(Some(&record.device), kind, data).await?;
+        }
+        change.commit().await
+    };
+    if let Err(err) = saved.await {
         tracing::error!(attempt = entry.record.id, "cannot save attempt: {err}");
     }
 }

@@ -296,13 +296,17 @@ async fn handle(event: &LinkEvent, context: &Context, malformed: &mut Reports) -
     let store = hub.store().clone();
     match event {
         LinkEvent::Connected { device } => {
-            store.touch_device(device, now_millis()).await?;
-            hub.publish(Some(device), "device.connected", json!({})).await?;
+            let mut change = hub.begin().await?;
+            change.touch_device(device, now_millis()).await?;
+            change.publish(Some(device), "device.connected", json!({})).await?;
+            change.commit().await?;
             updates.send(UpdateInput::Connected(device.clone())).await;
         }
         LinkEvent::Disconnected { device, clean } => {
-            store.touch_device(device, now_millis()).await?;
-            hub.publish(Some(device), "device.disconnected", json!({ "clean": clean })).await?;
+            let mut change = hub.begin().await?;
+            change.touch_device(device, now_millis()).await?;
+            change.publish(Some(device), "device.disconnected", json!({ "clean": clean })).await?;
+            change.commit().await?;
         }
         LinkEvent::Message { device, kind, payload } => {
             let message = match Message::decode(payload) {
@@ -345,7 +349,7 @@ async fn handle(event: &LinkEvent, context: &Context, malformed: &mut Reports) -
                 return Ok(());
             }
             counters.handled.fetch_add(1, Ordering::Relaxed);
-            if let Some(described) = handle_message(device, &message, hub, &*store, &mut malformed.touched).await? {
+            if let Some(described) = handle_message(device, &message, hub, &mut malformed.touched).await? {
                 // A device in safe mode may be healed; a failure here is the planner's to
                 // report, never a reason to drop the Describe.
                 if let Err(err) = planner.on_describe(device, &described).await {
@@ -378,7 +382,16 @@ pub fn spawn_retention(store: Arc<dyn Store>, bounds: &Bounds) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match store.prune_events(now_millis().saturating_sub(max_age), max_count).await {
+            let pruned = async {
+                let mut writes = store.begin().await?;
+                let deleted = writes.prune_events(now_millis().saturating_sub(max_age), max_count).await?;
+                // Nothing to delete: nothing to commit (dropping the transaction ends it).
+                if deleted > 0 {
+                    writes.commit().await?;
+                }
+                Ok::<_, StoreError>(deleted)
+            };
+            match pruned.await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(deleted, "events past their retention deleted");
@@ -397,7 +410,6 @@ async fn handle_message(
     device: &str,
     message: &Message<'_>,
     hub: &EventHub,
-    store: &dyn Store,
     touched: &mut Option<Instant>,
 ) -> Result<Option<Inventory>, StoreError> {
     let mut touch = || {
@@ -411,13 +423,16 @@ async fn handle_message(
     match message {
         Message::Describe(describe) => {
             let inventory = inventory(describe, now_millis());
-            store.record_inventory(device, &inventory).await?;
-            hub.publish(Some(device), "device.described", serde_json::to_value(&inventory)?).await?;
+            let mut change = hub.begin().await?;
+            change.record_inventory(device, &inventory).await?;
+            change.publish(Some(device), "device.described", serde_json::to_value(&inventory)?).await?;
+            change.commit().await?;
             return Ok(Some(inventory));
         }
         Message::Progress(progress) => {
+            let mut change = hub.begin().await?;
             if touch() {
-                store.touch_device(device, now_millis()).await?;
+                change.touch_device(device, now_millis()).await?;
             }
             let data = json!({
                 "attempt": progress.attempt,
@@ -425,13 +440,16 @@ async fn handle_message(
                 "bytes_done": progress.bytes_done,
                 "bytes_total": progress.bytes_total,
             });
-            hub.publish(Some(device), "device.progress", data).await?;
+            change.publish(Some(device), "device.progress", data).await?;
+            change.commit().await?;
         }
         Message::Result(result) => {
+            let mut change = hub.begin().await?;
             if touch() {
-                store.touch_device(device, now_millis()).await?;
+                change.touch_device(device, now_millis()).await?;
             }
-            hub.publish(Some(device), "device.result", serde_json::to_value(result_record(result))?).await?;
+            change.publish(Some(device), "device.result", serde_json::to_value(result_record(result))?).await?;
+            change.commit().await?;
         }
         // Served by the update task (`crate::updates`); too frequent to store one by one.
         Message::BlockRequest(_) => {}

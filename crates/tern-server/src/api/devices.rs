@@ -76,12 +76,13 @@ pub(super) async fn add_device(
         policy,
     };
     let data = json!({ "platform_id": platform_id, "policy": policy_json(&policy) });
-    let store = state.store.clone();
-    let registered = state.hub.publish_with(Some(&body.id), "device.registered", data, |event| async move {
-        let stored = store.create_device_with_event(&device, &event).await?;
-        Ok((device, Some(stored)))
-    });
-    let device = registered.await.map_err(|err| match err {
+    let registered = async {
+        let mut change = state.hub.begin().await?;
+        change.create_device(&device).await?;
+        change.publish(Some(&body.id), "device.registered", data).await?;
+        change.commit().await
+    };
+    registered.await.map_err(|err| match err {
         StoreError::Conflict(_) => ApiError::new(
             StatusCode::CONFLICT,
             "device_exists",
@@ -207,24 +208,28 @@ pub(super) async fn rotate_device_secret(
 ) -> ApiResult<Json<RotatedSecret>> {
     device_or_404(&state, &id).await?;
     let secret = auth::new_device_secret();
-    if !state.store.set_device_secret(&id, &auth::hash_secret(&secret)).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.set_device_secret(&id, &auth::hash_secret(&secret)).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
     }
+    change.publish(Some(&id), "device.secret_rotated", json!({})).await?;
+    change.commit().await?;
     drop_connection(&state, &id).await;
-    state.hub.publish(Some(&id), "device.secret_rotated", json!({})).await?;
     Ok(Json(RotatedSecret { id, secret }))
 }
 
 async fn set_disabled(state: &AppState, id: &str, disabled: bool) -> ApiResult<Json<DeviceSummary>> {
     device_or_404(state, id).await?;
-    if !state.store.set_device_disabled(id, disabled).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.set_device_disabled(id, disabled).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
     }
+    let kind = if disabled { "device.disabled" } else { "device.enabled" };
+    change.publish(Some(id), kind, json!({})).await?;
+    change.commit().await?;
     if disabled {
         drop_connection(state, id).await;
     }
-    let kind = if disabled { "device.disabled" } else { "device.enabled" };
-    state.hub.publish(Some(id), kind, json!({})).await?;
     let device = device_or_404(state, id).await?;
     Ok(Json(summary(&*state.link, &device)))
 }
@@ -254,9 +259,13 @@ pub(super) async fn remove_device(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     device_or_404(&state, &id).await?;
-    if !state.store.remove_device(&id, now_millis()).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.remove_device(&id, now_millis()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
     }
+    change.publish(Some(&id), "device.removed", json!({ "id": id, "removed": true })).await?;
+    change.commit().await?;
+    // Each cancelled attempt records its own event (the update task stores it).
     let mut cancelled = Vec::new();
     for attempt in state.store.unfinished_attempts().await?.into_iter().filter(|a| a.device == id) {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -266,9 +275,7 @@ pub(super) async fn remove_device(
         }
     }
     drop_connection(&state, &id).await;
-    let data = json!({ "id": id, "removed": true, "cancelled_attempts": cancelled });
-    state.hub.publish(Some(&id), "device.removed", data.clone()).await?;
-    Ok(Json(data))
+    Ok(Json(json!({ "id": id, "removed": true, "cancelled_attempts": cancelled })))
 }
 
 /// How many attempts `GET /api/devices/{id}` includes.
@@ -361,9 +368,13 @@ pub(super) async fn set_policy(
     if let Some(auto_heal) = body.auto_heal {
         policy.auto_heal = auto_heal;
     }
-    state.store.set_policy(&id, &policy).await?;
     let data = policy_json(&policy);
-    state.hub.publish(Some(&id), "device.policy", data.clone()).await?;
+    let mut change = state.hub.begin().await?;
+    if !change.set_policy(&id, &policy).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    change.publish(Some(&id), "device.policy", data.clone()).await?;
+    change.commit().await?;
     if policy.heals_automatically() && !device.policy.heals_automatically() {
         // A heal that waited for an operator goes now that the policy allows it.
         if let Err(err) = state.planner.start_proposed_heal(&id).await {

@@ -39,8 +39,10 @@ pub(super) async fn create_product(
         name: body.name.unwrap_or_else(|| format!("product {}", body.id)),
         created_at: now_millis(),
     };
-    state.store.create_product(&product).await?;
-    state.hub.publish(None, "product.created", json!({ "product": product.id, "platform_id": platform_id })).await?;
+    let mut change = state.hub.begin().await?;
+    change.create_product(&product).await?;
+    change.publish(None, "product.created", json!({ "product": product.id, "platform_id": platform_id })).await?;
+    change.commit().await?;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -156,9 +158,11 @@ pub(super) async fn create_release(
         });
     }
     let release = ReleaseRecord { product: id, number: 0, modules, note: body.note, created_at: now_millis() };
-    let release = state.store.create_release(&release).await?;
+    let mut change = state.hub.begin().await?;
+    let release = change.create_release(&release).await?;
     let data = json!({ "product": id, "release": release.number, "modules": release.modules.len() });
-    state.hub.publish(None, "release.created", data).await?;
+    change.publish(None, "release.created", data).await?;
+    change.commit().await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -222,8 +226,10 @@ pub(super) async fn put_group(
         budget_bytes: body.budget_bytes,
         created_at: existing.as_ref().map_or_else(now_millis, |g| g.created_at),
     };
-    state.store.put_group(&group).await?;
-    state.hub.publish(None, "group.saved", json!({ "group": name, "product": group.product })).await?;
+    let mut change = state.hub.begin().await?;
+    change.put_group(&group).await?;
+    change.publish(None, "group.saved", json!({ "group": name, "product": group.product })).await?;
+    change.commit().await?;
     state.rollouts.wake();
     let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(group)))
@@ -294,10 +300,12 @@ pub(super) async fn delete_group(State(state): State<AppState>, Path(name): Path
             format!("rollout {} targets group {name}: abort it first", r.id),
         ));
     }
-    if !state.store.delete_group(&name).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.delete_group(&name).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no group {name}")));
     }
-    state.hub.publish(None, "group.deleted", json!({ "group": name })).await?;
+    change.publish(None, "group.deleted", json!({ "group": name })).await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -383,8 +391,12 @@ pub(super) async fn set_membership(
     if let Some(budget) = body.budget_bytes {
         m.budget_bytes = budget;
     }
-    state.store.set_membership(&id, &m).await?;
-    state.hub.publish(Some(&id), "device.fleet", serde_json::to_value(&m)?).await?;
+    let mut change = state.hub.begin().await?;
+    if !change.set_membership(&id, &m).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id}")));
+    }
+    change.publish(Some(&id), "device.fleet", serde_json::to_value(&m)?).await?;
+    change.commit().await?;
     state.rollouts.wake();
     Ok(Json(m))
 }

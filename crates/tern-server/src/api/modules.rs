@@ -82,26 +82,23 @@ pub(super) async fn upload_module(
         fresh.statement = Some(address.clone());
         fresh.security_counter = document.security_counter;
     }
-    let store = state.store.clone();
-    let row = fresh.clone();
-    let created = state
-        .hub
-        .publish_with(None, "module.uploaded", serde_json::to_value(&fresh)?, |event| async move {
-            let stored = store.put_module_with_event(&row, &event).await?;
-            Ok((stored.is_some(), stored))
-        })
-        .await?;
-    if let (false, Some((address, document))) = (created, &statement) {
+    let mut change = state.hub.begin().await?;
+    let created = change.put_module(&fresh).await?;
+    if created {
+        change.publish(None, "module.uploaded", serde_json::to_value(&fresh)?).await?;
+    } else if let Some((address, document)) = &statement {
         // The same bytes were in the catalog already: the statement must fit that entry.
         if let Some(existing) = state.store.get_module(&record.sha256).await? {
             let placed = placed(&existing, document);
             check_statement(&placed, document)?;
             if placed != existing {
-                state.store.place_module(&placed.sha256, placed.platform_id, placed.start_address).await?;
+                change.place_module(&placed.sha256, placed.platform_id, placed.start_address).await?;
             }
         }
-        state.store.set_module_statement(&record.sha256, address, document.security_counter).await?;
+        change.set_module_statement(&record.sha256, address, document.security_counter).await?;
+        change.publish(None, "module.signed", json!({ "module": record.sha256, "statement": address })).await?;
     }
+    change.commit().await?;
     let stored = state.store.get_module(&record.sha256).await?.unwrap_or(fresh);
     // Same bytes uploaded before: the catalog entry is the earlier one (now signed if a
     // statement came with this upload).
@@ -301,12 +298,14 @@ pub(super) async fn put_statement(
     check_statement(&placed, &statement)?;
     check_signature(&state.config, &body)?;
     let address = state.blobs.put(&body).await?;
-    state.store.set_module_statement(&sha256, &address, statement.security_counter).await?;
+    let mut change = state.hub.begin().await?;
+    change.set_module_statement(&sha256, &address, statement.security_counter).await?;
     if placed != module {
-        state.store.place_module(&sha256, placed.platform_id, placed.start_address).await?;
+        change.place_module(&sha256, placed.platform_id, placed.start_address).await?;
     }
-    let module = state.store.get_module(&sha256).await?.unwrap_or(module);
     let data = json!({ "module": sha256, "statement": address, "key_id": hex::encode(document.kid) });
-    state.hub.publish(None, "module.signed", data).await?;
+    change.publish(None, "module.signed", data).await?;
+    change.commit().await?;
+    let module = state.store.get_module(&sha256).await?.unwrap_or(module);
     Ok(Json(module))
 }

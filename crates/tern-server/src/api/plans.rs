@@ -70,7 +70,9 @@ async fn replay(
                 return Ok((StatusCode::OK, Json(attempt)));
             }
         }
-        state.store.transition_plan(plan.id, PlanStatus::Started, PlanStatus::Proposed, None).await?;
+        let mut writes = state.store.begin().await?;
+        writes.transition_plan(plan.id, PlanStatus::Started, PlanStatus::Proposed, None).await?;
+        writes.commit().await?;
     }
     match state.planner.start(plan.id, confirm_air_bytes, PlanOrigin::Operator).await {
         Ok((_, attempt)) => Ok((StatusCode::CREATED, Json(attempt))),
@@ -96,7 +98,9 @@ async fn start_keyed(
 ) -> ApiResult<(StatusCode, Json<AttemptRecord>)> {
     if let Some(key) = key {
         let record = ClientKeyRecord { key, device: device.to_owned(), plan, created_at: now_millis() };
-        let claimed = state.store.claim_client_key(&record).await?;
+        let mut writes = state.store.begin().await?;
+        let claimed = writes.claim_client_key(&record).await?;
+        writes.commit().await?;
         if claimed.plan != plan {
             return replay(state, device, &claimed, confirm_air_bytes).await;
         }

@@ -79,12 +79,13 @@ pub(super) async fn create_token(
         expires_at: body.expires_at,
         revoked_at: None,
     };
-    state.store.create_token(&record).await?;
     let view = token_view(&record, now);
-    state
-        .hub
+    let mut change = state.hub.begin().await?;
+    change.create_token(&record).await?;
+    change
         .publish(None, "token.created", json!({ "name": view.name, "role": view.role, "expires_at": view.expires_at }))
         .await?;
+    change.commit().await?;
     Ok((StatusCode::CREATED, Json(IssuedToken { view, token })))
 }
 
@@ -124,10 +125,12 @@ pub(super) async fn revoke_token(
             ));
         }
     }
-    if !state.store.revoke_token(&name, now).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.revoke_token(&name, now).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no token {name} (or it was revoked)")));
     }
-    state.hub.publish(None, "token.revoked", json!({ "name": name })).await?;
+    change.publish(None, "token.revoked", json!({ "name": name })).await?;
+    change.commit().await?;
     Ok(Json(token_view(&TokenRecord { revoked_at: Some(now), ..record }, now)))
 }
 
@@ -148,10 +151,12 @@ pub(super) async fn rotate_token(
     }
     let token = auth::new_token();
     let hash = auth::hash_secret(&token);
-    if !state.store.rotate_token(&name, &hash).await? {
+    let mut change = state.hub.begin().await?;
+    if !change.rotate_token(&name, &hash).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no token {name} (or it was revoked)")));
     }
-    state.hub.publish(None, "token.rotated", json!({ "name": name })).await?;
+    change.publish(None, "token.rotated", json!({ "name": name })).await?;
+    change.commit().await?;
     let view = token_view(&TokenRecord { token_hash: hash, ..record }, now);
     Ok(Json(IssuedToken { view, token }))
 }

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +23,37 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// The database file (its `-wal` and `-shm` files lie beside it).
     path: std::path::PathBuf,
+    commits: Arc<Commits>,
+}
+
+/// The environment variable that makes the process abort just before its N-th write
+/// transaction commits (counted from 1 since the store opened). A crash-test hook: the
+/// tests kill the server at every commit in turn and check that what survived is whole
+/// (every row with its event). Unset in normal use.
+pub const ABORT_AT_COMMIT_ENV: &str = "TERN_TEST_ABORT_AT_COMMIT";
+
+/// Counts commits, for the crash-test hook.
+struct Commits {
+    done: AtomicU64,
+    abort_at: Option<u64>,
+}
+
+impl Commits {
+    fn from_env() -> Self {
+        let abort_at = std::env::var(ABORT_AT_COMMIT_ENV).ok().and_then(|v| v.trim().parse().ok());
+        if let Some(n) = abort_at {
+            tracing::warn!("{ABORT_AT_COMMIT_ENV} is set: the process aborts before write transaction {n} commits");
+        }
+        Commits { done: AtomicU64::new(0), abort_at }
+    }
+
+    fn before_commit(&self) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.abort_at == Some(n) {
+            // As a power cut or SIGKILL would: nothing flushed, nothing unwound.
+            std::process::abort();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -37,7 +70,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Backend(e.to_string()))?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(SqliteStore { pool, writer, path: path.to_path_buf() })
+        Ok(SqliteStore { pool, writer, path: path.to_path_buf(), commits: Arc::new(Commits::from_env()) })
     }
 }
 
@@ -145,6 +178,15 @@ fn member_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<MemberRecord> {
         attempt: row.try_get("attempt")?,
         budget_approved: row.try_get::<i64, _>("budget_approved")? != 0,
         needed_bytes: row.try_get::<Option<i64>, _>("needed_bytes")?.map(int).transpose()?,
+    })
+}
+
+fn client_key_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ClientKeyRecord> {
+    Ok(ClientKeyRecord {
+        key: row.try_get("key")?,
+        device: row.try_get("device")?,
+        plan: row.try_get("plan")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -277,21 +319,13 @@ async fn insert_device(tx: &mut Tx, d: &NewDevice) -> StoreResult<()> {
     Ok(())
 }
 
-async fn insert_event(tx: &mut Tx, event: &Event) -> StoreResult<Event> {
-    let id: i64 =
-        sqlx::query_scalar("INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id")
-            .bind(event.at)
-            .bind(&event.device)
-            .bind(&event.kind)
-            .bind(serde_json::to_string(&event.data)?)
-            .bind(&event.actor)
-            .fetch_one(&mut **tx)
-            .await?;
-    Ok(Event { id, ..event.clone() })
-}
-
 #[async_trait]
 impl Store for SqliteStore {
+    async fn begin(&self) -> StoreResult<Box<dyn Writes>> {
+        let tx = self.writer.begin().await?;
+        Ok(Box::new(SqliteWrites { tx, commits: self.commits.clone() }))
+    }
+
     async fn patch(&self, source: &str, target: &str, format: u8) -> StoreResult<Option<PatchRecord>> {
         let row = sqlx::query("SELECT address, length FROM patches WHERE source = ? AND target = ? AND format = ?")
             .bind(source)
@@ -311,44 +345,9 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn put_patch(&self, patch: &PatchRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO patches (source, target, format, address, length, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&patch.source)
-        .bind(&patch.target)
-        .bind(i64::from(patch.format))
-        .bind(&patch.address)
-        .bind(i64::from(patch.length))
-        .bind(crate::auth::now_millis())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     async fn token_count(&self) -> StoreResult<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?;
         int(count)
-    }
-
-    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO tokens (name, token_hash, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&token.name)
-        .bind(&token.token_hash)
-        .bind(&token.role)
-        .bind(token.created_at)
-        .bind(token.expires_at)
-        .bind(token.revoked_at)
-        .execute(&self.writer)
-        .await
-        .map_err(|err| match is_unique_violation(&err) {
-            true => StoreError::Conflict(format!("token {}", token.name)),
-            false => err.into(),
-        })?;
-        Ok(())
     }
 
     async fn find_token(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>> {
@@ -372,80 +371,6 @@ impl Store for SqliteStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
-    async fn revoke_token(&self, name: &str, at: i64) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
-            .bind(at)
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn rotate_token(&self, name: &str, token_hash: &str) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE tokens SET token_hash = ? WHERE name = ? AND revoked_at IS NULL")
-            .bind(token_hash)
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn put_module(&self, m: &ModuleRecord) -> StoreResult<bool> {
-        let result = sqlx::query(
-            "INSERT INTO modules (sha256, filename, format, platform_id, function, module_index, version, size, \
-             module_sha256, integrity, dependencies, start_address, uploaded_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(&m.sha256)
-        .bind(&m.filename)
-        .bind(&m.format)
-        .bind(i64::from(m.platform_id))
-        .bind(i64::from(m.function))
-        .bind(i64::from(m.index))
-        .bind(i64::from(m.version))
-        .bind(i64::from(m.size))
-        .bind(&m.module_sha256)
-        .bind(&m.integrity)
-        .bind(serde_json::to_string(&m.dependencies)?)
-        .bind(i64::from(m.start_address))
-        .bind(m.uploaded_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn put_module_with_event(&self, m: &ModuleRecord, event: &Event) -> StoreResult<Option<Event>> {
-        let mut tx = self.writer.begin().await?;
-        let result = sqlx::query(
-            "INSERT INTO modules (sha256, filename, format, platform_id, function, module_index, version, size, \
-             module_sha256, integrity, dependencies, start_address, uploaded_at, statement, security_counter) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(&m.sha256)
-        .bind(&m.filename)
-        .bind(&m.format)
-        .bind(i64::from(m.platform_id))
-        .bind(i64::from(m.function))
-        .bind(i64::from(m.index))
-        .bind(i64::from(m.version))
-        .bind(i64::from(m.size))
-        .bind(&m.module_sha256)
-        .bind(&m.integrity)
-        .bind(serde_json::to_string(&m.dependencies)?)
-        .bind(i64::from(m.start_address))
-        .bind(m.uploaded_at)
-        .bind(&m.statement)
-        .bind(db_int(m.security_counter))
-        .execute(&mut *tx)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let event = insert_event(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
     async fn get_module(&self, sha256: &str) -> StoreResult<Option<ModuleRecord>> {
         let row = sqlx::query("SELECT * FROM modules WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await?;
         row.as_ref().map(module_from_row).transpose()
@@ -456,41 +381,6 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(module_from_row).collect()
-    }
-
-    async fn set_module_statement(&self, sha256: &str, statement: &str, security_counter: u64) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE modules SET statement = ?, security_counter = ? WHERE sha256 = ?")
-            .bind(statement)
-            .bind(db_int(security_counter))
-            .bind(sha256)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn place_module(&self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE modules SET platform_id = ?, start_address = ? WHERE sha256 = ?")
-            .bind(i64::from(platform_id))
-            .bind(i64::from(start_address))
-            .bind(sha256)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        insert_device(&mut tx, d).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn create_device_with_event(&self, d: &NewDevice, event: &Event) -> StoreResult<Event> {
-        let mut tx = self.writer.begin().await?;
-        insert_device(&mut tx, d).await?;
-        let event = insert_event(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(event)
     }
 
     async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
@@ -537,94 +427,6 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn set_device_secret(&self, id: &str, secret_hash: &str) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE devices SET secret_hash = ? WHERE id = ? AND removed_at IS NULL")
-            .bind(secret_hash)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn set_device_disabled(&self, id: &str, disabled: bool) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE devices SET disabled = ? WHERE id = ? AND removed_at IS NULL")
-            .bind(i64::from(disabled))
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn remove_device(&self, id: &str, at: i64) -> StoreResult<bool> {
-        // The empty hash matches no secret: nothing can log in as a removed device.
-        let result =
-            sqlx::query("UPDATE devices SET removed_at = ?, secret_hash = '' WHERE id = ? AND removed_at IS NULL")
-                .bind(at)
-                .bind(id)
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn touch_device(&self, id: &str, at: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn record_inventory(&self, id: &str, inventory: &Inventory) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE devices SET inventory = ?, described_at = ?, \
-             last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
-        )
-        .bind(serde_json::to_string(inventory)?)
-        .bind(inventory.described_at)
-        .bind(inventory.described_at)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn set_policy(&self, id: &str, policy: &Policy) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE devices SET connectivity = ?, auto_heal = ? WHERE id = ?")
-            .bind(policy.connectivity.name())
-            .bind(policy.auto_heal.map(i64::from))
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn create_plan(&self, p: &PlanRecord) -> StoreResult<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO plans (device, platform_id, origin, status, requested, steps, inventory_key, connectivity, \
-             bytes_total, air_bytes, attempt, created_at, stages, manifest) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(&p.device)
-        .bind(i64::from(p.platform_id))
-        .bind(p.origin.name())
-        .bind(p.status.name())
-        .bind(serde_json::to_string(&p.requested)?)
-        .bind(serde_json::to_string(&p.steps)?)
-        .bind(&p.inventory_key)
-        .bind(p.connectivity.name())
-        .bind(db_int(p.bytes_total))
-        .bind(db_int(p.air_bytes))
-        .bind(p.attempt)
-        .bind(p.created_at)
-        .bind(serde_json::to_string(&p.stages)?)
-        .bind(&p.manifest)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(id)
-    }
-
     async fn get_plan(&self, id: i64) -> StoreResult<Option<PlanRecord>> {
         let row = sqlx::query("SELECT * FROM plans WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(plan_from_row).transpose()
@@ -637,48 +439,6 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(plan_from_row).collect()
-    }
-
-    async fn supersede_plans(&self, device: &str, keep: i64) -> StoreResult<u64> {
-        let result =
-            sqlx::query("UPDATE plans SET status = 'superseded' WHERE device = ? AND status = 'proposed' AND id != ?")
-                .bind(device)
-                .bind(keep)
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected())
-    }
-
-    async fn transition_plan(
-        &self,
-        id: i64,
-        from: PlanStatus,
-        to: PlanStatus,
-        attempt: Option<i64>,
-    ) -> StoreResult<bool> {
-        let result =
-            sqlx::query("UPDATE plans SET status = ?, attempt = COALESCE(?, attempt) WHERE id = ? AND status = ?")
-                .bind(to.name())
-                .bind(attempt)
-                .bind(id)
-                .bind(from.name())
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn append_event(&self, event: &Event) -> StoreResult<Event> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(event.at)
-        .bind(&event.device)
-        .bind(&event.kind)
-        .bind(serde_json::to_string(&event.data)?)
-        .bind(&event.actor)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(Event { id, ..event.clone() })
     }
 
     async fn events_after(&self, after: i64, device: Option<&str>, limit: u32) -> StoreResult<Vec<Event>> {
@@ -702,16 +462,6 @@ impl Store for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn prune_events(&self, before: i64, keep: u64) -> StoreResult<u64> {
-        let result =
-            sqlx::query("DELETE FROM events WHERE at < ? OR id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
-                .bind(before)
-                .bind(db_int(keep))
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected())
-    }
-
     async fn event_count(&self) -> StoreResult<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&self.pool).await?;
         int(count)
@@ -719,69 +469,6 @@ impl Store for SqliteStore {
 
     async fn compact(&self) -> StoreResult<()> {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
-        Ok(())
-    }
-
-    async fn create_attempt(&self, a: &AttemptRecord) -> StoreResult<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO attempts (device, state, reason, reason_code, plan, plan_id, signed, bytes_total, air_bytes, \
-             bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at, \
-             stages, stage, stage_base) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&a.device)
-        .bind(a.state.name())
-        .bind(&a.reason)
-        .bind(a.reason_code.map(i64::from))
-        .bind(serde_json::to_string(&a.plan)?)
-        .bind(a.plan_id)
-        .bind(a.signed.join(","))
-        .bind(db_int(a.bytes_total))
-        .bind(db_int(a.air_bytes))
-        .bind(db_int(a.bytes_done))
-        .bind(db_int(a.bytes_sent))
-        .bind(db_int(a.bytes_resent))
-        .bind(db_int(a.requests))
-        .bind(i64::from(a.offers_sent))
-        .bind(&a.sent_record)
-        .bind(i64::from(a.finished))
-        .bind(a.created_at)
-        .bind(a.updated_at)
-        .bind(serde_json::to_string(&a.stages)?)
-        .bind(i64::from(a.stage))
-        .bind(serde_json::to_string(&a.stage_base)?)
-        .fetch_one(&self.writer)
-        .await
-        .map_err(|err| match is_unique_violation(&err) {
-            true => StoreError::Conflict(format!("an unfinished attempt for device {}", a.device)),
-            false => err.into(),
-        })?;
-        Ok(id)
-    }
-
-    async fn update_attempt(&self, a: &AttemptRecord) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE attempts SET state = ?, reason = ?, reason_code = ?, bytes_done = ?, bytes_sent = ?, \
-             bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ?, stage = ?, \
-             stage_base = ?, plan = ? WHERE id = ?",
-        )
-        .bind(a.state.name())
-        .bind(&a.reason)
-        .bind(a.reason_code.map(i64::from))
-        .bind(db_int(a.bytes_done))
-        .bind(db_int(a.bytes_sent))
-        .bind(db_int(a.bytes_resent))
-        .bind(db_int(a.requests))
-        .bind(i64::from(a.offers_sent))
-        .bind(&a.sent_record)
-        .bind(i64::from(a.finished))
-        .bind(a.updated_at)
-        .bind(i64::from(a.stage))
-        .bind(serde_json::to_string(&a.stage_base)?)
-        .bind(serde_json::to_string(&a.plan)?)
-        .bind(a.id)
-        .execute(&self.writer)
-        .await?;
         Ok(())
     }
 
@@ -835,48 +522,12 @@ impl Store for SqliteStore {
         Ok(tallies)
     }
 
-    async fn claim_client_key(&self, key: &ClientKeyRecord) -> StoreResult<ClientKeyRecord> {
-        sqlx::query(
-            "INSERT INTO client_keys (key, device, plan, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&key.key)
-        .bind(&key.device)
-        .bind(key.plan)
-        .bind(key.created_at)
-        .execute(&self.writer)
-        .await?;
-        self.get_client_key(&key.key)
-            .await?
-            .ok_or_else(|| StoreError::Backend(format!("client key {} vanished", key.key)))
-    }
-
     async fn get_client_key(&self, key: &str) -> StoreResult<Option<ClientKeyRecord>> {
         let row = sqlx::query("SELECT key, device, plan, created_at FROM client_keys WHERE key = ?")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| ClientKeyRecord {
-            key: r.get("key"),
-            device: r.get("device"),
-            plan: r.get("plan"),
-            created_at: r.get("created_at"),
-        }))
-    }
-
-    async fn create_product(&self, p: &ProductRecord) -> StoreResult<()> {
-        let result = sqlx::query(
-            "INSERT INTO products (id, platform_id, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(i64::from(p.id))
-        .bind(i64::from(p.platform_id))
-        .bind(&p.name)
-        .bind(p.created_at)
-        .execute(&self.writer)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("product {}", p.id)));
-        }
-        Ok(())
+        row.as_ref().map(client_key_from_row).transpose()
     }
 
     async fn get_product(&self, id: u32) -> StoreResult<Option<ProductRecord>> {
@@ -890,39 +541,6 @@ impl Store for SqliteStore {
         rows.iter().map(product_from_row).collect()
     }
 
-    async fn set_membership(&self, id: &str, m: &Membership) -> StoreResult<bool> {
-        let result = sqlx::query(
-            "UPDATE devices SET product_id = ?, tags = ?, development = ?, pinned_release = ?, budget_bytes = ? \
-             WHERE id = ?",
-        )
-        .bind(m.product.map(i64::from))
-        .bind(serde_json::to_string(&m.tags)?)
-        .bind(i64::from(m.development))
-        .bind(m.pinned_release.map(i64::from))
-        .bind(m.budget_bytes.map(db_int))
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn put_group(&self, g: &GroupRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO groups (name, product_id, filter, windows, budget_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET product_id = excluded.product_id, filter = excluded.filter, \
-             windows = excluded.windows, budget_bytes = excluded.budget_bytes",
-        )
-        .bind(&g.name)
-        .bind(i64::from(g.product))
-        .bind(serde_json::to_string(&g.filter)?)
-        .bind(serde_json::to_string(&g.windows)?)
-        .bind(g.budget_bytes.map(db_int))
-        .bind(g.created_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     async fn get_group(&self, name: &str) -> StoreResult<Option<GroupRecord>> {
         let row = sqlx::query("SELECT * FROM groups WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(group_from_row).transpose()
@@ -931,28 +549,6 @@ impl Store for SqliteStore {
     async fn list_groups(&self) -> StoreResult<Vec<GroupRecord>> {
         let rows = sqlx::query("SELECT * FROM groups ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(group_from_row).collect()
-    }
-
-    async fn delete_group(&self, name: &str) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&self.writer).await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn create_release(&self, r: &ReleaseRecord) -> StoreResult<ReleaseRecord> {
-        // The number is the next free one, assigned in the same statement (no two
-        // releases of a product share a number, even when created at once).
-        let number: i64 = sqlx::query_scalar(
-            "INSERT INTO releases (product_id, number, modules, note, created_at) \
-             SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ? FROM releases WHERE product_id = ? RETURNING number",
-        )
-        .bind(i64::from(r.product))
-        .bind(serde_json::to_string(&r.modules)?)
-        .bind(&r.note)
-        .bind(r.created_at)
-        .bind(i64::from(r.product))
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(ReleaseRecord { number: int(number)?, ..r.clone() })
     }
 
     async fn get_release(&self, product: u32, number: u32) -> StoreResult<Option<ReleaseRecord>> {
@@ -983,23 +579,6 @@ impl Store for SqliteStore {
         int(total)
     }
 
-    async fn create_rollout(&self, r: &RolloutRecord) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO rollouts (product_id, group_name, release, status, engine, created_by, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(i64::from(r.product))
-        .bind(&r.group)
-        .bind(i64::from(r.release))
-        .bind(r.status.name())
-        .bind(serde_json::to_string(&r.engine)?)
-        .bind(&r.created_by)
-        .bind(r.created_at)
-        .bind(r.updated_at)
-        .fetch_one(&self.writer)
-        .await?)
-    }
-
     async fn get_rollout(&self, id: i64) -> StoreResult<Option<RolloutRecord>> {
         let row = sqlx::query("SELECT * FROM rollouts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(rollout_from_row).transpose()
@@ -1017,15 +596,445 @@ impl Store for SqliteStore {
             .await?;
         rows.iter().map(member_from_row).collect()
     }
+}
 
-    async fn save_rollout(&self, r: &RolloutRecord, members: &[MemberRecord]) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+/// A write transaction on the store's one writer connection.
+struct SqliteWrites {
+    tx: Tx,
+    commits: Arc<Commits>,
+}
+
+#[async_trait]
+impl Writes for SqliteWrites {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.commits.before_commit();
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_patch(&mut self, patch: &PatchRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO patches (source, target, format, address, length, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&patch.source)
+        .bind(&patch.target)
+        .bind(i64::from(patch.format))
+        .bind(&patch.address)
+        .bind(i64::from(patch.length))
+        .bind(crate::auth::now_millis())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_token(&mut self, token: &TokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO tokens (name, token_hash, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(&token.role)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.revoked_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|err| match is_unique_violation(&err) {
+            true => StoreError::Conflict(format!("token {}", token.name)),
+            false => err.into(),
+        })?;
+        Ok(())
+    }
+
+    async fn revoke_token(&mut self, name: &str, at: i64) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(at)
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn rotate_token(&mut self, name: &str, token_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET token_hash = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(token_hash)
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn put_module(&mut self, m: &ModuleRecord) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "INSERT INTO modules (sha256, filename, format, platform_id, function, module_index, version, size, \
+             module_sha256, integrity, dependencies, start_address, uploaded_at, statement, security_counter) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&m.sha256)
+        .bind(&m.filename)
+        .bind(&m.format)
+        .bind(i64::from(m.platform_id))
+        .bind(i64::from(m.function))
+        .bind(i64::from(m.index))
+        .bind(i64::from(m.version))
+        .bind(i64::from(m.size))
+        .bind(&m.module_sha256)
+        .bind(&m.integrity)
+        .bind(serde_json::to_string(&m.dependencies)?)
+        .bind(i64::from(m.start_address))
+        .bind(m.uploaded_at)
+        .bind(&m.statement)
+        .bind(db_int(m.security_counter))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+    async fn set_module_statement(
+        &mut self,
+        sha256: &str,
+        statement: &str,
+        security_counter: u64,
+    ) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE modules SET statement = ?, security_counter = ? WHERE sha256 = ?")
+            .bind(statement)
+            .bind(db_int(security_counter))
+            .bind(sha256)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn place_module(&mut self, sha256: &str, platform_id: u16, start_address: u32) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE modules SET platform_id = ?, start_address = ? WHERE sha256 = ?")
+            .bind(i64::from(platform_id))
+            .bind(i64::from(start_address))
+            .bind(sha256)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn create_device(&mut self, d: &NewDevice) -> StoreResult<()> {
+        insert_device(&mut self.tx, d).await
+    }
+    async fn set_device_secret(&mut self, id: &str, secret_hash: &str) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET secret_hash = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(secret_hash)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn set_device_disabled(&mut self, id: &str, disabled: bool) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET disabled = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(i64::from(disabled))
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn remove_device(&mut self, id: &str, at: i64) -> StoreResult<bool> {
+        // The empty hash matches no secret: nothing can log in as a removed device.
+        let result =
+            sqlx::query("UPDATE devices SET removed_at = ?, secret_hash = '' WHERE id = ? AND removed_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn touch_device(&mut self, id: &str, at: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_inventory(&mut self, id: &str, inventory: &Inventory) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE devices SET inventory = ?, described_at = ?, \
+             last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+        )
+        .bind(serde_json::to_string(inventory)?)
+        .bind(inventory.described_at)
+        .bind(inventory.described_at)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_policy(&mut self, id: &str, policy: &Policy) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE devices SET connectivity = ?, auto_heal = ? WHERE id = ?")
+            .bind(policy.connectivity.name())
+            .bind(policy.auto_heal.map(i64::from))
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn create_plan(&mut self, p: &PlanRecord) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO plans (device, platform_id, origin, status, requested, steps, inventory_key, connectivity, \
+             bytes_total, air_bytes, attempt, created_at, stages, manifest) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(&p.device)
+        .bind(i64::from(p.platform_id))
+        .bind(p.origin.name())
+        .bind(p.status.name())
+        .bind(serde_json::to_string(&p.requested)?)
+        .bind(serde_json::to_string(&p.steps)?)
+        .bind(&p.inventory_key)
+        .bind(p.connectivity.name())
+        .bind(db_int(p.bytes_total))
+        .bind(db_int(p.air_bytes))
+        .bind(p.attempt)
+        .bind(p.created_at)
+        .bind(serde_json::to_string(&p.stages)?)
+        .bind(&p.manifest)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(id)
+    }
+
+    async fn supersede_plans(&mut self, device: &str, keep: i64) -> StoreResult<u64> {
+        let result =
+            sqlx::query("UPDATE plans SET status = 'superseded' WHERE device = ? AND status = 'proposed' AND id != ?")
+                .bind(device)
+                .bind(keep)
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn transition_plan(
+        &mut self,
+        id: i64,
+        from: PlanStatus,
+        to: PlanStatus,
+        attempt: Option<i64>,
+    ) -> StoreResult<bool> {
+        let result =
+            sqlx::query("UPDATE plans SET status = ?, attempt = COALESCE(?, attempt) WHERE id = ? AND status = ?")
+                .bind(to.name())
+                .bind(attempt)
+                .bind(id)
+                .bind(from.name())
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn append_event(&mut self, event: &Event) -> StoreResult<Event> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, device, kind, data, actor) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(event.at)
+        .bind(&event.device)
+        .bind(&event.kind)
+        .bind(serde_json::to_string(&event.data)?)
+        .bind(&event.actor)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(Event { id, ..event.clone() })
+    }
+
+    async fn prune_events(&mut self, before: i64, keep: u64) -> StoreResult<u64> {
+        let result =
+            sqlx::query("DELETE FROM events WHERE at < ? OR id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
+                .bind(before)
+                .bind(db_int(keep))
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn create_attempt(&mut self, a: &AttemptRecord) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO attempts (device, state, reason, reason_code, plan, plan_id, signed, bytes_total, air_bytes, \
+             bytes_done, bytes_sent, bytes_resent, requests, offers_sent, sent_record, finished, created_at, updated_at, \
+             stages, stage, stage_base) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&a.device)
+        .bind(a.state.name())
+        .bind(&a.reason)
+        .bind(a.reason_code.map(i64::from))
+        .bind(serde_json::to_string(&a.plan)?)
+        .bind(a.plan_id)
+        .bind(a.signed.join(","))
+        .bind(db_int(a.bytes_total))
+        .bind(db_int(a.air_bytes))
+        .bind(db_int(a.bytes_done))
+        .bind(db_int(a.bytes_sent))
+        .bind(db_int(a.bytes_resent))
+        .bind(db_int(a.requests))
+        .bind(i64::from(a.offers_sent))
+        .bind(&a.sent_record)
+        .bind(i64::from(a.finished))
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .bind(serde_json::to_string(&a.stages)?)
+        .bind(i64::from(a.stage))
+        .bind(serde_json::to_string(&a.stage_base)?)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|err| match is_unique_violation(&err) {
+            true => StoreError::Conflict(format!("an unfinished attempt for device {}", a.device)),
+            false => err.into(),
+        })?;
+        Ok(id)
+    }
+
+    async fn update_attempt(&mut self, a: &AttemptRecord) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE attempts SET state = ?, reason = ?, reason_code = ?, bytes_done = ?, bytes_sent = ?, \
+             bytes_resent = ?, requests = ?, offers_sent = ?, sent_record = ?, finished = ?, updated_at = ?, stage = ?, \
+             stage_base = ?, plan = ? WHERE id = ?",
+        )
+        .bind(a.state.name())
+        .bind(&a.reason)
+        .bind(a.reason_code.map(i64::from))
+        .bind(db_int(a.bytes_done))
+        .bind(db_int(a.bytes_sent))
+        .bind(db_int(a.bytes_resent))
+        .bind(db_int(a.requests))
+        .bind(i64::from(a.offers_sent))
+        .bind(&a.sent_record)
+        .bind(i64::from(a.finished))
+        .bind(a.updated_at)
+        .bind(i64::from(a.stage))
+        .bind(serde_json::to_string(&a.stage_base)?)
+        .bind(serde_json::to_string(&a.plan)?)
+        .bind(a.id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_client_key(&mut self, key: &ClientKeyRecord) -> StoreResult<ClientKeyRecord> {
+        sqlx::query(
+            "INSERT INTO client_keys (key, device, plan, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key.key)
+        .bind(&key.device)
+        .bind(key.plan)
+        .bind(key.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        let row = sqlx::query("SELECT key, device, plan, created_at FROM client_keys WHERE key = ?")
+            .bind(&key.key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref()
+            .map(client_key_from_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::Backend(format!("client key {} vanished", key.key)))
+    }
+    async fn create_product(&mut self, p: &ProductRecord) -> StoreResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO products (id, platform_id, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(i64::from(p.id))
+        .bind(i64::from(p.platform_id))
+        .bind(&p.name)
+        .bind(p.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("product {}", p.id)));
+        }
+        Ok(())
+    }
+
+    async fn set_membership(&mut self, id: &str, m: &Membership) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE devices SET product_id = ?, tags = ?, development = ?, pinned_release = ?, budget_bytes = ? \
+             WHERE id = ?",
+        )
+        .bind(m.product.map(i64::from))
+        .bind(serde_json::to_string(&m.tags)?)
+        .bind(i64::from(m.development))
+        .bind(m.pinned_release.map(i64::from))
+        .bind(m.budget_bytes.map(db_int))
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn put_group(&mut self, g: &GroupRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO groups (name, product_id, filter, windows, budget_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET product_id = excluded.product_id, filter = excluded.filter, \
+             windows = excluded.windows, budget_bytes = excluded.budget_bytes",
+        )
+        .bind(&g.name)
+        .bind(i64::from(g.product))
+        .bind(serde_json::to_string(&g.filter)?)
+        .bind(serde_json::to_string(&g.windows)?)
+        .bind(g.budget_bytes.map(db_int))
+        .bind(g.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_group(&mut self, name: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM groups WHERE name = ?").bind(name).execute(&mut *self.tx).await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn create_release(&mut self, r: &ReleaseRecord) -> StoreResult<ReleaseRecord> {
+        // The number is the next free one, assigned in the same statement (no two
+        // releases of a product share a number, even when created at once).
+        let number: i64 = sqlx::query_scalar(
+            "INSERT INTO releases (product_id, number, modules, note, created_at) \
+             SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ? FROM releases WHERE product_id = ? RETURNING number",
+        )
+        .bind(i64::from(r.product))
+        .bind(serde_json::to_string(&r.modules)?)
+        .bind(&r.note)
+        .bind(r.created_at)
+        .bind(i64::from(r.product))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(ReleaseRecord { number: int(number)?, ..r.clone() })
+    }
+
+    async fn create_rollout(&mut self, r: &RolloutRecord) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rollouts (product_id, group_name, release, status, engine, created_by, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(i64::from(r.product))
+        .bind(&r.group)
+        .bind(i64::from(r.release))
+        .bind(r.status.name())
+        .bind(serde_json::to_string(&r.engine)?)
+        .bind(&r.created_by)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn save_rollout(&mut self, r: &RolloutRecord, members: &[MemberRecord]) -> StoreResult<()> {
         sqlx::query("UPDATE rollouts SET status = ?, engine = ?, updated_at = ? WHERE id = ?")
             .bind(r.status.name())
             .bind(serde_json::to_string(&r.engine)?)
             .bind(r.updated_at)
             .bind(r.id)
-            .execute(&mut *tx)
+            .execute(&mut *self.tx)
             .await?;
         for m in members {
             sqlx::query(
@@ -1040,10 +1049,9 @@ impl Store for SqliteStore {
             .bind(m.attempt)
             .bind(i64::from(m.budget_approved))
             .bind(m.needed_bytes.map(db_int))
-            .execute(&mut *tx)
+            .execute(&mut *self.tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ mod authority;
 mod bounds;
 mod config;
 mod contract;
+mod crash;
 mod credentials;
 mod gateway;
 mod metrics;

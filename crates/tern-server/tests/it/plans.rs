@@ -43,16 +43,16 @@ fn release_key() -> SigningKey {
 // Corpus modules, statements and the catalog
 
 /// A real module file from the corpus.
-struct Module {
+pub(crate) struct Module {
     name: &'static str,
-    bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     info: ModuleInfo,
     sha256: [u8; 32],
 }
 
 impl Module {
     /// `path` is relative to the corpus' `particle/` directory.
-    fn load(path: &'static str) -> Module {
+    pub(crate) fn load(path: &'static str) -> Module {
         let full = tern_testkit::corpus().join("particle").join(path);
         let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
         let info = tern_image::inspect(&bytes).info.unwrap_or_else(|| panic!("{path} is a module"));
@@ -61,7 +61,7 @@ impl Module {
         Module { name, bytes, info, sha256 }
     }
 
-    fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         hex::encode(self.sha256)
     }
 
@@ -80,7 +80,7 @@ impl Module {
     }
 
     /// The module as a device describes it once installed (dependencies met).
-    fn installed(&self) -> InstalledModule {
+    pub(crate) fn installed(&self) -> InstalledModule {
         InstalledModule {
             function: self.info.function,
             index: self.info.index,
@@ -128,7 +128,7 @@ fn signed_document(kind: Kind, platform: u16, modules: Vec<ModuleEntry>) -> Vec<
 }
 
 /// The module's statement, as `tern module sign` makes it.
-fn statement(module: &Module) -> Vec<u8> {
+pub(crate) fn statement(module: &Module) -> Vec<u8> {
     signed_document(Kind::ModuleStatement, module.info.platform_id, vec![module.entry()])
 }
 
@@ -154,7 +154,7 @@ struct Offer {
     max_block: u32,
 }
 
-fn encode(message: &Message<'_>) -> Vec<u8> {
+pub(crate) fn encode(message: &Message<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; message.encoded_len()];
     let n = message.encode(&mut buf).expect("sized by encoded_len");
     buf.truncate(n);
@@ -312,7 +312,7 @@ impl Drop for Device {
 }
 
 /// A Describe of `modules`, running normally.
-fn running(platform: u16, modules: &[InstalledModule]) -> Describe {
+pub(crate) fn running(platform: u16, modules: &[InstalledModule]) -> Describe {
     Describe {
         platform,
         boot_reason: BootReason::Normal,

@@ -38,8 +38,14 @@ impl Server {
     /// Starts a server on `data` with these flags (listen addresses included) and waits
     /// until every listener it reports is up.
     pub fn start_with(data: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(data, args, &[])
+    }
+
+    /// As [`Server::start_with`], with these environment variables set for the server.
+    pub fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
             .args(args)
+            .envs(env.iter().copied())
             .arg("--data")
             .arg(data)
             .env("TERN_LOG", "error")
@@ -96,6 +102,18 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Waits up to `timeout` for the process to end by itself; whether it did.
+    pub fn exited_within(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// An HTTP client authenticated with the admin token.
     pub fn api(&self) -> Api {
         Api { base: self.http.clone(), token: Some(self.token.clone()) }
@@ -128,6 +146,12 @@ impl Drop for Server {
     }
 }
 
+/// A request body for [`Api::try_call`].
+pub enum Body {
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
 /// A minimal JSON HTTP client.
 pub struct Api {
     pub base: String,
@@ -143,11 +167,16 @@ fn agent() -> ureq::Agent {
 }
 
 fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
-    let mut response = response.expect("the server answers");
+    try_finish(response).expect("the server answers")
+}
+
+/// The status and body, or `None` when no answer came (the server is gone).
+fn try_finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Option<(u16, Value)> {
+    let mut response = response.ok()?;
     let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().expect("a text body");
+    let text = response.body_mut().read_to_string().ok()?;
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, json)
+    Some((status, json))
 }
 
 impl Api {
@@ -233,6 +262,22 @@ impl Api {
             "PUT" => finish(with(agent().put(&url)).send_json(body)),
             "PATCH" => finish(with(agent().patch(&url)).send_json(body)),
             other => panic!("no method {other} in these tests"),
+        }
+    }
+
+    /// `method` on `path` with a JSON body (`Value::Null`: none) or raw bytes; `None` when
+    /// the server does not answer (it died: the crash tests expect that).
+    pub fn try_call(&self, method: &str, path: &str, body: Body) -> Option<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        match (method, body) {
+            ("GET", _) => try_finish(self.auth(agent().get(&url)).call()),
+            ("DELETE", _) => try_finish(self.auth(agent().delete(&url)).call()),
+            ("POST", Body::Json(value)) => try_finish(self.auth(agent().post(&url)).send_json(value)),
+            ("POST", Body::Bytes(bytes)) => try_finish(self.auth(agent().post(&url)).send(&bytes[..])),
+            ("PUT", Body::Json(value)) => try_finish(self.auth(agent().put(&url)).send_json(value)),
+            ("PUT", Body::Bytes(bytes)) => try_finish(self.auth(agent().put(&url)).send(&bytes[..])),
+            ("PATCH", Body::Json(value)) => try_finish(self.auth(agent().patch(&url)).send_json(value)),
+            (other, _) => panic!("no {other} with that body in these tests"),
         }
     }
 

@@ -62,8 +62,12 @@ impl MqttTarget {
     pub fn parse(url: &str, device: &str, secret: &str, ca_file: Option<&Path>) -> Result<Self, String> {
         let (tls, rest) = match url.strip_prefix("mqtts://") {
             Some(rest) => {
-                let ca =
-                    ca_file.ok_or_else(|| format!("{url}: MQTT over TLS needs the server's CA certificate (PEM)"))?;
+                let ca = ca_file.ok_or_else(|| {
+                    format!(
+                        "{url}: MQTT over TLS needs the server's CA certificate (PEM): give it with --ca-file \
+                         or TERN_CA_FILE (a server started with --self-signed keeps it in DATA/tls/ca.pem)"
+                    )
+                })?;
                 (Some(tls_client(ca)?), rest)
             }
             None => (None, url.strip_prefix("mqtt://").unwrap_or(url)),
@@ -369,6 +373,16 @@ mod tests {
         }
         fn recv(&mut self, _: Duration) -> Option<Incoming> {
             (!std::mem::replace(&mut self.greeted, true)).then_some(Incoming::Connected)
+        }
+    }
+
+    #[test]
+    fn mqtts_without_a_ca_file_says_how_to_give_one() {
+        let Err(err) = MqttTarget::parse("mqtts://127.0.0.1:8883", "d1", "secret", None) else {
+            panic!("MQTT over TLS without a CA is refused")
+        };
+        for hint in ["--ca-file", "TERN_CA_FILE", "tls/ca.pem"] {
+            assert!(err.contains(hint), "{err}");
         }
     }
 

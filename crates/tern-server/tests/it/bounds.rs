@@ -10,9 +10,8 @@ use rumqttc::mqttbytes::QoS;
 use serde_json::{json, Value};
 use tern_proto::{BootReason, Message, Phase, Progress};
 
-use crate::credentials::Mqtt;
 use crate::gateway::sample_describe;
-use crate::support::{wait_for, Server};
+use crate::support::{wait_for, Mqtt, Server};
 
 fn encode(message: &Message<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; message.encoded_len()];

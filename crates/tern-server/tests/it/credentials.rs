@@ -2,94 +2,11 @@
 //! rotation (a thief's session ends, the device recovers), disable/enable, removal,
 //! registration recovery, and bad input at each route.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
 use serde_json::json;
 
-use crate::support::{wait_for, Server};
-
-/// One MQTT connection on a raw socket.
-pub(crate) struct Mqtt {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Mqtt {
-    /// Connects as `device` with `secret`; returns the connection and the CONNACK code.
-    pub(crate) fn connect(server: &Server, device: &str, secret: &str) -> (Mqtt, u8) {
-        let stream = TcpStream::connect(("127.0.0.1", server.mqtt_port)).expect("the gateway accepts");
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut mqtt = Mqtt { stream, buf: BytesMut::new() };
-        let mut connect = Connect::new(format!("{device}-{}", std::process::id()));
-        connect.keep_alive = 60;
-        connect.login = Some(Login::new(device, secret));
-        mqtt.send(Packet::Connect(connect));
-        match mqtt.next(Duration::from_secs(5)) {
-            Ok(Some(Packet::ConnAck(ack))) => {
-                let code = ack.code as u8;
-                (mqtt, code)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    pub(crate) fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, 1 << 20).expect("the packet encodes");
-        self.stream.write_all(&out).expect("the gateway reads");
-    }
-
-    /// Writes already encoded packets.
-    pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("the gateway reads");
-    }
-
-    /// The next packet; `Ok(None)` when the server closed the connection, `Err` on timeout.
-    pub(crate) fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ()> {
-        let start = Instant::now();
-        loop {
-            match Packet::read(&mut self.buf, 1 << 20) {
-                Ok(packet) => return Ok(Some(packet)),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(err) => panic!("the server sent a malformed packet: {err}"),
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return Ok(None),
-            }
-            if start.elapsed() > timeout {
-                return Err(());
-            }
-        }
-    }
-
-    /// Whether the server closes this connection within `within`.
-    pub(crate) fn closed_within(&mut self, within: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            match self.next(within.saturating_sub(start.elapsed())) {
-                Ok(None) => return true,
-                Ok(Some(_)) => continue,
-                Err(()) => return false,
-            }
-        }
-        false
-    }
-
-    /// Whether the connection still answers a ping.
-    pub(crate) fn alive(&mut self) -> bool {
-        self.send(Packet::PingReq);
-        matches!(self.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)))
-    }
-}
+use crate::support::{wait_for, Mqtt, Server};
 
 const ACCEPTED: u8 = 0;
 const BAD_CREDENTIALS: u8 = 4;

@@ -1,84 +1,14 @@
 //! MQTT 3.1.1 behaviour of the gateway on raw sockets: protocol checks, keep-alive,
 //! QoS 2, session takeover, ping, clean disconnect. Packets are built and read with the
-//! rumqttc codec; a real client is used for the protocol-version check.
+//! rumqttc codec (CONNECTs of other protocol versions laid out by hand); a real client is
+//! used for the protocol-version check.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Publish};
+use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 
-use crate::support::{wait_for, Server};
-
-/// One TCP connection to the gateway.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    fn open(server: &Server) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", server.mqtt_port)).expect("the gateway accepts");
-        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        Raw { stream, buf: BytesMut::new() }
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, 1 << 20).expect("the packet encodes");
-        self.stream.write_all(&out).expect("the gateway reads");
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("the gateway reads");
-    }
-
-    /// The next packet, `Ok(None)` when the server closed the connection, `Err` on timeout.
-    fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ()> {
-        let start = Instant::now();
-        loop {
-            match Packet::read(&mut self.buf, 1 << 20) {
-                Ok(packet) => return Ok(Some(packet)),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(err) => panic!("the server sent a malformed packet: {err}"),
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return Ok(None),
-            }
-            if start.elapsed() > timeout {
-                return Err(());
-            }
-        }
-    }
-
-    fn expect_closed(&mut self, within: Duration) {
-        loop {
-            match self.next(within) {
-                Ok(None) => return,
-                Ok(Some(_)) => continue,
-                Err(()) => panic!("the connection stayed open for {within:?}"),
-            }
-        }
-    }
-
-    /// Connects as `device` and checks the CONNACK return code.
-    fn connect(&mut self, device: &str, secret: &str, keep_alive: u16) -> u8 {
-        let mut connect = Connect::new(format!("{device}-raw"));
-        connect.keep_alive = keep_alive;
-        connect.login = Some(Login::new(device, secret));
-        self.send(Packet::Connect(connect));
-        match self.next(Duration::from_secs(5)) {
-            Ok(Some(Packet::ConnAck(ack))) => ack.code as u8,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-}
+use crate::support::{connect_packet, wait_for, Mqtt, Server};
 
 #[test]
 fn protocol_violations_close_the_connection() {
@@ -87,19 +17,15 @@ fn protocol_violations_close_the_connection() {
     let secret = server.add_device("dev-v", "photon");
 
     // MQTT 3.1 ("MQIsdp", level 3) and MQTT 5 CONNECTs: no session, CONNACK 1, a close.
-    let mqtt31: &[u8] = &[
-        0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04, b'a', b'b',
-        b'c', b'd',
-    ];
-    let mut raw = Raw::open(&server);
-    raw.send_raw(mqtt31);
+    let mut raw = Mqtt::open(&server);
+    raw.send_bytes(&connect_packet("MQIsdp", 3, "abcd"));
     match raw.next(Duration::from_secs(5)) {
         Ok(Some(Packet::ConnAck(ack))) => assert_eq!(ack.code as u8, 1, "unacceptable protocol version"),
         other => panic!("expected CONNACK 1 for MQTT 3.1, got {other:?}"),
     }
     raw.expect_closed(Duration::from_secs(5));
-    let mut raw = Raw::open(&server);
-    raw.send_raw(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x01, b'x']);
+    let mut raw = Mqtt::open(&server);
+    raw.send_bytes(&connect_packet("MQTT", 3, "x"));
     match raw.next(Duration::from_secs(5)) {
         Ok(Some(Packet::ConnAck(ack))) => assert_eq!(ack.code as u8, 1, "unacceptable protocol version"),
         other => panic!("expected CONNACK 1, got {other:?}"),
@@ -119,16 +45,16 @@ fn protocol_violations_close_the_connection() {
         ("a remaining length over four bytes", None, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
     ];
     for (what, packet, bytes) in cases {
-        let mut raw = Raw::open(&server);
-        assert_eq!(raw.connect("dev-v", &secret, 60), 0, "{what}");
+        let mut raw = Mqtt::open(&server);
+        assert_eq!(raw.login("dev-v", &secret, 60), 0, "{what}");
         match packet {
             Some(packet) => raw.send(packet),
-            None => raw.send_raw(bytes),
+            None => raw.send_bytes(bytes),
         }
         raw.expect_closed(Duration::from_secs(5));
     }
     // The first packet must be CONNECT.
-    let mut raw = Raw::open(&server);
+    let mut raw = Mqtt::open(&server);
     raw.send(Packet::PingReq);
     raw.expect_closed(Duration::from_secs(5));
     assert_eq!(server.api().get("/api/health").0, 200);
@@ -141,8 +67,8 @@ fn keep_alive_ping_takeover_and_clean_disconnect() {
     let secret = server.add_device("dev-k", "photon");
 
     // Keep-alive 1 s: pings keep the connection open past 1.5 s; silence closes it.
-    let mut raw = Raw::open(&server);
-    assert_eq!(raw.connect("dev-k", &secret, 1), 0);
+    let mut raw = Mqtt::open(&server);
+    assert_eq!(raw.login("dev-k", &secret, 1), 0);
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(600));
         raw.send(Packet::PingReq);
@@ -154,10 +80,10 @@ fn keep_alive_ping_takeover_and_clean_disconnect() {
     assert!(waited >= Duration::from_millis(1400), "closed after {waited:?}, before 1.5 × keep-alive");
 
     // A second connection of the same device replaces the first.
-    let mut first = Raw::open(&server);
-    assert_eq!(first.connect("dev-k", &secret, 60), 0);
-    let mut second = Raw::open(&server);
-    assert_eq!(second.connect("dev-k", &secret, 60), 0);
+    let mut first = Mqtt::open(&server);
+    assert_eq!(first.login("dev-k", &secret, 60), 0);
+    let mut second = Mqtt::open(&server);
+    assert_eq!(second.login("dev-k", &secret, 60), 0);
     first.expect_closed(Duration::from_secs(5));
     second.send(Packet::PingReq);
     assert_eq!(second.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)));
@@ -211,8 +137,8 @@ fn downlink_before_subscribe_waits_for_it() {
     let dir = tern_testkit::scratch("mqtt-before-subscribe");
     let server = Server::start(&dir.join("data"));
     let secret = server.add_device("dev-s", "photon");
-    let mut raw = Raw::open(&server);
-    assert_eq!(raw.connect("dev-s", &secret, 60), 0);
+    let mut raw = Mqtt::open(&server);
+    assert_eq!(raw.login("dev-s", &secret, 60), 0);
     let api = server.api();
     wait_for("the device online", Duration::from_secs(5), || api.get("/api/devices/dev-s").1["online"] == true);
     let (status, reply) = api.post_json("/api/devices/dev-s/commands", serde_json::json!({ "action": "reboot" }));
@@ -239,9 +165,9 @@ fn compact_topics_carry_both_ways_and_stay_private() {
     let server = Server::start(&dir.join("data"));
     let secret = server.add_device("dev-c", "photon");
     server.add_device("dev-x", "photon");
-    let mut raw = Raw::open(&server);
-    assert_eq!(raw.connect("dev-c", &secret, 60), 0);
-    let codes = |raw: &mut Raw, filter: &str| match raw.next(Duration::from_secs(5)) {
+    let mut raw = Mqtt::open(&server);
+    assert_eq!(raw.login("dev-c", &secret, 60), 0);
+    let codes = |raw: &mut Mqtt, filter: &str| match raw.next(Duration::from_secs(5)) {
         Ok(Some(Packet::SubAck(SubAck { return_codes, .. }))) => return_codes,
         other => panic!("{filter}: expected SUBACK, got {other:?}"),
     };

@@ -1,12 +1,16 @@
 //! Running the real `tern-server` binary on ephemeral loopback ports, and talking to it
-//! over HTTP (ureq) and MQTT (the mosquitto command-line clients).
+//! over HTTP (ureq), MQTT (raw sockets with the rumqttc codec, and the mosquitto
+//! command-line clients) and plain TCP.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
 use serde_json::Value;
 
 /// How long the server may take to start listening.
@@ -321,4 +325,158 @@ pub fn payload_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("scratch is writable");
     path
+}
+
+/// Sends `bytes` on a plain TCP connection to `127.0.0.1:port` and returns everything read
+/// until the server closes it (or 5 s pass).
+pub fn exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+/// An MQTT CONNECT packet laid out by hand (MQTT 3.1.1 §3.1), for the protocol names and
+/// levels a codec will not write: clean session, keep-alive 60 s, no will, no login.
+///
+/// | bytes | field |
+/// |---|---|
+/// | `10` | packet type CONNECT, no flags |
+/// | 1 | remaining length (the packets here stay under 128 bytes) |
+/// | 2 + n | protocol name, length-prefixed (`MQTT`; `MQIsdp` for 3.1) |
+/// | 1 | protocol level (3 for 3.1, 4 for 3.1.1, 5 for 5) |
+/// | `02` | connect flags: clean session |
+/// | `00 3c` | keep-alive, 60 s |
+/// | 2 + n | client identifier, length-prefixed |
+pub fn connect_packet(protocol: &str, level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(protocol.len() as u16).to_be_bytes());
+    body.extend_from_slice(protocol.as_bytes());
+    body.extend_from_slice(&[level, 0x02, 0x00, 0x3c]);
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    assert!(body.len() < 128, "a one-byte remaining length");
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[test]
+fn connect_packets_are_laid_out_as_the_specification_says() {
+    // Worked out by hand from MQTT 3.1.1 §3.1 and MQTT 3.1 §3.1.
+    let cases: [(&str, u8, &str, &[u8]); 3] = [
+        (
+            "MQIsdp",
+            3,
+            "abcd",
+            &[
+                0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04, b'a',
+                b'b', b'c', b'd',
+            ],
+        ),
+        ("MQTT", 3, "x", &[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x01, b'x']),
+        ("MQTT", 4, "", &[0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00]),
+    ];
+    for (protocol, level, client_id, expected) in cases {
+        assert_eq!(connect_packet(protocol, level, client_id), expected, "{protocol} level {level}");
+    }
+}
+
+/// One MQTT connection to the gateway's plain port on a raw socket; packets are written and
+/// read with the rumqttc codec, or written as the bytes given.
+pub struct Mqtt {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Mqtt {
+    /// Opens a connection to the gateway; nothing is sent yet.
+    pub fn open(server: &Server) -> Mqtt {
+        let stream = TcpStream::connect(("127.0.0.1", server.mqtt_port)).expect("the gateway accepts");
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Mqtt { stream, buf: BytesMut::new() }
+    }
+
+    /// Opens a connection and logs in as `device` with `secret` (keep-alive 60 s): the
+    /// connection and the CONNACK return code.
+    pub fn connect(server: &Server, device: &str, secret: &str) -> (Mqtt, u8) {
+        let mut mqtt = Mqtt::open(server);
+        let code = mqtt.login(device, secret, 60);
+        (mqtt, code)
+    }
+
+    /// Sends CONNECT as `device` with `secret` and this keep-alive (seconds); the CONNACK
+    /// return code (panics when the answer is no CONNACK).
+    pub fn login(&mut self, device: &str, secret: &str, keep_alive: u16) -> u8 {
+        let mut connect = Connect::new(format!("{device}-raw"));
+        connect.keep_alive = keep_alive;
+        connect.login = Some(Login::new(device, secret));
+        self.send(Packet::Connect(connect));
+        match self.next(Duration::from_secs(5)) {
+            Ok(Some(Packet::ConnAck(ack))) => ack.code as u8,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Writes one packet.
+    pub fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, 1 << 20).expect("the packet encodes");
+        self.stream.write_all(&out).expect("the gateway reads");
+    }
+
+    /// Writes bytes as they are (already encoded packets, or garbage).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("the gateway reads");
+    }
+
+    /// The next packet; `Ok(None)` when the server closed the connection, `Err` on timeout.
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ()> {
+        let start = Instant::now();
+        loop {
+            match Packet::read(&mut self.buf, 1 << 20) {
+                Ok(packet) => return Ok(Some(packet)),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(err) => panic!("the server sent a malformed packet: {err}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return Ok(None),
+            }
+            if start.elapsed() > timeout {
+                return Err(());
+            }
+        }
+    }
+
+    /// Whether the server closes this connection within `within` (packets before the close
+    /// are read and passed over).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            match self.next(within.saturating_sub(start.elapsed())) {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(()) => return false,
+            }
+        }
+        false
+    }
+
+    /// Panics unless the server closes this connection within `within`.
+    pub fn expect_closed(&mut self, within: Duration) {
+        assert!(self.closed_within(within), "the connection stayed open for {within:?}");
+    }
+
+    /// Whether the connection still answers a ping.
+    pub fn alive(&mut self) -> bool {
+        self.send(Packet::PingReq);
+        matches!(self.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)))
+    }
 }

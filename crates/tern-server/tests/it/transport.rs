@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::Server;
+use crate::support::{connect_packet, exchange, Mqtt, Server};
 
 /// Idle sockets the flood opens, as many as the probe. The test process lets go of
 /// the ones the server has closed as it goes (its open file limit is 20,000 here too).
@@ -73,21 +73,6 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// CONNECT as `device` on the plain MQTT port and return the CONNACK return code.
-fn connack(port: u16, device: &str, secret: &str) -> Option<u8> {
-    use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut connect = Connect::new(format!("{device}-raw"));
-    connect.login = Some(Login::new(device, secret));
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(connect).write(&mut out, 1 << 20).unwrap();
-    stream.write_all(&out).ok()?;
-    let mut answer = [0u8; 4];
-    stream.read_exact(&mut answer).ok()?;
-    (answer[..2] == [0x20, 0x02]).then_some(answer[3])
 }
 
 #[test]
@@ -154,7 +139,7 @@ fn idle_http_sockets_leave_health_checks_and_devices_working() {
     let health = health_start.elapsed();
     // and a device gets its CONNACK.
     let device_start = Instant::now();
-    assert_eq!(connack(server.mqtt_port, "dev-flood", &secret), Some(0));
+    assert_eq!(Mqtt::connect(&server, "dev-flood", &secret).1, 0);
     let device = device_start.elapsed();
     eprintln!("during the flood: {fds} server descriptors, health in {health:?}, CONNACK in {device:?}");
     assert!(health < Duration::from_secs(2) && device < Duration::from_secs(2));
@@ -185,15 +170,7 @@ fn an_mqtt_31_client_gets_connack_1() {
     let secret = server.add_device("dev-31", "photon");
     // CONNECT, protocol name "MQIsdp", level 3 (MQTT 3.1), clean session, keep-alive 60,
     // client id "abcd": CONNACK return code 1, unacceptable protocol version.
-    let mqtt31: &[u8] = &[
-        0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04, b'a', b'b',
-        b'c', b'd',
-    ];
-    let mut stream = TcpStream::connect(("127.0.0.1", server.mqtt_port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    stream.write_all(mqtt31).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    let answer = exchange(server.mqtt_port, &connect_packet("MQIsdp", 3, "abcd"));
     assert_eq!(answer, [0x20, 0x02, 0x00, 0x01], "CONNACK 1, then the connection closes");
 
     // A real MQTT 3.1 client says why.

@@ -222,11 +222,7 @@ fn run(upgrade: &Upgrade) {
         answer = format!("{air}\n");
     }
     // Every MQTT byte the gateway carries for the device from here on (both ways).
-    let link_bytes = || {
-        let (_, stats) = server.get("/api/stats");
-        stats["link"]["bytes_in"].as_u64().unwrap() + stats["link"]["bytes_out"].as_u64().unwrap()
-    };
-    let link_before = link_bytes();
+    let link_before = server.link_bytes();
     let out = tern_run(&server, &["flash", "dev", "--target", upgrade.target, "--wait", "--json"], &answer);
     if upgrade.damage_patches && upgrade.connectivity == "cellular" {
         // More than the confirmed bytes are never sent: the attempt ends with the reason,
@@ -248,7 +244,7 @@ fn run(upgrade: &Upgrade) {
     };
     assert!(out.status.success(), "flash: {}", text(&out.stderr));
     let attempt: Value = serde_json::from_slice(&out.stdout).expect("--json prints the final attempt");
-    let on_link = link_bytes() - link_before;
+    let on_link = server.link_bytes() - link_before;
     println!(
         "  attempt: {} bytes sent ({} re-sent) for {} module bytes; the gateway carried {on_link} MQTT bytes",
         attempt["bytes_sent"], attempt["bytes_resent"], attempt["bytes_total"]

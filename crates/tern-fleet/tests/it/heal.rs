@@ -194,11 +194,7 @@ fn tern_flash_plans_missing_system_parts_confirms_cellular_cost_and_is_confirmed
     assert_eq!(device_record(&server, id)["attempts"], json!([]), "no attempt was created");
 
     // 3. The amount typed: sent, installed in order, confirmed.
-    let link_bytes = || {
-        let (_, stats) = server.get("/api/stats");
-        stats["link"]["bytes_in"].as_u64().unwrap() + stats["link"]["bytes_out"].as_u64().unwrap()
-    };
-    let before = link_bytes();
+    let before = server.link_bytes();
     let out = tern_flash(&server, &[id, file, "--wait", "--json"], &format!("{air}\n"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "flash: {stderr}");
@@ -212,7 +208,7 @@ fn tern_flash_plans_missing_system_parts_confirms_cellular_cost_and_is_confirmed
     // The estimate shown to the operator against the MQTT bytes the gateway carried on the
     // device's connection for the whole attempt (offer, requests, blocks, acknowledgements,
     // progress, describes).
-    let measured = link_bytes() - before;
+    let measured = server.link_bytes() - before;
     let ratio = measured as f64 / air as f64;
     println!("bytes on the air: estimated {air}, measured {measured} (measured/estimated {ratio:.3})");
     assert!((0.97..=1.03).contains(&ratio), "the estimate is within 3% of the bytes carried: {air} vs {measured}");

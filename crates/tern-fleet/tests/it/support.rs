@@ -188,6 +188,18 @@ impl Server {
         )
     }
 
+    /// The bytes the gateway has carried on device connections so far, both ways
+    /// (`link.bytes_in` + `link.bytes_out` of `/api/stats`; counted on the socket, TLS
+    /// records included). Its growth over an attempt of the only device is what that
+    /// device's connection carried.
+    pub fn link_bytes(&self) -> u64 {
+        let (status, stats) = self.get("/api/stats");
+        assert_eq!(status, 200, "{stats}");
+        let count =
+            |key: &str| stats["link"][key].as_u64().unwrap_or_else(|| panic!("/api/stats has link.{key}: {stats}"));
+        count("bytes_in") + count("bytes_out")
+    }
+
     /// Where device `id` connects: the gateway on loopback, over TLS when the server has it.
     pub fn device_target(&self, id: &str, secret: &str) -> MqttTarget {
         MqttTarget {

@@ -31,15 +31,11 @@ fn a_device_over_mqtt_tls_is_updated_and_the_estimate_holds_within_3_percent() {
 
     // A system part 1 of 200 KiB, the newer version of what the device runs.
     let part = Image::synthetic(profile, ModuleFunction::SystemPart, 1, 101, &[], Behaviour::Healthy, 200 * 1024);
-    let link_bytes = || {
-        let (_, stats) = server.get("/api/stats");
-        stats["link"]["bytes_in"].as_u64().unwrap() + stats["link"]["bytes_out"].as_u64().unwrap()
-    };
-    let before = link_bytes();
+    let before = server.link_bytes();
     let attempt = server.flash(id, &bundle(profile.platform_id, &[&part], 1));
     let done = server.wait_final(attempt, Duration::from_secs(120));
     assert_eq!(done["state"], "confirmed", "{done}");
-    let measured = link_bytes() - before;
+    let measured = server.link_bytes() - before;
     let estimate = done["air_bytes"].as_u64().expect("an estimate");
     let ratio = measured as f64 / estimate as f64;
     let per_module_byte = measured as f64 / part.bytes.len() as f64;

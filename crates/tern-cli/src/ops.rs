@@ -16,6 +16,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+/// Percent-encodes a query value (the server's own encoder).
+pub(crate) use tern_server::api::percent_encode as query_value;
 use tern_server::api::types::{AddedDevice, DeviceDetail, DeviceSummary, PolicyView, RotatedSecret};
 use tern_server::store::{Event, ModuleRecord, PlanOrigin, PlanStatus};
 
@@ -250,17 +252,6 @@ fn next_page(header: &str) -> Option<&str> {
 /// Reads an answer as the server's response type `T`.
 pub(crate) fn typed<T: serde::de::DeserializeOwned>(value: Value) -> anyhow::Result<T> {
     serde_json::from_value(value).map_err(|e| anyhow!("the server's answer is not what this tern expects: {e}"))
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
-pub(crate) fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {

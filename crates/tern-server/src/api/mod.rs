@@ -437,7 +437,9 @@ pub(super) fn offset_page<T: Serialize>(uri: &axum::http::Uri, items: Vec<T>, li
     page_response(uri, page, next)
 }
 
-fn percent_encode(value: &str) -> String {
+/// Percent-encodes a query value (RFC 3986 unreserved characters pass through); the CLI
+/// builds its queries with it too.
+pub fn percent_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -11,14 +11,7 @@ use serde_json::{json, Value};
 use tern_proto::{BootReason, Message, Phase, Progress};
 
 use crate::gateway::sample_describe;
-use crate::support::{wait_for, Mqtt, Server};
-
-fn encode(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
-    let n = message.encode(&mut buf).expect("sized by encoded_len");
-    buf.truncate(n);
-    buf
-}
+use crate::support::{encode, wait_for, Mqtt, Server};
 
 /// Waits for the next `kind` event on an event stream's lines.
 fn next_event(lines: &mpsc::Receiver<String>, kind: &str, timeout: Duration) -> Value {

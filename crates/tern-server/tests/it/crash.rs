@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tern_proto::{Message, MessageKind, Topic};
 use tern_server::store::{SqliteStore, Store, ABORT_AT_COMMIT_ENV};
 
-use crate::plans::{encode, running, statement, Module};
-use crate::support::{Api, Body, Server};
+use crate::plans::{running, statement, Module};
+use crate::support::{encode, Api, Body, Server};
 
 /// What the script learned from answers it got (an answer lost to the crash is `None`).
 #[derive(Default)]

@@ -11,17 +11,10 @@ use tern_proto::{
     Action, BootReason, Describe, InstalledModule, List, Message, Outcome, Reason, SafeModeCause, UpdateResult,
 };
 
-use crate::support::{payload_file, wait_for, Server};
+use crate::support::{encode, payload_file, wait_for, Server};
 
 fn clients() -> Option<(PathBuf, PathBuf)> {
     Some((tern_testkit::peer("/usr/bin/mosquitto_pub")?, tern_testkit::peer("/usr/bin/mosquitto_sub")?))
-}
-
-fn encode(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
-    let n = message.encode(&mut buf).expect("sized by encoded_len");
-    buf.truncate(n);
-    buf
 }
 
 fn stats(server: &Server) -> Value {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tern_proto::{BootReason, Message};
 
 use crate::gateway::sample_describe;
-use crate::support::{wait_for, Api, Server};
+use crate::support::{encode, wait_for, Api, Server};
 
 /// The venv's Python when it has `prometheus_client`; `None` (skipped) outside CI, a
 /// failure in CI.
@@ -187,13 +187,6 @@ impl CountingDevice {
             }
         }
     }
-}
-
-fn encode(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
-    let n = message.encode(&mut buf).expect("sized by encoded_len");
-    buf.truncate(n);
-    buf
 }
 
 /// Bytes of the files directly or indirectly under `dir`, `.tmp-` files left out.

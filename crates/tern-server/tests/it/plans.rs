@@ -26,7 +26,7 @@ use tern_proto::{
     Progress, SafeModeCause, Topic,
 };
 
-use crate::support::{wait_for, Api, Server};
+use crate::support::{encode, wait_for, Api, Server};
 
 /// How long anything the server does in answer to a device may take on loopback.
 const SETTLE: Duration = Duration::from_secs(15);
@@ -152,13 +152,6 @@ struct Offer {
     modules: Vec<OfferedModule>,
     window: u8,
     max_block: u32,
-}
-
-pub(crate) fn encode(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
-    let n = message.encode(&mut buf).expect("sized by encoded_len");
-    buf.truncate(n);
-    buf
 }
 
 /// A device reduced to its protocol behaviour over a real MQTT connection. A thread pumps

@@ -480,3 +480,11 @@ impl Mqtt {
         matches!(self.next(Duration::from_secs(2)), Ok(Some(Packet::PingResp)))
     }
 }
+
+/// The CBOR bytes of a protocol message.
+pub fn encode(message: &tern_proto::Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; message.encoded_len()];
+    let n = message.encode(&mut buf).expect("sized by encoded_len");
+    buf.truncate(n);
+    buf
+}

@@ -18,7 +18,7 @@ use tern_proto::{
     UpdateOffer,
 };
 
-use crate::support::{wait_for, Server};
+use crate::support::{encode, wait_for, Server};
 
 const WINDOW: usize = 4;
 
@@ -59,13 +59,6 @@ pub(crate) fn bundle(platform: u16, files: &[&str]) -> (Vec<u8>, Vec<u8>, Vec<Ve
     let slices: Vec<&[u8]> = modules.iter().map(Vec::as_slice).collect();
     let bundle = tern_image::bundle::write(&signed, &slices).expect("the bundle writes");
     (bundle, signed, modules)
-}
-
-fn encode(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
-    let n = message.encode(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 /// The offer a device holds: attempt id, signed manifest, (size, SHA-256) per module.

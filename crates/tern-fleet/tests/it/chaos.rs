@@ -580,6 +580,12 @@ fn poll_attempt(rig: &Rig, id: i64, what: &str, check: impl Fn(&Value) -> bool) 
     }
 }
 
+/// Whether the device has started on the attempt: past `offered` (and `queued`, which the
+/// attempt is until the update task sends its offer).
+fn past_offer(attempt: &Value) -> bool {
+    !matches!(attempt["state"].as_str(), Some("queued" | "offered"))
+}
+
 /// Copies directory `from` to `to`, recursively.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -611,7 +617,7 @@ fn server_that_missed_the_end_is_answered_not_restarted() {
     rig.wait_online();
     let created = Instant::now();
     let id = rig.start_update(0, 1, "finished-1");
-    poll_attempt(&rig, id, "downloading", |a| a["state"] != "offered");
+    poll_attempt(&rig, id, "downloading", past_offer);
     let down = rig.kill_server();
     let stale = rig.dir.join("server-stale");
     copy_dir(&rig.data, &stale);
@@ -674,7 +680,7 @@ fn flash_from_before_the_offer_never_claims_the_attempt() {
         let before_offer = std::fs::read(&flash).expect("the saved flash");
         let created = Instant::now();
         let id = rig.start_update(0, target, &format!("restored-{tries}"));
-        poll_attempt(&rig, id, "downloading", |a| a["state"] != "offered");
+        poll_attempt(&rig, id, "downloading", past_offer);
         rig.kill_device(0);
         let (_, at_kill) = rig.server().get(&format!("/api/attempts/{id}"));
         if at_kill["state"] != "downloading" {

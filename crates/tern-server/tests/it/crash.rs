@@ -188,18 +188,19 @@ fn check_whole(data: &Path, known: &Known, n: u64) -> Vec<String> {
         let store = SqliteStore::open(&data.join("tern.db")).await.expect("the store opens after the crash");
         let events = store.events_after(0, None, 100_000).await.expect("events");
         let of = |kind: &'static str| events.iter().filter(move |e| e.kind == kind);
+        // The values of one field over the events of one kind.
+        let texts = |kind, field| of(kind).map(|e| e.data[field].as_str().unwrap()).collect::<BTreeSet<&str>>();
+        let numbers = |kind, field| of(kind).map(|e| e.data[field].as_i64().unwrap()).collect::<BTreeSet<i64>>();
         let context =
             format!("aborted before commit {n}; events: {:?}", events.iter().map(|e| &e.kind).collect::<Vec<_>>());
 
         // Tokens: the admin token is made at first start, without an event.
         let tokens = store.list_tokens().await.expect("tokens");
         let rows: BTreeSet<&str> = tokens.iter().map(|t| t.name.as_str()).filter(|n| *n != "admin").collect();
-        let created: BTreeSet<&str> = of("token.created").map(|e| e.data["name"].as_str().unwrap()).collect();
-        assert_eq!(rows, created, "tokens: {context}");
+        assert_eq!(rows, texts("token.created", "name"), "tokens: {context}");
         let revoked: BTreeSet<&str> =
             tokens.iter().filter(|t| t.revoked_at.is_some()).map(|t| t.name.as_str()).collect();
-        let revocations: BTreeSet<&str> = of("token.revoked").map(|e| e.data["name"].as_str().unwrap()).collect();
-        assert_eq!(revoked, revocations, "revoked tokens: {context}");
+        assert_eq!(revoked, texts("token.revoked", "name"), "revoked tokens: {context}");
         if let (Some(first), Some(row)) = (&known.operator_token, tokens.iter().find(|t| t.name == "op-1")) {
             let rotated = row.token_hash != tern_server::auth::hash_secret(first);
             assert_eq!(rotated, of("token.rotated").count() == 1, "token rotation: {context}");
@@ -208,22 +209,18 @@ fn check_whole(data: &Path, known: &Known, n: u64) -> Vec<String> {
         // The catalog.
         let modules = store.list_modules().await.expect("modules");
         let rows: BTreeSet<&str> = modules.iter().map(|m| m.sha256.as_str()).collect();
-        let uploaded: BTreeSet<&str> = of("module.uploaded").map(|e| e.data["sha256"].as_str().unwrap()).collect();
-        assert_eq!(rows, uploaded, "modules: {context}");
+        assert_eq!(rows, texts("module.uploaded", "sha256"), "modules: {context}");
         let signed: BTreeSet<&str> =
             modules.iter().filter(|m| m.statement.is_some()).map(|m| m.sha256.as_str()).collect();
-        let signings: BTreeSet<&str> = of("module.signed").map(|e| e.data["module"].as_str().unwrap()).collect();
-        assert_eq!(signed, signings, "signed modules: {context}");
+        assert_eq!(signed, texts("module.signed", "module"), "signed modules: {context}");
 
         // Products, releases, groups.
-        let products: BTreeSet<u64> =
-            store.list_products().await.expect("products").iter().map(|p| u64::from(p.id)).collect();
-        let created: BTreeSet<u64> = of("product.created").map(|e| e.data["product"].as_u64().unwrap()).collect();
-        assert_eq!(products, created, "products: {context}");
-        let releases: BTreeSet<u64> =
-            store.list_releases(7).await.expect("releases").iter().map(|r| u64::from(r.number)).collect();
-        let created: BTreeSet<u64> = of("release.created").map(|e| e.data["release"].as_u64().unwrap()).collect();
-        assert_eq!(releases, created, "releases: {context}");
+        let products: BTreeSet<i64> =
+            store.list_products().await.expect("products").iter().map(|p| i64::from(p.id)).collect();
+        assert_eq!(products, numbers("product.created", "product"), "products: {context}");
+        let releases: BTreeSet<i64> =
+            store.list_releases(7).await.expect("releases").iter().map(|r| i64::from(r.number)).collect();
+        assert_eq!(releases, numbers("release.created", "release"), "releases: {context}");
         let groups: BTreeSet<String> = store.list_groups().await.expect("groups").into_iter().map(|g| g.name).collect();
         let mut replayed = BTreeSet::new();
         for event in events.iter().filter(|e| e.kind.starts_with("group.")) {
@@ -268,7 +265,7 @@ fn check_whole(data: &Path, known: &Known, n: u64) -> Vec<String> {
 
         // Plans and attempts: each with its event; an attempt's state is its last event's.
         let plans = store.device_plans("d1", 100).await.expect("plans");
-        let created: BTreeSet<i64> = of("plan.created").map(|e| e.data["plan"].as_i64().unwrap()).collect();
+        let created = numbers("plan.created", "plan");
         assert_eq!(plans.iter().map(|p| p.id).collect::<BTreeSet<_>>(), created, "plans: {context}");
         let attempts = store.device_attempts("d1", 100).await.expect("attempts");
         let created: BTreeMap<i64, i64> = of("attempt.created")
@@ -288,7 +285,7 @@ fn check_whole(data: &Path, known: &Known, n: u64) -> Vec<String> {
 
         // Rollouts: each started with its event, aborted only with the abort's.
         let rollouts = store.list_rollouts().await.expect("rollouts");
-        let started: BTreeSet<i64> = of("rollout.started").map(|e| e.data["rollout"].as_i64().unwrap()).collect();
+        let started = numbers("rollout.started", "rollout");
         assert_eq!(rollouts.iter().map(|r| r.id).collect::<BTreeSet<_>>(), started, "rollouts: {context}");
         for rollout in &rollouts {
             let aborted = of("rollout.aborted").any(|e| e.data["rollout"] == rollout.id);

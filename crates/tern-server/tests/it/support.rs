@@ -245,43 +245,48 @@ impl Api {
     /// Any method on `path` with a JSON body (none for GET and DELETE) and the
     /// `Authorization` header given verbatim (`None`: the client's own token).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>, authorization: Option<&str>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let header = match authorization {
-            Some(value) => Some(value.to_owned()),
-            None => self.token.as_ref().map(|t| format!("Bearer {t}")),
-        };
-        let with = |request: ureq::RequestBuilder<ureq::typestate::WithBody>| match &header {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        };
-        let without = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &header {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        };
-        let body = body.unwrap_or(Value::Null);
-        match method {
-            "GET" => finish(without(agent().get(&url)).call()),
-            "DELETE" => finish(without(agent().delete(&url)).call()),
-            "POST" => finish(with(agent().post(&url)).send_json(body)),
-            "PUT" => finish(with(agent().put(&url)).send_json(body)),
-            "PATCH" => finish(with(agent().patch(&url)).send_json(body)),
-            other => panic!("no method {other} in these tests"),
-        }
+        finish(self.send(method, path, Body::Json(body.unwrap_or(Value::Null)), authorization))
     }
 
     /// `method` on `path` with a JSON body (`Value::Null`: none) or raw bytes; `None` when
     /// the server does not answer (it died: the crash tests expect that).
     pub fn try_call(&self, method: &str, path: &str, body: Body) -> Option<(u16, Value)> {
+        try_finish(self.send(method, path, body, None))
+    }
+
+    /// Sends `body` (none for GET and DELETE) with the `Authorization` header given
+    /// verbatim (`None`: the client's own token).
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Body,
+        authorization: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let url = format!("{}{path}", self.base);
-        match (method, body) {
-            ("GET", _) => try_finish(self.auth(agent().get(&url)).call()),
-            ("DELETE", _) => try_finish(self.auth(agent().delete(&url)).call()),
-            ("POST", Body::Json(value)) => try_finish(self.auth(agent().post(&url)).send_json(value)),
-            ("POST", Body::Bytes(bytes)) => try_finish(self.auth(agent().post(&url)).send(&bytes[..])),
-            ("PUT", Body::Json(value)) => try_finish(self.auth(agent().put(&url)).send_json(value)),
-            ("PUT", Body::Bytes(bytes)) => try_finish(self.auth(agent().put(&url)).send(&bytes[..])),
-            ("PATCH", Body::Json(value)) => try_finish(self.auth(agent().patch(&url)).send_json(value)),
-            (other, _) => panic!("no {other} with that body in these tests"),
+        let header = match authorization {
+            Some(value) => Some(value.to_owned()),
+            None => self.token.as_ref().map(|t| format!("Bearer {t}")),
+        };
+        let without = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let request = match method {
+            "GET" => return without(agent().get(&url)).call(),
+            "DELETE" => return without(agent().delete(&url)).call(),
+            "POST" => agent().post(&url),
+            "PUT" => agent().put(&url),
+            "PATCH" => agent().patch(&url),
+            other => panic!("no method {other} in these tests"),
+        };
+        let request = match &header {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        match body {
+            Body::Json(value) => request.send_json(value),
+            Body::Bytes(bytes) => request.header("Content-Type", "application/octet-stream").send(&bytes[..]),
         }
     }
 
